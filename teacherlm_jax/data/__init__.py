@@ -1,0 +1,19 @@
+"""Data: one record type from every source, TeacherLM's texts, tokenization and resumable batches.
+
+See registry.py (dataset names), formats.py (texts), tokenize.py (loss masks), pipeline.py (batches).
+"""
+from teacherlm_jax.data.formats import (KIND_PROMPTS, KINDS, answered_block, eval_context,
+                                        question_block, remove_duplicated_block, teacher_pair,
+                                        teacher_prompt)
+from teacherlm_jax.data.pipeline import collate, make_batch_iterator
+from teacherlm_jax.data.records import DataError, InstructionRecord, LoadReport, Record, SkippedRow
+from teacherlm_jax.data.registry import load_instructions, load_records
+from teacherlm_jax.data.sources import REGISTRY, default_data_dir
+from teacherlm_jax.data.tokenize import Example, encode, num_truncated
+
+__all__ = [
+    "KINDS", "KIND_PROMPTS", "REGISTRY", "DataError", "Example", "InstructionRecord", "LoadReport",
+    "Record", "SkippedRow", "answered_block", "collate", "default_data_dir", "encode", "eval_context",
+    "load_instructions", "load_records", "make_batch_iterator", "num_truncated", "question_block",
+    "remove_duplicated_block", "teacher_pair", "teacher_prompt",
+]

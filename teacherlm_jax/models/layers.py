@@ -1,0 +1,237 @@
+"""Building blocks shared by the decoders: named parameters, LayerNorm, Linear, attention core, KV cache.
+
+Every parameter carries logical axis names (`out_sharding` metadata) so that sharding is decided by
+rules in `teacherlm_jax.sharding`, never inside a model.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx, struct
+
+from teacherlm_jax.sharding import constrain
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+REMAT_POLICIES: dict[str, Callable | None] = {
+    "none": None,  # no rematerialisation
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def resolve_dtype(dtype: str | jnp.dtype) -> jnp.dtype:
+    """Accepts 'float32'/'bfloat16' (config files) or a jnp dtype."""
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(DTYPES)}")
+        return DTYPES[dtype]
+    return jnp.dtype(dtype)
+
+
+def named_param(
+    rngs: nnx.Rngs, init: Callable, shape: Sequence[int], names: Sequence[str | None], param_dtype
+) -> nnx.Param:
+    """A parameter with its logical axis names attached."""
+    if len(shape) != len(names):
+        raise ValueError(f"shape {tuple(shape)} and axis names {tuple(names)} differ in rank")
+    return nnx.Param(init(rngs.params(), tuple(shape), param_dtype), out_sharding=tuple(names))
+
+
+class LayerNorm(nnx.Module):
+    """LayerNorm computed in float32 and cast back, as torch does for half-precision inputs."""
+
+    def __init__(self, dim: int, eps: float, *, dtype, param_dtype, rngs: nnx.Rngs):
+        self.eps = eps
+        self.dtype = dtype
+        self.weight = named_param(rngs, nnx.initializers.ones, (dim,), ("embed",), param_dtype)
+        self.bias = named_param(rngs, nnx.initializers.zeros, (dim,), ("embed",), param_dtype)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        mean = x32.mean(-1, keepdims=True)
+        var = jnp.square(x32 - mean).mean(-1, keepdims=True)
+        y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
+        y = y * self.weight[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)
+        return y.astype(self.dtype)
+
+
+class Linear(nnx.Module):
+    """y = x . W + b, contracting the last `len(in_shape)` axes of x; W is [*in_shape, *out_shape]."""
+
+    def __init__(
+        self,
+        in_shape: Sequence[int],
+        out_shape: Sequence[int],
+        names: Sequence[str | None],
+        *,
+        use_bias: bool = True,
+        init_std: float = 0.02,
+        dtype,
+        param_dtype,
+        rngs: nnx.Rngs,
+    ):
+        self.in_rank = len(in_shape)
+        self.dtype = dtype
+        self.kernel = named_param(
+            rngs, nnx.initializers.normal(init_std), (*in_shape, *out_shape), names, param_dtype
+        )
+        self.bias = (
+            named_param(rngs, nnx.initializers.zeros, tuple(out_shape), names[self.in_rank:], param_dtype)
+            if use_bias else None
+        )
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.kernel[...].astype(self.dtype)
+        n = self.in_rank
+        contract = (tuple(range(x.ndim - n, x.ndim)), tuple(range(n)))
+        y = jax.lax.dot_general(x.astype(self.dtype), kernel, (contract, ((), ())))
+        if self.bias is not None:
+            y = y + self.bias[...].astype(self.dtype)
+        return y
+
+
+@struct.dataclass
+class KVCache:
+    """Keys and values of every layer, `[layers, batch, max_length, heads, head_dim]`.
+
+    `index` is the slot the next token is written to; slots are shared by all rows (left padding
+    keeps prompts aligned on the right).
+    """
+
+    key: jax.Array
+    value: jax.Array
+    index: jax.Array
+
+    @classmethod
+    def zeros(cls, num_layers: int, batch: int, max_length: int, num_heads: int, head_dim: int, dtype) -> KVCache:
+        shape = (num_layers, batch, max_length, num_heads, head_dim)
+        return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((), jnp.int32))
+
+    @property
+    def max_length(self) -> int:
+        return self.key.shape[2]
+
+
+def update_layer_cache(
+    cache_k: jax.Array, cache_v: jax.Array, k: jax.Array, v: jax.Array, index: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """Writes this step's keys/values ([batch, q_len, heads, hd]) into one layer's cache at `index`."""
+    start = (0, index, 0, 0)
+    return (jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), start),
+            jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), start))
+
+
+def attend(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    allowed: jax.Array,
+    bias: jax.Array | None,
+    dtype,
+    scale: float | None = None,
+) -> jax.Array:
+    """Softmax attention with scores and softmax in float32, probabilities cast back to `dtype`.
+
+    q: [b, q, h, d]; k, v: [b, k, h, d]; allowed: bool [b, 1, q, k]; bias: [b, h, 1 or q, k] or None.
+    `scale` multiplies the scores, 1/sqrt(head_dim) by default (1.0 for models that scale q themselves).
+    """
+    if scale is None:
+        scale = 1.0 / jnp.sqrt(jnp.float32(q.shape[-1]))
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
+    if bias is not None:
+        scores = scores + bias
+    scores = constrain(scores, ("batch", "heads", "length", None))
+    scores = jnp.where(allowed, scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
+    return jnp.einsum("bhqk,bkhd->bqhd", probs, v.astype(dtype))
+
+
+def check_attention_mask(input_ids: jax.Array, attention_mask: jax.Array | None,
+                         cache: KVCache | None) -> tuple[jax.Array, jax.Array]:
+    """The attention mask (all ones when None) checked against the inputs, and the inputs' first slot.
+
+    Without a cache the mask is [batch, length]; with one it covers all cache slots.
+    """
+    batch, length = input_ids.shape
+    if attention_mask is None:
+        attention_mask = jnp.ones((batch, length if cache is None else cache.max_length), jnp.int32)
+    if cache is not None and attention_mask.shape != (batch, cache.max_length):
+        raise ValueError(f"with a cache, attention_mask must be [batch={batch}, {cache.max_length} cache slots]; "
+                         f"got shape {attention_mask.shape}")
+    if cache is None and attention_mask.shape != input_ids.shape:
+        raise ValueError(f"attention_mask shape {attention_mask.shape} differs from input_ids {input_ids.shape}")
+    return attention_mask, jnp.int32(0) if cache is None else cache.index
+
+
+def attention_allowed(attention_mask: jax.Array, q_len: int, offset: jax.Array | int) -> jax.Array:
+    """Causal and padding mask, bool [b, 1, q_len, k_len]; query i sits in key slot `offset + i`."""
+    k_len = attention_mask.shape[1]
+    q_slots = offset + jnp.arange(q_len)[:, None]
+    causal = jnp.arange(k_len)[None, :] <= q_slots
+    return causal[None, None] & (attention_mask[:, None, None, :] > 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class ScanSpec:
+    """How a decoder runs its stack of blocks."""
+
+    scan_layers: bool = True
+    remat_policy: str = "none"
+
+    def __post_init__(self):
+        if self.remat_policy not in REMAT_POLICIES:
+            raise ValueError(f"remat_policy={self.remat_policy!r}; expected one of {sorted(REMAT_POLICIES)}")
+
+
+def make_block_stack(make_block: Callable[[nnx.Rngs], nnx.Module], num_layers: int, scan_layers: bool,
+                     rngs: nnx.Rngs):
+    """Blocks either stacked on a leading `layers` axis (for lax.scan) or as a list."""
+    if not scan_layers:
+        return nnx.List([make_block(rngs) for _ in range(num_layers)])
+
+    @nnx.split_rngs(splits=num_layers)
+    @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+    def stacked(layer_rngs):
+        return make_block(layer_rngs)
+
+    return stacked(rngs)
+
+
+def run_block_stack(blocks, x: jax.Array, layer_fn: Callable, cache: KVCache | None, spec: ScanSpec):
+    """Runs `layer_fn(block, x, cache_k, cache_v) -> (x, cache_k, cache_v)` over all blocks.
+
+    Scanned stacks go through one `lax.scan` (one compiled block, whatever the depth), optionally
+    rematerialised; listed stacks loop in Python. Both give the same numbers.
+    """
+    policy = REMAT_POLICIES[spec.remat_policy]
+    if spec.scan_layers:
+        graphdef, state = nnx.split(blocks)
+
+        def body(h, layer):
+            block_state, ck, cv = layer
+            h, ck, cv = layer_fn(nnx.merge(graphdef, block_state), h, ck, cv)
+            return h, (ck, cv)
+
+        if policy is not None:
+            body = jax.checkpoint(body, policy=policy, prevent_cse=False)
+        layers = (state, None if cache is None else cache.key, None if cache is None else cache.value)
+        x, (new_k, new_v) = jax.lax.scan(body, x, layers)
+    else:
+        fn = layer_fn if policy is None else nnx.remat(layer_fn, policy=policy)
+        new_k, new_v = [], []
+        for i, block in enumerate(blocks):
+            ck = None if cache is None else cache.key[i]
+            cv = None if cache is None else cache.value[i]
+            x, ck, cv = fn(block, x, ck, cv)
+            new_k.append(ck)
+            new_v.append(cv)
+        if cache is not None:
+            new_k, new_v = jnp.stack(new_k), jnp.stack(new_v)
+    if cache is None:
+        return x, None
+    return x, KVCache(new_k, new_v, cache.index)

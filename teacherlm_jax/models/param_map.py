@@ -1,0 +1,64 @@
+"""How each parameter of our NNX state corresponds to a tensor of a Hugging Face checkpoint.
+
+A model family lists `TensorSpec`s; `teacherlm_jax.models.hf` walks them to import and export.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+Transform = Callable[[np.ndarray], np.ndarray]
+
+
+def _identity(x: np.ndarray) -> np.ndarray:
+    return x
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorSpec:
+    """`path` in our state (without the layer index) <-> `hf_key` (`{i}` = layer index).
+
+    `in_base` keys live under the model's base prefix (`transformer.` for BLOOM), which published
+    checkpoints may or may not carry.
+    """
+
+    path: tuple[str, ...]
+    hf_key: str
+    to_ours: Transform = _identity
+    to_hf: Transform = _identity
+    in_base: bool = True
+
+    @property
+    def layered(self) -> bool:
+        return "{i}" in self.hf_key
+
+
+def same(path: Sequence[str], hf_key: str, in_base: bool = True) -> TensorSpec:
+    return TensorSpec(tuple(path), hf_key, in_base=in_base)
+
+
+def transposed(path: Sequence[str], hf_key: str, in_base: bool = True) -> TensorSpec:
+    return TensorSpec(tuple(path), hf_key, np.transpose, np.transpose, in_base)
+
+
+def linear(path: Sequence[str], hf_prefix: str, in_shape: Sequence[int], out_shape: Sequence[int],
+           bias: bool = True) -> list[TensorSpec]:
+    """torch Linear ([out, in] weight) <-> our kernel [*in_shape, *out_shape] and bias [*out_shape]."""
+    n_in, n_out = math.prod(in_shape), math.prod(out_shape)
+    kernel = TensorSpec(
+        (*path, "kernel"), f"{hf_prefix}.weight",
+        lambda w: w.T.reshape(*in_shape, *out_shape),
+        lambda k: k.reshape(n_in, n_out).T,
+    )
+    specs = [kernel]
+    if bias:
+        specs.append(TensorSpec((*path, "bias"), f"{hf_prefix}.bias",
+                                lambda b: b.reshape(out_shape), lambda b: b.reshape(n_out)))
+    return specs
+
+
+def layer_norm(path: Sequence[str], hf_prefix: str) -> list[TensorSpec]:
+    return [same((*path, "weight"), f"{hf_prefix}.weight"), same((*path, "bias"), f"{hf_prefix}.bias")]

@@ -1,0 +1,93 @@
+"""Tiny random transformers checkpoints, built in-process, that the tests compare against."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def randomize_norms(model: torch.nn.Module, seed: int = 0) -> None:
+    """Layer norms start at weight 1, bias 0; random values make a wrong wiring visible."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.LayerNorm):
+                module.weight.copy_(1 + 0.2 * torch.randn(module.weight.shape, generator=gen))
+                module.bias.copy_(0.2 * torch.randn(module.bias.shape, generator=gen))
+            elif isinstance(module, torch.nn.Linear) and module.bias is not None:
+                module.bias.copy_(0.05 * torch.randn(module.bias.shape, generator=gen))
+
+
+def tiny_bloom(directory: Path | None = None, *, seed: int = 0, vocab_size: int = 128, hidden_size: int = 48,
+               n_layer: int = 2, n_head: int = 6, safe_serialization: bool = True, **kwargs):
+    """A random BloomForCausalLM in float32 (saved to `directory` when given)."""
+    from transformers import BloomConfig, BloomForCausalLM
+
+    torch.manual_seed(seed)
+    config = BloomConfig(vocab_size=vocab_size, hidden_size=hidden_size, n_layer=n_layer, n_head=n_head,
+                         initializer_range=0.1, **kwargs)
+    model = BloomForCausalLM(config).eval()
+    randomize_norms(model, seed)
+    if directory is not None:
+        save_reference(model, directory, safe_serialization)
+    return model
+
+
+def save_reference(model, directory: Path, safe_serialization: bool = True) -> None:
+    """transformers 5 writes only safetensors; `.bin` checkpoints (older releases) are written by hand."""
+    if safe_serialization:
+        model.save_pretrained(directory)
+        return
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    model.config.save_pretrained(directory)
+    state = {k: v.clone() for k, v in model.state_dict().items()}  # tied tensors saved once each
+    torch.save(state, Path(directory) / "pytorch_model.bin")
+
+
+def torch_logits(model, input_ids: np.ndarray, attention_mask: np.ndarray | None = None) -> np.ndarray:
+    with torch.no_grad():
+        out = model(input_ids=torch.as_tensor(np.asarray(input_ids)),
+                    attention_mask=None if attention_mask is None else torch.as_tensor(np.asarray(attention_mask)))
+    return out.logits.float().numpy()
+
+
+def tiny_tokenizer(words: tuple[str, ...] = ("the", "cat", "sat", "on", "mat", "a", "dog")):
+    """A word-level fast tokenizer with BLOOM's special-token ids (unk 0, bos 1, eos 2, pad 3)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "<pad>": 3}
+    vocab.update({w: i + 4 for i, w in enumerate(words)})
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<s>",
+                                   eos_token="</s>", pad_token="<pad>")
+
+
+def tiny_opt(directory: Path | None = None, *, seed: int = 0, vocab_size: int = 128, hidden_size: int = 48,
+             num_hidden_layers: int = 2, num_attention_heads: int = 6, ffn_dim: int = 96,
+             max_position_embeddings: int = 32, safe_serialization: bool = True, **kwargs):
+    """A random OPTForCausalLM in float32 (saved to `directory` when given)."""
+    from transformers import OPTConfig, OPTForCausalLM
+
+    torch.manual_seed(seed)
+    config = OPTConfig(vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=num_hidden_layers,
+                       num_attention_heads=num_attention_heads, ffn_dim=ffn_dim,
+                       max_position_embeddings=max_position_embeddings, init_std=0.1, **kwargs)
+    model = OPTForCausalLM(config).eval()
+    randomize_norms(model, seed)
+    if directory is not None:
+        save_reference(model, directory, safe_serialization)
+    return model
+
+
+def save_reference(model, directory: Path, safe_serialization: bool = True) -> None:
+    """transformers 5 writes only safetensors; `.bin` checkpoints (older releases) are written by hand."""
+    if safe_serialization:
+        model.save_pretrained(directory)
+        return
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    model.config.save_pretrained(directory)
+    state = {k: v.clone() for k, v in model.state_dict().items()}  # tied tensors saved once each
+    torch.save(state, Path(directory) / "pytorch_model.bin")
