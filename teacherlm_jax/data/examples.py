@@ -1,0 +1,150 @@
+"""Training texts: which (prompt, target) pairs a teacher stage or a student learns from a record.
+
+Formats (what part of a record is taught):
+  answer          the question and its answer only (stage-1 multi-task; the `text` student)
+  cot | fundamentals | mistakes   one annotation kind (stage 3; students on one teacher kind)
+  mixed           every kind the record has, each as its own example (stage 2; the `mixed` student)
+Styles (how the text is laid out):
+  teacherlm       the teacher prompt then its continuation:
+                  `Q: ... (A) .. A: The answer is (X). Let's think step by step.` + ` <text>`;
+                  the answer format is `Q: ... A: The answer is (` + `X).`
+  finetune_cot    Fine-tune-CoT (Ho et al. 2023): `Q: ... (A) .. ###` + ` <text> --> X`
+                  (answer format: ` --> X`), trained on the completion only.
+An annotation that is a list (several teacher samples, Fine-tune-CoT's diverse reasoning) gives one
+example per sample.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from teacherlm_jax.data.formats import (KIND_PROMPTS, KINDS, question_block, remove_duplicated_block,
+                                        teacher_prompt)
+from teacherlm_jax.data.records import LETTERS, DataError, Record
+
+FORMATS = ("answer", *KINDS, "mixed")
+STYLES = ("teacherlm", "finetune_cot")
+
+
+@dataclasses.dataclass(frozen=True)
+class TextPair:
+    id: str
+    prompt: str
+    target: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Annotated:
+    """A record with annotations that may hold several samples each (augment output)."""
+
+    record: Record
+    annotations: Mapping[str, tuple[str, ...]]
+
+
+def annotated(record: Record) -> Annotated:
+    """A record's own (gold) annotations, one sample each."""
+    return Annotated(record, {k: (getattr(record, k),) for k in KINDS if getattr(record, k)})
+
+
+def _answer_pair(record: Record, style: str) -> tuple[str, str]:
+    letter = LETTERS[record.answer]
+    if style == "teacherlm":
+        return f"{question_block(record)} A: The answer is (", f"{letter})."
+    return f"{question_block(record)} ###", f" --> {letter}"
+
+
+def _kind_pair(record: Record, kind: str, text: str, style: str) -> tuple[str, str]:
+    text = remove_duplicated_block(text.strip())
+    if style == "teacherlm":
+        return teacher_prompt(record, kind), f" {text}"
+    return f"{question_block(record)} ###", f" {text} --> {LETTERS[record.answer]}"
+
+
+def text_pairs(item: Annotated, fmt: str, style: str = "teacherlm") -> list[TextPair]:
+    """The examples `item` gives in format `fmt`; a record lacking the asked kind is an error."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
+    if style not in STYLES:
+        raise ValueError(f"unknown style {style!r}; expected one of {STYLES}")
+    record = item.record
+    if fmt == "answer":
+        return [TextPair(record.id, *_answer_pair(record, style))]
+    kinds = [k for k in KINDS if item.annotations.get(k)] if fmt == "mixed" else [fmt]
+    if not kinds or not item.annotations.get(kinds[0]):
+        raise DataError(f"{record.source or 'records'}:{record.id}",
+                        f"has no {fmt!r} annotation" if fmt != "mixed" else "has no annotation of any kind")
+    pairs = []
+    for kind in kinds:
+        samples = item.annotations[kind]
+        for s, text in enumerate(samples):
+            suffix = f"/{kind}" + (f"/{s}" if len(samples) > 1 else "")
+            pairs.append(TextPair(record.id + suffix, *_kind_pair(record, kind, text, style)))
+    return pairs
+
+
+def mix_by_ratio(pairs_by_kind: Mapping[str, Sequence[TextPair]], ratios: Mapping[str, float],
+                 seed: int) -> list[TextPair]:
+    """Stage 2's mixture: each kind's examples repeated `ratio` times (a fractional part takes a
+    seeded subset), so ratios 1:1:1 keep everything once."""
+    mixed: list[TextPair] = []
+    for i, (kind, pairs) in enumerate(sorted(pairs_by_kind.items())):
+        ratio = float(ratios.get(kind, 1.0))
+        if ratio < 0:
+            raise ValueError(f"ratio for {kind!r} is negative: {ratio}")
+        whole, frac = int(ratio), ratio - int(ratio)
+        mixed.extend(list(pairs) * whole)
+        if frac:
+            take = np.random.default_rng([seed, i]).permutation(len(pairs))[:round(frac * len(pairs))]
+            mixed.extend(pairs[j] for j in sorted(take))
+    return mixed
+
+
+def read_augmented(path: str | Path) -> list[Annotated]:
+    """Records written by the augment job (`augmented/<dataset>/*.jsonl`, or one such file): the
+    teacher's texts under `cot` / `fundamentals` / `mistakes`, a string or a list of samples."""
+    path = Path(path)
+    files = sorted(path.glob("*.jsonl")) if path.is_dir() else [path]
+    if not files:
+        raise DataError(str(path), "no augmented .jsonl files found")
+    items = []
+    for file in files:
+        for line_no, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            where = f"{file}:{line_no}"
+            try:
+                row = json.loads(line)
+                record = Record(id=str(row["id"]), question=row["question"], choices=tuple(row["choices"]),
+                                answer=int(row["answer"]), subject=row.get("subject"),
+                                source=row.get("source") or path.name)
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+                raise DataError(where, f"not an augmented record ({type(e).__name__}: {e})") from e
+            annotations = {}
+            for kind in KINDS:
+                value = row.get(kind)
+                if value is None:
+                    continue
+                samples = (value,) if isinstance(value, str) else tuple(value)
+                if not all(isinstance(s, str) for s in samples):
+                    raise DataError(where, f"{kind!r} must be a string or a list of strings")
+                annotations[kind] = samples
+            items.append(Annotated(record, annotations))
+    return items
+
+
+def build_pairs(items: Iterable[Annotated], fmt: str, style: str = "teacherlm", *,
+                ratios: Mapping[str, float] | None = None, seed: int = 0) -> list[TextPair]:
+    """Every item's examples in format `fmt`; `mixed` applies per-kind `ratios` (default 1 each)."""
+    items = list(items)
+    if fmt != "mixed" or not ratios:
+        return [pair for item in items for pair in text_pairs(item, fmt, style)]
+    by_kind: dict[str, list[TextPair]] = {k: [] for k in KIND_PROMPTS}
+    for item in items:
+        for kind in KINDS:
+            if item.annotations.get(kind):
+                by_kind[kind].extend(text_pairs(Annotated(item.record, {kind: item.annotations[kind]}), kind, style))
+    return mix_by_ratio(by_kind, ratios, seed)
