@@ -15,8 +15,8 @@ import numpy as np
 from flax import nnx
 
 from teacherlm_jax.models.layers import (
-    KVCache, LayerNorm, Linear, ScanSpec, attend, attention_allowed, make_block_stack, named_param,
-    resolve_dtype, run_block_stack, update_layer_cache,
+    KVCache, LayerNorm, Linear, ScanSpec, attend, attention_allowed, check_attention_mask, make_block_stack,
+    named_param, resolve_dtype, run_block_stack, update_layer_cache,
 )
 from teacherlm_jax.models.param_map import TensorSpec, layer_norm, linear, same, transposed
 from teacherlm_jax.sharding import constrain
@@ -176,16 +176,9 @@ class Bloom(nnx.Module):
         """
         c = self.config
         dtype = resolve_dtype(c.dtype)
-        batch, length = input_ids.shape
+        length = input_ids.shape[1]
         _check_length(length, c)
-        if attention_mask is None:
-            attention_mask = jnp.ones((batch, length if cache is None else cache.max_length), jnp.int32)
-        offset = jnp.int32(0) if cache is None else cache.index
-        if cache is not None and attention_mask.shape[1] != cache.max_length:
-            raise ValueError(f"with a cache, attention_mask must cover all {cache.max_length} cache slots; "
-                             f"got shape {attention_mask.shape}")
-        if cache is None and attention_mask.shape != input_ids.shape:
-            raise ValueError(f"attention_mask shape {attention_mask.shape} differs from input_ids {input_ids.shape}")
+        attention_mask, offset = check_attention_mask(input_ids, attention_mask, cache)
 
         x = jnp.take(self.word_embeddings[...], input_ids, axis=0).astype(dtype)
         x = self.word_embeddings_layernorm(constrain(x, ("batch", "length", "embed")))

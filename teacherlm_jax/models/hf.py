@@ -88,7 +88,7 @@ def from_pretrained(
     rules: LogicalRules | None = None,
     **config_overrides: Any,
 ) -> nnx.Module:
-    """Loads a Hugging Face causal LM (BLOOM, or OPT once registered) as an NNX model.
+    """Loads a Hugging Face causal LM (BLOOM or OPT, by `model_type`) as an NNX model.
 
     `config_overrides` set run-time fields such as `scan_layers` or `remat_policy`. With `mesh` and
     `rules`, parameters are created sharded by their logical axis names.
