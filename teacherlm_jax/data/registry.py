@@ -3,7 +3,8 @@
 `name_or_path` resolves, in order:
 1. a registry name (`REGISTRY` in sources.py: creak, strategyqa, commonsenseqa, ecqa, gsm8k, mmlu,
    mmlu_2020, teacherlm_creak, teacherlm_ecqa, teacherlm_strategyqa), read from `data_dir` or the
-   shared data folder ($TEACHERLM_DATA_DIR, else ../shared/data);
+   shared data folder ($TEACHERLM_DATA_DIR, else ../shared/data); `synthetic` (splits
+   teacher_train, student_train, student_test) is generated and needs no folder;
 2. a path ending `.jsonl`: the generic multiple-choice JSONL (`split` is not used);
 3. `tfds:<name>`: TensorFlow Datasets (`data_dir` = the TFDS data dir);
 4. `hf:<hub id>[:<config>]`, `hf:<dir>`, or a bare directory written by `save_to_disk`.
@@ -30,7 +31,7 @@ def load_records(name_or_path: str, split: str = "train", *, data_dir: str | Non
         if split not in source.splits:
             raise ValueError(f"{name_or_path!r} has splits {source.splits}, not {split!r}")
         root = Path(data_dir) if data_dir else sources.default_data_dir()
-        if not root.is_dir():
+        if source.needs_data_dir and not root.is_dir():
             raise FileNotFoundError(f"shared data folder {root} not found: set TEACHERLM_DATA_DIR "
                                     f"or pass data_dir= to read {name_or_path!r}")
         rows = source.read(root, split)

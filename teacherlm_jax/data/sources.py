@@ -29,6 +29,7 @@ from typing import Callable, Iterator
 
 from teacherlm_jax.data.formats import TRUE_FALSE, TRUE_FALSE_PREFIX, remove_duplicated_block
 from teacherlm_jax.data.records import LETTERS, DataError, Record, Row, collect, jsonl_rows
+from teacherlm_jax.data.synthetic import SPLITS as SYNTHETIC_SPLITS
 
 log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -44,6 +45,7 @@ def default_data_dir() -> Path:
 class Source:
     splits: tuple[str, ...]
     read: Callable[[Path, str], Iterator[Row]]
+    needs_data_dir: bool = True
 
 
 def _true_false(value: object, field: str) -> int:
@@ -213,6 +215,15 @@ def _teacherlm_reader(name: str, subdir: str, n: int, id_key: str, cot: Callable
     return read
 
 
+def read_synthetic(data_dir: Path, split: str) -> Iterator[Row]:
+    """The project's synthetic reasoning suite (data/synthetic.py), default sizes, seed 0."""
+    from teacherlm_jax.data.synthetic import make_suite
+
+    for i, row in enumerate(make_suite(0)[split], start=1):
+        yield f"synthetic/{split}:{i}", lambda row=row: Record(**{**row, "choices": tuple(row["choices"]),
+                                                                  "source": "synthetic"})
+
+
 REGISTRY: dict[str, Source] = {
     "creak": Source(("train", "dev", "contrast_set"), read_creak),
     "strategyqa": Source(("train", "dev"), read_strategyqa),
@@ -231,4 +242,5 @@ REGISTRY: dict[str, Source] = {
         "teacherlm_ecqa", "ecqa", 5, "q_no", lambda row: row["taskB"])),
     "teacherlm_strategyqa": Source(("test",), _teacherlm_reader(
         "teacherlm_strategyqa", "strategy_qa", 2, "qid", lambda row: " ".join(row["decomposition"]))),
+    "synthetic": Source(SYNTHETIC_SPLITS, read_synthetic, needs_data_dir=False),
 }

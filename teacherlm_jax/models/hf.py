@@ -233,9 +233,18 @@ def save_pretrained(model: nnx.Module, out_dir: str | os.PathLike, *, dtype: str
 
 
 def load_tokenizer(path_or_hub_id: str | os.PathLike, *, padding_side: str = "left"):
-    """The checkpoint's own tokenizer (AutoTokenizer, never trust_remote_code), left-padding by default."""
+    """The checkpoint's own tokenizer (AutoTokenizer, never trust_remote_code), left-padding by default.
+
+    `builtin:bytes` is the project's byte-level tokenizer (tiny CPU configs and the demo).
+    """
     from transformers import AutoTokenizer
 
+    from teacherlm_jax.data.byte_tokenizer import BUILTIN_NAME, byte_tokenizer
+
+    if str(path_or_hub_id) == BUILTIN_NAME:
+        tokenizer = byte_tokenizer()
+        tokenizer.padding_side = padding_side
+        return tokenizer
     directory = resolve_checkpoint_dir(path_or_hub_id)
     tokenizer = AutoTokenizer.from_pretrained(str(directory), padding_side=padding_side)
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
