@@ -168,14 +168,23 @@ def param_shardings(model, mesh: Mesh, rules: LogicalRules) -> dict:
     return out
 
 
-def initialize_distributed(enabled: bool | None = None) -> None:
-    """`jax.distributed.initialize` when asked: `enabled=True`, or (None) when the environment is a
-    multi-process launch (JAX_COORDINATOR_ADDRESS, a TPU VM, SLURM/Open MPI with several tasks)."""
+def initialize_distributed(distributed=None) -> None:
+    """`jax.distributed.initialize` when asked, before any jax computation; idempotent.
+
+    `distributed` is `config.distributed` (a mapping) or None: `enabled` True/False forces it, None
+    (default) starts it when `coordinator_address` is set or the environment is a multi-process launch
+    (JAX_COORDINATOR_ADDRESS, a TPU VM, SLURM/Open MPI with several tasks). `coordinator_address`,
+    `num_processes` and `process_id` are passed on (needed off clusters jax knows, e.g. CPU hosts).
+    """
+    settings = {k: v for k, v in dict(distributed or {}).items() if v is not None}
+    enabled = settings.pop("enabled", None)
+    unknown = sorted(set(settings) - {"coordinator_address", "num_processes", "process_id"})
+    if unknown:
+        raise ConfigError(f"config.distributed: unknown keys {unknown}")
     if jax.distributed.is_initialized() or enabled is False:
         return
-    if enabled is None and not _multi_process_env():
-        return
-    jax.distributed.initialize()
+    if enabled or settings or _multi_process_env():
+        jax.distributed.initialize(**settings)
 
 
 def _multi_process_env() -> bool:

@@ -1,0 +1,55 @@
+"""Train (or fine-tune) a causal LM: `python -m teacherlm_jax.main --config configs/train.py[:VARIANT] --workdir DIR`.
+
+Variants:
+  (none)  bloom-560m from the hub, constant LR 6e-6 (TeacherLM's student recipe), bfloat16 compute.
+  tiny    a tiny BLOOM from scratch on a synthetic dataset: about a minute on one CPU; what tests use.
+Any key can be overridden: --config.num_train_steps=20 --config.mesh.fsdp=2 --config.model.init_from=DIR
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from configs import common
+
+
+def data(source: str = "synthetic_lm", *, seq_len: int = 2048, loss_on: str = "all", vocab: int | None = None,
+         **kwargs) -> ml_collections.ConfigDict:
+    """Training data; `teacherlm_jax.train.data.make_train_data` reads this section.
+
+    synthetic_lm: arithmetic token progressions (learnable, so loss falls), `vocab` symbols,
+    rows of random length in [seq_len/2, seq_len] right-padded; loss_on = all | target (second half).
+    """
+    return ml_collections.ConfigDict(dict(source=source, seq_len=seq_len, loss_on=loss_on, vocab=vocab, **kwargs))
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    config = common.base("train")
+    config.model = common.model("bigscience/bloom-560m", dtype="bfloat16")
+    config.tokenizer = config.model.init_from
+    config.data = data(vocab=1024)  # a runnable placeholder until real datasets are wired in
+    config.batch_size = 64  # global, over all processes and devices
+    config.grad_accum_steps = 1  # microbatches per step (a scan): batch_size must divide evenly
+    config.num_train_steps = 1000
+    config.optimizer = common.optimizer(learning_rate=6e-6, schedule="constant", grad_clip_norm=1.0)
+    config.log_every = 10
+    config.eval_every = 0  # 0: no eval; else every N steps and at the end, on `eval_steps` batches
+    config.eval_steps = 8
+    common.checkpointing(config, every=200, keep=3)
+    config.export_hf = True  # write WORKDIR/hf_final (save_pretrained) at the end, for later stages
+    config.plot = True  # WORKDIR/loss_curve.png at the end
+
+    if arg == "tiny":
+        config.model = common.model(None, vocab_size=64, hidden_size=32, n_layer=2, n_head=4, pad_token_id=0)
+        config.tokenizer = None
+        config.data = data(seq_len=32, vocab=61)
+        config.batch_size = 8
+        config.num_train_steps = 200
+        config.optimizer = common.optimizer(learning_rate=3e-3, schedule="cosine", warmup_steps=10,
+                                            weight_decay=0.01)
+        config.log_every = 10
+        config.eval_every = 100
+        config.eval_steps = 2
+        common.checkpointing(config, every=50, keep=2)
+    elif arg:
+        raise ValueError(f"configs/train.py: unknown variant {arg!r}; known: tiny")
+    return config

@@ -1,0 +1,173 @@
+"""The training job: `run(config, workdir)` for `main`, `train(config, workdir)` for code that chains
+stages (it returns the Hugging Face export of the final params).
+
+Rerunning the same command after any stop (SIGKILL included) resumes from the latest checkpoint and
+continues exactly: same batches, same losses; metrics.jsonl is cut back to the restored step.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from teacherlm_jax.models.hf import load_tokenizer, save_pretrained
+from teacherlm_jax.sharding import (
+    ConfigError, data_parallel_size, initialize_distributed, mesh_from_config, param_shardings, replicated,
+)
+from teacherlm_jax.train.builders import abstract_model, load_params, write_model_config
+from teacherlm_jax.train.checkpoint import Checkpointer, SigtermFlag, abstract_like
+from teacherlm_jax.train.data import BatchIterator, global_batch, make_train_data
+from teacherlm_jax.train.metrics import MetricsWriter, StepTimer, flops_per_token, plot_loss_curve
+from teacherlm_jax.train.optim import decay_mask, make_optimizer
+from teacherlm_jax.train.step import TrainState, init_train_state, make_eval_step, make_train_step, state_shardings
+
+log = logging.getLogger(__name__)
+
+HF_EXPORT = "hf_final"
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Job entry (`config.job = "train"`); exits with 143 when a preemption notice stopped the run."""
+    if train(config, workdir) is None:
+        raise SystemExit(143)
+
+
+def validate(config: ml_collections.ConfigDict, dp_size: int) -> None:
+    for key in ("num_train_steps", "log_every", "checkpoint_every", "keep_checkpoints", "grad_accum_steps",
+                "batch_size"):
+        if int(config[key]) < 1:
+            raise ConfigError(f"config.{key}={config[key]} must be >= 1")
+    if config.eval_every < 0 or (config.eval_every and config.eval_steps < 1):
+        raise ConfigError(f"config.eval_every={config.eval_every}, eval_steps={config.eval_steps}: "
+                          f"eval_every >= 0 (0 = off) and eval_steps >= 1")
+    rows = dp_size * config.grad_accum_steps
+    if config.batch_size % rows:
+        raise ConfigError(f"config.batch_size={config.batch_size} is not divisible by the data-parallel size "
+                          f"{dp_size} (mesh axes the batch is split over) x grad_accum_steps="
+                          f"{config.grad_accum_steps}")
+    if config.batch_size % jax.process_count():
+        raise ConfigError(f"config.batch_size={config.batch_size} is not divisible by the "
+                          f"{jax.process_count()} processes")
+
+
+def train(config: ml_collections.ConfigDict, workdir: str | Path) -> Path | None:
+    """Trains to `config.num_train_steps` (resuming from WORKDIR/checkpoints if any).
+
+    Returns WORKDIR/hf_final (a Hugging Face directory) when config.export_hf, else WORKDIR; None when
+    stopped early by a preemption notice (a checkpoint was saved first).
+    """
+    workdir = Path(workdir)
+    initialize_distributed(config.get("distributed"))
+    mesh, rules = mesh_from_config(config)
+    validate(config, data_parallel_size(mesh, rules))
+    workdir.mkdir(parents=True, exist_ok=True)
+
+    abstract = abstract_model(config.model, config.seed)
+    graphdef, abstract_state = nnx.split(abstract, nnx.Param)
+    abstract_params = nnx.to_pure_dict(abstract_state)
+    p_shardings = param_shardings(abstract, mesh, rules)
+    tx, schedule = make_optimizer(config.optimizer, config.num_train_steps, decay_mask(abstract))
+    abstract_opt = jax.eval_shape(tx.init, abstract_params)
+    shardings = state_shardings(p_shardings, abstract_opt, mesh)
+
+    tokenizer = load_tokenizer(config.tokenizer) if config.get("tokenizer") else None
+    data = make_train_data(config, tokenizer, jax.process_index(), jax.process_count())
+    if not isinstance(data, BatchIterator):
+        raise TypeError(f"make_train_data returned {type(data).__name__}, which lacks get_state/set_state")
+    ckpt = Checkpointer(workdir, every=config.checkpoint_every, keep=config.keep_checkpoints,
+                        use_async=config.get("async_checkpoints", True))
+    start = ckpt.latest_step() or 0
+    if start:  # our own checkpoint wins over init_from: this is a restart
+        target = TrainState(jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated(mesh)),
+                            abstract_like(abstract_params, p_shardings), abstract_like(abstract_opt, shardings.opt_state))
+        state, data_state = ckpt.restore(start, target)
+        data.set_state(data_state)
+        log.info("resumed from %s/checkpoints step %d", workdir, start)
+    else:
+        state = init_train_state(load_params(config.model, abstract, mesh, rules, config.seed), tx, shardings)
+    if jax.process_index() == 0:
+        write_model_config(abstract, workdir)
+
+    train_step = make_train_step(graphdef, tx, schedule, mesh, rules, shardings, config.grad_accum_steps)
+    eval_step = make_eval_step(graphdef, mesh, rules, p_shardings)
+    seq_len = config.data.seq_len
+    model_cfg = abstract.config
+    num_params = sum(math.prod(x.shape) for x in jax.tree.leaves(abstract_params))
+    tokens_per_step = config.batch_size * seq_len
+    timer = StepTimer(tokens_per_step, tokens_per_step * flops_per_token(
+        num_params, _layers(model_cfg), model_cfg.hidden_size, seq_len))
+
+    def evaluate(params) -> dict[str, float]:
+        it = make_train_data(config, tokenizer, jax.process_index(), jax.process_count(), split="eval")
+        totals = None
+        for _ in range(config.eval_steps):
+            batch = global_batch(_checked(next(it), model_cfg.vocab_size), mesh, rules, config.batch_size, seq_len)
+            sums = eval_step(params, batch)
+            totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+        totals = jax.device_get(totals)
+        tokens = max(float(totals["tokens"]), 1.0)
+        return {"eval_loss": float(totals["loss_sum"]) / tokens, "eval_accuracy": float(totals["correct"]) / tokens}
+
+    writer = MetricsWriter(workdir, start_step=start, total_steps=config.num_train_steps)
+    sigterm = SigtermFlag()
+    try:
+        for step in range(start, config.num_train_steps):
+            batch = global_batch(_checked(next(data), model_cfg.vocab_size), mesh, rules, config.batch_size, seq_len)
+            state, metrics = train_step(state, batch)
+            done = step + 1
+            if step == start:  # the first step compiles: time from its end
+                jax.block_until_ready(metrics)
+                timer.mark(done)
+            record: dict[str, float] = {}
+            last = done == config.num_train_steps
+            if done % config.log_every == 0 or last:
+                record.update({k: float(v) for k, v in jax.device_get(metrics).items()}, **timer.measure(done))
+            if config.eval_every and (done % config.eval_every == 0 or last):
+                record.update(evaluate(state.params))
+            if record:
+                writer.write(done, record)
+                timer.mark(done)  # eval and logging are not training time
+            preempted = sigterm.raised or ckpt.reached_preemption(done)
+            if preempted or last or ckpt.should_save(done):
+                ckpt.save(done, state, data.get_state())
+            if preempted:
+                log.warning("preempted: saved step %d in %s; rerun the same command to continue", done, workdir)
+                return None
+    finally:
+        ckpt.close()
+        writer.close()
+        sigterm.restore()
+
+    if config.get("plot", True):
+        plot_loss_curve(workdir)
+    if not config.get("export_hf", True):
+        return workdir
+    return export_hf(nnx.merge(graphdef, state.params), workdir / HF_EXPORT, tokenizer)
+
+
+def export_hf(model: nnx.Module, out_dir: str | Path, tokenizer=None) -> Path:
+    """`save_pretrained` (collective: every process calls it) plus the tokenizer, if any."""
+    out = save_pretrained(model, out_dir)
+    if tokenizer is not None and jax.process_index() == 0:
+        tokenizer.save_pretrained(str(out))
+    log.info("exported Hugging Face checkpoint to %s", out)
+    return Path(out)
+
+
+def _checked(batch: dict[str, np.ndarray], vocab_size: int) -> dict[str, np.ndarray]:
+    """Out-of-range ids would be clipped silently by the embedding lookup; refuse them instead."""
+    top = int(np.max(batch["input_ids"]))
+    if top >= vocab_size or int(np.min(batch["input_ids"])) < 0:
+        raise ValueError(f"data batch has token id {top} outside the model's vocabulary [0, {vocab_size}); "
+                         f"check config.data / config.tokenizer against config.model")
+    return batch
+
+
+def _layers(model_config) -> int:
+    return getattr(model_config, "n_layer", None) or model_config.num_hidden_layers

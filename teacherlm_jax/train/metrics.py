@@ -1,0 +1,130 @@
+"""Training metrics: WORKDIR/metrics.jsonl, TensorBoard events, a progress bar or log lines, a
+loss-curve PNG, and the MFU estimate. Only process 0 writes; others get a writer that does nothing."""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import jax
+
+log = logging.getLogger(__name__)
+
+# Dense bfloat16 peak FLOP/s per chip, matched on the start of `device.device_kind`.
+PEAK_FLOPS = (
+    ("TPU v6 lite", 918e12), ("TPU v5 lite", 197e12), ("TPU v5p", 459e12), ("TPU v5", 459e12),
+    ("TPU v4", 275e12), ("TPU v3", 123e12), ("NVIDIA H200", 989e12), ("NVIDIA H100", 989e12),
+    ("NVIDIA GH200", 989e12), ("NVIDIA A100", 312e12), ("NVIDIA L4", 121e12),
+)
+
+
+def peak_flops(device: jax.Device) -> float | None:
+    """The chip's bf16 peak, or None when unknown (CPU, unlisted chips): then no MFU is reported."""
+    return next((flops for kind, flops in PEAK_FLOPS if device.device_kind.startswith(kind)), None)
+
+
+def flops_per_token(num_params: int, n_layer: int, hidden_size: int, seq_len: int) -> float:
+    """Training FLOPs per token (PaLM, appendix B): 6N for the weights plus 12*layers*hidden*seq for attention."""
+    return 6.0 * num_params + 12.0 * n_layer * hidden_size * seq_len
+
+
+class StepTimer:
+    """Step time, tokens/s and MFU over the steps since the last `mark`; the first step (which
+    compiles) is left out by marking after it."""
+
+    def __init__(self, tokens_per_step: int, flops_per_step: float):
+        peak = peak_flops(jax.devices()[0])
+        self.tokens_per_step, self.flops_per_step = tokens_per_step, flops_per_step
+        self.peak = None if peak is None else peak * jax.device_count()
+        self.since: tuple[float, int] | None = None
+
+    def mark(self, step: int) -> None:
+        self.since = (time.perf_counter(), step)
+
+    def measure(self, step: int) -> dict[str, float]:
+        if self.since is None or step <= self.since[1]:
+            return {}
+        step_time = (time.perf_counter() - self.since[0]) / (step - self.since[1])
+        out = {"step_time_s": step_time, "tokens_per_s": self.tokens_per_step / step_time}
+        if self.peak is not None:
+            out["mfu"] = self.flops_per_step / step_time / self.peak
+        return out
+
+
+def truncate_jsonl(path: Path, last_step: int) -> None:
+    """Keeps the records of steps <= last_step: a resumed run rewrites the steps after its checkpoint."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines()
+            if line.strip() and json.loads(line)["step"] <= last_step]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+class MetricsWriter:
+    """`write(step, metrics)` appends to metrics.jsonl, logs to TensorBoard, updates the progress."""
+
+    def __init__(self, workdir: str | Path, *, start_step: int, total_steps: int):
+        self.enabled = jax.process_index() == 0
+        self.path = Path(workdir) / "metrics.jsonl"
+        self.tb = self.bar = None
+        if not self.enabled:
+            return
+        truncate_jsonl(self.path, start_step)
+        from tensorboardX import SummaryWriter
+
+        self.tb = SummaryWriter(str(Path(workdir) / "tensorboard"))
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True)
+
+    def write(self, step: int, metrics: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        record = {"step": step, **{k: float(v) for k, v in metrics.items()}}
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        for key, value in metrics.items():
+            self.tb.add_scalar(key, value, step)
+        self.tb.flush()
+        shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k in ("loss", "accuracy", "eval_loss",
+                                                                          "tokens_per_s", "mfu"))
+        if self.bar is not None:
+            self.bar.update(step - self.bar.n)
+            self.bar.set_postfix_str(shown)
+        else:
+            print(f"step {step}: {shown}", flush=True)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+        if self.bar is not None:
+            self.bar.close()
+
+
+def plot_loss_curve(workdir: str | Path) -> Path | None:
+    """WORKDIR/loss_curve.png from metrics.jsonl (train and eval loss by step); process 0 only."""
+    path = Path(workdir) / "metrics.jsonl"
+    if jax.process_index() != 0 or not path.exists():
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key in ("loss", "eval_loss"):
+        points = [(r["step"], r[key]) for r in records if key in r]
+        if points:
+            ax.plot(*zip(*points), label=key, marker="." if key == "eval_loss" else None)
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy (nats/token)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    out = Path(workdir) / "loss_curve.png"
+    fig.savefig(out, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return out

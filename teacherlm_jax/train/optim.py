@@ -1,0 +1,66 @@
+"""AdamW with TeacherLM's schedules, global-norm clipping and a weight-decay mask.
+
+Parameters, gradients and optimizer state stay in the params' dtype (float32 master weights) even
+when the model computes in bfloat16: the model casts weights at use.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import optax
+from flax import nnx
+
+from teacherlm_jax.models.layers import LayerNorm
+from teacherlm_jax.sharding import ConfigError
+
+SCHEDULES = ("constant", "linear", "cosine")
+
+
+def make_schedule(opt: Mapping, num_train_steps: int) -> optax.Schedule:
+    """Linear warmup from 0 over `warmup_steps`, then constant, or linear/cosine decay to
+    `end_lr_fraction * learning_rate` at `num_train_steps`."""
+    lr, warmup, name = float(opt["learning_rate"]), int(opt["warmup_steps"]), opt["schedule"]
+    if name not in SCHEDULES:
+        raise ConfigError(f"config.optimizer.schedule={name!r}; expected one of {SCHEDULES}")
+    if warmup < 0:
+        raise ConfigError(f"config.optimizer.warmup_steps={warmup} must be >= 0")
+    end = lr * float(opt["end_lr_fraction"])
+    decay_steps = max(num_train_steps - warmup, 1)
+    if name == "constant":
+        after = optax.constant_schedule(lr)
+    elif name == "linear":
+        after = optax.linear_schedule(lr, end, decay_steps)
+    else:
+        after = optax.cosine_decay_schedule(lr, decay_steps, alpha=end / lr if lr else 0.0)
+    if warmup == 0:
+        return after
+    return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), after], [warmup])
+
+
+def decay_mask(model: nnx.Module) -> dict:
+    """True for parameters that get weight decay: all but biases and layer norms (as HF Trainer does).
+
+    Nested like `nnx.to_pure_dict(nnx.state(model, nnx.Param))`.
+    """
+    norms = [path for path, node in nnx.iter_graph(model) if isinstance(node, LayerNorm)]
+    mask: dict = {}
+    for path, _ in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+        decayed = path[-1] != "bias" and not any(path[:len(p)] == p for p in norms)
+        node = mask
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = decayed
+    return mask
+
+
+def make_optimizer(opt: Mapping, num_train_steps: int, mask: dict) -> tuple[optax.GradientTransformation,
+                                                                             optax.Schedule]:
+    """(AdamW with clipping, its learning-rate schedule)."""
+    schedule = make_schedule(opt, num_train_steps)
+    clip = float(opt["grad_clip_norm"])
+    if clip < 0:
+        raise ConfigError(f"config.optimizer.grad_clip_norm={clip} must be >= 0 (0 turns clipping off)")
+    adamw = optax.adamw(schedule, b1=opt["b1"], b2=opt["b2"], eps=opt["eps"],
+                        weight_decay=float(opt["weight_decay"]), mask=mask)
+    tx = optax.chain(optax.clip_by_global_norm(clip), adamw) if clip else adamw
+    return tx, schedule

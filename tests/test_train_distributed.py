@@ -1,0 +1,47 @@
+"""Two jax processes on localhost (CPU, gloo collectives, 2 fake devices each) train together: each
+reads only its rows, the losses equal one process with 4 devices, only process 0 writes metrics,
+checkpoints hold every process's data position, and the collective HF export works."""
+from __future__ import annotations
+
+import json
+import subprocess
+
+import portpicker
+
+from train_subprocess import REPO, jax_env, main_command, run_checked
+
+OVERRIDES = ["--config.num_train_steps=6", "--config.log_every=1", "--config.checkpoint_every=3", "--config.eval_every=0",
+             "--config.mesh.data=2", "--config.mesh.fsdp=-1", "--config.plot=False"]
+
+
+def _losses(workdir) -> list[tuple[int, float]]:
+    return [(r["step"], r["loss"]) for r in map(json.loads, (workdir / "metrics.jsonl").read_text().splitlines())]
+
+
+def test_two_processes_train_and_checkpoint_like_one(tmp_path):
+    port = portpicker.pick_unused_port()
+    work = tmp_path / "two"
+    procs = [subprocess.Popen(
+        main_command("configs/train.py:tiny", work, *OVERRIDES,
+                     f"--config.distributed.coordinator_address=localhost:{port}",
+                     "--config.distributed.num_processes=2", f"--config.distributed.process_id={i}"),
+        cwd=REPO, env=jax_env(devices=2, JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    for p, (out, err) in zip(procs, outputs):
+        assert p.returncode == 0, f"{out[-2000:]}\n{err[-5000:]}"
+    assert "step 6:" in outputs[0][0] and "step " not in outputs[1][0]  # only process 0 reports
+
+    data_states = sorted(p.name for p in (work / "checkpoints" / "6" / "data").glob("process_*"))
+    assert data_states == ["process_0-of-2.json", "process_1-of-2.json"]
+    assert (work / "checkpoints" / "3").is_dir()
+    assert json.loads((work / "hf_final" / "config.json").read_text())["n_layer"] == 2
+
+    single = tmp_path / "one"
+    run_checked(main_command("configs/train.py:tiny", single, *OVERRIDES, "--config.export_hf=False"),
+                jax_env(devices=4))
+    two, one = _losses(work), _losses(single)
+    assert [s for s, _ in two] == list(range(1, 7))
+    assert [s for s, _ in two] == [s for s, _ in one]
+    for (_, a), (_, b) in zip(two, one):
+        assert abs(a - b) <= 1e-5 * abs(b), (two, one)
