@@ -1,4 +1,5 @@
 """BLOOM numerics against transformers' BloomForCausalLM on tiny random checkpoints."""
+import dataclasses
 import math
 
 import jax
@@ -170,3 +171,11 @@ def test_jit_of_split_model_matches_eager(checkpoint):
     ids, mask = left_padded_batch(128, [5, 3])
     np.testing.assert_allclose(np.asarray(forward(state, ids, mask)), np.asarray(model(ids, mask)),
                                rtol=1e-5, atol=1e-5)
+
+
+def test_config_round_trips_through_hf_dict_including_null_token_ids():
+    config = BloomConfig(vocab_size=64, hidden_size=32, n_head=4, bos_token_id=None, pad_token_id=None,
+                         apply_residual_connection_post_layernorm=True, max_position_embeddings=77)
+    again = BloomConfig.from_hf_dict(config.to_hf_dict(), dtype="bfloat16")
+    assert again == dataclasses.replace(config, dtype="bfloat16")
+    assert BloomConfig.from_hf_dict({"n_embed": 32, "n_head": 4, "dtype": "float16"}).dtype == "float32"

@@ -18,7 +18,7 @@ from teacherlm_jax.models.layers import (
     KVCache, LayerNorm, Linear, ScanSpec, attend, attention_allowed, check_attention_mask, make_block_stack,
     named_param, resolve_dtype, run_block_stack, update_layer_cache,
 )
-from teacherlm_jax.models.param_map import TensorSpec, layer_norm, linear, same, transposed
+from teacherlm_jax.models.param_map import TensorSpec, config_from_hf, layer_norm, linear, same, transposed
 from teacherlm_jax.sharding import constrain
 
 
@@ -66,18 +66,7 @@ class BloomConfig:
             "n_head": ("n_head", "num_attention_heads"),
             "max_position_embeddings": ("max_position_embeddings", "seq_length", "n_positions"),
         }
-        kwargs: dict[str, Any] = {}
-        for field in dataclasses.fields(cls):
-            for key in aliases.get(field.name, (field.name,)):
-                if key in hf and hf[key] is not None:
-                    kwargs[field.name] = hf[key]
-                    break
-        if isinstance(kwargs.get("eos_token_id"), list):
-            kwargs["eos_token_id"] = kwargs["eos_token_id"][0]
-        for key in ("dtype", "param_dtype", "scan_layers", "remat_policy"):
-            kwargs.pop(key, None)  # HF's `dtype` is the storage dtype, not our compute dtype
-        kwargs.update(overrides)
-        return cls(**kwargs)
+        return config_from_hf(cls, hf, aliases, overrides)
 
     def to_hf_dict(self) -> dict[str, Any]:
         keys = ("vocab_size", "hidden_size", "n_layer", "n_head", "layer_norm_epsilon",

@@ -18,7 +18,7 @@ from teacherlm_jax.models.layers import (
     KVCache, LayerNorm, Linear, ScanSpec, attend, attention_allowed, check_attention_mask, make_block_stack,
     named_param, resolve_dtype, run_block_stack, update_layer_cache,
 )
-from teacherlm_jax.models.param_map import TensorSpec, layer_norm, linear, same, transposed
+from teacherlm_jax.models.param_map import TensorSpec, config_from_hf, layer_norm, linear, same, transposed
 from teacherlm_jax.sharding import constrain
 
 # OPT's position table has two extra rows in front (a fairseq padding_idx leftover): position p is row p + 2.
@@ -101,18 +101,7 @@ class OPTConfig:
     @classmethod
     def from_hf_dict(cls, hf: dict[str, Any], **overrides) -> OPTConfig:
         """From a `config.json` dict (HF's `_remove_final_layer_norm` becomes `remove_final_layer_norm`)."""
-        aliases = {"remove_final_layer_norm": "_remove_final_layer_norm"}
-        kwargs: dict[str, Any] = {}
-        for field in dataclasses.fields(cls):
-            key = aliases.get(field.name, field.name)
-            if key in hf and hf[key] is not None:
-                kwargs[field.name] = hf[key]
-        if isinstance(kwargs.get("eos_token_id"), list):
-            kwargs["eos_token_id"] = kwargs["eos_token_id"][0]
-        for key in ("dtype", "param_dtype", "scan_layers", "remat_policy"):
-            kwargs.pop(key, None)  # HF's `dtype` is the storage dtype, not our compute dtype
-        kwargs.update(overrides)
-        return cls(**kwargs)
+        return config_from_hf(cls, hf, {"remove_final_layer_norm": ("_remove_final_layer_norm",)}, overrides)
 
     def to_hf_dict(self) -> dict[str, Any]:
         keys = ("vocab_size", "hidden_size", "num_hidden_layers", "ffn_dim", "num_attention_heads",

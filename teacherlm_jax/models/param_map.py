@@ -62,3 +62,26 @@ def linear(path: Sequence[str], hf_prefix: str, in_shape: Sequence[int], out_sha
 
 def layer_norm(path: Sequence[str], hf_prefix: str) -> list[TensorSpec]:
     return [same((*path, "weight"), f"{hf_prefix}.weight"), same((*path, "bias"), f"{hf_prefix}.bias")]
+
+
+RUN_FIELDS = ("dtype", "param_dtype", "scan_layers", "remat_policy")
+
+
+def config_from_hf(cls: type, hf: dict, aliases: dict[str, tuple[str, ...]], overrides: dict):
+    """A config dataclass from an HF `config.json` dict: each field from its first present alias.
+
+    A null token id stays null (the model has no such token); other null fields take the default.
+    HF's `dtype` is the storage dtype, never our compute dtype, so run-time fields come only from
+    `overrides`.
+    """
+    kwargs = {}
+    for field in dataclasses.fields(cls):
+        if field.name in RUN_FIELDS:
+            continue
+        for key in aliases.get(field.name, (field.name,)):
+            if key in hf and (hf[key] is not None or field.name.endswith("token_id")):
+                kwargs[field.name] = hf[key]
+                break
+    if isinstance(kwargs.get("eos_token_id"), list):
+        kwargs["eos_token_id"] = kwargs["eos_token_id"][0]
+    return cls(**{**kwargs, **overrides})

@@ -16,10 +16,11 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from teacherlm_jax.models.hf import FAMILIES, ModelFamily, from_pretrained, read_hf_config, resolve_checkpoint_dir
+from teacherlm_jax.models.param_map import RUN_FIELDS
 from teacherlm_jax.sharding import ConfigError, LogicalRules, param_shardings
 from teacherlm_jax.train.checkpoint import abstract_like, restore_params
 
-RUN_KEYS = ("dtype", "param_dtype", "scan_layers", "remat_policy")  # how to run, not what the model is
+RUN_KEYS = RUN_FIELDS  # how to run, not what the model is
 MODEL_CONFIG = "model_config.json"  # a run's architecture, HF config.json style, for init_from=run dir
 
 
