@@ -79,3 +79,13 @@ def test_read_augmented_reports_file_and_line(tmp_path):
 def test_annotated_keeps_only_present_kinds():
     assert set(annotated(RECORD).annotations) == {"cot", "fundamentals"}
     assert isinstance(annotated(RECORD), Annotated)
+
+
+def test_read_augmented_refuses_an_unfinished_run(tmp_path):
+    (tmp_path / "manifest.json").write_text("{}")
+    (tmp_path / "part-00000-of-00002.jsonl").write_text(
+        '{"id": "a", "question": "Q?", "choices": ["x"], "answer": 0, "cot": "c"}\n')
+    with pytest.raises(DataError, match="augment output is incomplete"):
+        read_augmented(tmp_path)
+    (tmp_path / "summary.json").write_text("{}")
+    assert len(read_augmented(tmp_path)) == 1

@@ -107,6 +107,9 @@ def read_augmented(path: str | Path) -> list[Annotated]:
     """Records written by the augment job (`augmented/<dataset>/*.jsonl`, or one such file): the
     teacher's texts under `cot` / `fundamentals` / `mistakes`, a string or a list of samples."""
     path = Path(path)
+    if path.is_dir() and (path / "manifest.json").exists() and not (path / "summary.json").exists():
+        raise DataError(str(path), "augment output is incomplete (no summary.json yet): rerun the augment job "
+                                   "with the same command to finish it")
     files = sorted(path.glob("*.jsonl")) if path.is_dir() else [path]
     if not files:
         raise DataError(str(path), "no augmented .jsonl files found")

@@ -1,0 +1,58 @@
+"""Augment datasets with a teacher's texts: `python -m teacherlm_jax.main --config configs/augment.py[:tiny]
+--workdir DIR --config.teacher.init_from=TEACHER`.
+
+TEACHER: a Hugging Face directory or hub id, or a training run's workdir (its hf_final export, else its
+latest checkpoint with config.tokenizer set), e.g. the stage-3 teacher. Output: DIR/augmented/<dataset>/
+(see teacherlm_jax/augment.py). Rerun the same command after any stop to resume.
+
+Variants:
+  (none)  TeacherLM's settings: sampling at temperature 1, top-k 50, every kind, whole datasets.
+  tiny    a CPU smoke run: 16 records, 16 new tokens, batch 4, chunks of 4 (set the teacher and datasets).
+Examples: --config.datasets="('creak', 'strategyqa:dev', '/data/questions.jsonl')" --config.kinds="('cot',)"
+--config.sampling.temperature=0 (greedy) --config.sampling.num_samples=4 (Fine-tune-CoT's diverse reasoning).
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from configs import common
+
+
+def sampling(temperature: float = 1.0, top_k: int = 50, top_p: float = 1.0, max_new_tokens: int = 512,
+             num_samples: int = 1, stop_at_eos: bool = True, seed: int = 0) -> ml_collections.ConfigDict:
+    """TeacherLM sampled with transformers `generate` (temperature 1, top-k 50, up to 2048 new tokens;
+    512 here since BLOOM's 2048 positions hold the prompt too). temperature 0 is greedy."""
+    return ml_collections.ConfigDict(dict(temperature=temperature, top_k=top_k, top_p=top_p,
+                                          max_new_tokens=max_new_tokens, num_samples=num_samples,
+                                          stop_at_eos=stop_at_eos, seed=seed))
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    config = common.base("augment")
+    config.teacher = common.model(None, family=None)  # family None: the checkpoint's model_type
+    config.teacher.init_from = ml_collections.FieldReference(None, field_type=str)  # required
+    config.tokenizer = ml_collections.FieldReference(None, field_type=str)  # None: init_from's tokenizer
+    # Registry names (default split train), `name:split`, or generic multiple-choice .jsonl paths.
+    config.datasets = ("creak", "strategyqa", "ecqa")
+    config.kinds = ("cot", "fundamentals", "mistakes")
+    config.sampling = sampling()
+    config.batch_size = 16  # prompts per generate call on each process (rows: batch_size * num_samples)
+    config.chunk_size = 256  # records per part file: the most a kill can lose; sorting by length is per chunk
+    config.max_prompt_tokens = 0  # 0: the teacher's max_position_embeddings - sampling.max_new_tokens
+    config.truncation = "left"  # longer prompts: left (keep the last tokens) | skip; counted in summary.json
+    config.max_records = 0  # 0: every record; N: the first N of each dataset (smoke runs)
+    config.data_dir = ml_collections.FieldReference(None, field_type=str)  # None: $TEACHERLM_DATA_DIR or ../shared/data
+    # Processes started independently (no jax.distributed) say who they are; None: jax's process index/count.
+    config.process_index = ml_collections.FieldReference(None, field_type=int)
+    config.process_count = ml_collections.FieldReference(None, field_type=int)
+    config.mesh = common.mesh(data=-1, fsdp=1)  # over each process's local devices; generation is data parallel
+
+    if arg == "tiny":
+        config.datasets = ("creak",)
+        config.sampling = sampling(max_new_tokens=16)
+        config.batch_size = 4
+        config.chunk_size = 4
+        config.max_records = 16
+    elif arg:
+        raise ValueError(f"configs/augment.py: unknown variant {arg!r}; known: tiny")
+    return config

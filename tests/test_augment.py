@@ -1,0 +1,288 @@
+"""The augment job on a tiny random BLOOM with a byte-level tokenizer: output schema and read-back,
+agreement with `generate` per prompt (seeds, EOS, samples), the long-prompt rule, config errors,
+and the job's guarantees: SIGKILL + rerun and two processes give exactly one uninterrupted run's files."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from reference_models import tiny_bloom
+from train_subprocess import CACHE, REPO, main_command
+from teacherlm_jax import from_pretrained, generate, load_tokenizer
+from teacherlm_jax.augment import Sampling, Settings, augment_records, run, settings_from_config
+from teacherlm_jax.augment_chunks import prompt_seed
+from teacherlm_jax.augment_report import HISTOGRAM, SUMMARY, read_parts, write_summary
+from teacherlm_jax.data import KINDS, load_records, teacher_prompt
+from teacherlm_jax.data.examples import read_augmented
+from teacherlm_jax.sharding import ConfigError
+
+if str(REPO) not in sys.path:  # configs/ is imported from the repository root, as main does
+    sys.path.insert(0, str(REPO))
+from configs import augment as augment_config  # noqa: E402
+from teacherlm_jax.data.byte_tokenizer import byte_tokenizer  # noqa: E402
+
+EOS = 2
+MAX_NEW = 16
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory) -> Path:
+    """A tiny BLOOM (256 positions) whose greedy rows sometimes end at EOS, with its tokenizer."""
+    model = tiny_bloom(vocab_size=264, tie_word_embeddings=False, pad_token_id=3, bos_token_id=1, eos_token_id=EOS,
+                       seq_length=256)
+    with torch.no_grad():
+        for p in model.transformer.h.parameters():
+            p.mul_(3.0)  # varied continuations
+        bias = model.transformer.ln_f.bias
+        model.lm_head.weight[EOS] = bias / bias.norm() ** 2  # EOS logit ~1: the top token at ~1 position in 8
+    directory = tmp_path_factory.mktemp("teacher")
+    model.save_pretrained(directory)
+    byte_tokenizer().save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def toy_jsonl(tmp_path_factory) -> Path:
+    """24 generic multiple-choice records of varied lengths (every prompt in one length bucket, <= 128
+    tokens, so the tests compile few programs), some with a gold chain of thought."""
+    rows = [{"id": f"q{i}", "question": f"Is {i} plus {i} equal to {2 * i + i % 2}?" + " Think." * (i % 3),
+             "choices": ["yes", "no", "maybe"][:2 + i % 2], "answer": i % 2,
+             "cot": f"{i} + {i} = {2 * i}." if i % 3 == 0 else None} for i in range(24)]
+    path = tmp_path_factory.mktemp("data") / "toy.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def model(teacher_dir):
+    return from_pretrained(teacher_dir)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(teacher_dir):
+    return load_tokenizer(teacher_dir)
+
+
+@pytest.fixture(scope="module")
+def records(toy_jsonl):
+    return load_records(str(toy_jsonl))
+
+
+def settings(**sampling) -> Settings:
+    return Settings(sampling=Sampling(**{"temperature": 0.0, "max_new_tokens": MAX_NEW, **sampling}), batch_size=3,
+                    chunk_size=5)
+
+
+def single_prompt(model, tokenizer, ids, seed, sampling: Sampling) -> list[tuple[str, int]]:
+    """What `generate` writes for one prompt alone: (text, tokens) per sample, the ending EOS stripped."""
+    out = generate(model, np.array([ids]), np.ones((1, len(ids)), np.int32), max_new_tokens=sampling.max_new_tokens,
+                   temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p,
+                   num_samples=sampling.num_samples, eos_token_id=EOS, seed=[seed])
+    samples = []
+    for tokens, length in zip(out.tokens, out.lengths):
+        kept = tokens[:length].tolist()
+        kept = kept[:-1] if kept and kept[-1] == EOS else kept
+        samples.append((tokenizer.decode(kept, skip_special_tokens=True), len(kept)))
+    return samples
+
+
+def test_output_schema_summary_and_read_back(model, tokenizer, records, tmp_path):
+    teacher = {"init_from": "tiny", "model_type": "bloom", "dtype": "float32"}
+    stats = augment_records(model, tokenizer, records, tmp_path, settings(), dataset="toy", teacher=teacher)
+    assert stats["records"] == len(records) and stats["chunks_generated"] == 5 and stats["chunks_resumed"] == 0
+    assert sorted(p.name for p in tmp_path.glob("*.jsonl")) == [f"part-{c:05d}-of-00005.jsonl" for c in range(5)]
+    rows = read_parts(tmp_path)
+    assert [row["id"] for row in rows] == [r.id for r in records]
+    keys = ["id", "question", "choices", "answer", "subject", "source", "gold", *KINDS, "prompts", "prompt_tokens",
+            "new_tokens", "truncated", "skipped", "teacher", "sampling"]
+    for row, record in zip(rows, records):
+        assert list(row) == keys
+        assert (row["question"], tuple(row["choices"]), row["answer"], row["source"]) == \
+               (record.question, record.choices, record.answer, "toy")
+        assert row["gold"] == ({"cot": record.cot} if record.cot else {})
+        assert row["prompts"] == {k: teacher_prompt(record, k) for k in KINDS}
+        assert row["prompt_tokens"] == {k: len(tokenizer(teacher_prompt(record, k))["input_ids"]) for k in KINDS}
+        assert all(isinstance(row[k], str) and 0 <= row["new_tokens"][k] <= MAX_NEW for k in KINDS)
+        assert row["truncated"] == row["skipped"] == [] and row["teacher"] == teacher
+        assert row["sampling"] == {"temperature": 0.0, "top_k": 50, "top_p": 1.0, "max_new_tokens": MAX_NEW,
+                                   "num_samples": 1, "stop_at_eos": True, "seed": 0}
+    lengths = [row["new_tokens"][k] for row in rows for k in KINDS]
+    assert min(lengths) < MAX_NEW == max(lengths), "the teacher should end some rows at EOS, not all"
+
+    # Greedy text per prompt is what `generate` gives that prompt alone (batching and sorting change nothing).
+    for row, record in list(zip(rows, records))[:4]:
+        for kind in KINDS:
+            ids = tokenizer(teacher_prompt(record, kind))["input_ids"]
+            seed = prompt_seed(0, "toy", record.id, kind)
+            assert [(row[kind], row["new_tokens"][kind])] == single_prompt(model, tokenizer, ids, seed, settings().sampling)
+
+    summary = write_summary(tmp_path)
+    assert json.loads((tmp_path / SUMMARY).read_text()) == summary
+    assert (tmp_path / HISTOGRAM).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert summary["records"] == len(records) and summary["tokens"] == sum(lengths)
+    for kind in KINDS:
+        assert summary["avg_tokens"][kind] == round(np.mean([row["new_tokens"][kind] for row in rows]), 2)
+        assert summary["truncated"][kind] == summary["skipped"][kind] == 0
+    assert summary["throughput"]["records_per_s"] > 0 and summary["throughput"]["compiled_programs"] >= 1
+
+    items = read_augmented(tmp_path)  # what student training reads
+    assert [item.record.id for item in items] == [r.id for r in records]
+    assert all(item.annotations[k] == (row[k],) for item, row in zip(items, rows) for k in KINDS)
+
+
+def test_samples_are_lists_and_match_generate(model, tokenizer, records, tmp_path):
+    """num_samples > 1 at temperature > 0 (Fine-tune-CoT's diverse reasoning): lists of texts, each
+    sample what `generate` draws for that prompt and seed; EOS stripped."""
+    chosen = records[:6]
+    config = settings(temperature=0.8, top_k=0, num_samples=3, seed=7)
+    augment_records(model, tokenizer, chosen, tmp_path, Settings(kinds=("cot", "mistakes"), sampling=config.sampling,
+                                                                batch_size=4, chunk_size=3), dataset="toy")
+    rows = read_parts(tmp_path)
+    for row, record in zip(rows, chosen):
+        assert "fundamentals" not in row and set(row["prompts"]) == {"cot", "mistakes"}
+        for kind in ("cot", "mistakes"):
+            assert isinstance(row[kind], list) and len(row[kind]) == 3
+            ids = tokenizer(teacher_prompt(record, kind))["input_ids"]
+            expected = single_prompt(model, tokenizer, ids, prompt_seed(7, "toy", record.id, kind), config.sampling)
+            assert list(zip(row[kind], row["new_tokens"][kind])) == expected
+    counts = [n for row in rows for k in ("cot", "mistakes") for n in row["new_tokens"][k]]
+    assert min(counts) < MAX_NEW and len({tuple(row["cot"]) for row in rows}) > 1
+    assert write_summary(tmp_path)["samples"] == {"cot": 18, "mistakes": 18}
+    assert all(len(item.annotations["cot"]) == 3 for item in read_augmented(tmp_path))
+
+
+@pytest.mark.parametrize("rule", ["left", "skip"])
+def test_long_prompts_are_cut_or_skipped_and_counted(model, tokenizer, records, tmp_path, rule):
+    limit = 100
+    long = {(r.id, k) for r in records for k in KINDS if len(tokenizer(teacher_prompt(r, k))["input_ids"]) > limit}
+    assert 0 < len(long) < 3 * len(records)
+    config = Settings(sampling=settings().sampling, batch_size=3, chunk_size=12, max_prompt_tokens=limit,
+                      truncation=rule)
+    augment_records(model, tokenizer, records, tmp_path, config, dataset="toy")
+    rows = read_parts(tmp_path)
+    summary = write_summary(tmp_path)
+    listed = "truncated" if rule == "left" else "skipped"
+    for kind in KINDS:
+        assert summary[listed][kind] == sum((r.id, kind) in long for r in records)
+        assert summary["truncated" if rule == "skip" else "skipped"][kind] == 0
+    for row in rows:
+        assert row[listed] == [k for k in KINDS if (row["id"], k) in long]
+    row, kind = next((row, k) for row in rows for k in KINDS if (row["id"], k) in long)
+    if rule == "skip":
+        assert row[kind] is None and row["new_tokens"][kind] is None
+        assert kind not in next(i for i in read_augmented(tmp_path) if i.record.id == row["id"]).annotations
+    else:  # the teacher read the prompt's last `limit` tokens
+        ids = tokenizer(row["prompts"][kind])["input_ids"][-limit:]
+        seed = prompt_seed(0, "toy", row["id"], kind)
+        assert [(row[kind], row["new_tokens"][kind])] == single_prompt(model, tokenizer, ids, seed, config.sampling)
+
+
+def config_for(teacher_dir: Path, data: Path, **overrides):
+    config = augment_config.get_config("tiny")
+    config.teacher.init_from = str(teacher_dir)
+    config.datasets = (str(data),)
+    config.max_records = 0
+    config.chunk_size = 2
+    config.batch_size = 3
+    config.sampling.temperature = 0.0
+    config.update(overrides)
+    return config
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("datasets", ("creak", "no_such_set"), "config.datasets[1]: unknown dataset 'no_such_set'"),
+    ("datasets", ("creak:validation",), "config.datasets[0]: 'creak:validation': creak has splits"),
+    ("kinds", ("cot", "cots"), "config.kinds=('cot', 'cots'); expected a non-empty tuple of distinct kinds"),
+    ("truncation", "right", "config.truncation='right'; expected one of ('left', 'skip')"),
+])
+def test_bad_config_names_the_key(tmp_path, toy_jsonl, key, value, message):
+    config = config_for(tmp_path, toy_jsonl, **{key: value})
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        run(config, str(tmp_path))  # fails before any model is loaded
+    config = config_for(tmp_path, toy_jsonl)
+    config.sampling.num_samples = 2
+    with pytest.raises(ConfigError, match="config.sampling.num_samples=2 at temperature=0"):
+        settings_from_config(config)
+
+
+def test_rerun_with_other_settings_is_refused(model, tokenizer, records, tmp_path):
+    augment_records(model, tokenizer, records[:2], tmp_path, settings(), dataset="toy")
+    with pytest.raises(ValueError, match=r"manifest.json: .* other settings \(chunk_size: 5 -> 4; max_prompt"):
+        augment_records(model, tokenizer, records[:2], tmp_path,
+                        Settings(sampling=settings().sampling, chunk_size=4, max_prompt_tokens=50), dataset="toy")
+
+
+def cli(workdir: Path, config, *extra: str) -> list[str]:
+    overrides = [f"--config.teacher.init_from={config.teacher.init_from}", f"--config.datasets={config.datasets!r}",
+                 f"--config.max_records={config.max_records}", f"--config.chunk_size={config.chunk_size}",
+                 f"--config.batch_size={config.batch_size}", "--config.sampling.temperature=0.0"]
+    return main_command("configs/augment.py:tiny", workdir, *overrides, *extra)
+
+
+def env() -> dict[str, str]:
+    """This process's XLA flags (the subprocesses must compute the same numbers), compiled programs
+    shared between the subprocesses."""
+    return {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO), "JAX_COMPILATION_CACHE_DIR": str(CACHE),
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+
+
+def output_files(workdir: Path) -> dict[str, bytes]:
+    out = workdir / "augmented" / "toy"
+    return {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.is_file() and p.name != SUMMARY}
+
+
+def summary_without_throughput(workdir: Path) -> dict:
+    summary = json.loads((workdir / "augmented" / "toy" / SUMMARY).read_text())
+    return {k: v for k, v in summary.items() if k != "throughput"}
+
+
+@pytest.fixture(scope="module")
+def reference_run(teacher_dir, toy_jsonl, tmp_path_factory) -> Path:
+    """One uninterrupted greedy run of the job (in this process: `run` is what main calls)."""
+    workdir = tmp_path_factory.mktemp("reference")
+    run(config_for(teacher_dir, toy_jsonl), str(workdir))
+    return workdir
+
+
+def test_sigkill_then_rerun_equals_uninterrupted_run(teacher_dir, toy_jsonl, reference_run, tmp_path):
+    config = config_for(teacher_dir, toy_jsonl)
+    out = tmp_path / "augmented" / "toy"
+    proc = subprocess.Popen(cli(tmp_path, config), cwd=REPO, env=env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while not list(out.glob("part-*.jsonl")) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    _, stderr = proc.communicate()
+    assert proc.returncode == -signal.SIGKILL, f"the job ended before the kill:\n{stderr.decode()[-3000:]}"
+    written = len(list(out.glob("part-*.jsonl")))
+    assert 1 <= written < 12 and not (out / SUMMARY).exists()
+
+    run(config, str(tmp_path))  # the same command again
+    assert output_files(tmp_path) == output_files(reference_run)
+    assert summary_without_throughput(tmp_path) == summary_without_throughput(reference_run)
+    assert not list(out.glob("*.tmp*"))
+
+
+def test_two_processes_write_the_single_process_files(teacher_dir, toy_jsonl, reference_run, tmp_path):
+    config = config_for(teacher_dir, toy_jsonl)
+    other = subprocess.Popen(cli(tmp_path, config, "--config.process_index=1", "--config.process_count=2"),
+                             cwd=REPO, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    run(config_for(teacher_dir, toy_jsonl, process_index=0, process_count=2), str(tmp_path))
+    _, stderr = other.communicate(timeout=300)
+    assert other.returncode == 0, stderr.decode()[-3000:]
+    assert output_files(tmp_path) == output_files(reference_run)
+    assert summary_without_throughput(tmp_path) == summary_without_throughput(reference_run)
+    runs = [json.loads(p.read_text()) for p in (tmp_path / "augmented" / "toy" / "runs").glob("*.json")]
+    assert sorted((r["process_index"], r["chunks_generated"]) for r in runs) == [(0, 6), (1, 6)]
+    assert json.loads((tmp_path / "augmented" / "toy" / SUMMARY).read_text())["throughput"]["processes"] == 2
