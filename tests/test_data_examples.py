@@ -26,7 +26,7 @@ def test_teacherlm_style_strings():
 def test_finetune_cot_style_strings():
     item = annotated(RECORD)
     (cot,) = text_pairs(item, "cot", "finetune_cot")
-    assert cot.prompt == "Q: Is 3 more than 2? (A) yes (B) no ###"
+    assert cot.prompt == "Is 3 more than 2? (A) yes (B) no ###"
     assert cot.target == " 3 is one more than 2. --> A"
     (answer,) = text_pairs(item, "answer", "finetune_cot")
     assert answer.target == " --> A"

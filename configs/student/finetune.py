@@ -6,7 +6,7 @@ VARIANT is comma-separated words:
     manual        plus the dataset's own rationale (CREAK explanation, StrategyQA decomposition, ...)
     cot | fundamentals | mistakes   plus the teacher's text of that kind (augment output)
     mixed         every teacher kind, each as its own example
-  ftcot           Fine-tune-CoT's layout (`Q: ... ###` + ` <rationale> --> X`, loss on the completion)
+  ftcot           Fine-tune-CoT's layout (`{question} (A) .. ###` + ` <rationale> --> X`, loss on the completion)
                   instead of TeacherLM's (teacher prompt + continuation, loss on the whole sequence)
   opt             an OPT student (facebook/opt-350m) instead of BLOOM (bigscience/bloom-560m)
   tiny            a tiny BLOOM from scratch on the synthetic suite with the byte tokenizer (CPU)

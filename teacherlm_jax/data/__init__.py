@@ -2,7 +2,7 @@
 
 See registry.py (dataset names), formats.py (texts), tokenize.py (loss masks), pipeline.py (batches).
 """
-from teacherlm_jax.data.formats import (KIND_PROMPTS, KINDS, answered_block, eval_context,
+from teacherlm_jax.data.formats import (KIND_PROMPTS, KINDS, answered_block, eval_context, finetune_cot_prompt,
                                         question_block, remove_duplicated_block, teacher_pair,
                                         teacher_prompt)
 from teacherlm_jax.data.pipeline import collate, make_batch_iterator
@@ -14,6 +14,6 @@ from teacherlm_jax.data.tokenize import Example, encode, num_truncated
 __all__ = [
     "KINDS", "KIND_PROMPTS", "REGISTRY", "DataError", "Example", "InstructionRecord", "LoadReport",
     "Record", "SkippedRow", "answered_block", "collate", "default_data_dir", "encode", "eval_context",
-    "load_instructions", "load_records", "make_batch_iterator", "num_truncated", "question_block",
+    "finetune_cot_prompt", "load_instructions", "load_records", "make_batch_iterator", "num_truncated", "question_block",
     "remove_duplicated_block", "teacher_pair", "teacher_prompt",
 ]

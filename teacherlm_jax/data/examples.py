@@ -8,7 +8,7 @@ Styles (how the text is laid out):
   teacherlm       the teacher prompt then its continuation:
                   `Q: ... (A) .. A: The answer is (X). Let's think step by step.` + ` <text>`;
                   the answer format is `Q: ... A: The answer is (` + `X).`
-  finetune_cot    Fine-tune-CoT (Ho et al. 2023): `Q: ... (A) .. ###` + ` <text> --> X`
+  finetune_cot    Fine-tune-CoT (Ho et al. 2023): `{question} (A) .. ###` + ` <text> --> X`
                   (answer format: ` --> X`), trained on the completion only.
 An annotation that is a list (several teacher samples, Fine-tune-CoT's diverse reasoning) gives one
 example per sample.
@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from teacherlm_jax.data.formats import (KIND_PROMPTS, KINDS, question_block, remove_duplicated_block,
-                                        teacher_prompt)
+from teacherlm_jax.data.formats import (KIND_PROMPTS, KINDS, finetune_cot_prompt, question_block,
+                                        remove_duplicated_block, teacher_prompt)
 from teacherlm_jax.data.records import LETTERS, DataError, Record
 
 FORMATS = ("answer", *KINDS, "mixed")
@@ -54,14 +54,14 @@ def _answer_pair(record: Record, style: str) -> tuple[str, str]:
     letter = LETTERS[record.answer]
     if style == "teacherlm":
         return f"{question_block(record)} A: The answer is (", f"{letter})."
-    return f"{question_block(record)} ###", f" --> {letter}"
+    return finetune_cot_prompt(record), f" --> {letter}"
 
 
 def _kind_pair(record: Record, kind: str, text: str, style: str) -> tuple[str, str]:
     text = remove_duplicated_block(text.strip())
     if style == "teacherlm":
         return teacher_prompt(record, kind), f" {text}"
-    return f"{question_block(record)} ###", f" {text} --> {LETTERS[record.answer]}"
+    return finetune_cot_prompt(record), f" {text} --> {LETTERS[record.answer]}"
 
 
 def text_pairs(item: Annotated, fmt: str, style: str = "teacherlm") -> list[TextPair]:

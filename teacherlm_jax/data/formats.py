@@ -61,6 +61,12 @@ def teacher_pair(record: Record, kind: str) -> tuple[str, str]:
     return teacher_prompt(record, kind), " " + remove_duplicated_block(annotation.strip())
 
 
+def finetune_cot_prompt(record: Record) -> str:
+    """Fine-tune-CoT's prompt (Ho et al. 2023) for a multiple-choice record: `{question} {options} ###`;
+    the student writes ` {rationale} --> {letter}`. Student training and generative eval both use it."""
+    return f"{record.question} {options_text(record.choices)} ###"
+
+
 def eval_context(record: Record, *, mmlu: bool = False) -> str:
     """Context whose continuation is the answer letter (scored by log-likelihood)."""
     if not mmlu:

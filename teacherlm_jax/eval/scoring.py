@@ -1,0 +1,228 @@
+"""Multiple-choice scoring by log-likelihood, batched and jitted.
+
+Each choice's continuation (its letter, for TeacherLM's tasks) is tokenized separately from the
+context and appended to it, as lm-evaluation-harness does; a choice's score is the mean (or sum) of
+its continuation tokens' log-probabilities, the prediction the argmax (first on ties).
+
+One model input ("row") is context + continuation minus its last token, run in two calls over a KV
+cache: a prefill of all but its last `steps` tokens (its logits are unused, so XLA never builds the
+[batch, length, vocab] array), then a step over the last `steps` tokens, whose logits score the
+continuation. When every continuation of a question is one token (letters, the usual case) a single
+row with one step scores all its choices: the log-probs of the choices' tokens are gathered at the last
+context position. Otherwise each choice is its own row.
+
+Shapes are fixed per batch: `batch_size` rows (the last batch padded with copies), the prefill padded
+on the left to a length bucket, the step to a power of two, so a dataset compiles a handful of programs.
+Contexts too long for `max_length` model positions are cut on the left (lm-evaluation-harness keeps
+the last `max_length + 1` tokens of context + continuation) and reported as truncated.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from teacherlm_jax.sample import CACHE_AXES, bucket_length
+from teacherlm_jax.sharding import (
+    ConfigError, LogicalRules, activation_sharding, batch_sharding, constrain, data_parallel_size,
+)
+
+SCORES = ("mean", "sum")
+# Prefill lengths: powers of two and their 1.5x from 16, so padding wastes at most a third.
+PREFILL_BUCKETS = tuple(sorted({b for p in range(4, 16) for b in (2**p, 3 * 2 ** (p - 1))}))
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One model input: `context` (already cut to fit) and the continuations it scores: several
+    single-token ones (the choices of a question) or one of any length."""
+
+    question: int
+    choices: tuple[int, ...]  # which of the question's choices `continuations` are
+    context: tuple[int, ...]
+    continuations: tuple[tuple[int, ...], ...]
+    truncated: bool
+
+    @property
+    def steps(self) -> int:
+        return len(self.continuations[0])
+
+
+@dataclasses.dataclass(frozen=True)
+class LoglikResult:
+    """Per question: one score per choice, the prediction (argmax), whether its context was cut."""
+
+    scores: list[list[float]]
+    predictions: list[int]
+    truncated: list[bool]
+
+
+def step_bucket(steps: int) -> int:
+    """Step widths: 1 (single-token continuations), else powers of two."""
+    return 1 << max(0, steps - 1).bit_length()
+
+
+def encode(tokenizer, texts: Sequence[str]) -> list[list[int]]:
+    """Token ids without special tokens (lm-evaluation-harness's `tok_encode`)."""
+    return [list(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+
+
+def make_rows(contexts: Sequence[Sequence[int]], continuations: Sequence[Sequence[Sequence[int]]],
+              max_length: int) -> list[Row]:
+    """Rows for questions (`contexts[q]`, the token ids of each of its choices' continuations)."""
+    rows = []
+    for q, (context, conts) in enumerate(zip(contexts, continuations)):
+        if not context:
+            raise ValueError(f"question {q}: the context has no tokens")
+        if any(not c for c in conts):
+            raise ValueError(f"question {q}: a continuation has no tokens")
+        groups = [(tuple(range(len(conts))), tuple(tuple(c) for c in conts))] if all(len(c) == 1 for c in conts) \
+            else [((i,), (tuple(c),)) for i, c in enumerate(conts)]
+        for choices, group in groups:
+            keep = max_length + 1 - len(group[0])  # lm-eval: last max_length + 1 of context + continuation
+            if keep < 1:
+                raise ValueError(f"question {q}: a continuation of {len(group[0])} tokens does not fit "
+                                 f"max_length={max_length}")
+            rows.append(Row(q, choices, tuple(context[-keep:]), group, len(context) > keep))
+    return rows
+
+
+def _pad_batch(rows: list[Row], batch_size: int, max_length: int, pad_id: int) -> dict[str, np.ndarray]:
+    """Each row's input is context + continuation minus its last token; its last `steps` tokens
+    (left-padded when shorter) form the step, the rest the left-padded prefill. Aligning rows on
+    the right keeps prefill + step within max_length."""
+    rows = rows + [rows[-1]] * (batch_size - len(rows))  # copies; their results are dropped
+    steps = min(step_bucket(max(r.steps for r in rows)), max_length)
+    seqs = [r.context + r.continuations[0][:-1] for r in rows]
+    longest = max(max(len(s) - steps for s in seqs), 0)
+    width = max(longest, min(bucket_length(longest, PREFILL_BUCKETS), max_length - steps))
+    num_choices = max(len(r.continuations) for r in rows)
+    prefill = np.full((batch_size, width), pad_id, np.int32)
+    prefill_mask = np.zeros((batch_size, width), np.int32)
+    step = np.full((batch_size, steps), pad_id, np.int32)
+    step_mask = np.zeros((batch_size, steps), np.int32)
+    targets = np.zeros((batch_size, steps, num_choices), np.int32)
+    target_mask = np.zeros((batch_size, steps), np.float32)
+    for b, (row, seq) in enumerate(zip(rows, seqs)):
+        head, tail = seq[:-steps], seq[-steps:]
+        if head:
+            prefill[b, width - len(head):] = head
+            prefill_mask[b, width - len(head):] = 1
+        step[b, steps - len(tail):] = tail
+        step_mask[b, steps - len(tail):] = 1
+        target_mask[b, steps - row.steps:] = 1
+        for c, cont in enumerate(row.continuations):
+            targets[b, steps - row.steps:, c] = cont
+    return dict(prefill=prefill, prefill_mask=prefill_mask, step=step, step_mask=step_mask, targets=targets,
+                target_mask=target_mask)
+
+
+_traces = 0
+
+
+def num_traces() -> int:
+    """How many scoring programs this process has traced (each is a compile)."""
+    return _traces
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "mesh", "rules"))
+def _score_program(state, prefill, prefill_mask, step, step_mask, targets, target_mask, *, graphdef, mesh, rules):
+    """Sum of log p(target) over the step positions where `target_mask` is 1: [batch, choices]."""
+    global _traces
+    _traces += 1
+    with activation_sharding(mesh, rules) if mesh is not None else contextlib.nullcontext():
+        model = nnx.merge(graphdef, state)
+        batch, width = prefill.shape
+        mask = jnp.concatenate([prefill_mask, step_mask], axis=1)
+        cache = model.init_cache(batch, width + step.shape[1])
+        cache = jax.tree.map(lambda x: constrain(x, CACHE_AXES) if x.ndim == len(CACHE_AXES) else x, cache)
+        if width:  # static: a batch of one-token contexts has nothing to prefill
+            _, cache = model(prefill, mask, cache=cache)
+        logits, _ = model(step, mask, cache=cache)
+        logprobs = jax.nn.log_softmax(logits, axis=-1)
+        picked = jnp.take_along_axis(logprobs, targets, axis=-1)  # [batch, steps, choices]
+        sums = jnp.sum(picked * target_mask[:, :, None], axis=1)
+        if mesh is not None:  # replicated: every process reads the whole result
+            sums = jax.lax.with_sharding_constraint(sums, NamedSharding(mesh, PartitionSpec()))
+        return sums
+
+
+_INPUTS = ("prefill", "prefill_mask", "step", "step_mask", "targets", "target_mask")
+
+
+def _put(array: np.ndarray, mesh: Mesh | None, rules: LogicalRules | None):
+    if mesh is None:
+        return jnp.asarray(array)
+    sharding = batch_sharding(mesh, rules or (), array.ndim)
+    return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
+
+
+def score_rows(model: nnx.Module, rows: Sequence[Row], *, batch_size: int, max_length: int,
+               mesh: Mesh | None = None, rules: LogicalRules | None = None,
+               progress: Callable[[int], None] | None = None) -> list[np.ndarray]:
+    """Summed continuation log-probs per row ([len(row.continuations)] each), in `rows` order.
+
+    Rows are sorted by (step width, length) so each batch's padding is small; `progress(n)` is
+    called with the number of rows done after each batch.
+    """
+    if mesh is not None and batch_size % data_parallel_size(mesh, rules or ()):
+        raise ConfigError(f"batch_size={batch_size} is not divisible by the data-parallel size "
+                          f"{data_parallel_size(mesh, rules or ())} (mesh axes the batch is split over)")
+    rules = None if rules is None else tuple((n, tuple(a) if isinstance(a, list) else a) for n, a in rules)
+    pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
+    graphdef, state = nnx.split(model)
+    order = sorted(range(len(rows)), key=lambda i: (step_bucket(rows[i].steps), len(rows[i].context)), reverse=True)
+    out: list[np.ndarray | None] = [None] * len(rows)
+
+    def collect(chunk: list[int], sums: jax.Array) -> None:
+        sums = np.asarray(sums.addressable_data(0))  # replicated (or on one device)
+        for b, i in enumerate(chunk):
+            out[i] = sums[b, :len(rows[i].continuations)]
+        if progress is not None:
+            progress(len(chunk))
+
+    start, pending = 0, None
+    while start < len(order):
+        # A batch holds one step width: single-token rows are never padded to a multi-token width.
+        steps = step_bucket(rows[order[start]].steps)
+        chunk = [order[start]]
+        while len(chunk) < batch_size and start + len(chunk) < len(order) \
+                and step_bucket(rows[order[start + len(chunk)]].steps) == steps:
+            chunk.append(order[start + len(chunk)])
+        arrays = _pad_batch([rows[i] for i in chunk], batch_size, max_length, int(pad_id))
+        sums = _score_program(state, *(_put(arrays[k], mesh, rules) for k in _INPUTS),
+                              graphdef=graphdef, mesh=mesh, rules=rules)
+        if pending is not None:  # read the previous batch while this one runs (dispatch is asynchronous)
+            collect(*pending)
+        pending = (chunk, sums)
+        start += len(chunk)
+    if pending is not None:
+        collect(*pending)
+    return out  # type: ignore[return-value]
+
+
+def loglik_choices(model: nnx.Module, contexts: Sequence[Sequence[int]],
+                   continuations: Sequence[Sequence[Sequence[int]]], *, score: str = "mean", batch_size: int = 8,
+                   max_length: int | None = None, mesh: Mesh | None = None, rules: LogicalRules | None = None,
+                   progress: Callable[[int], None] | None = None) -> LoglikResult:
+    """Scores every question's choices from token ids; see the module docstring."""
+    if score not in SCORES:
+        raise ValueError(f"score={score!r}; expected one of {SCORES}")
+    max_length = max_length or model.config.max_position_embeddings
+    rows = make_rows(contexts, continuations, max_length)
+    sums = score_rows(model, rows, batch_size=batch_size, max_length=max_length, mesh=mesh, rules=rules,
+                      progress=progress)
+    scores = [[0.0] * len(c) for c in continuations]
+    truncated = [False] * len(contexts)
+    for row, values in zip(rows, sums):
+        truncated[row.question] |= row.truncated
+        for choice, cont, value in zip(row.choices, row.continuations, values):
+            scores[row.question][choice] = float(value) / (len(cont) if score == "mean" else 1)
+    return LoglikResult(scores, [int(np.argmax(s)) for s in scores], truncated)

@@ -1,0 +1,189 @@
+"""Zero-shot multiple-choice evaluation: the eval job (`config.job = "eval"`) and the library calls
+other jobs use (`evaluate_records`, `evaluate_tasks`).
+
+    python -m teacherlm_jax.main --config configs/eval.py --workdir DIR \
+        --config.model.init_from=CKPT --config.tasks="('mmlu','creak','/path/questions.jsonl')"
+
+CKPT is a Hugging Face directory or hub id, or a training run's workdir: its `hf_final` export (model
+and tokenizer) when there is one, else its latest checkpoint (then set `config.tokenizer`). Writes
+DIR/eval/<task>/predictions.jsonl, DIR/eval/metrics.json, DIR/eval/results.md, DIR/eval/accuracy.png
+(see teacherlm_jax/eval/). Scoring: teacherlm_jax/eval/scoring.py; generative mode:
+teacherlm_jax/eval/generative.py; task names: teacherlm_jax/eval/tasks.py.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import ml_collections
+from flax import nnx
+from jax.sharding import Mesh
+
+from teacherlm_jax.data import Record, eval_context
+from teacherlm_jax.data.records import LETTERS
+from teacherlm_jax.eval.generative import generate_answers
+from teacherlm_jax.eval.report import Prediction, accuracy, task_metrics, write_predictions, write_report
+from teacherlm_jax.eval.scoring import SCORES, encode, loglik_choices
+from teacherlm_jax.eval.tasks import Task, load_task, resolve_tasks, subset
+from teacherlm_jax.sharding import ConfigError, LogicalRules, initialize_distributed, mesh_from_config
+
+log = logging.getLogger(__name__)
+MODES = ("loglik", "generate")
+
+
+@contextlib.contextmanager
+def _progress(total: int, desc: str) -> Iterator[Callable[[int], None]]:
+    """A tqdm bar on a terminal (process 0), else a log line about every 10%."""
+    if jax.process_index() == 0 and sys.stderr.isatty():
+        from tqdm import tqdm
+
+        with tqdm(total=total, desc=desc, unit="row") as bar:
+            yield bar.update
+        return
+    done, next_report = 0, 0.1
+
+    def update(n: int) -> None:
+        nonlocal done, next_report
+        done += n
+        if done >= next_report * total or done == total:
+            log.info("%s: %d/%d rows", desc, done, total)
+            next_report = done / total + 0.1
+
+    yield update
+
+
+def choice_tokens(tokenizer, records: Sequence[Record], *, mmlu: bool = False
+                  ) -> tuple[list[list[int]], list[list[list[int]]]]:
+    """(context ids, the ids of each choice's continuation) per record: TeacherLM's context and the
+    choice letters `A`, `B`, ..., each tokenized on its own (no special tokens)."""
+    contexts = encode(tokenizer, [eval_context(r, mmlu=mmlu) for r in records])
+    letters = LETTERS[:max(len(r.choices) for r in records)]
+    letter_ids = dict(zip(letters, encode(tokenizer, list(letters))))
+    return contexts, [[letter_ids[x] for x in LETTERS[:len(r.choices)]] for r in records]
+
+
+def evaluate_records(model: nnx.Module, tokenizer, records: Sequence[Record], *, mmlu: bool = False,
+                     mode: str = "loglik", score: str = "mean", batch_size: int = 8, max_length: int | None = None,
+                     max_new_tokens: int = 256, mesh: Mesh | None = None, rules: LogicalRules | None = None,
+                     desc: str = "eval") -> tuple[list[Prediction], float]:
+    """(one Prediction per record, accuracy).
+
+    loglik: TeacherLM's context (`eval_context`, MMLU's when `mmlu`), each choice's letter scored as
+    a separately tokenized continuation, `score` = mean | sum of its tokens' log-probs. generate:
+    greedy Fine-tune-CoT generation, answer parsed from the text. With `mesh`, the model must already
+    be placed on it (`build_model`, or `from_pretrained(..., mesh=, rules=)`); `batch_size` is global.
+    `max_length` (default: the model's max_position_embeddings) bounds model positions; longer
+    contexts are cut on the left and marked `truncated`.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode={mode!r}; expected one of {MODES}")
+    if score not in SCORES:
+        raise ValueError(f"score={score!r}; expected one of {SCORES}")
+    if not records:
+        return [], float("nan")
+    if mode == "generate":
+        with _progress(len(records), desc) as progress:
+            texts, predicted, truncated = generate_answers(
+                model, tokenizer, records, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                max_length=max_length, mesh=mesh, rules=rules, progress=progress)
+        predictions = [Prediction(r.id, [float(i == p) for i in range(len(r.choices))], p, r.answer, r.subject, t, g)
+                       for r, p, t, g in zip(records, predicted, truncated, texts)]
+        return predictions, accuracy(predictions)
+    contexts, continuations = choice_tokens(tokenizer, records, mmlu=mmlu)
+    rows = sum(1 if all(len(c) == 1 for c in conts) else len(conts) for conts in continuations)
+    with _progress(rows, desc) as progress:
+        result = loglik_choices(model, contexts, continuations, score=score, batch_size=batch_size,
+                                max_length=max_length, mesh=mesh, rules=rules, progress=progress)
+    predictions = [Prediction(r.id, s, p, r.answer, r.subject, t)
+                   for r, s, p, t in zip(records, result.scores, result.predictions, result.truncated)]
+    return predictions, accuracy(predictions)
+
+
+def evaluate_tasks(model: nnx.Module, tokenizer, tasks: Sequence[str | Task], out_dir: str | Path, *,
+                   max_examples: int = 0, data_dir: str | None = None, settings: dict[str, Any] | None = None,
+                   **kwargs: Any) -> dict[str, Any]:
+    """Evaluates each task (see teacherlm_jax/eval/tasks.py for names) and writes the report to
+    `out_dir` (process 0 only; every process must call this). `max_examples` > 0 evaluates an evenly
+    spaced subset, recorded in the metrics. `kwargs` go to `evaluate_records`. Returns the metrics."""
+    out_dir = Path(out_dir)
+    mode = kwargs.get("mode", "loglik")
+    metrics: dict[str, Any] = {
+        "settings": {"model": "(in memory)", "mode": mode, "score": kwargs.get("score", "mean"),
+                     "dtype": model.config.dtype, "max_examples": max_examples, **(settings or {})},
+        "tasks": {},
+    }
+    for task in resolve_tasks(tasks):
+        records = load_task(task, data_dir=data_dir)
+        chosen = subset(records, max_examples)
+        if len(chosen) < len(records):
+            log.warning("%s: evaluating %d of %d questions (max_examples=%d): a smoke-run figure, not the "
+                        "task's accuracy", task.name, len(chosen), len(records), max_examples)
+        predictions, acc = evaluate_records(model, tokenizer, chosen, mmlu=task.mmlu, desc=task.name, **kwargs)
+        m = metrics["tasks"][task.name] = task_metrics(
+            predictions, dataset=task.label, available=len(records), max_examples=max_examples, mmlu=task.mmlu,
+            generative=mode == "generate")
+        log.info("%s: accuracy %.4f on %d of %d questions (%d contexts cut to fit)", task.name, acc, m["count"],
+                 m["available"], m["truncated"])
+        if m["truncated"]:
+            log.warning("%s: %d contexts were longer than max_length and lost their first tokens", task.name,
+                        m["truncated"])
+        if jax.process_index() == 0:
+            write_predictions(out_dir / task.name / "predictions.jsonl", predictions)
+    if jax.process_index() == 0:
+        write_report(out_dir, metrics)
+        log.info("wrote %s/metrics.json, results.md, accuracy.png", out_dir)
+    return metrics
+
+
+def resolve_model(config: ml_collections.ConfigDict) -> tuple[dict[str, Any], str]:
+    """(`config.model` as a dict for `build_model`, tokenizer path): a run dir becomes its `hf_final`
+    export (model and tokenizer) when it has one. `family: None` is read from the checkpoint there."""
+    from teacherlm_jax.train.builders import is_run_dir
+    from teacherlm_jax.train.loop import HF_EXPORT
+
+    model = config.model.to_dict()
+    init_from = model.get("init_from")
+    if not init_from:
+        raise ConfigError("config.model.init_from is required: a Hugging Face directory or hub id, or a "
+                          "training run's workdir")
+    if is_run_dir(init_from) and (Path(init_from) / HF_EXPORT / "config.json").is_file():
+        init_from = model["init_from"] = str(Path(init_from) / HF_EXPORT)
+    tokenizer = config.get("tokenizer") or init_from
+    if is_run_dir(tokenizer):
+        raise ConfigError(f"config.model.init_from={init_from!r} is a training run without a Hugging Face export "
+                          f"({HF_EXPORT}/), so it has no tokenizer: set config.tokenizer")
+    return model, tokenizer
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Job entry: load the model onto the config's mesh, evaluate `config.tasks`, write WORKDIR/eval/."""
+    from teacherlm_jax.models.hf import load_tokenizer
+    from teacherlm_jax.train.builders import build_model
+
+    initialize_distributed(config.get("distributed"))
+    if config.mode not in MODES:
+        raise ConfigError(f"config.mode={config.mode!r}; expected one of {MODES}")
+    if config.score not in SCORES:
+        raise ConfigError(f"config.score={config.score!r}; expected one of {SCORES}")
+    if int(config.batch_size) < 1:
+        raise ConfigError(f"config.batch_size={config.batch_size} must be >= 1")
+    tasks = resolve_tasks(list(config.tasks))  # fail on a bad name before loading a model
+    mesh, rules = mesh_from_config(config)
+    model_config, tokenizer_path = resolve_model(config)
+    model = build_model(model_config, mesh, rules, seed=config.seed)
+    tokenizer = load_tokenizer(tokenizer_path)
+    if len(tokenizer) > model.config.vocab_size:
+        raise ConfigError(f"tokenizer {tokenizer_path} has {len(tokenizer)} tokens but the model's vocabulary "
+                          f"is {model.config.vocab_size}: they do not belong together")
+    evaluate_tasks(
+        model, tokenizer, tasks, Path(workdir) / "eval", max_examples=int(config.max_examples),
+        data_dir=config.get("data_dir"), mode=config.mode, score=config.score, batch_size=int(config.batch_size),
+        max_length=int(config.max_length) or None, max_new_tokens=int(config.max_new_tokens), mesh=mesh,
+        rules=rules, settings={"model": model_config["init_from"], "tokenizer": str(tokenizer_path),
+                               "batch_size": int(config.batch_size),
+                               "max_length": int(config.max_length) or model.config.max_position_embeddings})

@@ -1,0 +1,280 @@
+"""The eval job: scores equal a transformers+torch computation of lm-evaluation-harness's formula,
+TeacherLM's MMLU contexts reach the model, a model rigged to answer B scores the fraction of B answers,
+the generative parser, and the job end to end through `teacherlm_jax.main`."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from reference_models import tiny_bloom
+from teacherlm_jax import from_pretrained, load_tokenizer
+from teacherlm_jax.data import Record
+from teacherlm_jax.eval import scoring
+from teacherlm_jax.eval.generative import generation_prompt, parse_answer
+from teacherlm_jax.eval.report import MMLU_CATEGORY
+from teacherlm_jax.evaluate import choice_tokens, evaluate_records, evaluate_tasks
+
+REPO = Path(__file__).resolve().parents[1]
+VOCAB = 320  # covers the 300-token byte-level tokenizer below
+B = 37  # the tokenizer's id for "B" (checked in the fixture)
+
+
+def byte_tokenizer():
+    """A byte-level BPE (any text encodes; decode gives it back) with BLOOM's special ids 0-3."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    backend.train_from_iterator(["The following are multiple choice questions (with answers) about",
+                                 "Q: Determine the correctness of the following sentence. A: The answer is (",
+                                 "the cat sat on the mat --> True"], trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                                   pad_token="<pad>", padding_side="left")
+
+
+def records(n: int, num_choices: int = 4, seed: int = 0) -> list[Record]:
+    rng = np.random.default_rng(seed)
+    words = ["cat", "dog", "mat", "sun", "tree", "river", "blue", "seven"]
+    return [Record(id=f"q{i}", question=" ".join(rng.choice(words, rng.integers(2, 12))) + "?",
+                   choices=tuple(str(rng.choice(words)) for _ in range(num_choices)),
+                   answer=int(rng.integers(num_choices)), subject="virology") for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> tuple[Path, torch.nn.Module]:
+    directory = tmp_path_factory.mktemp("bloom")
+    reference = tiny_bloom(directory, vocab_size=VOCAB, hidden_size=32, n_layer=2, n_head=4)
+    tokenizer = byte_tokenizer()
+    assert tokenizer("B", add_special_tokens=False)["input_ids"] == [B]
+    tokenizer.save_pretrained(directory)
+    return directory, reference
+
+
+@pytest.fixture(scope="module")
+def model(checkpoint):
+    return from_pretrained(checkpoint[0])
+
+
+@pytest.fixture(scope="module")
+def tokenizer(checkpoint):
+    return load_tokenizer(checkpoint[0])
+
+
+def torch_scores(reference, contexts, continuations, *, score: str, max_length: int) -> list[list[float]]:
+    """lm-evaluation-harness's `_loglikelihood_tokens`, one sequence per choice, batch 1."""
+    out = []
+    for context, conts in zip(contexts, continuations):
+        row = []
+        for cont in conts:
+            inp = (list(context) + list(cont))[-(max_length + 1):][:-1]
+            with torch.no_grad():
+                logits = reference(torch.tensor([inp])).logits[0].float()
+            logprobs = torch.log_softmax(logits, dim=-1)[len(inp) - len(cont):]
+            total = float(logprobs.gather(1, torch.tensor(cont)[:, None]).sum())
+            row.append(total / len(cont) if score == "mean" else total)
+        out.append(row)
+    return out
+
+
+@pytest.mark.parametrize("score", ["mean", "sum"])
+def test_single_token_choices_match_torch(checkpoint, model, tokenizer, score):
+    qs = records(7)
+    contexts, continuations = choice_tokens(tokenizer, qs)
+    assert all(len(c) == 1 for conts in continuations for c in conts)
+    max_length = 66  # some contexts are longer: they must be cut on the left as lm-eval does
+    result = scoring.loglik_choices(model, contexts, continuations, score=score, batch_size=4, max_length=max_length)
+    expected = torch_scores(checkpoint[1], contexts, continuations, score=score, max_length=max_length)
+    np.testing.assert_allclose(result.scores, expected, rtol=1e-4, atol=1e-4)
+    assert result.predictions == [int(np.argmax(e)) for e in expected]
+    assert result.truncated == [len(c) > max_length for c in contexts]
+    assert any(result.truncated) and not all(result.truncated)
+
+
+@pytest.mark.parametrize("score", ["mean", "sum"])
+def test_multi_token_choices_match_torch(checkpoint, model, tokenizer, score):
+    texts = [("Q: the cat sat on", [" the mat", " a", " seven blue rivers"]),
+             ("Q: sun", [" tree", " dog river"]),
+             ("Q: which one is the dog that sat on the mat by the river with seven trees?", [" blue", " cat"])]
+    contexts = scoring.encode(tokenizer, [t for t, _ in texts])
+    continuations = [scoring.encode(tokenizer, conts) for _, conts in texts]
+    assert any(len(c) > 1 for conts in continuations for c in conts)
+    max_length = 20
+    result = scoring.loglik_choices(model, contexts, continuations, score=score, batch_size=2, max_length=max_length)
+    expected = torch_scores(checkpoint[1], contexts, continuations, score=score, max_length=max_length)
+    for got, want in zip(result.scores, expected):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    assert result.truncated[2] and not result.truncated[1]
+
+
+def test_one_row_per_question_for_single_token_choices():
+    rows = scoring.make_rows([[5, 6, 7], [8]], [[[1], [2], [3]], [[1, 2], [3]]], max_length=16)
+    assert [(r.question, r.choices) for r in rows] == [(0, (0, 1, 2)), (1, (0,)), (1, (1,))]
+
+
+def test_same_shapes_compile_once(model, tokenizer):
+    contexts, continuations = choice_tokens(tokenizer, records(4, seed=1))
+    scoring.loglik_choices(model, contexts, continuations, batch_size=4, max_length=66)
+    before = scoring.num_traces()
+    contexts, continuations = choice_tokens(tokenizer, records(4, seed=2))
+    scoring.loglik_choices(model, contexts, continuations, batch_size=4, max_length=66)
+    assert scoring.num_traces() == before  # same buckets: no new program
+
+
+def test_mmlu_context_reaches_the_model(tokenizer):
+    record = Record(id="x", question="Which is\nright", choices=("a\nb", "c", "d", "e"), answer=0,
+                    subject="high_school_us_history")
+    golden = ("The following are multiple choice questions (with answers) about high school us history. "
+              "Q: Which is right. (A) a b (B) c (C) d (D) e A: The answer is (")
+    contexts, continuations = choice_tokens(tokenizer, [record], mmlu=True)
+    assert tokenizer.decode(contexts[0]) == golden
+    assert [tokenizer.decode(c) for c in continuations[0]] == ["A", "B", "C", "D"]
+    contexts, _ = choice_tokens(tokenizer, [record])
+    assert tokenizer.decode(contexts[0]) == "Q: Which is\nright (A) a\nb (B) c (C) d (D) e A: The answer is ("
+
+
+def test_real_mmlu_context(shared_data_dir, tokenizer):
+    from teacherlm_jax.data import load_records
+
+    record = load_records("mmlu", "test", data_dir=str(shared_data_dir))[0]
+    contexts, _ = choice_tokens(tokenizer, [record], mmlu=True)
+    assert tokenizer.decode(contexts[0]) == (
+        "The following are multiple choice questions (with answers) about abstract algebra. Q: Find the degree for "
+        "the given field extension Q(sqrt(2), sqrt(3), sqrt(18)) over Q. (A) 0 (B) 4 (C) 2 (D) 6 A: The answer is (")
+
+
+@pytest.fixture(scope="module")
+def rigged(tmp_path_factory) -> Path:
+    """A BLOOM whose every position predicts "B": ln_f outputs a constant vector v, lm_head row B = 10 v."""
+    directory = tmp_path_factory.mktemp("rigged")
+    reference = tiny_bloom(vocab_size=VOCAB, hidden_size=32, n_layer=2, n_head=4, tie_word_embeddings=False)
+    with torch.no_grad():
+        v = torch.randn(32, generator=torch.Generator().manual_seed(1))
+        reference.transformer.ln_f.weight.zero_()
+        reference.transformer.ln_f.bias.copy_(v)
+        reference.lm_head.weight[B] = 10 * v
+    reference.save_pretrained(directory)
+    byte_tokenizer().save_pretrained(directory)
+    return directory
+
+
+def test_rigged_model_accuracy_is_fraction_of_b(rigged):
+    model, tokenizer = from_pretrained(rigged), load_tokenizer(rigged)
+    qs = records(20, num_choices=3, seed=3)
+    predictions, acc = evaluate_records(model, tokenizer, qs, batch_size=8)
+    assert [p.prediction for p in predictions] == [1] * len(qs)
+    expected = sum(r.answer == 1 for r in qs) / len(qs)
+    assert 0 < expected < 1 and acc == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("text, choices, expected", [
+    (" the sky is blue --> B", ("red", "blue"), 1),
+    (" because (A) is wrong --> (B)", ("x", "y", "z"), 1),
+    (" reasoning --> blue.\nmore text --> red", ("red", "blue"), 1),
+    (" it is true --> True", ("True", "False"), 0),
+    (" so the answer is false", ("True", "False"), 1),
+    (" (A) looks right but (C) is the answer", ("p", "q", "r"), 2),
+    (" --> (C) river", ("cat", "dog", "river"), 2),
+    (" --> seven", ("cat", "dog"), None),
+    (" the cat ran", ("cat", "category"), 0),  # word-bounded: "cat" is not inside "category"
+    ("no answer here", ("cat", "dog"), None),
+    (" --> E", ("a", "b"), None),  # a letter beyond the choices names none
+])
+def test_parse_answer(text, choices, expected):
+    assert parse_answer(text, choices) == expected
+
+
+def test_generative_mode_keeps_text_and_parses_it(model, tokenizer):
+    qs = records(3, num_choices=2, seed=4)
+    assert generation_prompt(qs[0]).endswith(" (A) " + qs[0].choices[0] + " (B) " + qs[0].choices[1] + " ###")
+    predictions, acc = evaluate_records(model, tokenizer, qs, mode="generate", batch_size=2, max_new_tokens=6)
+    for p, r in zip(predictions, qs):
+        assert isinstance(p.generation, str)
+        parsed = parse_answer(p.generation, r.choices)
+        assert p.prediction == (-1 if parsed is None else parsed)
+        assert p.scores == [float(i == p.prediction) for i in range(len(r.choices))]
+    assert acc == sum(p.prediction == r.answer for p, r in zip(predictions, qs)) / 3
+
+
+def test_evaluate_tasks_jsonl_writes_report(model, tokenizer, tmp_path):
+    path = tmp_path / "mine.jsonl"
+    path.write_text("".join(json.dumps({"id": r.id, "question": r.question, "choices": list(r.choices),
+                                        "answer": r.answer}) + "\n" for r in records(9)))
+    metrics = evaluate_tasks(model, tokenizer, [str(path)], tmp_path / "eval", max_examples=5, batch_size=4,
+                             max_length=66)  # the shapes of the tests above: no new compile
+    m = metrics["tasks"]["mine"]
+    assert (m["count"], m["available"], m["subset"], m["max_examples"]) == (5, 9, True, 5)
+    lines = (tmp_path / "eval" / "mine" / "predictions.jsonl").read_text().splitlines()
+    assert [json.loads(x)["id"] for x in lines] == ["q0", "q2", "q4", "q6", "q8"]  # evenly spaced
+    assert "subset: 5 of 9" in (tmp_path / "eval" / "results.md").read_text()
+    with pytest.raises(ValueError, match="unknown task 'nope'"):
+        evaluate_tasks(model, tokenizer, ["nope"], tmp_path / "x")
+
+
+def test_mmlu_category_map_covers_57_subjects(shared_data_dir):
+    subjects = {p.name[:-len("_test.csv")] for p in (shared_data_dir / "mmlu_canonical_reformatted" / "test").iterdir()}
+    assert subjects == set(MMLU_CATEGORY) and len(subjects) == 57
+    assert sorted(set(MMLU_CATEGORY.values())) == ["STEM", "humanities", "other", "social sciences"]
+
+
+def test_job_end_to_end(shared_data_dir, rigged, tmp_path):
+    """Through `python -m teacherlm_jax.main` on 2 CPU devices (batch split over the mesh): the rigged
+    model answers B everywhere, so each task's accuracy is its fraction of B answers."""
+    jsonl = tmp_path / "mine.jsonl"
+    jsonl.write_text("".join(json.dumps({"id": r.id, "question": r.question, "choices": list(r.choices),
+                                         "answer": r.answer}) + "\n" for r in records(5)))
+    workdir = tmp_path / "run"
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2",
+               TEACHERLM_DATA_DIR=str(shared_data_dir))
+    cmd = [sys.executable, "-m", "teacherlm_jax.main", "--config", "configs/eval.py", "--workdir", str(workdir),
+           f"--config.model.init_from={rigged}", f"--config.tasks=('mmlu','creak','{jsonl}')",
+           "--config.max_examples=12", "--config.batch_size=4", "--config.max_length=160"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "contexts were longer than max_length" in proc.stderr
+    out = workdir / "eval"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["tasks"]) == {"mmlu", "creak", "mine"}
+    assert metrics["settings"]["max_examples"] == 12
+    for name, m in metrics["tasks"].items():
+        preds = [json.loads(x) for x in (out / name / "predictions.jsonl").read_text().splitlines()]
+        assert len(preds) == m["count"] == min(12, m["available"])
+        assert all(set(p) >= {"id", "scores", "prediction", "answer"} for p in preds)
+        assert all(p["prediction"] == 1 and len(p["scores"]) == (2 if name == "creak" else 4) for p in preds)
+        assert m["accuracy"] == pytest.approx(np.mean([p["answer"] == 1 for p in preds]))
+    mmlu = metrics["tasks"]["mmlu"]
+    assert mmlu["available"] == 14042 and mmlu["subset"] and mmlu["dataset"] == "mmlu/test"
+    assert 0 < mmlu["truncated"] < 12  # byte-level tokens: some MMLU contexts exceed 160
+    assert set(mmlu["categories"]) <= {"STEM", "humanities", "social sciences", "other"}
+    assert sum(c["count"] for c in mmlu["categories"].values()) == 12
+    assert mmlu["macro_accuracy"] == pytest.approx(np.mean([s["accuracy"] for s in mmlu["subjects"].values()]))
+    assert "| mmlu |" in (out / "results.md").read_text()
+    assert (out / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_run_dir_resolves_to_its_export(checkpoint, tmp_path):
+    import shutil
+
+    from configs.eval import get_config
+    from teacherlm_jax.evaluate import resolve_model
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "model_config.json").write_text((checkpoint[0] / "config.json").read_text())
+    config = get_config()
+    config.model.init_from = str(run)
+    with pytest.raises(Exception, match="set config.tokenizer"):
+        resolve_model(config)  # no export: the run's checkpoint has no tokenizer
+    shutil.copytree(checkpoint[0], run / "hf_final")
+    model, tokenizer = resolve_model(config)
+    assert model["init_from"] == tokenizer == str(run / "hf_final")
