@@ -17,6 +17,7 @@ JOBS = {
     "eval": "teacherlm_jax.evaluate:run",
     "augment": "teacherlm_jax.augment:run",
     "demo": "teacherlm_jax.demo:run",
+    "compile": "teacherlm_jax.compile:run",
 }
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/train.py:tiny.",

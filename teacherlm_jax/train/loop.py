@@ -6,6 +6,7 @@ continues exactly: same batches, same losses; metrics.jsonl is cut back to the r
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from pathlib import Path
@@ -14,11 +15,13 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 from flax import nnx
+from jax.sharding import Mesh
 
 from teacherlm_jax.models.hf import load_tokenizer, save_pretrained
 from teacherlm_jax.sharding import (
-    ConfigError, data_parallel_size, initialize_distributed, mesh_from_config, param_shardings, replicated,
+    ConfigError, data_parallel_size, initialize_distributed, mesh_from_config, param_shardings,
 )
 from teacherlm_jax.train.builders import abstract_model, load_params, write_model_config
 from teacherlm_jax.train.checkpoint import Checkpointer, SigtermFlag, abstract_like
@@ -56,6 +59,39 @@ def validate(config: ml_collections.ConfigDict, dp_size: int) -> None:
                           f"{jax.process_count()} processes")
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainSetup:
+    """Everything the train step needs, built from config without allocating any parameter; shared by
+    `train` and the ahead-of-time check (`teacherlm_jax.compile`)."""
+
+    abstract: nnx.Module
+    graphdef: nnx.GraphDef
+    abstract_params: dict
+    param_shardings: dict
+    tx: optax.GradientTransformation
+    schedule: optax.Schedule
+    abstract_opt: optax.OptState
+    shardings: TrainState
+
+    def abstract_state(self) -> TrainState:
+        """The train state as sharded ShapeDtypeStructs: a restore target, or a compile argument."""
+        return TrainState(jax.ShapeDtypeStruct((), jnp.int32, sharding=self.shardings.step),
+                          abstract_like(self.abstract_params, self.param_shardings),
+                          abstract_like(self.abstract_opt, self.shardings.opt_state))
+
+
+def train_setup(config: ml_collections.ConfigDict, mesh: Mesh, rules: tuple) -> TrainSetup:
+    """Model shapes, optimizer and shardings for `config` on `mesh`."""
+    abstract = abstract_model(config.model, config.seed)
+    graphdef, abstract_state = nnx.split(abstract, nnx.Param)
+    abstract_params = nnx.to_pure_dict(abstract_state)
+    p_shardings = param_shardings(abstract, mesh, rules)
+    tx, schedule = make_optimizer(config.optimizer, config.num_train_steps, decay_mask(abstract))
+    abstract_opt = jax.eval_shape(tx.init, abstract_params)
+    return TrainSetup(abstract, graphdef, abstract_params, p_shardings, tx, schedule, abstract_opt,
+                      state_shardings(p_shardings, abstract_opt, mesh))
+
+
 def train(config: ml_collections.ConfigDict, workdir: str | Path) -> Path | None:
     """Trains to `config.num_train_steps` (resuming from WORKDIR/checkpoints if any).
 
@@ -68,13 +104,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> Path | None
     validate(config, data_parallel_size(mesh, rules))
     workdir.mkdir(parents=True, exist_ok=True)
 
-    abstract = abstract_model(config.model, config.seed)
-    graphdef, abstract_state = nnx.split(abstract, nnx.Param)
-    abstract_params = nnx.to_pure_dict(abstract_state)
-    p_shardings = param_shardings(abstract, mesh, rules)
-    tx, schedule = make_optimizer(config.optimizer, config.num_train_steps, decay_mask(abstract))
-    abstract_opt = jax.eval_shape(tx.init, abstract_params)
-    shardings = state_shardings(p_shardings, abstract_opt, mesh)
+    setup = train_setup(config, mesh, rules)
+    abstract, graphdef, abstract_params = setup.abstract, setup.graphdef, setup.abstract_params
+    p_shardings, tx, schedule, shardings = setup.param_shardings, setup.tx, setup.schedule, setup.shardings
 
     tokenizer = load_tokenizer(config.tokenizer) if config.get("tokenizer") else None
     data = make_train_data(config, tokenizer, jax.process_index(), jax.process_count())
@@ -84,9 +116,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> Path | None
                         use_async=config.get("async_checkpoints", True))
     start = ckpt.latest_step() or 0
     if start:  # our own checkpoint wins over init_from: this is a restart
-        target = TrainState(jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated(mesh)),
-                            abstract_like(abstract_params, p_shardings), abstract_like(abstract_opt, shardings.opt_state))
-        state, data_state = ckpt.restore(start, target)
+        state, data_state = ckpt.restore(start, setup.abstract_state())
         data.set_state(data_state)
         log.info("resumed from %s/checkpoints step %d", workdir, start)
     else:

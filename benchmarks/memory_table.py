@@ -1,0 +1,152 @@
+"""Memory per chip of a BLOOM training step, 560M to 176B: the table in docs/scaling.md.
+
+    python benchmarks/memory_table.py                  # estimates (seconds, no compilation)
+    python benchmarks/memory_table.py --aot            # plus the compile job on fake CPU devices, one
+                                                       # process per row (under a minute each)
+
+Parameters, optimizer state and gradients are exact: the model's own shapes and the trainer's sharding
+rules (`param_shardings`) on an abstract mesh of the row's size. Activations are an estimate of what
+the step keeps alive (bytes below, compute dtype bfloat16 = 2 bytes, r rows per chip per microbatch,
+s tokens, h hidden, a heads, V vocabulary, t tensor-parallel size, L layers):
+  saved per layer   full: r·s·h·2 (the layer input) | dots_no_batch: r·s·(2h + 7h/t)·2 |
+                    dots: r·s·(2h + 8h/t)·2 + r·a·s²·4/t | none: r·s·(4h + 12h/t)·2 + r·a·s²·10/t
+  one layer rebuilt in the backward pass: the `none` figure, once (remat policies other than none)
+  loss over the vocabulary: 3 float32 [r, s, V/t] arrays (logits, log-softmax, their gradient)
+  gathered weights: the embedding in bfloat16 plus its float32 gradient before reduce-scatter,
+                    (2 + 4)·V·h/t, and two layers' weights in bfloat16 (FSDP's prefetch)
+--aot adds XLA's own per-device figure (`teacherlm_jax.compile`) for comparison; CPU numbers are
+indicative (XLA's CPU backend fuses less and keeps more bfloat16 work in float32 than TPU/GPU do).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import jax
+from flax import nnx
+from jax.sharding import AbstractMesh, AxisType
+
+from teacherlm_jax.compile import REPORT_JSON, bloom_shape
+from teacherlm_jax.sharding import DEFAULT_RULES, MESH_AXES, param_shardings, parse_rules
+from teacherlm_jax.train.builders import abstract_model
+
+REPO = Path(__file__).resolve().parents[1]  # the compile job's configs/ are relative to it
+GIB = 2 ** 30
+# Memory per chip (GiB) of the devices the table is checked against.
+DEVICES = {"v5e": 16, "v4 / v6e": 32, "H100": 80, "v5p": 95}
+HEADROOM = 0.9  # share of a chip's memory a step may plan for (runtime, fragmentation)
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    size: str
+    data: int = 1
+    fsdp: int = 8
+    tensor: int = 1
+    rows: int = 1  # per chip per microbatch
+    seq_len: int = 2048
+    remat: str = "full"
+    grad_accum: int = 1
+
+    @property
+    def chips(self) -> int:
+        return self.data * self.fsdp * self.tensor
+
+
+ROWS = (
+    Row("bloom-560m", remat="none"), Row("bloom-560m"), Row("bloom-560m", rows=4),
+    Row("bloom-1b1"), Row("bloom-1b7"), Row("bloom-3b"), Row("bloom-3b", rows=4, remat="dots_no_batch"),
+    Row("bloom-7b1"), Row("bloom-7b1", fsdp=4, tensor=2, rows=2), Row("bloom-7b1", fsdp=16), Row("bloom-7b1", fsdp=4),
+    Row("bloom", fsdp=32, tensor=8), Row("bloom", fsdp=64, tensor=8),
+)
+
+
+def state_bytes(row: Row) -> tuple[int, int]:
+    """(parameters, parameter count) per chip: float32 master weights, sharded by the trainer's rules."""
+    mesh = AbstractMesh((row.data, row.fsdp, row.tensor), MESH_AXES, axis_types=(AxisType.Auto,) * 3)
+    model = abstract_model(dict(family="bloom", **bloom_shape(row.size)))
+    shardings = param_shardings(model, mesh, parse_rules(DEFAULT_RULES, mesh))
+    params = jax.tree.leaves(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+    per_chip = sum(math.prod(s.shard_shape(p.shape)) * p.dtype.itemsize
+                   for p, s in zip(params, jax.tree.leaves(shardings)))
+    return per_chip, sum(math.prod(p.shape) for p in params)
+
+
+def activation_bytes(row: Row) -> int:
+    """The estimate in the module docstring."""
+    shape = bloom_shape(row.size)
+    h, a, vocab, layers = shape["hidden_size"], shape["n_head"], shape["vocab_size"], shape["n_layer"]
+    r, s, t, c = row.rows, row.seq_len, row.tensor, 2
+    whole = r * s * (4 * h + 12 * h / t) * c + r * a * s * s * 10 / t
+    saved = {"none": whole, "full": r * s * h * c, "dots_no_batch": r * s * (2 * h + 7 * h / t) * c,
+             "dots": r * s * (2 * h + 8 * h / t) * c + r * a * s * s * 4 / t}[row.remat]
+    rebuilt = 0 if row.remat == "none" else whole
+    loss = 3 * 4 * r * s * vocab / t
+    gathered = (c + 4) * vocab * h / t + 2 * c * 12 * h * h / t
+    return int(layers * saved + rebuilt + loss + gathered)
+
+
+def estimate(row: Row) -> dict:
+    params, count = state_bytes(row)
+    grads = params * (2 if row.grad_accum > 1 else 1)  # accumulation keeps a running sum besides
+    out = {"params": params, "optimizer": 2 * params, "gradients": grads, "activations": activation_bytes(row)}
+    out["total"] = sum(out.values())
+    return {**out, "count": count}
+
+
+def aot(row: Row) -> dict:
+    """The compile job's per-device memory for the row, on `row.chips` fake CPU devices."""
+    with tempfile.TemporaryDirectory() as workdir:
+        cmd = [sys.executable, "-m", "teacherlm_jax.main", f"--config=configs/compile.py:{row.size}",
+               f"--workdir={workdir}", f"--config.fake_devices={row.chips}", f"--config.mesh.data={row.data}",
+               f"--config.mesh.fsdp={row.fsdp}", f"--config.mesh.tensor={row.tensor}",
+               f"--config.batch_size={row.rows * row.data * row.fsdp * row.grad_accum}",
+               f"--config.grad_accum_steps={row.grad_accum}", f"--config.data.seq_len={row.seq_len}",
+               f"--config.model.remat_policy={row.remat}"]
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+        if proc.returncode:
+            raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+        return json.loads((Path(workdir) / REPORT_JSON).read_text())["memory_per_device"]
+
+
+def table(rows: tuple[Row, ...], aot_max_devices: int) -> str:
+    head = ["model", "params", "mesh (data x fsdp x tensor)", "chips", "rows x seq / chip", "remat",
+            "parameters", "Adam state", "gradients", "activations (est.)", "total (est.)"]
+    if aot_max_devices:
+        head.append("AOT peak, CPU")
+    head += [f"fits {d} ({g} GiB)" for d, g in DEVICES.items()]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        e = estimate(row)
+        cells = [row.size, f"{e['count'] / 1e9:.2f}B", f"{row.data} x {row.fsdp} x {row.tensor}", str(row.chips),
+                 f"{row.rows} x {row.seq_len}", row.remat]
+        cells += [f"{e[k] / GIB:.2f}" for k in ("params", "optimizer", "gradients", "activations", "total")]
+        need = e["total"]
+        if aot_max_devices:
+            peak = aot(row)["peak"] if row.chips <= aot_max_devices else None
+            cells.append("-" if peak is None else f"{peak / GIB:.2f}")
+            need = max(need, peak or 0)  # the larger of the two decides
+        cells += ["yes" if need <= HEADROOM * g * GIB else "no" for g in DEVICES.values()]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--aot", action="store_true", help="also compile each row on fake CPU devices")
+    parser.add_argument("--aot-max-devices", type=int, default=512, help="compile only rows with at most this "
+                        "many chips (each row is a process; 512 fake devices compile in about a minute)")
+    args = parser.parse_args()
+    print(f"GiB per chip; bfloat16 compute, float32 master weights, AdamW; 'fits' = the estimated total (or the "
+          f"AOT peak, if larger) <= {HEADROOM:.0%} of the chip's memory.\n")
+    print(table(ROWS, args.aot_max_devices if args.aot else 0), end="")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""Ahead-of-time memory check of a training step: `python -m teacherlm_jax.main --config configs/compile.py[:SIZE]
+--workdir DIR`. Compiles the trainer's step for the mesh without allocating it and prints memory per device.
+
+SIZE: a BLOOM size (bloom-560m (default), bloom-1b1, bloom-1b7, bloom-3b, bloom-7b1, bloom (176B)) with
+bfloat16 compute, float32 master weights, full remat and seq_len 2048; or `tiny` (the train config's
+tiny model, what tests use). Every train key can be overridden, e.g. --config.mesh.tensor=8
+--config.batch_size=256 --config.grad_accum_steps=4 --config.model.remat_policy=dots; or take the model
+from a checkpoint with --config.model.init_from=DIR (only its config.json is read; hub BLOOM ids need
+no download).
+
+Keys added to the train config:
+  fake_devices       N fake CPU devices to compile for (default 8: one v4-8 / v5e-8 / 8-GPU host);
+                     0 compiles for this machine's own devices (exact numbers on the target machine).
+  device_memory_gib  memory per device to check against (e.g. v5e 16, v4 32, H100 80); 0: no check.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from configs import common
+from configs import train as train_config
+from teacherlm_jax.compile import BLOOM_SHAPES, bloom_shape
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    size = arg or "bloom-560m"
+    if size == "tiny":
+        config = train_config.get_config("tiny")
+    elif size in BLOOM_SHAPES or size == "bloom-176b":
+        config = train_config.get_config()
+        config.model = common.model(None, dtype="bfloat16", remat_policy="full", **bloom_shape(size))
+        config.tokenizer = None
+        config.data = train_config.data(seq_len=2048)
+        config.batch_size = 8
+    else:
+        raise ValueError(f"configs/compile.py: unknown variant {arg!r}; known: tiny, {', '.join(BLOOM_SHAPES)}")
+    config.job = "compile"
+    config.fake_devices = 8
+    config.device_memory_gib = 0.0
+    return config

@@ -1,0 +1,226 @@
+"""Ahead-of-time check: compile one training step for a config's mesh and report the memory per device.
+
+Nothing is allocated: the train state and the batch are sharded `jax.ShapeDtypeStruct`s, and the step
+is the trainer's own (`make_train_step`), lowered and compiled for the configured mesh, remat policy,
+dtypes, batch size, sequence length and gradient accumulation. With `config.fake_devices=N` it compiles
+for N fake CPU devices, so a laptop can tell whether a configuration fits before chips are rented;
+with `fake_devices=0` it compiles for the machine's own devices (exact numbers on the target).
+
+    python -m teacherlm_jax.main --config configs/compile.py:bloom-7b1 --workdir /tmp/aot \\
+        --config.fake_devices=8 --config.mesh.fsdp=-1 --config.device_memory_gib=16
+
+Writes WORKDIR/compile_report.json and compile_report.md; exits with status 1 when the estimated peak
+exceeds `config.device_memory_gib` (0: not checked).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from teacherlm_jax.sharding import ConfigError, batch_sharding, data_parallel_size, mesh_from_config
+from teacherlm_jax.train.loop import TrainSetup, train_setup, validate
+from teacherlm_jax.train.step import BATCH_KEYS, make_train_step
+
+# BLOOM's published shapes (config.json on the hub): hidden_size, n_layer, n_head; vocab 250880.
+BLOOM_SHAPES: dict[str, tuple[int, int, int]] = {
+    "bloom-560m": (1024, 24, 16),
+    "bloom-1b1": (1536, 24, 16),
+    "bloom-1b7": (2048, 24, 16),
+    "bloom-3b": (2560, 30, 32),
+    "bloom-7b1": (4096, 30, 32),
+    "bloom": (14336, 70, 112),  # the 176B model
+}
+BLOOM_VOCAB = 250880
+REPORT_JSON = "compile_report.json"
+REPORT_MD = "compile_report.md"
+GIB = 2 ** 30
+
+
+def bloom_shape(name: str) -> dict[str, int]:
+    """Architecture keys of a BLOOM size by name (`bloom-7b1`, `bigscience/bloom-7b1`, `bloom-176b`)."""
+    key = name.removeprefix("bigscience/")
+    key = "bloom" if key == "bloom-176b" else key
+    if key not in BLOOM_SHAPES:
+        raise ConfigError(f"unknown BLOOM size {name!r}; known: {sorted(BLOOM_SHAPES)}")
+    hidden, layers, heads = BLOOM_SHAPES[key]
+    return dict(vocab_size=BLOOM_VOCAB, hidden_size=hidden, n_layer=layers, n_head=heads)
+
+
+def resolve_model(model: dict[str, Any]) -> dict[str, Any]:
+    """`config.model` with a hub BLOOM (`init_from=bigscience/bloom-7b1`, not a local directory) replaced
+    by its published shape, so the check needs no download; any other section is returned unchanged."""
+    init_from = model.get("init_from") or ""
+    if not init_from.startswith("bigscience/") or init_from.removeprefix("bigscience/") not in BLOOM_SHAPES \
+            or Path(init_from).exists():
+        return dict(model)
+    shape = bloom_shape(init_from)
+    for key, value in shape.items():
+        if model.get(key) is not None and model[key] != value:
+            raise ConfigError(f"config.model.{key}={model[key]!r} disagrees with {init_from} ({key}={value})")
+    return {**model, **shape, "init_from": None, "family": "bloom"}
+
+
+def use_fake_devices(count: int) -> None:
+    """`count` CPU devices for this process; must run before jax has started a backend."""
+    if count < 0:
+        raise ConfigError(f"config.fake_devices={count} must be >= 0 (0: the machine's own devices)")
+    if count == 0:
+        return
+    if jax.distributed.is_initialized():
+        raise ConfigError(f"config.fake_devices={count} on a multi-process launch: set "
+                          f"--config.distributed.enabled=False (or fake_devices=0 for this machine's devices)")
+    try:
+        jax.config.update("jax_num_cpu_devices", count)
+    except RuntimeError as e:
+        raise ConfigError(f"config.fake_devices={count}: jax has already started its devices in this process; "
+                          f"run the compile job in a fresh process") from e
+    jax.config.update("jax_platforms", "cpu")
+    if jax.device_count() != count or jax.devices()[0].platform != "cpu":
+        raise ConfigError(f"config.fake_devices={count}: got {jax.device_count()} {jax.devices()[0].platform} "
+                          f"devices; unset XLA_FLAGS' --xla_force_host_platform_device_count or JAX_PLATFORMS")
+
+
+def abstract_batch(config: ml_collections.ConfigDict, mesh, rules) -> dict[str, jax.ShapeDtypeStruct]:
+    """The global int32 [batch_size, seq_len] batch, split over the data-parallel axes as the loop does."""
+    shape = (int(config.batch_size), int(config.data.seq_len))
+    return {k: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=batch_sharding(mesh, rules)) for k in BATCH_KEYS}
+
+
+def shard_bytes(tree) -> int:
+    """Bytes one device holds of a tree of sharded ShapeDtypeStructs (the largest shard of each leaf)."""
+    return sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(tree))
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryReport:
+    """Bytes per device of one compiled training step. `params`, `optimizer` and `batch` follow from the
+    shapes and shardings; the rest is XLA's `memory_analysis()` of the compiled step: `temp` holds the
+    gradients, saved activations and workspace; `aliased` is output written into the donated state."""
+
+    params: int
+    optimizer: int
+    batch: int
+    arguments: int
+    outputs: int
+    aliased: int
+    temp: int
+    generated_code: int
+    peak: int
+
+
+def memory_report(compiled: jax.stages.Compiled, setup: TrainSetup, batch: dict) -> MemoryReport:
+    """Per-device bytes. `peak` = arguments + outputs - aliased + temp + code: everything the step holds
+    when its temporaries are at their high-water mark (XLA's own `peak_memory_in_bytes` is not used: on
+    CPU it leaves out the temporaries of the loops' bodies)."""
+    stats = compiled.memory_analysis()
+    if stats is None:
+        raise RuntimeError(f"{jax.devices()[0].platform} gives no memory analysis of compiled programs")
+    state = setup.abstract_state()
+    arguments, outputs = stats.argument_size_in_bytes, stats.output_size_in_bytes
+    aliased, temp, code = stats.alias_size_in_bytes, stats.temp_size_in_bytes, stats.generated_code_size_in_bytes
+    peak = arguments + outputs - aliased + temp + code
+    return MemoryReport(params=shard_bytes(state.params), optimizer=shard_bytes(state.opt_state),
+                        batch=shard_bytes(batch), arguments=arguments, outputs=outputs, aliased=aliased,
+                        temp=temp, generated_code=code, peak=peak)
+
+
+def dry_run(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """Compiles the configured training step without allocating it; returns the summary that `run` writes."""
+    use_fake_devices(int(config.get("fake_devices", 0)))
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+        config.model = ml_collections.ConfigDict(resolve_model(config.model.to_dict()))
+    mesh, rules = mesh_from_config(config)
+    validate(config, data_parallel_size(mesh, rules))
+    setup = train_setup(config, mesh, rules)
+    step = make_train_step(setup.graphdef, setup.tx, setup.schedule, mesh, rules, setup.shardings,
+                           config.grad_accum_steps)
+    batch = abstract_batch(config, mesh, rules)
+    start = time.perf_counter()
+    compiled = step.lower(setup.abstract_state(), batch).compile()
+    seconds = time.perf_counter() - start
+    memory = memory_report(compiled, setup, batch)
+    model = setup.abstract.config
+    device = jax.devices()[0]
+    limit = float(config.get("device_memory_gib", 0.0))
+    return {
+        "model": {**dataclasses.asdict(model), "family": model.model_type},
+        "num_params": sum(math.prod(x.shape) for x in jax.tree.leaves(setup.abstract_params)),
+        "mesh": dict(mesh.shape),
+        "devices": mesh.size,
+        "platform": device.platform,
+        "device_kind": device.device_kind,
+        "batch_size": int(config.batch_size),
+        "seq_len": int(config.data.seq_len),
+        "grad_accum_steps": int(config.grad_accum_steps),
+        "rows_per_device_per_microbatch": int(config.batch_size) // data_parallel_size(mesh, rules)
+        // int(config.grad_accum_steps),
+        "compile_seconds": round(seconds, 2),
+        "memory_per_device": dataclasses.asdict(memory),
+        "device_memory_gib": limit,
+        "fits": None if limit <= 0 else memory.peak <= limit * GIB,
+    }
+
+
+def human_bytes(n: float) -> str:
+    """1536 -> '1.50 KiB'."""
+    if abs(n) < 1024:
+        return f"{n:.0f} B"
+    for unit in ("KiB", "MiB"):
+        n /= 1024
+        if abs(n) < 1024:
+            return f"{n:.2f} {unit}"
+    return f"{n / 1024:.2f} GiB"
+
+
+def format_report(summary: dict[str, Any]) -> str:
+    """Markdown: the run's shape and a per-device memory table."""
+    m, mem = summary["model"], summary["memory_per_device"]
+    lines = [
+        f"# Ahead-of-time check: {summary['num_params']:,}-parameter {m['family']} training step",
+        "",
+        f"- model: hidden {m['hidden_size']}, {m.get('n_layer', m.get('num_hidden_layers'))} layers, "
+        f"vocab {m['vocab_size']}; dtype {m['dtype']}, params {m['param_dtype']}, remat {m['remat_policy']}",
+        f"- mesh {summary['mesh']} on {summary['devices']} {summary['platform']} devices ({summary['device_kind']})",
+        f"- batch {summary['batch_size']} x {summary['seq_len']} tokens, grad_accum_steps "
+        f"{summary['grad_accum_steps']}: {summary['rows_per_device_per_microbatch']} row(s) per device per "
+        f"microbatch; compiled in {summary['compile_seconds']} s",
+        "",
+        "| per device | size | bytes |",
+        "|---|---|---|",
+    ]
+    labels = {"params": "parameters (shapes x shardings)", "optimizer": "optimizer state (shapes x shardings)",
+              "batch": "batch", "arguments": "XLA arguments (state + batch)", "outputs": "XLA outputs",
+              "aliased": "XLA outputs aliased to donated inputs",
+              "temp": "XLA temporaries (gradients, activations, workspace)",
+              "generated_code": "XLA generated code", "peak": "**peak**"}
+    lines += [f"| {labels[k]} | {human_bytes(mem[k])} | {mem[k]} |" for k in labels]
+    if summary["platform"] == "cpu":
+        lines += ["", "Compiled for CPU: XLA's CPU fusion and buffer assignment differ from TPU/GPU, so "
+                      "temporaries are indicative; parameters and optimizer state are exact."]
+    if summary["fits"] is not None:
+        verdict = "fits in" if summary["fits"] else "DOES NOT FIT in"
+        lines += ["", f"Peak {human_bytes(mem['peak'])} {verdict} config.device_memory_gib="
+                      f"{summary['device_memory_gib']} GiB per device."]
+    return "\n".join(lines) + "\n"
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Job entry (`config.job = "compile"`)."""
+    summary = dry_run(config)
+    out = Path(workdir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / REPORT_JSON).write_text(json.dumps(summary, indent=2) + "\n")
+    text = format_report(summary)
+    (out / REPORT_MD).write_text(text)
+    print(text, flush=True)
+    if summary["fits"] is False:
+        raise SystemExit(1)
