@@ -167,13 +167,16 @@ def test_hub_id_goes_through_huggingface_hub(monkeypatch, tmp_path):
     reference = tiny_bloom(tmp_path / "snapshot")
     asked = []
 
-    def fake_snapshot_download(repo_id, **kwargs):
-        asked.append(repo_id)
+    def fake_snapshot_download(repo_id, allow_patterns):
+        asked.append((repo_id, sorted(allow_patterns)))
         return str(tmp_path / "snapshot")
 
+    monkeypatch.setattr(huggingface_hub, "list_repo_files",
+                        lambda repo_id: ["config.json", "model.safetensors", "pytorch_model.bin"])
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
     assert_same_logits(tl.from_pretrained("bigscience/bloom-560m"), reference)
-    assert asked == ["bigscience/bloom-560m"]
+    # Only one weight format is fetched when a repository has both.
+    assert asked == [("bigscience/bloom-560m", ["*.json", "*.model", "*.safetensors", "*.txt"])]
 
 
 def test_tokenizer_is_the_checkpoints_own(tmp_path):

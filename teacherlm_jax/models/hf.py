@@ -57,10 +57,13 @@ def resolve_checkpoint_dir(path_or_hub_id: str | os.PathLike) -> Path:
     name = str(path_or_hub_id)
     if name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise CheckpointError(f"{name}: no such checkpoint directory")
-    from huggingface_hub import snapshot_download
+    import huggingface_hub
 
     try:
-        return Path(snapshot_download(name, allow_patterns=["*.json", "*.safetensors", "*.bin", "*.txt", "*.model"]))
+        # Repositories often ship both formats: fetch safetensors when there are any, else .bin.
+        files = huggingface_hub.list_repo_files(name)
+        weights = "*.safetensors" if any(f.endswith(".safetensors") for f in files) else "*.bin"
+        return Path(huggingface_hub.snapshot_download(name, allow_patterns=["*.json", "*.txt", "*.model", weights]))
     except Exception as e:  # network, auth and missing-repo errors all end here
         raise CheckpointError(f"{name}: not a local directory, and the hub download failed: {e}") from e
 
