@@ -1,0 +1,133 @@
+"""The end-to-end TeacherLM demo on a laptop CPU: `python -m teacherlm_jax.main --config configs/demo.py --workdir DIR`.
+
+A synthetic reasoning suite (teacherlm_jax/data/synthetic.py), a tokenizer trained on it, a small
+BLOOM teacher trained in TeacherLM's three stages, the teacher's augmentation of the students'
+training questions, students trained at equal compute on (a) answers only and (b) the teacher's
+texts, and the evaluation of all of them: DIR/report.md and DIR/report.json (teacherlm_jax/demo/).
+Rerun the same command after any stop to resume.
+
+Every stage is a whole job config (configs/train.py, configs/augment.py, configs/eval.py); the demo
+fills in the paths (datasets, init_from, tokenizer) when it runs them, so any key can be overridden:
+  --config.teacher.stage2.num_train_steps=600   --config.students.finetune_cot.train.optimizer.learning_rate=1e-3
+  --config.teacher.stage1.model.init_from=bigscience/bloom-560m --config.tokenizer.init_from=bigscience/bloom-560m
+  (a real teacher: stage 1 starts from it and the demo's tokenizer is its own; see docs/demo.md)
+
+Variants:
+  (none)  the demo: about 10 minutes on 2 CPU cores; stage 3 trains the cot teacher only.
+  full    stage 3 trains all three kinds (TeacherLM's three teachers) and adds the `teacherlm_mixed` student.
+  tiny    the same pipeline, smaller and shorter, for the test suite: it checks the plumbing; at this
+          size the students do not learn the suite (see docs/demo.md).
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from configs import augment as augment_configs
+from configs import common
+from configs import eval as eval_configs
+from configs import train as train_configs
+
+VARIANTS = ("full", "tiny")
+
+
+def _model(size: dict) -> ml_collections.ConfigDict:
+    # BLOOM's special-token ids, which the demo tokenizer (teacherlm_jax/demo/tokenizer.py) also uses.
+    return common.model(None, bos_token_id=1, eos_token_id=2, pad_token_id=3, max_position_embeddings=256,
+                        **size)
+
+
+def _stage(model: ml_collections.ConfigDict, fmt: str, *, steps: int, batch_size: int, seq_len: int,
+           learning_rate: float, style: str = "teacherlm", loss_on: str = "all", add_eos: bool = False,
+           seed: int = 0) -> ml_collections.ConfigDict:
+    """A training job config; the demo sets data.datasets, tokenizer and (after stage 1) model.init_from."""
+    config = train_configs.get_config()
+    config.seed = seed
+    config.model = model
+    config.tokenizer = ml_collections.FieldReference(None, field_type=str)
+    config.data = train_configs.data("records", seq_len=seq_len, loss_on=loss_on, datasets=(), format=fmt,
+                                     style=style, add_eos=add_eos, kind_ratios={}, eval_fraction=0.0)
+    config.batch_size = batch_size
+    config.num_train_steps = steps
+    config.optimizer = common.optimizer(learning_rate=learning_rate, schedule="cosine", warmup_steps=min(20, steps),
+                                        weight_decay=0.01)
+    config.log_every = max(1, steps // 20)
+    config.eval_every = 0
+    common.checkpointing(config, every=max(1, steps // 4), keep=1)
+    config.async_checkpoints = False  # small states: a synchronous save costs less than a thread
+    config.plot = False  # the demo draws every stage's curve in one figure
+    return config
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    if arg not in (None, *VARIANTS):
+        raise ValueError(f"configs/demo.py: unknown variant {arg!r}; known: {VARIANTS}")
+    tiny = arg == "tiny"
+    config = common.base("demo")
+    # The suite: held-out QUESTIONS of every family (whether held-out FAMILIES transfer to a teacher this small
+    # is unmeasured: set heldout_families to try). Students see `student_families` (default: the held-out
+    # families if any, else all).
+    config.suite = ml_collections.ConfigDict(dict(
+        seed=0, families=("add_sub", "boxes", "clock", "weekday", "order", "logic"), heldout_families=(),
+        n_teacher_per_family=60 if tiny else 400, n_train_per_family=20 if tiny else 200,
+        n_test_per_family=20 if tiny else 100))
+    config.student_families = ()
+    # Real data instead of the suite: dataset names or .jsonl paths (None: the suite's file), e.g.
+    # --config.datasets.students="('creak',)" --config.datasets.test="('creak:dev',)". The test is one dataset.
+    config.datasets = ml_collections.ConfigDict({name: ml_collections.FieldReference(None, field_type=tuple)
+                                                 for name in ("teacher_train", "students", "test")})
+    # init_from: use an existing tokenizer (a real teacher's) instead of training one on the suite.
+    config.tokenizer = ml_collections.ConfigDict(dict(vocab_size=1024))
+    config.tokenizer.init_from = ml_collections.FieldReference(None, field_type=str)
+
+    seq_len = 112
+    size = dict(vocab_size=1024, hidden_size=64 if tiny else 128, n_layer=2, n_head=4)
+    teacher = _model(size)
+    steps = (dict(stage1=10, stage2=30, stage3=10) if tiny else dict(stage1=150, stage2=600, stage3=150))
+    config.teacher = ml_collections.ConfigDict()
+    # A real teacher to start stage 1 from (its architecture and tokenizer replace the fresh model's).
+    config.teacher.init_from = ml_collections.FieldReference(None, field_type=str)
+    config.teacher.stage1 = _stage(teacher, "answer", steps=steps["stage1"], batch_size=16, seq_len=seq_len,
+                                   learning_rate=3e-3)
+    config.teacher.stage2 = _stage(teacher, "mixed", steps=steps["stage2"], batch_size=16, seq_len=seq_len,
+                                   learning_rate=3e-3, add_eos=True)
+    config.teacher.stage2.data.kind_ratios = {"cot": 1.0, "fundamentals": 1.0, "mistakes": 1.0}
+    # Stage 3 trains one model per kind (format set per kind), each from stage 2.
+    config.teacher.stage3 = _stage(teacher, "cot", steps=steps["stage3"], batch_size=16, seq_len=seq_len,
+                                   learning_rate=1e-3, add_eos=True)
+    config.teacher.kinds = ("cot", "fundamentals", "mistakes") if arg == "full" else ("cot",)
+
+    # The teacher annotates the students' training questions, greedily (its best guess; TeacherLM sampled).
+    config.augment = augment_configs.get_config()
+    config.augment.sampling = augment_configs.sampling(temperature=0.0, top_k=0, max_new_tokens=64)
+    config.augment.batch_size = 64
+    config.augment.chunk_size = 256
+
+    # Students: the same model, steps, batch and sequence length (equal compute); what differs is the text.
+    student = _model(size)
+    student_steps = 30 if tiny else 500
+
+    def student_config(fmt: str, style: str = "teacherlm", mode: str = "loglik") -> ml_collections.ConfigDict:
+        finetune_cot = style == "finetune_cot"
+        train = _stage(student, fmt, steps=student_steps, batch_size=16, seq_len=seq_len, learning_rate=3e-3,
+                       style=style, loss_on="target" if finetune_cot else "all", add_eos=finetune_cot, seed=1)
+        return ml_collections.ConfigDict(dict(train=train, mode=mode))
+
+    config.students = ml_collections.ConfigDict(dict(
+        answers_only=student_config("answer"),  # TeacherLM's `text` student
+        teacherlm_cot=student_config("cot"),  # TeacherLM: teacher prompt + the teacher's chain of thought
+        teacherlm_mixed=student_config("mixed"),  # TeacherLM: every teacher kind as its own example
+        finetune_cot=student_config("cot", "finetune_cot", "generate"),  # rationale first, then the answer
+    ))
+    if arg != "full":
+        del config.students["teacherlm_mixed"]
+    # Students start from the teacher's stage-1 model ("stage1": a multi-task model of the domain, as BLOOMZ
+    # students are), from scratch ("none"), or from a checkpoint (a Hugging Face directory or hub id).
+    config.student_base = "stage1"
+
+    config.compilation_cache = True  # DIR/jax_cache: stages of equal shapes (the students) share compiled programs
+
+    config.eval = eval_configs.get_config()
+    config.eval.batch_size = 64
+    config.eval.max_new_tokens = 64
+    config.eval.tokenizer = ml_collections.FieldReference(None, field_type=str)
+    return config

@@ -1,0 +1,105 @@
+"""The demo end to end (configs/demo.py:tiny): every step runs, the report says what it should, and a
+rerun of a finished demo retrains nothing. The direction of TeacherLM's effect is asserted too, but
+it is not reached yet at test-suite compute (docs/demo.md, "Findings"): that test is an expected
+failure until a setting that shows it is found."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from teacherlm_jax.demo.pipeline import student_families, write_suite
+from teacherlm_jax.demo.tokenizer import train_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run_demo(workdir: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    return subprocess.run([sys.executable, "-m", "teacherlm_jax.main", "--config", "configs/demo.py:tiny",
+                           "--workdir", str(workdir)], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=1800)
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory) -> Path:
+    workdir = tmp_path_factory.mktemp("demo")
+    result = _run_demo(workdir)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return workdir
+
+
+def test_report_and_direction_of_the_effect(demo_dir):
+    report = json.loads((demo_dir / "report.json").read_text())
+    students = report["students"]
+    assert set(students) >= {"answers_only", "finetune_cot", "teacherlm_cot"}
+    assert all(0.0 <= a <= 1.0 for a in students.values())
+    assert 0.0 <= report["teacher"] <= 1.0
+    best = report["best_augmented"]
+    assert best != "answers_only" and students[best] == max(a for n, a in students.items() if n != "answers_only")
+    assert report["gain"] == pytest.approx(students[best] - students["answers_only"])
+    assert set(report["per_family"]) == {"teacher", *students}
+    # The students learned from the teacher's generations, which were written and are measured.
+    assert report["augmentation"]["cot"]["records"] > 0
+    for name in ("report.md", "loss_curves.png", "accuracy.png"):
+        assert (demo_dir / name).stat().st_size > 0
+    text = (demo_dir / "report.md").read_text()
+    assert "answers_only" in text and "Sample augmentations" in text
+
+
+@pytest.mark.xfail(reason="not reached at test-suite compute: tiny students stay at chance (docs/demo.md)",
+                   strict=False)
+def test_augmented_student_beats_answers_only(demo_dir):
+    # The paper's claim, in direction: the best student on the teacher's texts beats answers alone.
+    students = json.loads((demo_dir / "report.json").read_text())["students"]
+    assert max(a for n, a in students.items() if n != "answers_only") > students["answers_only"], students
+
+
+def test_rerun_skips_finished_steps(demo_dir):
+    done = sorted(demo_dir.glob("*/*/done.json"))
+    assert len(done) >= 5  # teacher stages 1, 2, 3 and the students
+    before = {p: p.stat().st_mtime_ns for p in done}
+    report_before = json.loads((demo_dir / "report.json").read_text())
+    result = _run_demo(demo_dir)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert {p: p.stat().st_mtime_ns for p in done} == before
+    report_after = json.loads((demo_dir / "report.json").read_text())
+    assert report_after["students"] == report_before["students"]
+    assert report_after["timings"]["teacher/stage1"] >= report_before["timings"]["teacher/stage1"] > 0
+
+
+def test_student_families_and_suite_files(tmp_path):
+    from configs import demo
+
+    config = demo.get_config("tiny")
+    assert student_families(config) == tuple(config.suite.families)
+    config.suite.heldout_families = ("logic",)
+    assert student_families(config) == ("logic",)
+    config.suite.n_teacher_per_family, config.suite.n_train_per_family, config.suite.n_test_per_family = 3, 2, 2
+    paths = write_suite(config, tmp_path)
+    students = [json.loads(line) for line in paths["students"].read_text().splitlines()]
+    assert {r["subject"] for r in students} == {"logic"} and len(students) == 2
+    teacher = [json.loads(line) for line in paths["teacher_train"].read_text().splitlines()]
+    assert "logic" not in {r["subject"] for r in teacher}
+    config.student_families = ("nope",)
+    with pytest.raises(ValueError, match="student_families"):
+        student_families(config)
+
+
+def test_tokenizer_round_trips_and_loads_with_auto_tokenizer(tmp_path):
+    from transformers import AutoTokenizer
+
+    texts = ["Ann has 14 pens. She gets 5 and then loses 3.", "Q: Is Cal a zib? (A) yes (B) no"] * 20
+    out = train_tokenizer(texts, tmp_path / "tok", vocab_size=400)
+    tok = AutoTokenizer.from_pretrained(str(out))
+    ids = tok(texts[0])["input_ids"]
+    assert tok.decode(ids) == texts[0]
+    assert len(ids) < len(texts[0]) / 3  # words, not bytes
+    assert (tok.unk_token_id, tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) == (0, 1, 2, 3)
+    assert tok.decode(tok("unseen wörds ✓")["input_ids"]) == "unseen wörds ✓"  # byte fallback, no unknowns
+    with pytest.raises(ValueError, match="vocab_size"):
+        train_tokenizer(texts, tmp_path / "small", vocab_size=100)

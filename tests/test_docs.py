@@ -1,0 +1,113 @@
+"""The docs match the code: docs/configs.md is what docs/gen_config_reference.py writes from configs/*.py,
+every config key is described, every `--config configs/X.py[:v] --config.key=...` command in the docs
+names a real variant and real keys, and relative links resolve."""
+from __future__ import annotations
+
+import importlib.util
+import re
+import shlex
+import sys
+from pathlib import Path
+
+import ml_collections
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# Docs whose commands and links are checked (the ones written for users of the jobs).
+DOCS = [ROOT / "README.md", *(ROOT / "docs" / name for name in (
+    "getting_started.md", "reproducing.md", "troubleshooting.md", "configs.md"))]
+
+
+@pytest.fixture(scope="module")
+def generator():
+    sys.path.insert(0, str(ROOT))
+    spec = importlib.util.spec_from_file_location("gen_config_reference", ROOT / "docs" / "gen_config_reference.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_config_reference_is_current(generator):
+    assert (ROOT / "docs" / "configs.md").read_text(encoding="utf-8") == generator.render(), \
+        "docs/configs.md is stale: run python docs/gen_config_reference.py"
+
+
+def test_every_key_described_and_no_stale_description(generator):
+    assert generator.missing_descriptions() == [], "add these keys to DESCRIPTIONS in docs/gen_config_reference.py"
+    assert generator.unused_descriptions() == [], "these described keys no longer exist in any config"
+
+
+def test_every_config_file_documented(generator):
+    files = {str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*.py")
+             if "def get_config" in p.read_text(encoding="utf-8")}
+    assert files == set(generator.FILES)
+
+
+def test_undescribed_key_is_reported(generator, monkeypatch):
+    descriptions = {job: dict(keys) for job, keys in generator.DESCRIPTIONS.items()}
+    del descriptions["eval"]["score"]
+    monkeypatch.setattr(generator, "DESCRIPTIONS", descriptions)
+    assert "configs/eval.py: eval:score" in generator.missing_descriptions()
+
+
+def _commands(text: str) -> list[list[str]]:
+    """[config spec, *shell words after it] for every `--config configs/X.py[:v]` in the text (backslash
+    continuations joined; a command ends at the line's end, a backtick or the next config)."""
+    text = re.sub(r"\\\n\s*", " ", text)
+    commands = []
+    for match in re.finditer(r"--config[ =](configs/[\w/]+\.py(?::[\w,.-]+)?)([^`\n]*?)(?=--config[ =]configs/|`|\n|$)",
+                             text):
+        try:
+            words = shlex.split(match.group(2))
+        except ValueError:  # an unbalanced quote in prose: plain words are enough to find the keys
+            words = match.group(2).split()
+        commands.append([match.group(1), *words])
+    return commands
+
+
+def _has_key(config: ml_collections.ConfigDict, key: str) -> bool:
+    node = config
+    for part in key.split("."):
+        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def _load(spec: str) -> ml_collections.ConfigDict:
+    file, _, variant = spec.partition(":")
+    sys.path.insert(0, str(ROOT))
+    module = importlib.import_module(file.removesuffix(".py").replace("/", "."))
+    return module.get_config(variant or None)
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
+def test_doc_commands_name_real_configs_and_keys(doc):
+    commands = _commands(doc.read_text(encoding="utf-8"))
+    if doc.name in ("getting_started.md", "reproducing.md"):
+        assert len(commands) >= 8, f"{doc.name}: expected the job commands, found {len(commands)}"
+    for command in commands:
+        spec, words = command[0], command[1:]
+        if re.search(r"[A-Z]", spec):
+            continue  # a placeholder: configs/FILE.py, :VARIANT, :SIZE
+        config = _load(spec)
+        for word in words:
+            key = re.match(r"--config\.([\w.]+)=", word)
+            if key:
+                assert _has_key(config, key.group(1)), f"{doc.name}: {spec} has no key {key.group(1)!r}"
+
+
+def test_command_parser_sees_overrides():
+    commands = _commands("```bash\npython -m teacherlm_jax.main --config configs/eval.py --workdir d \\\n"
+                         "    --config.model.init_from=x --config.tasks=\"('mmlu',)\"\n```")
+    assert commands == [["configs/eval.py", "--workdir", "d", "--config.model.init_from=x", "--config.tasks=('mmlu',)"]]
+    assert not _has_key(_load("configs/eval.py"), "model.nope")
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
+def test_relative_links_resolve(doc):
+    for target in re.findall(r"\]\(([^)\s]+)\)", doc.read_text(encoding="utf-8")):
+        if re.match(r"[a-z]+:", target) or target.startswith("#"):
+            continue
+        path = (doc.parent / target.split("#")[0]).resolve()
+        assert path.exists(), f"{doc.relative_to(ROOT)}: link {target} points nowhere"
