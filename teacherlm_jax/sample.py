@@ -25,7 +25,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from teacherlm_jax.sharding import LogicalRules, activation_sharding, logical_to_spec
 
-CACHE_AXES = ("layers", "batch", "length", "heads", "kv")
+CACHE_AXES = ("layers", "batch", "heads", "length", "kv")
 MIN_BUCKET = 16
 
 

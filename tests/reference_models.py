@@ -80,14 +80,3 @@ def tiny_opt(directory: Path | None = None, *, seed: int = 0, vocab_size: int = 
     if directory is not None:
         save_reference(model, directory, safe_serialization)
     return model
-
-
-def save_reference(model, directory: Path, safe_serialization: bool = True) -> None:
-    """transformers 5 writes only safetensors; `.bin` checkpoints (older releases) are written by hand."""
-    if safe_serialization:
-        model.save_pretrained(directory)
-        return
-    Path(directory).mkdir(parents=True, exist_ok=True)
-    model.config.save_pretrained(directory)
-    state = {k: v.clone() for k, v in model.state_dict().items()}  # tied tensors saved once each
-    torch.save(state, Path(directory) / "pytorch_model.bin")

@@ -103,8 +103,6 @@ def check_bfloat16_compute_keeps_float32_state(mesh, rules):
 
 
 if __name__ == "__main__":
-    import jax
-
     from teacherlm_jax.sharding import DEFAULT_RULES, make_mesh, parse_rules
 
     mesh = make_mesh({"data": 2, "fsdp": 2, "tensor": 2})

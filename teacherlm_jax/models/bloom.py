@@ -16,7 +16,7 @@ from flax import nnx
 
 from teacherlm_jax.models.layers import (
     KVCache, LayerNorm, Linear, ScanSpec, attend, attention_allowed, check_attention_mask, make_block_stack,
-    named_param, resolve_dtype, run_block_stack, update_layer_cache,
+    named_param, output_logits, resolve_dtype, run_block_stack, keys_values, with_cache,
 )
 from teacherlm_jax.models.param_map import TensorSpec, config_from_hf, layer_norm, linear, same, transposed
 from teacherlm_jax.sharding import constrain
@@ -122,9 +122,7 @@ class BloomBlock(nnx.Module):
         ln = self.input_layernorm(x)
         qkv = constrain(self.query_key_value(ln), ("batch", "length", "heads", None, "kv"))
         q, k, v = qkv[:, :, :, 0], qkv[:, :, :, 1], qkv[:, :, :, 2]
-        if cache_k is not None:
-            cache_k, cache_v = update_layer_cache(cache_k, cache_v, k, v, index)
-            k, v = cache_k, cache_v
+        k, v, cache_k, cache_v = keys_values(k, v, cache_k, cache_v, index)
         context = attend(q, k, v, allowed, bias, dtype)
         attn_out = self.dense(context) + (ln if post_ln else x)
         ln2 = self.post_attention_layernorm(attn_out)
@@ -179,12 +177,8 @@ class Bloom(nnx.Module):
 
         x, new_cache = run_block_stack(self.h, x, layer, cache, ScanSpec(c.scan_layers, c.remat_policy))
         x = self.ln_f(x)
-        head = self.word_embeddings[...].T if self.lm_head is None else self.lm_head[...]
-        logits = jnp.einsum("ble,ev->blv", x, head.astype(dtype), preferred_element_type=jnp.float32)
-        logits = constrain(logits, ("batch", "length", "vocab"))
-        if cache is None:
-            return logits
-        return logits, new_cache.replace(index=cache.index + length)
+        head = None if self.lm_head is None else self.lm_head[...]
+        return with_cache(output_logits(x, self.word_embeddings[...], head, dtype), new_cache, cache, length)
 
 
 def _check_length(length: int, config: BloomConfig) -> None:

@@ -16,7 +16,7 @@ from flax import nnx
 
 from teacherlm_jax.models.layers import (
     KVCache, LayerNorm, Linear, ScanSpec, attend, attention_allowed, check_attention_mask, make_block_stack,
-    named_param, resolve_dtype, run_block_stack, update_layer_cache,
+    named_param, output_logits, resolve_dtype, run_block_stack, keys_values, with_cache,
 )
 from teacherlm_jax.models.param_map import TensorSpec, config_from_hf, layer_norm, linear, same, transposed
 from teacherlm_jax.sharding import constrain
@@ -140,9 +140,7 @@ class OPTBlock(nnx.Module):
         q = constrain(self.q_proj(h) * c.head_dim ** -0.5, heads)
         k = constrain(self.k_proj(h), heads)
         v = constrain(self.v_proj(h), heads)
-        if cache_k is not None:
-            cache_k, cache_v = update_layer_cache(cache_k, cache_v, k, v, index)
-            k, v = cache_k, cache_v
+        k, v, cache_k, cache_v = keys_values(k, v, cache_k, cache_v, index)
         context = attend(q, k, v, allowed, None, resolve_dtype(c.dtype), scale=1.0)
         x = x + self.out_proj(context)
         if not pre_ln:
@@ -217,12 +215,8 @@ class OPT(nnx.Module):
             x = self.final_layer_norm(x)
         if self.project_out is not None:
             x = self.project_out(x)
-        head = self.embed_tokens[...].T if self.lm_head is None else self.lm_head[...]
-        logits = jnp.einsum("ble,ev->blv", x, head.astype(dtype), preferred_element_type=jnp.float32)
-        logits = constrain(logits, ("batch", "length", "vocab"))
-        if cache is None:
-            return logits
-        return logits, new_cache.replace(index=cache.index + length)
+        head = None if self.lm_head is None else self.lm_head[...]
+        return with_cache(output_logits(x, self.embed_tokens[...], head, dtype), new_cache, cache, length)
 
 
 def _check_length(length: int, config: OPTConfig) -> None:
