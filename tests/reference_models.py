@@ -80,3 +80,15 @@ def tiny_opt(directory: Path | None = None, *, seed: int = 0, vocab_size: int = 
     if directory is not None:
         save_reference(model, directory, safe_serialization)
     return model
+
+
+def left_padded_batch(vocab: int, lengths: list[int], *, pad_id: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Random ids [rows, max(lengths)], row r left-padded with `pad_id` to `lengths[r]` real tokens."""
+    rng = np.random.RandomState(seed)
+    width = max(lengths)
+    ids = rng.randint(4, vocab, (len(lengths), width))
+    mask = np.zeros_like(ids)
+    for row, n in enumerate(lengths):
+        mask[row, width - n:] = 1
+        ids[row, :width - n] = pad_id
+    return ids, mask

@@ -9,6 +9,7 @@ import pytest
 from flax import nnx
 
 import teacherlm_jax as tl
+import reference_models
 from reference_models import tiny_bloom, torch_logits
 from teacherlm_jax.models.bloom import Bloom, BloomConfig, alibi_slopes
 
@@ -22,14 +23,7 @@ CONFIGS = {
 
 
 def left_padded_batch(vocab: int, lengths: list[int], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.RandomState(seed)
-    width = max(lengths)
-    ids = rng.randint(4, vocab, (len(lengths), width))
-    mask = np.zeros_like(ids)
-    for row, n in enumerate(lengths):
-        mask[row, width - n:] = 1
-        ids[row, :width - n] = 3  # pad id
-    return ids, mask
+    return reference_models.left_padded_batch(vocab, lengths, pad_id=3, seed=seed)  # BLOOM's pad id
 
 
 @pytest.fixture(scope="module", params=sorted(CONFIGS))

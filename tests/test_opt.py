@@ -7,6 +7,7 @@ import pytest
 from flax import nnx
 
 import teacherlm_jax as tl
+import reference_models
 from reference_models import tiny_opt, torch_logits
 from teacherlm_jax.models.opt import OPT, OPTConfig
 
@@ -23,14 +24,7 @@ CONFIGS = {
 
 
 def left_padded_batch(lengths: list[int], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.RandomState(seed)
-    width = max(lengths)
-    ids = rng.randint(3, VOCAB, (len(lengths), width))
-    mask = np.zeros_like(ids)
-    for row, n in enumerate(lengths):
-        mask[row, width - n:] = 1
-        ids[row, :width - n] = 1  # OPT's pad id
-    return ids, mask
+    return reference_models.left_padded_batch(VOCAB, lengths, pad_id=1, seed=seed)  # OPT's pad id
 
 
 def assert_close_on_real_tokens(got, expected, mask, rtol=1e-4):
