@@ -40,7 +40,7 @@ def teacher_stage(stage: str, *, fmt: str, datasets: tuple[str, ...], init_from:
     config.tokenizer = "bigscience/bloom-560m"
     config.eval_every = 500
     if tiny:
-        config.model = (common.model(init_from, **TINY_MODEL) if init_from else common.model(None, **TINY_MODEL))
+        config.model = common.model(init_from, **TINY_MODEL)
         config.tokenizer = "builtin:bytes"
         config.data.datasets = ("synthetic:teacher_train",)
         config.data.seq_len = 256
