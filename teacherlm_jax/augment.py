@@ -3,8 +3,8 @@
     python -m teacherlm_jax.main --config configs/augment.py --workdir DIR \
         --config.teacher.init_from=TEACHER --config.datasets="('creak', 'strategyqa:dev', '/data/x.jsonl')"
 
-Per dataset, DIR/augmented/<dataset>/ (<dataset>: `<name>_<split>` for a registry name, the file stem
-for a .jsonl file) holds
+Per dataset, DIR/augmented/<dataset>/ (<dataset>: the registry name, `<name>_<split>` when a split is
+named as `name:split`, the file stem for a .jsonl file) holds
   part-<chunk>-of-<chunks>.jsonl  one JSON object per input record, in input order (schema below);
   manifest.json                   the settings the parts were written with (a rerun must match them);
   runs/<process>-<time>.json      each finished run's timing, for the summary's throughput;
@@ -90,7 +90,8 @@ def resolve_dataset(spec: str) -> DatasetSpec:
         split = "train" if "train" in splits else splits[0]
     elif split not in splits:
         raise ValueError(f"{spec!r}: {name} has splits {splits}")
-    return DatasetSpec(f"{name}_{split}", name, split)
+    # The output folder is the dataset's name; a split named explicitly joins it (`creak:dev` -> creak_dev).
+    return DatasetSpec(f"{name}_{split}" if sep else name, name, split)
 
 
 def settings_from_config(config: ml_collections.ConfigDict) -> tuple[Settings, list[DatasetSpec]]:

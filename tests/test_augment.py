@@ -19,7 +19,7 @@ import torch
 from reference_models import tiny_bloom
 from train_subprocess import CACHE, REPO, main_command
 from teacherlm_jax import from_pretrained, generate, load_tokenizer
-from teacherlm_jax.augment import Sampling, Settings, augment_records, run, settings_from_config
+from teacherlm_jax.augment import Sampling, Settings, augment_records, resolve_dataset, run, settings_from_config
 from teacherlm_jax.augment_chunks import prompt_seed
 from teacherlm_jax.augment_report import HISTOGRAM, SUMMARY, read_parts, write_summary
 from teacherlm_jax.data import KINDS, load_records, teacher_prompt
@@ -286,3 +286,9 @@ def test_two_processes_write_the_single_process_files(teacher_dir, toy_jsonl, re
     runs = [json.loads(p.read_text()) for p in (tmp_path / "augmented" / "toy" / "runs").glob("*.json")]
     assert sorted((r["process_index"], r["chunks_generated"]) for r in runs) == [(0, 6), (1, 6)]
     assert json.loads((tmp_path / "augmented" / "toy" / SUMMARY).read_text())["throughput"]["processes"] == 2
+
+
+def test_output_folder_is_the_dataset_name():
+    assert resolve_dataset("creak").name == "creak" and resolve_dataset("creak").split == "train"
+    assert resolve_dataset("creak:dev").name == "creak_dev"
+    assert resolve_dataset("teacherlm_ecqa").split == "test"

@@ -12,7 +12,7 @@ VARIANT is comma-separated words:
   tiny            a tiny BLOOM from scratch on the synthetic suite with the byte tokenizer (CPU)
 
 Datasets: `config.data.datasets` — registry names for text/manual (several = multi-task), augment
-output directories (`AUGMENT_WORKDIR/augmented/<dataset>_<split>`) for the teacher kinds. TeacherLM's recipe:
+output directories (`AUGMENT_WORKDIR/augmented/<dataset>`) for the teacher kinds. TeacherLM's recipe:
 AdamW, constant LR 6e-6, batch 64, 10 epochs (CREAK train: 10176 x 10 / 64 = 1590 steps), clip 1.0,
 the last 2048 tokens of each text kept.
 """
@@ -22,7 +22,7 @@ from configs.teacher.stages import TINY_MODEL, parse_variant
 CONTENTS = ("text", "manual", "cot", "fundamentals", "mistakes", "mixed")
 FORMAT = {"text": "answer", "manual": "cot", "cot": "cot", "fundamentals": "fundamentals",
           "mistakes": "mistakes", "mixed": "mixed"}
-AUGMENTED = ("runs/augment/augmented/creak_train",)
+AUGMENTED = ("runs/augment/augmented/creak",)
 
 
 def get_config(arg: str | None = None):
