@@ -11,9 +11,10 @@ first `--records` questions of CREAK dev (../shared/data), greedy, exactly `--ne
              stop_at_eos False, batch_size --batch);
   hf-1       transformers `generate` one prompt at a time: TeacherLM's own recipe;
   hf-batch   transformers `generate` on batches of --batch left-padded prompts.
-Then, in this process, one decode step of our model at --batch rows (a jitted forward of one token
-over the KV cache) against the weight-streaming bound: bytes of weights / memory bandwidth, measured
-as the bytes a numpy copy of a 1 GiB array moves (read + write) per second.
+Then, in this process, one decode step of our model at --batch rows (as `generate` runs it: the
+decode layout in a while loop over a 256 + new-token KV cache) against the weight-streaming bound:
+bytes of weights / memory bandwidth, measured as the bytes a numpy copy of a 1 GiB array moves (read +
+write) per second.
 Prints a markdown table for docs/performance.md.
 """
 from __future__ import annotations
@@ -88,29 +89,47 @@ def memory_bandwidth(gib: float = 1.0) -> float:
     return 2 * src.nbytes / best
 
 
-def decode_step(checkpoint: str, batch: int, context: int) -> tuple[float, int]:
+def decode_step(checkpoint: str, batch: int, context: int, extra_steps: int = 4) -> tuple[float, int]:
     """(seconds per decode step at `batch` rows with a `context`-slot KV cache, bytes of weights).
-    CREAK's CoT prompts are 100-250 byte-level tokens, so the job's caches hold 256 + new tokens."""
+
+    Steps run as `generate` runs them: the model's decode layout (`for_decoding`) in a
+    `lax.while_loop` that carries the (donated) cache and feeds back the argmax; a call of
+    1 + `extra_steps` steps minus a call of 1 step, over `extra_steps`, median of 3. CREAK's CoT
+    prompts are 100-250 byte-level tokens, so the job's caches hold 256 + new tokens.
+    """
     import jax
+    import jax.numpy as jnp
     import numpy as np
     from flax import nnx
 
     import teacherlm_jax as tl
 
     model = tl.from_pretrained(checkpoint)
-    graphdef, state = nnx.split(model)
-    weight_bytes = sum(x.nbytes for x in jax.tree.leaves(state))
-    step = jax.jit(lambda state, cache, token, mask: nnx.merge(graphdef, state)(token, mask, cache=cache))
+    weight_bytes = sum(x.nbytes for x in jax.tree.leaves(nnx.state(model)))
     cache = model.init_cache(batch, context)
-    mask = np.ones((batch, context), np.int32)
-    token = np.full((batch, 1), 5, np.int32)
-    times = []
-    for _ in range(6):
+    graphdef, state = nnx.split(model.for_decoding())
+    del model  # the stacked blocks; the decode layout holds its own copy
+
+    def steps(state, cache, token, mask, n):
+        def body(carry):
+            i, cache, token = carry
+            logits, cache = nnx.merge(graphdef, state)(token[:, None], mask, cache=cache)
+            return i + 1, cache, jnp.argmax(logits[:, -1], axis=-1).astype(jnp.int32)
+        return jax.lax.while_loop(lambda c: c[0] < n, body, (jnp.int32(0), cache, token))[1:]
+
+    steps = jax.jit(steps, donate_argnums=1)
+    mask = jnp.ones((batch, context), jnp.int32)
+    token = jnp.full((batch,), 5, jnp.int32)
+    cache, token = jax.block_until_ready(steps(state, cache, token, mask, 1))  # compiles
+
+    def timed(n: int) -> float:
+        nonlocal cache, token
         start = time.perf_counter()
-        logits, cache = step(state, cache, token, mask)
-        logits.block_until_ready()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times[1:])), weight_bytes  # the first call compiles
+        cache, token = jax.block_until_ready(steps(state, cache, token, mask, n))
+        return time.perf_counter() - start
+
+    per_step = [(timed(1 + extra_steps) - timed(1)) / extra_steps for _ in range(3)]
+    return float(np.median(per_step)), weight_bytes
 
 
 def main() -> None:

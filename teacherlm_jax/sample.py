@@ -25,7 +25,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from teacherlm_jax.sharding import LogicalRules, activation_sharding, logical_to_spec
 
-CACHE_AXES = ("layers", "batch", "heads", "length", "kv")
+# Logical axes of each layer's key (and value) cache buffer.
+CACHE_AXES = ("batch", "heads", "length", "kv")
 MIN_BUCKET = 16
 
 
@@ -151,6 +152,9 @@ def generate(
     prompts are padded to a multiple of that size with copies of the last prompt, whose rows are
     dropped from the output. Parameters are placed by their logical axis names (a no-op when the
     model was loaded onto the mesh).
+
+    The decode loop runs `model.for_decoding()`, made once per call: the blocks' weights are held
+    twice while generating.
     """
     sampler = Sampler(temperature, top_k, top_p)
     config = model.config
@@ -187,21 +191,27 @@ def generate(
         spec = logical_to_spec(("batch",), rules or ())
         inputs = tuple(_put_rows(a, NamedSharding(mesh, PartitionSpec(spec[0], *(None,) * (a.ndim - 1))))
                        for a in inputs)
+    # The decode loop's layout, made here so that its new arrays reach the loop as arguments (see
+    # `decoding_blocks`) and the arrays it shares with the model are not copied.
+    decoder_graphdef, decoder_state = nnx.split(nnx.merge(graphdef, state).for_decoding())
     tokens, logprobs, lengths = _program(
-        state, *inputs, eos, graphdef=graphdef, max_new_tokens=int(max_new_tokens), sampler=sampler,
-        pad_id=int(pad_id), num_samples=int(num_samples), mesh=mesh, rules=rules)
+        state, decoder_state, *inputs, eos, graphdef=graphdef, decoder_graphdef=decoder_graphdef,
+        max_new_tokens=int(max_new_tokens), sampler=sampler, pad_id=int(pad_id), num_samples=int(num_samples),
+        mesh=mesh, rules=rules)
     rows = batch * num_samples
     return GenerateOutput(*(_to_host(x)[:rows] for x in (tokens, logprobs, lengths)))
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "sampler", "pad_id", "num_samples",
-                                             "mesh", "rules"))
-def _program(state, ids, mask, seeds, offsets, eos, *, graphdef, max_new_tokens, sampler, pad_id, num_samples,
-             mesh, rules):
+@functools.partial(jax.jit, static_argnames=("graphdef", "decoder_graphdef", "max_new_tokens", "sampler", "pad_id",
+                                             "num_samples", "mesh", "rules"))
+def _program(state, decoder_state, ids, mask, seeds, offsets, eos, *, graphdef, decoder_graphdef, max_new_tokens,
+             sampler, pad_id, num_samples, mesh, rules):
     """Prefill all prompt tokens but the last, repeat the cache per sample, then decode until every row ends.
 
-    The last prompt token is the loop's first input, so the prefill's logits are unused and XLA drops
-    them: no [batch, prompt, vocab] array is ever built (2 GB per 8 prompts of 256 tokens for BLOOM).
+    The prefill runs the model as it is (a scanned stack compiles one block); the decode loop runs its
+    `for_decoding` layout (`decoder_*`). The last prompt token is the loop's first input, so the
+    prefill's logits are unused and XLA drops them: no [batch, prompt, vocab] array is ever built (2 GB
+    per 8 prompts of 256 tokens for BLOOM).
     """
     global _traces
     _traces += 1
@@ -214,8 +224,8 @@ def _program(state, ids, mask, seeds, offsets, eos, *, graphdef, max_new_tokens,
         cache = _constrain_cache(model.init_cache(batch, width + steps - 1), mesh, rules)
         if width > 1:
             _, cache = model(ids[:, :-1], full_mask, cache=cache)
-        # Every sample of a prompt shares its prefill; the cache's batch axis is axis 1.
-        repeat = lambda x: jnp.repeat(x, num_samples, axis=1 if x.ndim == len(CACHE_AXES) else 0)
+        # Every sample of a prompt shares its prefill.
+        repeat = lambda x: jnp.repeat(x, num_samples, axis=0)
         cache = jax.tree.map(lambda x: x if x.ndim == 0 else repeat(x), cache)
         full_mask = repeat(full_mask)
         row_keys = jax.vmap(lambda s, o, i: jax.random.fold_in(jax.random.fold_in(jax.random.key(s), o), i))(
@@ -227,7 +237,7 @@ def _program(state, ids, mask, seeds, offsets, eos, *, graphdef, max_new_tokens,
 
         def body(carry):
             t, cache, token, tokens, logprobs, done, lengths = carry
-            logits, cache = nnx.merge(graphdef, state)(token[:, None], full_mask, cache=cache)
+            logits, cache = nnx.merge(decoder_graphdef, decoder_state)(token[:, None], full_mask, cache=cache)
             logits = logits[:, -1]
             token = sampler(logits, jax.vmap(jax.random.fold_in, (0, None))(row_keys, t))
             logprob = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), token[:, None], axis=-1)[:, 0]

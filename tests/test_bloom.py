@@ -63,17 +63,28 @@ def test_scanned_equals_unscanned_and_remat(checkpoint):
 
 @pytest.mark.parametrize("scan_layers", [True, False])
 def test_kv_cache_decode_equals_full_forward(checkpoint, scan_layers):
+    """A prefill, then one-token steps of the model and of its decode layout (`for_decoding`, what
+    `generate` loops over), give the full forward's logits; the cache holds one buffer per layer."""
     directory, _ = checkpoint
     model = tl.from_pretrained(directory, scan_layers=scan_layers)
+    shapes = jax.tree.map(jnp.shape, nnx.state(model))
+    decoder = model.for_decoding()
+    assert jax.tree.map(jnp.shape, nnx.state(model)) == shapes and model.config.scan_layers == scan_layers
+    c = model.config
     ids, mask = left_padded_batch(128, [10, 6, 8])
     full = np.asarray(model(jnp.asarray(ids), jnp.asarray(mask)))
     prefill, max_length = 6, 13
-    cache_mask = np.concatenate([mask, np.ones((3, max_length - ids.shape[1]), int)], axis=1)
+    cache_mask = jnp.asarray(np.concatenate([mask, np.ones((3, max_length - ids.shape[1]), int)], axis=1))
     cache = model.init_cache(3, max_length)
-    logits, cache = model(jnp.asarray(ids[:, :prefill]), jnp.asarray(cache_mask), cache=cache)
+    assert [x.shape for x in cache.key + cache.value] == [(3, c.n_head, max_length, c.head_dim)] * (2 * c.n_layer)
+    logits, cache = model(jnp.asarray(ids[:, :prefill]), cache_mask, cache=cache)
     pieces = [np.asarray(logits)]
     for t in range(prefill, ids.shape[1]):
-        logits, cache = model(jnp.asarray(ids[:, t:t + 1]), jnp.asarray(cache_mask), cache=cache)
+        tokens = jnp.asarray(ids[:, t:t + 1])
+        expected, expected_cache = model(tokens, cache_mask, cache=cache)
+        logits, cache = decoder(tokens, cache_mask, cache=cache)
+        np.testing.assert_allclose(logits, expected, rtol=1e-6, atol=1e-6)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6), cache, expected_cache)
         pieces.append(np.asarray(logits))
     assert int(cache.index) == ids.shape[1]
     decoded = np.concatenate(pieces, axis=1)

@@ -4,6 +4,7 @@ import json
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch
 from flax import nnx
 
 import teacherlm_jax as tl
@@ -63,8 +64,11 @@ def test_scanned_equals_unscanned_and_remat(checkpoint):
 
 @pytest.mark.parametrize("scan_layers", [True, False])
 def test_kv_cache_decode_equals_full_forward(checkpoint, scan_layers):
+    """A prefill, then one-token steps of the decode layout (`for_decoding`, what `generate` loops
+    over), give transformers' logits; each step equals the model's own."""
     directory, reference = checkpoint
     model = tl.from_pretrained(directory, scan_layers=scan_layers)
+    decoder = model.for_decoding()
     ids, mask = left_padded_batch([10, 6, 8])
     expected = torch_logits(reference, ids, mask)
     prefill, max_length = 6, 13
@@ -73,10 +77,26 @@ def test_kv_cache_decode_equals_full_forward(checkpoint, scan_layers):
     logits, cache = step(model, jnp.asarray(ids[:, :prefill]), model.init_cache(3, max_length))
     pieces = [np.asarray(logits)]
     for t in range(prefill, ids.shape[1]):
-        logits, cache = step(model, jnp.asarray(ids[:, t:t + 1]), cache)
+        tokens = jnp.asarray(ids[:, t:t + 1])
+        own, _ = step(model, tokens, cache)
+        logits, cache = step(decoder, tokens, cache)
+        np.testing.assert_allclose(logits, own, rtol=1e-6, atol=1e-6)
         pieces.append(np.asarray(logits))
     assert int(cache.index) == ids.shape[1]
     assert_close_on_real_tokens(np.concatenate(pieces, axis=1), expected, mask)
+
+
+def test_greedy_generate_matches_transformers(checkpoint):
+    """`generate` (a scanned prefill, then the decode layout in a while loop) continues OPT prompts as
+    transformers' greedy `generate` does."""
+    directory, reference = checkpoint
+    ids, mask = left_padded_batch([7, 3, 5])
+    steps = 6
+    out = tl.generate(tl.from_pretrained(directory), ids, mask, max_new_tokens=steps)
+    reference.generation_config.eos_token_id = None  # exactly `steps` tokens, as eos_token_id=None above
+    expected = reference.generate(torch.as_tensor(ids, dtype=torch.long), attention_mask=torch.as_tensor(mask),
+                                  do_sample=False, max_new_tokens=steps, pad_token_id=1)
+    np.testing.assert_array_equal(out.tokens, expected[:, ids.shape[1]:].numpy())
 
 
 def test_save_pretrained_round_trips_through_transformers(checkpoint, tmp_path):

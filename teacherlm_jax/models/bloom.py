@@ -15,8 +15,8 @@ import numpy as np
 from flax import nnx
 
 from teacherlm_jax.models.layers import (
-    KVCache, LayerNorm, Linear, ScanSpec, attend, attention_allowed, check_attention_mask, make_block_stack,
-    named_param, output_logits, resolve_dtype, run_block_stack, keys_values, with_cache,
+    KVCache, LayerNorm, Linear, ScanSpec, attend, attention_allowed, check_attention_mask, decoding_model,
+    keys_values, make_block_stack, named_param, output_logits, resolve_dtype, run_block_stack, with_cache,
 )
 from teacherlm_jax.models.param_map import TensorSpec, config_from_hf, layer_norm, linear, same, transposed
 from teacherlm_jax.sharding import constrain
@@ -152,6 +152,10 @@ class Bloom(nnx.Module):
         c = self.config
         _check_length(max_length, c)
         return KVCache.zeros(c.n_layer, batch, max_length, c.n_head, c.head_dim, resolve_dtype(c.dtype))
+
+    def for_decoding(self) -> Bloom:
+        """This model laid out for a decode loop's one-token steps (`layers.decoding_model`)."""
+        return decoding_model(self, "h")
 
     def __call__(
         self, input_ids: jax.Array, attention_mask: jax.Array | None = None, *, cache: KVCache | None = None
