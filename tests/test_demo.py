@@ -1,7 +1,6 @@
-"""The demo end to end (configs/demo.py:tiny): every step runs, the report says what it should, and a
-rerun of a finished demo retrains nothing. The direction of TeacherLM's effect is asserted too, but
-it is not reached yet at test-suite compute (docs/demo.md, "Findings"): that test is an expected
-failure until a setting that shows it is found."""
+"""The demo end to end (configs/demo.py:tiny, the demo's teacher and its two decisive students): every
+step runs, the report says what it should, the student trained on the teacher's rationales beats the
+one trained on answers alone (TeacherLM's claim, in direction), and a rerun retrains nothing."""
 from __future__ import annotations
 
 import json
@@ -36,7 +35,7 @@ def demo_dir(tmp_path_factory) -> Path:
 def test_report_and_direction_of_the_effect(demo_dir):
     report = json.loads((demo_dir / "report.json").read_text())
     students = report["students"]
-    assert set(students) >= {"answers_only", "finetune_cot", "teacherlm_cot"}
+    assert set(students) == {"answers_only", "finetune_cot"}
     assert all(0.0 <= a <= 1.0 for a in students.values())
     assert 0.0 <= report["teacher"] <= 1.0
     best = report["best_augmented"]
@@ -51,8 +50,6 @@ def test_report_and_direction_of_the_effect(demo_dir):
     assert "answers_only" in text and "Sample augmentations" in text
 
 
-@pytest.mark.xfail(reason="not reached at test-suite compute: tiny students stay at chance (docs/demo.md)",
-                   strict=False)
 def test_augmented_student_beats_answers_only(demo_dir):
     # The paper's claim, in direction: the best student on the teacher's texts beats answers alone.
     students = json.loads((demo_dir / "report.json").read_text())["students"]
@@ -77,14 +74,14 @@ def test_student_families_and_suite_files(tmp_path):
 
     config = demo.get_config("tiny")
     assert student_families(config) == tuple(config.suite.families)
-    config.suite.heldout_families = ("logic",)
-    assert student_families(config) == ("logic",)
+    config.suite.heldout_families = ("pet_food",)
+    assert student_families(config) == ("pet_food",)
     config.suite.n_teacher_per_family, config.suite.n_train_per_family, config.suite.n_test_per_family = 3, 2, 2
     paths = write_suite(config, tmp_path)
     students = [json.loads(line) for line in paths["students"].read_text().splitlines()]
-    assert {r["subject"] for r in students} == {"logic"} and len(students) == 2
+    assert {r["subject"] for r in students} == {"pet_food"} and len(students) == 2
     teacher = [json.loads(line) for line in paths["teacher_train"].read_text().splitlines()]
-    assert "logic" not in {r["subject"] for r in teacher}
+    assert "pet_food" not in {r["subject"] for r in teacher} and len(teacher) == 3 * (len(config.suite.families) - 1)
     config.student_families = ("nope",)
     with pytest.raises(ValueError, match="student_families"):
         student_families(config)

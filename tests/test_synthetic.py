@@ -8,7 +8,7 @@ import pytest
 
 from teacherlm_jax.data import synthetic
 from teacherlm_jax.data.records import Record
-from teacherlm_jax.data.synthetic import FAMILIES, SPLITS, generate_family, make_suite, write_suite
+from teacherlm_jax.data.synthetic import SPLITS, STEP_FAMILIES, generate_family, make_suite, write_suite
 
 DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
 SIGN = {"gets": 1, "finds": 1, "buys": 1, "wins": 1, "loses": -1, "sells": -1, "gives away": -1}
@@ -100,11 +100,11 @@ SOLVERS = {"add_sub": solve_add_sub, "boxes": solve_boxes, "clock": solve_clock,
 KEYS = {"id", "question", "choices", "answer", "subject", "cot", "fundamentals", "mistakes"}
 
 
-def test_every_family_has_a_solver():
-    assert set(FAMILIES) == set(SOLVERS)
+def test_every_step_family_has_a_solver():
+    assert set(STEP_FAMILIES) == set(SOLVERS)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", STEP_FAMILIES)
 def test_records_are_valid_and_labelled_right(family):
     records = generate_family(family, 600, seed=3)
     assert len({r["id"] for r in records}) == len({r["question"] for r in records}) == 600
@@ -122,7 +122,7 @@ def test_records_are_valid_and_labelled_right(family):
         Record(**{**r, "choices": tuple(choices)})  # the project's record type accepts it
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", STEP_FAMILIES)
 def test_cot_arithmetic_is_right(family):
     for r in generate_family(family, 300, seed=4):
         for expr, value in re.findall(r"(\d+(?: [-+x] \d+)+) = (\d+)", r["cot"]):
@@ -131,7 +131,7 @@ def test_cot_arithmetic_is_right(family):
             assert int(n) == 7 * int(q) + int(rem) and int(rem) < 7, r["cot"]
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", STEP_FAMILIES)
 def test_answer_not_given_away_by_position_or_size(family):
     """Position is uniform; for number and time answers, picking the largest or smallest choice is
     no better than chance (the choice set is the same whichever variant is asked)."""
@@ -148,7 +148,7 @@ def test_answer_not_given_away_by_position_or_size(family):
 
 
 def test_generation_is_deterministic_and_prefix_stable():
-    for family in FAMILIES:
+    for family in STEP_FAMILIES:
         a = generate_family(family, 50, seed=7)
         assert a == generate_family(family, 50, seed=7)
         assert a[:20] == generate_family(family, 20, seed=7)
@@ -160,10 +160,10 @@ def test_suite_splits_sizes_heldout_and_no_leakage():
                        heldout_families=("boxes", "logic"))
     assert tuple(suite) == SPLITS
     by_split = {s: collections.Counter(r["subject"] for r in rs) for s, rs in suite.items()}
-    seen = [f for f in FAMILIES if f not in ("boxes", "logic")]
+    seen = [f for f in STEP_FAMILIES if f not in ("boxes", "logic")]
     assert by_split["teacher_train"] == {f: 30 for f in seen}
-    assert by_split["student_train"] == {f: 20 for f in FAMILIES}
-    assert by_split["student_test"] == {f: 10 for f in FAMILIES}
+    assert by_split["student_train"] == {f: 20 for f in STEP_FAMILIES}
+    assert by_split["student_test"] == {f: 10 for f in STEP_FAMILIES}
     everything = [r for rs in suite.values() for r in rs]
     assert len({r["id"] for r in everything}) == len(everything)
     assert len({r["question"] for r in everything}) == len(everything)

@@ -4,7 +4,13 @@ It exists so the end-to-end demo can show TeacherLM's effect with a tiny model t
 every question needs 2-3 small steps whose composition is hard to learn from the answer letter alone,
 while each step is easy to learn once it is written out in the rationale.
 
-Families (`FAMILIES`; the record's `subject` is the family name):
+Two kinds of family (`FAMILIES`; the record's `subject` is the family name):
+- `WORLD_FAMILIES` (synthetic_world.py, the demo's default): two-hop questions about a generated
+  world ("What color is Ann's pet?"): the steps recall facts that only rationales state. A tiny
+  model learns these from rationales in minutes; see that module for its Latin-square split.
+- `STEP_FAMILIES` (below): the steps compute on the question's own numbers and names, so a rationale
+  helps only once the model can copy them out of the question (a phase a tiny model did not reach
+  in CPU-minutes, docs/demo.md):
 - `add_sub`: "Ann has 14 pens. She gets 5 and then loses 3. ..." -> a +/- b +/- c. The four
   choices are the four sign patterns, the same set whichever two verbs are asked.
 - `boxes`: "Ann has 4 boxes of 3 pens. She gets 2 more boxes. ..." -> (a +/- c) x b or a x b +/- c.
@@ -44,6 +50,8 @@ import json
 import random
 from pathlib import Path
 from typing import Callable, Sequence
+
+from teacherlm_jax.data.synthetic_world import WORLD_FAMILIES, world_family
 
 SPLITS = ("teacher_train", "student_train", "student_test")
 
@@ -261,11 +269,12 @@ _GENERATORS: dict[str, Callable[[random.Random], _Draw]] = {
     "add_sub": _add_sub, "boxes": _boxes, "clock": _clock,
     "weekday": _weekday, "order": _order, "logic": _logic,
 }
-FAMILIES = tuple(_GENERATORS)
+STEP_FAMILIES = tuple(_GENERATORS)  # the steps compute on the question's own numbers and names
+FAMILIES = STEP_FAMILIES + WORLD_FAMILIES  # WORLD_FAMILIES: the steps recall facts (synthetic_world.py)
 
 
 def _check_family(name: str) -> None:
-    if name not in _GENERATORS:
+    if name not in FAMILIES:
         raise ValueError(f"unknown synthetic family {name!r}; expected one of {FAMILIES}")
 
 
@@ -275,6 +284,8 @@ def generate_family(name: str, n: int, seed: int = 0) -> list[dict]:
     _check_family(name)
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
+    if name in WORLD_FAMILIES:
+        return world_family(name, n, seed)
     rng = random.Random(f"teacherlm-synthetic:{seed}:{name}")
     draw = _GENERATORS[name]
     records, seen, misses = [], set(), 0
@@ -300,7 +311,7 @@ def generate_family(name: str, n: int, seed: int = 0) -> list[dict]:
 
 
 def make_suite(seed: int = 0, *, n_teacher_per_family: int = 300, n_train_per_family: int = 200,
-               n_test_per_family: int = 100, families: Sequence[str] = FAMILIES,
+               n_test_per_family: int = 100, families: Sequence[str] = STEP_FAMILIES,
                heldout_families: Sequence[str] = ()) -> dict[str, list[dict]]:
     """The three splits (`SPLITS`) described in the module docstring; ids `{family}-{split}-{i:05d}`."""
     families, heldout = tuple(families), tuple(heldout_families)
