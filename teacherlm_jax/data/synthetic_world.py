@@ -48,44 +48,43 @@ class Relation:
     """An attribute of a pet or town, and how a question, its rationale and its fact read."""
 
     thing: str  # "pet" or "town"
+    attribute: str  # its name in fundamentals and mistakes
     values: tuple[str, ...]
     question: str  # .format(person=...)
     fact: str  # .format(thing=..., value=...)
 
 
 RELATIONS: dict[str, Relation] = {
-    "pet_kind": Relation("pet", ("cat", "dog", "bird", "fish"), "What kind of animal is {person}'s pet?",
+    "pet_kind": Relation("pet", "kind of animal", ("cat", "dog", "bird", "fish"),
+                         "What kind of animal is {person}'s pet?",
                          "{thing} is a {value}."),
-    "pet_color": Relation("pet", ("black", "white", "brown", "gray"), "What color is {person}'s pet?",
+    "pet_color": Relation("pet", "color", ("black", "white", "brown", "gray"), "What color is {person}'s pet?",
                           "{thing} is {value}."),
-    "pet_size": Relation("pet", ("tiny", "small", "large", "huge"), "How big is {person}'s pet?",
+    "pet_size": Relation("pet", "size", ("tiny", "small", "large", "huge"), "How big is {person}'s pet?",
                          "{thing} is {value}."),
-    "pet_toy": Relation("pet", ("ball", "rope", "bell", "sock"), "Which toy does {person}'s pet like?",
+    "pet_toy": Relation("pet", "toy", ("ball", "rope", "bell", "sock"), "Which toy does {person}'s pet like?",
                         "{thing} likes the {value}."),
-    "pet_bed": Relation("pet", ("basket", "box", "sofa", "rug"), "Where does {person}'s pet sleep?",
+    "pet_bed": Relation("pet", "bed", ("basket", "box", "sofa", "rug"), "Where does {person}'s pet sleep?",
                         "{thing} sleeps on the {value}."),
-    "pet_food": Relation("pet", ("meat", "seeds", "fruit", "grass"), "What does {person}'s pet eat?",
+    "pet_food": Relation("pet", "food", ("meat", "seeds", "fruit", "grass"), "What does {person}'s pet eat?",
                          "{thing} eats {value}."),
-    "town_country": Relation("town", ("Norway", "Chile", "Kenya", "Japan"),
+    "town_country": Relation("town", "country", ("Norway", "Chile", "Kenya", "Japan"),
                              "In which country is the town where {person} lives?", "{thing} is in {value}."),
-    "town_weather": Relation("town", ("sunny", "rainy", "snowy", "windy"),
+    "town_weather": Relation("town", "weather", ("sunny", "rainy", "snowy", "windy"),
                              "What is the weather like where {person} lives?", "{thing} is {value}."),
-    "town_food": Relation("town", ("rice", "bread", "corn", "beans"), "What do people eat where {person} lives?",
+    "town_food": Relation("town", "food", ("rice", "bread", "corn", "beans"),
+                          "What do people eat where {person} lives?",
                           "People in {thing} eat {value}."),
-    "town_sport": Relation("town", ("chess", "golf", "tennis", "judo"),
+    "town_sport": Relation("town", "sport", ("chess", "golf", "tennis", "judo"),
                            "Which sport do people play where {person} lives?", "People in {thing} play {value}."),
-    "town_houses": Relation("town", ("red", "blue", "green", "yellow"),
+    "town_houses": Relation("town", "color of the houses", ("red", "blue", "green", "yellow"),
                             "What color are the houses where {person} lives?", "The houses in {thing} are {value}."),
-    "town_travel": Relation("town", ("bus", "tram", "boat", "bike"), "How do people travel where {person} lives?",
+    "town_travel": Relation("town", "way to travel", ("bus", "tram", "boat", "bike"),
+                            "How do people travel where {person} lives?",
                             "People in {thing} travel by {value}."),
 }
 WORLD_FAMILIES = tuple(RELATIONS)
 _LINK = {"pet": "{person}'s pet is {thing}.", "town": "{person} lives in {thing}."}
-_ATTRIBUTE = {"pet_kind": "kind of animal", "pet_color": "color", "pet_size": "size", "pet_toy": "toy",
-              "pet_bed": "bed", "pet_food": "food", "town_country": "country", "town_weather": "weather",
-              "town_food": "food", "town_sport": "sport", "town_houses": "color of the houses",
-              "town_travel": "way to travel"}
-
 
 @dataclasses.dataclass(frozen=True)
 class World:
@@ -128,7 +127,7 @@ def _record(world: World, name: str, person: str, rng: random.Random) -> dict:
     value = world.attributes[name][thing]
     link = _LINK[relation.thing].format(person=person, thing=thing)
     fact = relation.fact.format(thing=thing, value=value)
-    attribute = _ATTRIBUTE[name]
+    attribute = relation.attribute
     # The typical mistake: the attribute of another pet (town), one with a different value.
     others = [t for t, v in world.attributes[name].items() if t != thing and v != value]
     other = rng.choice(sorted(others))
