@@ -3,7 +3,7 @@
 
 TEACHER: a Hugging Face directory or hub id, or a training run's workdir (its hf_final export, else its
 latest checkpoint with config.tokenizer set), e.g. the stage-3 teacher. Output: DIR/augmented/<dataset>/
-(see teacherlm_jax/augment.py). Rerun the same command after any stop to resume.
+(see teacherlm_jax/augment/__init__.py). Rerun the same command after any stop to resume.
 
 Variants:
   (none)  TeacherLM's settings: sampling at temperature 1, top-k 50, every kind, whole datasets.
@@ -36,7 +36,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.datasets = ("creak", "strategyqa", "ecqa")
     config.kinds = ("cot", "fundamentals", "mistakes")
     config.sampling = sampling()
-    config.batch_size = 16  # prompts per generate call on each process (rows: batch_size * num_samples)
+    # continuous: a slot takes the next prompt as soon as its row ends | static: batches decode until their longest row ends
+    config.engine = "continuous"
+    config.batch_size = 16  # prompts decoded at once on each process (decode slots: batch_size * num_samples)
     config.chunk_size = 256  # records per part file: the most a kill can lose; sorting by length is per chunk
     config.max_prompt_tokens = 0  # 0: the teacher's max_position_embeddings - sampling.max_new_tokens
     config.truncation = "left"  # longer prompts: left (keep the last tokens) | skip; counted in summary.json

@@ -12,6 +12,13 @@ Keys added to the train config:
   fake_devices       N fake CPU devices to compile for (default 8: one v4-8 / v5e-8 / 8-GPU host);
                      0 compiles for this machine's own devices (exact numbers on the target machine).
   device_memory_gib  memory per device to check against (e.g. v5e 16, v4 32, H100 80); 0: no check.
+Generation (the augment job's decode engine on the same mesh: weights in config.model.dtype, one KV cache,
+one step's logits per chip, checked against v5e 16 GiB and v4 32 GiB; see docs/scaling.md):
+  generation_batch_size      decode slots (rows) sharing the KV cache (default 16: configs/augment.py's
+                             batch_size x num_samples); split over the mesh's data-parallel axes.
+  generation_prompt_tokens   prompt width in tokens (default 512).
+  generation_max_new_tokens  new tokens per row (default 512, the augment job's); the cache holds
+                             prompt_tokens + max_new_tokens - 1 positions.
 """
 from __future__ import annotations
 
@@ -37,4 +44,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.job = "compile"
     config.fake_devices = 8
     config.device_memory_gib = 0.0
+    config.generation_batch_size = 16
+    config.generation_prompt_tokens = 512
+    config.generation_max_new_tokens = 512
     return config

@@ -137,6 +137,12 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
                         "machine's own devices.",
         "device_memory_gib": "Memory per device to check the estimate against (v5e 16, v4 32, H100 80); exit "
                              "status 1 when it does not fit. 0: no check.",
+        "generation_batch_size": "Generation sizing (the augment job's decode engine on this mesh): decode slots "
+                                 "sharing one KV cache, split over the data-parallel axes.",
+        "generation_prompt_tokens": "Generation sizing: prompt width in tokens; the KV cache holds prompt + "
+                                    "new tokens - 1 positions.",
+        "generation_max_new_tokens": "Generation sizing: new tokens per row (the augment job's "
+                                     "`sampling.max_new_tokens`).",
     },
     "eval": {
         **_MODEL,
@@ -160,6 +166,8 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
                                               "remat_policy")},
         "teacher.init_from": "Required: the teacher, a Hugging Face directory or hub id, or a training run's "
                              "workdir (e.g. the stage-3 teacher's).",
+        "teacher.scan_layers": "Not used for generation: the job loads the teacher with listed layers, laid out "
+                               "for decoding in place, so its weights are held once.",
         "tokenizer": "Tokenizer directory or hub id. None: the teacher's own.",
         "datasets": "Datasets to augment: registry names (train split), `name:split`, or multiple-choice "
                     "`.jsonl` paths; each goes to WORKDIR/augmented/<name>/.",
@@ -173,9 +181,12 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
         "sampling.stop_at_eos": "End an annotation at the EOS token; False always writes max_new_tokens.",
         "sampling.seed": "Sampling seed; each record's randomness depends on (seed, dataset, id, kind) only, so "
                          "a resumed run writes the same texts.",
-        "batch_size": "Prompts per generate call on each process (rows: batch_size x num_samples).",
-        "chunk_size": "Records per output part file: the most a kill can lose; prompts are sorted by length "
-                      "within a chunk.",
+        "engine": "`continuous`: a decode slot takes the next prompt as soon as its row ends (EOS or "
+                  "max_new_tokens); `static`: batches of prompts decode until their longest row ends. Same texts.",
+        "batch_size": "Prompts decoded at once on each process (decode slots: batch_size x num_samples).",
+        "chunk_size": "Records per output part file, written once its last row ends: the most a kill can lose; "
+                      "a chunk's records go longest first, each record's kinds together (their shared question "
+                      "is prefilled once).",
         "max_prompt_tokens": "Longest prompt; 0: the teacher's max_position_embeddings - max_new_tokens.",
         "truncation": "Longer prompts: `left` (keep the last tokens: answer and cue stay) or `skip` (no "
                       "annotation); counted in summary.json.",

@@ -9,8 +9,13 @@ with `fake_devices=0` it compiles for the machine's own devices (exact numbers o
     python -m teacherlm_jax.main --config configs/compile.py:bloom-7b1 --workdir /tmp/aot \\
         --config.fake_devices=8 --config.mesh.fsdp=-1 --config.device_memory_gib=16
 
-Writes WORKDIR/compile_report.json and compile_report.md; exits with status 1 when the estimated peak
-exceeds `config.device_memory_gib` (0: not checked).
+It also sizes generation, the augment job's decode engine on the same mesh (`compile_generation`):
+per chip the teacher's weights in the compute dtype, the KV cache of `config.generation_batch_size`
+slots of `generation_prompt_tokens + generation_max_new_tokens - 1` positions and one step's logits,
+with a verdict for v5e (16 GiB) and v4 (32 GiB) chips, beside XLA's analysis of one compiled decode step.
+
+Writes WORKDIR/compile_report.json and compile_report.md; exits with status 1 when the training step's
+estimated peak exceeds `config.device_memory_gib` (0: not checked).
 """
 from __future__ import annotations
 
@@ -24,8 +29,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+from jax.sharding import Mesh
 
-from teacherlm_jax.sharding import ConfigError, batch_sharding, data_parallel_size, mesh_from_config
+from teacherlm_jax.compile_generation import CHIPS, GIB, decode_step_memory, generation_memory
+from teacherlm_jax.sharding import ConfigError, LogicalRules, batch_sharding, data_parallel_size, mesh_from_config
 from teacherlm_jax.train.loop import TrainSetup, train_setup, validate
 from teacherlm_jax.train.step import BATCH_KEYS, make_train_step
 
@@ -41,7 +48,6 @@ BLOOM_SHAPES: dict[str, tuple[int, int, int]] = {
 BLOOM_VOCAB = 250880
 REPORT_JSON = "compile_report.json"
 REPORT_MD = "compile_report.md"
-GIB = 2 ** 30
 
 
 def bloom_shape(name: str) -> dict[str, int]:
@@ -141,6 +147,7 @@ def dry_run(config: ml_collections.ConfigDict) -> dict[str, Any]:
     mesh, rules = mesh_from_config(config)
     validate(config, data_parallel_size(mesh, rules))
     setup = train_setup(config, mesh, rules)
+    generation = generation_report(config, mesh, rules)  # before the long compile: its config errors come first
     step = make_train_step(setup.graphdef, setup.tx, setup.schedule, mesh, rules, setup.shardings,
                            config.grad_accum_steps)
     batch = abstract_batch(config, mesh, rules)
@@ -167,7 +174,20 @@ def dry_run(config: ml_collections.ConfigDict) -> dict[str, Any]:
         "memory_per_device": dataclasses.asdict(memory),
         "device_memory_gib": limit,
         "fits": None if limit <= 0 else memory.peak <= limit * GIB,
+        "generation": generation,
     }
+
+
+def generation_report(config: ml_collections.ConfigDict, mesh: Mesh, rules: LogicalRules) -> dict[str, Any]:
+    """Generation's memory per chip on the job's mesh (v5e, v4 and `device_memory_gib` verdicts), with
+    XLA's analysis of one compiled decode step beside it. Keys default to configs/compile.py's."""
+    settings = {"slots": config.get("generation_batch_size", 16),
+                "prompt_tokens": config.get("generation_prompt_tokens", 512),
+                "max_new_tokens": config.get("generation_max_new_tokens", 512)}
+    limit = float(config.get("device_memory_gib", 0.0))
+    chips = {**CHIPS, **({"device_memory_gib": limit} if limit > 0 else {})}
+    report = generation_memory(config.model.to_dict(), mesh, rules, chips=chips, **settings)
+    return {**report, "xla_decode_step": decode_step_memory(config.model.to_dict(), mesh, rules, **settings)}
 
 
 def human_bytes(n: float) -> str:
@@ -210,7 +230,41 @@ def format_report(summary: dict[str, Any]) -> str:
         verdict = "fits in" if summary["fits"] else "DOES NOT FIT in"
         lines += ["", f"Peak {human_bytes(mem['peak'])} {verdict} config.device_memory_gib="
                       f"{summary['device_memory_gib']} GiB per device."]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + format_generation(summary)) + "\n"
+
+
+def format_generation(summary: dict[str, Any]) -> list[str]:
+    """Markdown lines: generation's memory per chip and the verdict per chip size."""
+    gen = summary["generation"]
+    mem, xla = gen["bytes_per_chip"], gen.get("xla_decode_step")
+    kv = " x ".join(map(str, gen["kv_buffer_shape_per_chip"]))
+    lines = [
+        "", "## Generation (augment job's decode engine)", "",
+        f"- the teacher's weights once, in {gen['dtype']} (listed layers, no optimizer state), sharded over "
+        f"mesh {summary['mesh']}",
+        f"- {gen['slots']} decode slots, {gen['slots_per_chip']} per chip (split over the data-parallel axes); "
+        f"cache length {gen['prompt_tokens']} prompt + {gen['max_new_tokens']} new - 1 = {gen['cache_length']}",
+        "", "| per chip | size | bytes |", "|---|---|---|",
+        f"| weights ({gen['num_params']:,} parameters, {gen['dtype']}) | {human_bytes(mem['weights'])} | "
+        f"{mem['weights']} |",
+        f"| KV cache ({gen['kv_buffers']} buffers of [{kv}] {gen['dtype']}) | {human_bytes(mem['kv_cache'])} | "
+        f"{mem['kv_cache']} |",
+        f"| logits of one step (float32) | {human_bytes(mem['logits'])} | {mem['logits']} |",
+        f"| **total** | {human_bytes(mem['total'])} | {mem['total']} |",
+    ]
+    if xla:
+        lines += [f"| XLA decode step: arguments (weights + cache + inputs) | {human_bytes(xla['arguments'])} | "
+                  f"{xla['arguments']} |",
+                  f"| XLA decode step: temporaries | {human_bytes(xla['temp'])} | {xla['temp']} |",
+                  f"| XLA decode step: peak | {human_bytes(xla['peak'])} | {xla['peak']} |"]
+    lines += ["", "| chip | memory per chip | generation total | headroom | verdict |", "|---|---|---|---|---|"]
+    lines += [f"| {name} | {v['memory_gib']:g} GiB | {human_bytes(mem['total'])} | {human_bytes(v['headroom_bytes'])} "
+              f"| {'fits' if v['fits'] else 'DOES NOT FIT'} |" for name, v in gen["chips"].items()]
+    if xla and summary["platform"] == "cpu" and gen["dtype"] != "float32":
+        lines += ["", "The verdicts use the total from shapes. XLA's CPU backend computes bfloat16 matmuls in float32 "
+                      "from float32 copies of the weights, so the CPU decode step's temporaries and peak overstate "
+                      "TPU/GPU's; its arguments are exactly weights + KV cache + the step's token, mask and index."]
+    return lines
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:

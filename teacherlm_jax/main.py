@@ -15,7 +15,7 @@ JOBS = {
     "train": "teacherlm_jax.train.loop:run",
     "teacher_pipeline": "teacherlm_jax.teacher_pipeline:run",
     "eval": "teacherlm_jax.evaluate:run",
-    "augment": "teacherlm_jax.augment:run",
+    "augment": "teacherlm_jax.augment.job:run",
     "demo": "teacherlm_jax.demo:run",
     "compile": "teacherlm_jax.compile:run",
 }

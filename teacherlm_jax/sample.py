@@ -1,17 +1,16 @@
-"""Batched generation: one jitted program per shape, prefill then a `lax.while_loop` over the KV cache.
+"""Batched generation: `generate` continues left-padded prompts over the decode slots of
+`teacherlm_jax.decode_slots` (one prefill program, one `lax.while_loop` decode program per shape).
 
-`generate` is what the augment job, benchmarks and notebooks call. Prompts are left-padded and
-padded further on the left to a length bucket, so a dataset-scale job compiles a handful of programs
-(one per bucket, batch size and sampling setting); extra left padding does not change the result
-because models take positions from the attention mask. Randomness is keyed per row and per step
-(`fold_in(fold_in(fold_in(key(seed_b), index_b), sample), step)`), so a row's tokens do not depend on
-its batch mates, its bucket or the device mesh.
+Prompts are padded further on the left to a length bucket, so a dataset-scale job compiles a handful
+of programs; extra left padding does not change the result because models take positions from the
+attention mask. Randomness is keyed per row and per step (`fold_in(fold_in(fold_in(key(seed_b),
+index_b), sample), step)`, the step counted per row), so a row's tokens do not depend on its batch
+mates, its bucket or the device mesh. The augment job's continuous-batching engine
+(`teacherlm_jax.augment.engine`) runs the same slots, so its rows are `generate`'s.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import functools
 import math
 import numbers
 from collections.abc import Sequence
@@ -23,10 +22,11 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from teacherlm_jax.sharding import LogicalRules, activation_sharding, logical_to_spec
+from teacherlm_jax.decode_slots import CACHE_AXES, DecodeSlots, num_traces, row_keys, slot_count
+from teacherlm_jax.sharding import LogicalRules, logical_to_spec
 
-# Logical axes of each layer's key (and value) cache buffer.
-CACHE_AXES = ("batch", "heads", "length", "kv")
+__all__ = ["CACHE_AXES", "GenerateOutput", "Sampler", "bucket_length", "decoding_layout", "generate", "num_traces"]
+
 MIN_BUCKET = 16
 
 
@@ -114,14 +114,6 @@ def bucket_length(length: int, buckets: Sequence[int] | None = None) -> int:
     return min((b for b in buckets if b >= length), default=length)
 
 
-_traces = 0
-
-
-def num_traces() -> int:
-    """How many generation programs have been traced in this process (each trace is a compile)."""
-    return _traces
-
-
 def generate(
     model: nnx.Module,
     input_ids: Any,
@@ -148,13 +140,14 @@ def generate(
     `fold_in(key(seed_b), 0)`, so a prompt's samples do not depend on its position in the batch).
     `prompt_buckets` lists allowed padded prompt lengths (default: powers of two from 16).
 
-    With `mesh` and `rules`, rows are sharded over the mesh axes that logical axis `batch` maps to;
-    prompts are padded to a multiple of that size with copies of the last prompt, whose rows are
-    dropped from the output. Parameters are placed by their logical axis names (a no-op when the
-    model was loaded onto the mesh).
+    With `mesh` and `rules`, rows are sharded over the mesh axes that logical axis `batch` maps to
+    (idle slots round them up to a multiple of that size) and parameters over the rest (e.g. heads,
+    mlp and vocab over `tensor`), placed by their logical axis names (a no-op when the model was
+    loaded onto the mesh).
 
-    The decode loop runs `model.for_decoding()`, made once per call: the blocks' weights are held
-    twice while generating.
+    Generation runs the model's decode layout (`decoding_layout`): pass a model that is one, e.g.
+    `from_pretrained(path, scan_layers=False).for_decoding(in_place=True)`, to hold the weights once;
+    otherwise a copy of the blocks is made for the call.
     """
     sampler = Sampler(temperature, top_k, top_p)
     config = model.config
@@ -176,86 +169,22 @@ def generate(
     pad_id = config.pad_token_id if config.pad_token_id is not None else 0
     ids, mask = _left_pad_to(ids, mask, width, pad_id)
 
-    shards = _data_parallel_size(mesh, rules)
-    extra = -batch % shards
-    if extra:
-        ids, mask, seeds, offsets = (np.concatenate([a, np.repeat(a[-1:], extra, axis=0)])
-                                     for a in (ids, mask, seeds, offsets))
-
-    graphdef, state = nnx.split(model)
-    inputs = (ids, mask, seeds, offsets)
-    rules = None if rules is None else tuple((name, tuple(axes) if isinstance(axes, list) else axes)
-                                             for name, axes in rules)
-    if mesh is not None:
-        state = _place_state(state, mesh, rules)
-        spec = logical_to_spec(("batch",), rules or ())
-        inputs = tuple(_put_rows(a, NamedSharding(mesh, PartitionSpec(spec[0], *(None,) * (a.ndim - 1))))
-                       for a in inputs)
-    # The decode loop's layout, made here so that its new arrays reach the loop as arguments (see
-    # `decoding_blocks`) and the arrays it shares with the model are not copied.
-    decoder_graphdef, decoder_state = nnx.split(nnx.merge(graphdef, state).for_decoding())
-    tokens, logprobs, lengths = _program(
-        state, decoder_state, *inputs, eos, graphdef=graphdef, decoder_graphdef=decoder_graphdef,
-        max_new_tokens=int(max_new_tokens), sampler=sampler, pad_id=int(pad_id), num_samples=int(num_samples),
-        mesh=mesh, rules=rules)
     rows = batch * num_samples
-    return GenerateOutput(*(_to_host(x)[:rows] for x in (tokens, logprobs, lengths)))
+    slots = slot_count(rows, mesh, rules)
+    if mesh is not None:
+        model = nnx.merge(*_place(nnx.split(model), mesh, rules))
+    engine = DecodeSlots(decoding_layout(model), slots=slots, prompt_width=width, max_new_tokens=int(max_new_tokens),
+                         sampler=sampler, eos_ids=eos, pad_id=int(pad_id), mesh=mesh, rules=rules)
+    keys = row_keys(np.repeat(seeds, num_samples), np.repeat(offsets, num_samples),
+                    np.tile(np.arange(num_samples), batch))
+    engine.insert(ids, mask, np.arange(rows).reshape(batch, num_samples), keys)
+    engine.run(int(max_new_tokens), until_all=True)
+    return GenerateOutput(*engine.rows(range(rows)))
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "decoder_graphdef", "max_new_tokens", "sampler", "pad_id",
-                                             "num_samples", "mesh", "rules"))
-def _program(state, decoder_state, ids, mask, seeds, offsets, eos, *, graphdef, decoder_graphdef, max_new_tokens,
-             sampler, pad_id, num_samples, mesh, rules):
-    """Prefill all prompt tokens but the last, repeat the cache per sample, then decode until every row ends.
-
-    The prefill runs the model as it is (a scanned stack compiles one block); the decode loop runs its
-    `for_decoding` layout (`decoder_*`). The last prompt token is the loop's first input, so the
-    prefill's logits are unused and XLA drops them: no [batch, prompt, vocab] array is ever built (2 GB
-    per 8 prompts of 256 tokens for BLOOM).
-    """
-    global _traces
-    _traces += 1
-    with activation_sharding(mesh, rules) if mesh is not None else contextlib.nullcontext():
-        batch, width = ids.shape
-        steps, rows = max_new_tokens, batch * num_samples
-        # Cache slots: the prompt, then the new tokens that are fed back (all but the last).
-        full_mask = jnp.concatenate([mask, jnp.ones((batch, steps - 1), mask.dtype)], axis=1)
-        model = nnx.merge(graphdef, state)
-        cache = _constrain_cache(model.init_cache(batch, width + steps - 1), mesh, rules)
-        if width > 1:
-            _, cache = model(ids[:, :-1], full_mask, cache=cache)
-        # Every sample of a prompt shares its prefill.
-        repeat = lambda x: jnp.repeat(x, num_samples, axis=0)
-        cache = jax.tree.map(lambda x: x if x.ndim == 0 else repeat(x), cache)
-        full_mask = repeat(full_mask)
-        row_keys = jax.vmap(lambda s, o, i: jax.random.fold_in(jax.random.fold_in(jax.random.key(s), o), i))(
-            repeat(seeds), repeat(offsets), jnp.tile(jnp.arange(num_samples), batch))
-
-        def cond(carry):
-            t, _, _, _, _, done, _ = carry
-            return (t < steps) & ~jnp.all(done)
-
-        def body(carry):
-            t, cache, token, tokens, logprobs, done, lengths = carry
-            logits, cache = nnx.merge(decoder_graphdef, decoder_state)(token[:, None], full_mask, cache=cache)
-            logits = logits[:, -1]
-            token = sampler(logits, jax.vmap(jax.random.fold_in, (0, None))(row_keys, t))
-            logprob = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), token[:, None], axis=-1)[:, 0]
-            token = jnp.where(done, pad_id, token)
-            tokens = jax.lax.dynamic_update_slice(tokens, token[:, None], (0, t))
-            logprobs = jax.lax.dynamic_update_slice(logprobs, jnp.where(done, 0.0, logprob)[:, None], (0, t))
-            lengths = lengths + (~done).astype(jnp.int32)
-            done = done | jnp.isin(token, eos)
-            return t + 1, _constrain_cache(cache, mesh, rules), token, tokens, logprobs, done, lengths
-
-        start = (jnp.int32(0), _constrain_cache(cache, mesh, rules), repeat(ids[:, -1]),
-                 jnp.full((rows, steps), pad_id, jnp.int32), jnp.zeros((rows, steps), jnp.float32),
-                 jnp.zeros((rows,), bool), jnp.zeros((rows,), jnp.int32))
-        _, _, _, tokens, logprobs, _, lengths = jax.lax.while_loop(cond, body, start)
-        if mesh is not None:  # replicated, so every process can read the whole result
-            tokens, logprobs, lengths = (jax.lax.with_sharding_constraint(x, NamedSharding(mesh, PartitionSpec()))
-                                         for x in (tokens, logprobs, lengths))
-        return tokens, logprobs, lengths
+def decoding_layout(model: nnx.Module) -> nnx.Module:
+    """The model as generation runs it (`for_decoding`): made here unless `model` already is one."""
+    return model if getattr(model, "decode_layout", False) else model.for_decoding()
 
 
 def _check_prompts(input_ids: Any, attention_mask: Any, vocab_size: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -316,35 +245,10 @@ def _left_pad_to(ids: np.ndarray, mask: np.ndarray, width: int, pad_id: int) -> 
             np.pad(mask, ((0, 0), (extra, 0)), constant_values=0))
 
 
-def _data_parallel_size(mesh: Mesh | None, rules: LogicalRules | None) -> int:
-    if mesh is None:
-        return 1
-    axes = logical_to_spec(("batch",), rules or ())[0]
-    if axes is None:
-        return 1
-    return math.prod(mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes))
-
-
-def _place_state(state: nnx.State, mesh: Mesh, rules: LogicalRules | None) -> nnx.State:
+def _place(split: tuple[nnx.GraphDef, nnx.State], mesh: Mesh, rules: LogicalRules | None):
+    """Parameters placed on the mesh by their logical axis names (a no-op when loaded onto it)."""
+    graphdef, state = split
     specs = nnx.get_partition_spec(state)
     shardings = jax.tree.map(lambda spec: NamedSharding(mesh, logical_to_spec(tuple(spec), rules or ())), specs,
                              is_leaf=lambda x: isinstance(x, PartitionSpec))
-    return jax.device_put(state, shardings)
-
-
-def _put_rows(array: np.ndarray, sharding: NamedSharding) -> jax.Array:
-    """A host array (the same on every process) as a global array, each device taking its rows."""
-    return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
-
-
-def _constrain_cache(cache, mesh: Mesh | None, rules: LogicalRules | None):
-    if mesh is None:
-        return cache
-    sharding = NamedSharding(mesh, logical_to_spec(CACHE_AXES, rules or ()))
-    return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, sharding) if x.ndim == len(CACHE_AXES) else x,
-                        cache)
-
-
-def _to_host(x: jax.Array) -> np.ndarray:
-    """Host copy of a replicated (or single-device) result; works on every process of a multi-host mesh."""
-    return np.asarray(x.addressable_data(0))
+    return graphdef, jax.device_put(state, shardings)

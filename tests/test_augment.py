@@ -20,8 +20,9 @@ from reference_models import tiny_bloom
 from train_subprocess import CACHE, REPO, main_command
 from teacherlm_jax import from_pretrained, generate, load_tokenizer
 from teacherlm_jax.augment import Sampling, Settings, augment_records, resolve_dataset, run, settings_from_config
-from teacherlm_jax.augment_chunks import prompt_seed
-from teacherlm_jax.augment_report import HISTOGRAM, SUMMARY, read_parts, write_summary
+from teacherlm_jax.augment import prompt_seed
+from teacherlm_jax.augment.files import HISTOGRAM, SUMMARY, read_parts
+from teacherlm_jax.augment.summary import write_summary
 from teacherlm_jax.data import KINDS, load_records, teacher_prompt
 from teacherlm_jax.data.examples import read_augmented
 from teacherlm_jax.sharding import ConfigError
@@ -134,6 +135,10 @@ def test_output_schema_summary_and_read_back(model, tokenizer, records, tmp_path
         assert summary["avg_tokens"][kind] == round(np.mean([row["new_tokens"][kind] for row in rows]), 2)
         assert summary["truncated"][kind] == summary["skipped"][kind] == 0
     assert summary["throughput"]["records_per_s"] > 0 and summary["throughput"]["compiled_programs"] >= 1
+    engine = summary["throughput"]["engine"]
+    assert engine["engines"] == ["continuous"] and engine["decode_steps"] >= max(lengths)
+    assert engine["kept_tokens"] == sum(lengths) + sum(n < MAX_NEW for n in lengths)  # the EOS tokens too
+    assert engine["slot_occupancy"] == round(engine["kept_tokens"] / engine["slot_steps"], 4)
 
     items = read_augmented(tmp_path)  # what student training reads
     assert [item.record.id for item in items] == [r.id for r in records]
@@ -185,6 +190,44 @@ def test_long_prompts_are_cut_or_skipped_and_counted(model, tokenizer, records, 
         ids = tokenizer(row["prompts"][kind])["input_ids"][-limit:]
         seed = prompt_seed(0, "toy", row["id"], kind)
         assert [(row[kind], row["new_tokens"][kind])] == single_prompt(model, tokenizer, ids, seed, config.sampling)
+
+
+def test_engine_batch_and_chunk_size_write_the_same_records(model, tokenizer, records, tmp_path):
+    """Sampled (TeacherLM's temperature 1, top-k 50): continuous and static engines, other batch and chunk
+    sizes, and two datasets sharing the slots, write the same records; continuous needs fewer decode steps."""
+    sampling = Sampling(max_new_tokens=MAX_NEW, seed=3)
+    outputs, engines = {}, {}
+    for name, engine, batch, chunk in (("continuous", "continuous", 7, 5), ("static", "static", 7, 5),
+                                       ("other", "continuous", 4, 24)):
+        config = Settings(sampling=sampling, batch_size=batch, chunk_size=chunk, engine=engine)
+        augment_records(model, tokenizer, records, tmp_path / name, config, dataset="toy")
+        outputs[name] = [{k: v for k, v in row.items()} for row in read_parts(tmp_path / name)]
+        engines[name] = write_summary(tmp_path / name)["throughput"]["engine"]
+    assert outputs["continuous"] == outputs["static"] == outputs["other"]
+    lengths = [row["new_tokens"][k] for row in outputs["static"] for k in KINDS]
+    assert len(set(lengths)) > 2 and min(lengths) < MAX_NEW
+    c, s = engines["continuous"], engines["static"]
+    assert c["engines"] == ["continuous"] and s["engines"] == ["static"]
+    assert c["kept_tokens"] == s["kept_tokens"] == sum(lengths) + sum(n < MAX_NEW for n in lengths)  # EOS kept
+    assert c["decode_steps"] < s["decode_steps"] and 0 < s["slot_occupancy"] < c["slot_occupancy"] <= 1
+    # A record's kinds share the question and its answer, prefilled once: fewer tokens than the prompts
+    # hold, but at least every record's longest prompt (padding included).
+    prompt_tokens = sum(row["prompt_tokens"][k] - 1 for row in outputs["static"] for k in KINDS)
+    longest = sum(max(row["prompt_tokens"].values()) - 1 for row in outputs["static"])
+    assert longest <= c["prefill_tokens"] < prompt_tokens and longest <= s["prefill_tokens"] < prompt_tokens
+
+    # Two datasets in one run share one engine; each gets the records it gets alone.
+    from teacherlm_jax.augment import DatasetWork, augment_datasets
+
+    config = Settings(sampling=sampling, batch_size=3, chunk_size=5)
+    works = [DatasetWork("toy", records, tmp_path / "both" / "toy"),
+             DatasetWork("half", records[:12], tmp_path / "both" / "half")]
+    stats = augment_datasets(model, tokenizer, works, config)
+    assert read_parts(tmp_path / "both" / "toy") == outputs["continuous"]
+    alone = tmp_path / "half_alone"
+    augment_records(model, tokenizer, records[:12], alone, config, dataset="half")
+    assert read_parts(tmp_path / "both" / "half") == read_parts(alone)
+    assert stats["toy"]["records"] == len(records) and stats["half"]["records"] == 12
 
 
 def config_for(teacher_dir: Path, data: Path, **overrides):

@@ -1,9 +1,12 @@
 """The ahead-of-time check (`compile` job): the trainer's step compiled for 8 fake CPU devices without
 allocating it; memory per device from shapes and from XLA agrees, shrinks when FSDP grows, is checked
 against a device size; a mesh the model cannot be split over stops with the key named; BLOOM sizes
-by name have the published parameter counts.
+by name have the published parameter counts. Generation's memory per chip (the augment job's weights, KV
+cache and logits) is the arithmetic of the config, grows with the slots, shrinks with tensor parallelism,
+and says bloom-7b1 in bfloat16 needs 2 chips of v5e for 16 slots but fits one v4.
 
-Compiles run in subprocesses: the fake device count must be set before jax starts its devices.
+Compiles run in subprocesses: the fake device count must be set before jax starts its devices; the
+generation arithmetic alone runs here, on abstract meshes (no devices).
 """
 from __future__ import annotations
 
@@ -17,10 +20,13 @@ import pytest
 from flax import nnx
 
 from configs import compile as compile_config
+from jax.sharding import AbstractMesh, AxisType
+
 from teacherlm_jax.compile import (
     BLOOM_SHAPES, REPORT_JSON, REPORT_MD, bloom_shape, human_bytes, resolve_model, use_fake_devices,
 )
-from teacherlm_jax.sharding import ConfigError
+from teacherlm_jax.compile_generation import GIB, generation_memory
+from teacherlm_jax.sharding import DEFAULT_RULES, MESH_AXES, ConfigError, parse_rules
 from teacherlm_jax.train.builders import abstract_model
 from train_subprocess import REPO, jax_env, main_command
 
@@ -109,3 +115,102 @@ def test_fake_devices_need_a_fresh_process():
         use_fake_devices(8)
     with pytest.raises(ConfigError, match=r"config.fake_devices=-1 must be >= 0"):
         use_fake_devices(-1)
+
+
+def abstract_mesh(data: int = 1, fsdp: int = 1, tensor: int = 1) -> tuple[AbstractMesh, tuple]:
+    mesh = AbstractMesh((data, fsdp, tensor), MESH_AXES, axis_types=(AxisType.Auto,) * 3)
+    return mesh, parse_rules(DEFAULT_RULES, mesh)
+
+
+def expected_generation(model, num_params: int, slots: int, length: int, data: int, tensor: int) -> dict[str, int]:
+    """Bytes per chip by hand: BLOOM's parameters whose only axis is embed (the layer norms, the biases of the
+    projections back to embed: h * (4 + 6 * layers)) are whole on every chip, every other one is split
+    `tensor` ways (fsdp=1); the cache is 2 buffers per layer [slots, heads, length, head_dim], rows split
+    over data (padded up), heads over tensor; the logits [slots, vocab] float32, vocab over tensor."""
+    h, layers, heads, vocab = model["hidden_size"], model["n_layer"], model["n_head"], model["vocab_size"]
+    size = {"float32": 4, "bfloat16": 2}[model["dtype"]]
+    whole = h * (4 + 6 * layers)
+    rows = math.ceil(slots / data)
+    weights = ((num_params - whole) // tensor + whole) * size
+    kv = 2 * layers * rows * (heads // tensor) * length * (h // heads) * size
+    logits = rows * (vocab // tensor) * 4
+    return {"weights": weights, "kv_cache": kv, "logits": logits, "total": weights + kv + logits}
+
+
+def test_generation_memory_is_the_config_arithmetic(tmp_path):
+    # 8 fake devices as data 4 x tensor 2: 6 slots become 2 rows per chip (padded), tiny's 4 heads 2 per chip.
+    proc = run_compile(tmp_path, "--config.mesh.fsdp=1", "--config.mesh.data=-1", "--config.mesh.tensor=2",
+                       "--config.generation_batch_size=6", "--config.generation_prompt_tokens=8",
+                       "--config.generation_max_new_tokens=9")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / REPORT_JSON).read_text())
+    gen, model = summary["generation"], summary["model"]
+    assert gen["num_params"] == summary["num_params"] and gen["dtype"] == model["dtype"] == "float32"
+    assert (gen["slots"], gen["slots_per_chip"], gen["cache_length"]) == (6, 2, 8 + 9 - 1)
+    mem = gen["bytes_per_chip"]
+    assert mem == expected_generation(model, summary["num_params"], 6, 16, data=4, tensor=2)
+    for chip, gib in (("v5e", 16), ("v4", 32)):
+        assert gen["chips"][chip] == {"memory_gib": gib, "fits": True, "headroom_bytes": gib * GIB - mem["total"]}
+    # XLA's compiled decode step takes exactly the weights, the cache and the step's token, mask and index,
+    # and updates the donated cache in place.
+    xla = gen["xla_decode_step"]
+    assert xla["inputs"] == 2 * 4 + 2 * 16 * 4 + 4
+    assert xla["arguments"] == mem["weights"] + mem["kv_cache"] + xla["inputs"]
+    assert xla["aliased"] == mem["kv_cache"] + 4
+    text = (tmp_path / REPORT_MD).read_text()
+    assert "## Generation (augment job's decode engine)" in text and text in proc.stdout
+    assert f"| **total** | {human_bytes(mem['total'])} | {mem['total']} |" in text
+    assert "| v5e | 16 GiB |" in text and "DOES NOT FIT" not in text
+
+
+def test_generation_kv_cache_grows_with_slots_and_weights_shrink_with_tensor():
+    config = compile_config.get_config("tiny")
+    model = config.model.to_dict()
+    assert (config.generation_batch_size, config.generation_prompt_tokens, config.generation_max_new_tokens) == \
+        (16, 512, 512)
+    by_slots = {s: generation_memory(model, *abstract_mesh(), s, 8, 9)["bytes_per_chip"] for s in (8, 16, 32)}
+    assert by_slots[16]["kv_cache"] == 2 * by_slots[8]["kv_cache"]
+    assert by_slots[32]["kv_cache"] == 4 * by_slots[8]["kv_cache"]
+    assert by_slots[8]["weights"] == by_slots[32]["weights"]
+    by_tensor = {t: generation_memory(model, *abstract_mesh(tensor=t), 16, 8, 9) for t in (1, 2, 4)}
+    n = by_tensor[1]["num_params"]
+    for t, gen in by_tensor.items():
+        assert gen["bytes_per_chip"] == expected_generation(model, n, 16, 16, data=1, tensor=t)
+    assert by_tensor[1]["bytes_per_chip"]["weights"] == 4 * n  # float32, whole on one chip
+    weights = [by_tensor[t]["bytes_per_chip"]["weights"] for t in (1, 2, 4)]
+    assert weights[0] > weights[1] > weights[2]
+
+
+def test_bloom_7b1_generation_needs_two_v5e_chips_for_16_slots():
+    config = compile_config.get_config("bloom-7b1")
+    model = config.model.to_dict()
+    assert model["dtype"] == "bfloat16"
+    slots, length = config.generation_batch_size, config.generation_prompt_tokens + config.generation_max_new_tokens - 1
+    totals = {}
+    for tensor in (1, 2, 4):  # one model replica on `tensor` chips decodes all 16 slots
+        gen = generation_memory(model, *abstract_mesh(tensor=tensor), slots, config.generation_prompt_tokens,
+                                config.generation_max_new_tokens)
+        expected = expected_generation(model, 7_069_016_064, slots, length, data=1, tensor=tensor)
+        assert gen["bytes_per_chip"] == expected
+        for chip, gib in (("v5e", 16), ("v4", 32)):
+            assert gen["chips"][chip]["fits"] is (expected["total"] <= gib * GIB)
+            assert gen["chips"][chip]["headroom_bytes"] == gib * GIB - expected["total"]
+        totals[tensor] = gen
+    # 14.1 GB of bfloat16 weights (13.2 GiB) + 16 x 1023 positions of cache (7.5 GiB) on one chip: over v5e's 16 GiB,
+    # within v4's 32; split over 2 or 4 chips it fits v5e.
+    assert [totals[t]["chips"]["v5e"]["fits"] for t in (1, 2, 4)] == [False, True, True]
+    assert all(totals[t]["chips"]["v4"]["fits"] for t in (1, 2, 4))
+    # The augment job's default mesh on a v5e-8 host (data=8) gives each chip 2 of the 16 slots: it fits.
+    host = generation_memory(model, *abstract_mesh(data=8), slots, 512, 512)
+    assert host["bytes_per_chip"] == expected_generation(model, 7_069_016_064, slots, length, data=8, tensor=1)
+    assert host["slots_per_chip"] == 2 and host["chips"]["v5e"]["fits"]
+
+
+def test_generation_settings_that_cannot_work_name_the_key():
+    model = compile_config.get_config("tiny").model.to_dict()
+    with pytest.raises(ConfigError, match=r"config.generation_prompt_tokens \+ generation_max_new_tokens = 2049 "
+                                          r"exceeds config.model.max_position_embeddings=2048"):
+        generation_memory(model, *abstract_mesh(), 16, 1537, 512)
+    assert generation_memory(model, *abstract_mesh(), 16, 1536, 512)["cache_length"] == 2047
+    with pytest.raises(ConfigError, match=r"config.generation_batch_size=0 must be an integer >= 1"):
+        generation_memory(model, *abstract_mesh(), 0, 8, 8)

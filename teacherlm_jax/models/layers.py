@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from collections.abc import Callable, Sequence
 
 import jax
@@ -63,10 +62,7 @@ class LayerNorm(nnx.Module):
 
 
 class Linear(nnx.Module):
-    """y = x . W + b, contracting the last `len(in_shape)` axes of x.
-
-    W is [*in_shape, *out_shape], or a [prod(out_shape), prod(in_shape)] matrix after `transpose_kernel`.
-    """
+    """y = x . W + b, contracting the last `len(in_shape)` axes of x; W is [*in_shape, *out_shape]."""
 
     def __init__(
         self,
@@ -81,7 +77,6 @@ class Linear(nnx.Module):
         rngs: nnx.Rngs,
     ):
         self.in_rank = len(in_shape)
-        self.transposed_out_shape: tuple[int, ...] | None = None  # out_shape once the kernel is transposed
         self.dtype = dtype
         self.kernel = named_param(
             rngs, nnx.initializers.normal(init_std), (*in_shape, *out_shape), names, param_dtype
@@ -95,40 +90,10 @@ class Linear(nnx.Module):
         kernel = self.kernel[...].astype(self.dtype)
         x = x.astype(self.dtype)
         n = self.in_rank
-        if self.transposed_out_shape is None:
-            y = jax.lax.dot_general(x, kernel, ((tuple(range(x.ndim - n, x.ndim)), tuple(range(n))), ((), ())))
-        else:
-            lead = x.shape[:x.ndim - n]
-            y = jax.lax.dot_general(x.reshape(*lead, -1), kernel, (((len(lead),), (1,)), ((), ())))
-            y = y.reshape(*lead, *self.transposed_out_shape)
+        y = jax.lax.dot_general(x, kernel, ((tuple(range(x.ndim - n, x.ndim)), tuple(range(n))), ((), ())))
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
         return y
-
-    def transpose_kernel(self) -> None:
-        """Replaces the kernel by a transposed copy, a [prod(out_shape), prod(in_shape)] matrix: XLA
-        CPU's matmuls of a few rows (decode steps) run ~1.5x faster on it. Same results up to float
-        rounding (bitwise at bloom-560m's shapes; ~1 ulp apart at some small ones)."""
-        if self.transposed_out_shape is not None:
-            return
-        n = self.in_rank
-        names = self.kernel.get_metadata().get("out_sharding")
-        self.transposed_out_shape = tuple(self.kernel[...].shape[n:])
-        self.kernel = nnx.Param(_transposed_matrix(self.kernel[...], in_rank=n),
-                                out_sharding=None if names is None else (_joined(names[n:]), _joined(names[:n])))
-
-
-@functools.partial(jax.jit, static_argnames=("in_rank",))
-def _transposed_matrix(kernel: jax.Array, *, in_rank: int) -> jax.Array:
-    """[*in_shape, *out_shape] -> [prod(out_shape), prod(in_shape)] in one copy (eager reshape then
-    transpose would make two)."""
-    return kernel.reshape(math.prod(kernel.shape[:in_rank]), -1).T
-
-
-def _joined(names: Sequence[str | None]) -> str | None:
-    """The logical name of a flattened group of axes: its outermost axis's (right while the inner
-    axes, head_dim-like, are not sharded)."""
-    return names[0]
 
 
 @struct.dataclass
@@ -141,8 +106,9 @@ class KVCache:
     contiguous [length, head_dim] tiles (the [length, heads] order made XLA CPU's decode step ~30x
     slower at 300 slots).
 
-    `index` is the slot the next token is written to; slots are shared by all rows (left padding
-    keeps prompts aligned on the right).
+    `index` is the slot the next token is written to: a scalar shared by all rows (left padding keeps
+    prompts aligned on the right), or one per row [batch] (the decode slots of `teacherlm_jax.decode_slots`,
+    where each row is at its own step).
     """
 
     key: tuple[jax.Array, ...]
@@ -170,9 +136,14 @@ def keys_values(k: jax.Array, v: jax.Array, cache_k: jax.Array | None, cache_v: 
     k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
     if cache_k is None:
         return k, v, None, None
-    start = (0, 0, index, 0)
-    cache_k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), start)
-    cache_v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), start)
+    if jnp.ndim(index) == 0:
+        start = (0, 0, index, 0)
+        cache_k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), start)
+        cache_v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), start)
+    else:  # one slot per row (decode slots of the continuous-batching engine): a scatter along length
+        write = jax.vmap(lambda c, x, i: jax.lax.dynamic_update_slice(c, x, (0, i, 0)))
+        cache_k = write(cache_k, k.astype(cache_k.dtype), index)
+        cache_v = write(cache_v, v.astype(cache_v.dtype), index)
     return cache_k, cache_v, cache_k, cache_v
 
 
@@ -218,12 +189,18 @@ def check_attention_mask(input_ids: jax.Array, attention_mask: jax.Array | None,
     return attention_mask, jnp.int32(0) if cache is None else cache.index
 
 
+def query_slots(offset: jax.Array | int, q_len: int) -> jax.Array:
+    """Key slots of the queries, [q_len] for a shared `offset`, [batch, q_len] for one offset per row."""
+    return jnp.asarray(offset)[..., None] + jnp.arange(q_len)
+
+
 def attention_allowed(attention_mask: jax.Array, q_len: int, offset: jax.Array | int) -> jax.Array:
-    """Causal and padding mask, bool [b, 1, q_len, k_len]; query i sits in key slot `offset + i`."""
+    """Causal and padding mask, bool [b, 1, q_len, k_len]; query i sits in key slot `offset + i`
+    (`offset` a scalar, or one per row)."""
     k_len = attention_mask.shape[1]
-    q_slots = offset + jnp.arange(q_len)[:, None]
-    causal = jnp.arange(k_len)[None, :] <= q_slots
-    return causal[None, None] & (attention_mask[:, None, None, :] > 0)
+    causal = jnp.arange(k_len) <= query_slots(offset, q_len)[..., None]  # [(b,) q, k]
+    causal = causal[:, None] if causal.ndim == 3 else causal[None, None]
+    return causal & (attention_mask[:, None, None, :] > 0)
 
 
 def output_logits(x: jax.Array, embedding: jax.Array, lm_head: jax.Array | None, dtype) -> jax.Array:
@@ -298,53 +275,51 @@ def run_block_stack(blocks, x: jax.Array, layer_fn: Callable, cache: KVCache | N
     return x, None if cache is None else KVCache(tuple(new_k), tuple(new_v), cache.index)
 
 
-def decoding_model(model: nnx.Module, blocks_attr: str) -> nnx.Module:
-    """A copy of `model` whose block stack `blocks_attr` is laid out by `decoding_blocks`: the same
-    function, with steps that copy no slices of weights or cache. Make it once, before the loop: it
-    copies the blocks' weights.
+def decoding_model(model: nnx.Module, blocks_attr: str, in_place: bool = False) -> nnx.Module:
+    """`model` laid out for generation: its block stack `blocks_attr` as a list of layers, so that no
+    decode step copies slices of stacked weights or caches. The same function. A copy of a scanned
+    stack's weights (`decoding_blocks`), or with `in_place` (a model with listed layers,
+    `scan_layers=False`) the model itself: the weights are then held once. Made once, before
+    generating; the result says `decode_layout`.
     """
-    copy = nnx.merge(*nnx.split(model))
-    setattr(copy, blocks_attr, decoding_blocks(getattr(copy, blocks_attr), model.config.scan_layers))
+    if getattr(model, "decode_layout", False):
+        return model
+    if in_place:
+        if model.config.scan_layers:
+            raise ValueError("for_decoding(in_place=True) needs listed layers: load the model with scan_layers=False")
+        copy = model
+    else:
+        copy = nnx.merge(*nnx.split(model))
+        setattr(copy, blocks_attr, decoding_blocks(getattr(copy, blocks_attr), model.config.scan_layers))
     copy.config = dataclasses.replace(model.config, scan_layers=False, remat_policy="none")  # no gradients
+    copy.decode_layout = True
     return copy
 
 
 def decoding_blocks(blocks, scanned: bool) -> nnx.List:
-    """A copy of a block stack laid out for one-token decode steps, made once before a decode loop.
-
-    A list of per-layer blocks (a scanned stack's layer i takes slice i of every parameter), so that
-    no step slices weights out of stacked arrays (XLA copies such slices, every step), and every
-    `Linear` kernel transposed into an [out, in] matrix (`Linear.transpose_kernel`). Made outside
-    the decode program (one compiled program per layer shape), so that its arrays reach that program
-    as arguments in row-major layout; made inside, XLA CPU fused them into slower two-pass copies.
-    Costs one copy of the blocks' weights.
+    """A copy of a block stack as a list of per-layer blocks (a scanned stack's layer i takes slice i of
+    every parameter), made once before a decode loop: XLA copies a slice of stacked weights every step.
+    Made outside the decode program (one small compiled program), so that its arrays reach that program
+    as arguments. Costs one copy of the blocks' weights.
     """
-    if scanned:
-        graphdef, state = nnx.split(blocks)
-        num_layers = jax.tree.leaves(state)[0].shape[0]
-        layers = [(graphdef, state, jnp.int32(i)) for i in range(num_layers)]
-    else:
-        layers = [(*nnx.split(block), None) for block in blocks]
-    graphdef, state, index = layers[0]
-    layout = nnx.graphdef(nnx.eval_shape(lambda s: _decoding_layer(s, index, graphdef), state))  # every layer's
-    return nnx.List([nnx.merge(layout, _decoding_layer_state(state, index, graphdef=graphdef))
-                     for graphdef, state, index in layers])
+    if not scanned:
+        return nnx.List([nnx.merge(*nnx.split(block)) for block in blocks])
+    graphdef, state = nnx.split(blocks)
+    num_layers = jax.tree.leaves(state)[0].shape[0]
+    layout = nnx.graphdef(nnx.eval_shape(lambda s: _decoding_layer(s, jnp.int32(0), graphdef), state))
+    return nnx.List([nnx.merge(layout, _decoding_layer_state(state, jnp.int32(i), graphdef=graphdef))
+                     for i in range(num_layers)])
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
-def _decoding_layer_state(state: nnx.State, index: jax.Array | None, *, graphdef: nnx.GraphDef) -> nnx.State:
+def _decoding_layer_state(state: nnx.State, index: jax.Array, *, graphdef: nnx.GraphDef) -> nnx.State:
     return nnx.state(_decoding_layer(state, index, graphdef))
 
 
-def _decoding_layer(state: nnx.State, index: jax.Array | None, graphdef: nnx.GraphDef) -> nnx.Module:
-    """Block `index` of a stacked block's state (the block itself when None), kernels transposed."""
-    if index is not None:
-        state = jax.tree.map(lambda v: _layer_slice(v, index), state, is_leaf=lambda v: isinstance(v, nnx.Variable))
-    layer = nnx.merge(graphdef, state)
-    for _, module in nnx.iter_modules(layer):
-        if isinstance(module, Linear):
-            module.transpose_kernel()
-    return layer
+def _decoding_layer(state: nnx.State, index: jax.Array, graphdef: nnx.GraphDef) -> nnx.Module:
+    """Block `index` of a stacked block's state."""
+    state = jax.tree.map(lambda v: _layer_slice(v, index), state, is_leaf=lambda v: isinstance(v, nnx.Variable))
+    return nnx.merge(graphdef, state)
 
 
 def _layer_slice(variable: nnx.Variable, index: jax.Array) -> nnx.Variable:

@@ -16,7 +16,7 @@ from flax import nnx
 
 from teacherlm_jax.models.layers import (
     KVCache, LayerNorm, Linear, ScanSpec, attend, attention_allowed, check_attention_mask, decoding_model,
-    keys_values, make_block_stack, named_param, output_logits, resolve_dtype, run_block_stack, with_cache,
+    keys_values, make_block_stack, query_slots, named_param, output_logits, resolve_dtype, run_block_stack, with_cache,
 )
 from teacherlm_jax.models.param_map import TensorSpec, config_from_hf, layer_norm, linear, same, transposed
 from teacherlm_jax.sharding import constrain
@@ -182,9 +182,10 @@ class OPT(nnx.Module):
         return KVCache.zeros(c.num_hidden_layers, batch, max_length, c.num_attention_heads, c.head_dim,
                              resolve_dtype(c.dtype))
 
-    def for_decoding(self) -> OPT:
-        """This model laid out for a decode loop's one-token steps (`layers.decoding_model`)."""
-        return decoding_model(self, "layers")
+    def for_decoding(self, in_place: bool = False) -> OPT:
+        """This model laid out for generation's steps (`layers.decoding_model`): listed layers, a copy of
+        a scanned stack's weights, or with `in_place` (a model loaded with scan_layers=False) itself."""
+        return decoding_model(self, "layers", in_place)
 
     def __call__(
         self, input_ids: jax.Array, attention_mask: jax.Array | None = None, *, cache: KVCache | None = None
@@ -203,7 +204,8 @@ class OPT(nnx.Module):
         # Positions as transformers counts them over the whole mask, then cut to this call's slots.
         mask = jnp.asarray(attention_mask).astype(jnp.int32)
         positions = jnp.cumsum(mask, axis=1) * mask - 1
-        positions = jax.lax.dynamic_slice_in_dim(positions, offset, length, axis=1)
+        positions = jnp.take_along_axis(positions, jnp.broadcast_to(query_slots(offset, length), (len(mask), length)),
+                                        axis=1)
         x = jnp.take(self.embed_tokens[...], input_ids, axis=0).astype(dtype)
         if self.project_in is not None:
             x = self.project_in(x)

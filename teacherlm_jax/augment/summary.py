@@ -1,61 +1,27 @@
-"""The augment job's files on disk: part names, and summary.json + lengths.png built from the parts.
+"""What people look at: summary.json and lengths.png built from the parts, and the progress bar.
 
 The summary is computed from the parts themselves (not from one run's memory), so it is the same
 whether the output came from one run or from several killed and resumed ones, one process or many.
 Throughput comes from the runs that finished (runs/*.json): per process, records and tokens over the
-seconds spent generating them; processes run in parallel, so their rates add.
+seconds spent generating them; processes run in parallel, so their rates add. The engine's figures
+(decode steps, slot occupancy, prefill tokens) are those of the runs' slots, which every dataset of a
+run shares.
 """
 from __future__ import annotations
 
+import contextlib
 import json
-import os
+import logging
+import sys
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-MANIFEST = "manifest.json"
-RUNS = "runs"
-SUMMARY = "summary.json"
-HISTOGRAM = "lengths.png"
+from teacherlm_jax.augment.files import HISTOGRAM, RUNS, SUMMARY, read_manifest, read_parts, write_atomic
 
-
-def part_path(out_dir: Path, chunk: int, chunks: int) -> Path:
-    """Named by chunk, not by process: the files do not depend on how many processes wrote them."""
-    return Path(out_dir) / f"part-{chunk:05d}-of-{chunks:05d}.jsonl"
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """`text` at `path`, all or nothing: a temporary file (unique to this process), synced, renamed."""
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _manifest(out_dir: Path) -> dict[str, Any]:
-    path = Path(out_dir) / MANIFEST
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: missing; {out_dir} was not written by the augment job")
-    return json.loads(path.read_text())
-
-
-def missing_parts(out_dir: str | Path) -> list[Path]:
-    """The parts of the manifest's chunks that are not written yet."""
-    chunks = _manifest(Path(out_dir))["chunks"]
-    return [p for p in (part_path(Path(out_dir), c, chunks) for c in range(chunks)) if not p.exists()]
-
-
-def read_parts(out_dir: str | Path) -> list[dict[str, Any]]:
-    """Every output record, in input order; a missing part is an error."""
-    out_dir = Path(out_dir)
-    missing = missing_parts(out_dir)
-    if missing:
-        raise FileNotFoundError(f"{out_dir}: {len(missing)} parts not written yet, e.g. {missing[0].name}")
-    chunks = _manifest(out_dir)["chunks"]
-    return [json.loads(line) for c in range(chunks)
-            for line in part_path(out_dir, c, chunks).read_text(encoding="utf-8").splitlines() if line.strip()]
-
+log = logging.getLogger(__name__)
+ENGINE_COUNTS = ("decode_steps", "slot_steps", "kept_tokens", "prefill_tokens")
 
 def _samples(value: Any) -> list:
     return [] if value is None else value if isinstance(value, list) else [value]
@@ -77,8 +43,17 @@ def _throughput(out_dir: Path) -> dict[str, Any]:
         "seconds": round(max((s for _, _, s in per_process.values()), default=0.0), 3),
         "compiled_programs": sum(r["compiled_programs"] for r in runs),
         "processes": len(per_process),
+        "engine": _engine(runs),
         "runs": runs,
     }
+
+
+def _engine(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Decode steps, slot occupancy (kept tokens per slot-step) and prefill tokens (padding included)."""
+    engines = [r["engine"] for r in runs if r.get("engine")]
+    counts = {k: sum(e[k] for e in engines) for k in ENGINE_COUNTS}
+    return {"engines": sorted({e["engine"] for e in engines}), **counts,
+            "slot_occupancy": round(counts["kept_tokens"] / counts["slot_steps"], 4) if counts["slot_steps"] else None}
 
 
 def _lengths(rows: list[dict[str, Any]], kinds: list[str]) -> dict[str, list[int]]:
@@ -90,7 +65,7 @@ def summarize(out_dir: str | Path, rows: list[dict[str, Any]] | None = None) -> 
     """Counts over every written record (`rows`, default read from the parts): tokens per kind (the
     paper's table of average lengths), truncated and skipped prompts per kind, and throughput."""
     out_dir = Path(out_dir)
-    manifest = _manifest(out_dir)
+    manifest = read_manifest(out_dir)
     rows = read_parts(out_dir) if rows is None else rows
     kinds = manifest["kinds"]
     max_new = manifest["sampling"]["max_new_tokens"]
@@ -146,3 +121,32 @@ def write_summary(out_dir: str | Path) -> dict[str, Any]:
     plot_lengths(_lengths(rows, summary["kinds"]), out_dir / HISTOGRAM, str(summary.get("dataset", out_dir.name)))
     write_atomic(out_dir / SUMMARY, json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+@contextlib.contextmanager
+def progress(total: int, done: int, desc: str) -> Iterator[Callable[[int, int, str], None]]:
+    """update(records, tokens, engine): a tqdm bar with records/s, tokens/s and the engine's figures
+    (`engine`, e.g. decode steps and slot occupancy) on a terminal, else a log line per call."""
+    start, counts = time.perf_counter(), [0, 0]
+
+    def status(records: int, tokens: int, engine: str) -> str:
+        counts[0] += records
+        counts[1] += tokens
+        elapsed = max(time.perf_counter() - start, 1e-9)
+        return f"{counts[0] / elapsed:.2f} records/s, {counts[1] / elapsed:.0f} tokens/s, {engine}"
+
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        with tqdm(total=total, initial=done, desc=desc, unit="record") as bar:
+            def update(records: int, tokens: int, engine: str) -> None:
+                bar.set_postfix_str(status(records, tokens, engine), refresh=False)
+                bar.update(records)
+
+            yield update
+        return
+
+    def log_update(records: int, tokens: int, engine: str) -> None:
+        log.info("%s: %d/%d records, %s", desc, done + counts[0], total, status(records, tokens, engine))
+
+    yield log_update

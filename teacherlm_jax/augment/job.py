@@ -1,49 +1,6 @@
-"""The augment job: the teacher writes cot / fundamentals / mistakes for every record of datasets.
-
-    python -m teacherlm_jax.main --config configs/augment.py --workdir DIR \
-        --config.teacher.init_from=TEACHER --config.datasets="('creak', 'strategyqa:dev', '/data/x.jsonl')"
-
-Per dataset, DIR/augmented/<dataset>/ (<dataset>: the registry name, `<name>_<split>` when a split is
-named as `name:split`, the file stem for a .jsonl file) holds
-  part-<chunk>-of-<chunks>.jsonl  one JSON object per input record, in input order (schema below);
-  manifest.json                   the settings the parts were written with (a rerun must match them);
-  runs/<process>-<time>.json      each finished run's timing, for the summary's throughput;
-  summary.json, lengths.png       once every part exists (teacherlm_jax/augment_report.py).
-
-Resumable: records are cut, in input order, into chunks of `chunk_size`. A chunk is generated whole,
-written to a temporary file and renamed into place (`os.replace` is atomic), so a part is complete or
-absent; a run killed at any moment (SIGKILL included) and started again with the same command skips
-the parts that exist and redoes the others. Each prompt's randomness comes from a hash of (seed,
-dataset, record id, kind), and a chunk's batches depend on the chunk only, so the parts do not depend
-on where a run was killed, on the number of processes or on which process wrote them: with greedy
-decoding they are byte for byte those of one uninterrupted run.
-
-Processes: chunk c belongs to process c % process_count (`config.process_index`/`process_count`, by
-default jax's). Each process generates its chunks on a mesh of its own local devices (the teacher must
-fit on one host; TeacherLM's 7.1B is 14 GB in bfloat16), so processes never wait on each other. The
-summary is written once all parts exist: after a barrier by process 0 under jax.distributed, else
-(processes started independently, e.g. `--config.process_index=1 --config.process_count=2`) by each
-process that finishes and finds every part written, i.e. at least by the last.
-
-Batching: within a chunk the prompts of every kind are sorted by token length, longest first (stable),
-and cut into batches of `batch_size` prompts (`batch_size * num_samples` rows); the last batch is
-padded with copies of its last prompt, so every batch has one shape and prompt lengths fall into a few
-buckets (`teacherlm_jax.sample.bucket_length`): a long job compiles a handful of programs.
-
-Long prompts: a prompt longer than `max_prompt_tokens` (0: the model's max_position_embeddings minus
-max_new_tokens) keeps its last tokens (truncation="left": the start of the question is lost, the
-answer and the kind's cue stay) or is not generated (truncation="skip": that kind is null for that
-record). Either way the record lists the kind under `truncated` or `skipped` and summary.json counts it.
-
-Output record: `id, question, choices, answer, subject, source` (the input record), `gold` {kind: the
-record's own annotation}, one key per generated kind (`cot`, `fundamentals`, `mistakes`: the
-continuation's text, without the EOS; a list of `num_samples` texts when num_samples > 1; null when
-skipped), `prompts` {kind: full prompt}, `prompt_tokens` {kind: tokens before truncation},
-`new_tokens` {kind: generated tokens without the EOS, a list when num_samples > 1}, `truncated` and
-`skipped` (lists of kinds), `teacher` {init_from, checkpoint, model_type, dtype, tokenizer} and
-`sampling` {temperature, top_k, top_p, max_new_tokens, num_samples, stop_at_eos, seed}.
-`teacherlm_jax.data.examples.read_augmented` reads it back for student training.
-"""
+"""The augment job: `python -m teacherlm_jax.main --config configs/augment.py` (files and guarantees: see
+`teacherlm_jax.augment`). Reads the config, loads the teacher once in its decode layout, hands every
+dataset to one engine (`runner.augment_datasets`) and writes each dataset's summary."""
 from __future__ import annotations
 
 import dataclasses
@@ -56,13 +13,14 @@ import ml_collections
 from flax import nnx
 from jax.sharding import Mesh
 
-from teacherlm_jax.augment_chunks import Sampling, Settings, augment_records, require_int
-from teacherlm_jax.augment_report import missing_parts, write_summary
+from teacherlm_jax.augment.files import missing_parts
+from teacherlm_jax.augment.runner import DatasetWork, augment_datasets
+from teacherlm_jax.augment.settings import Sampling, Settings, require_int
+from teacherlm_jax.augment.summary import write_summary
 from teacherlm_jax.data import REGISTRY, load_records
 from teacherlm_jax.sharding import (DEFAULT_RULES, ConfigError, LogicalRules, initialize_distributed, make_mesh,
                                     parse_rules)
 
-__all__ = ["DatasetSpec", "Sampling", "Settings", "augment_records", "resolve_dataset", "run", "settings_from_config"]
 log = logging.getLogger(__name__)
 
 
@@ -107,7 +65,7 @@ def settings_from_config(config: ml_collections.ConfigDict) -> tuple[Settings, l
     try:
         settings = Settings(kinds=tuple(config.kinds), sampling=sampling, batch_size=config.batch_size,
                             chunk_size=config.chunk_size, max_prompt_tokens=config.max_prompt_tokens,
-                            truncation=config.truncation)
+                            truncation=config.truncation, engine=config.get("engine", "continuous"))
     except ValueError as e:
         raise ConfigError(f"config.{e}") from e
     _require_config_int("max_records", config.max_records, 0)
@@ -170,7 +128,9 @@ def load_teacher(config: ml_collections.ConfigDict, mesh: Mesh, rules: LogicalRu
             {"model": config.teacher.to_dict(), "tokenizer": config.get("tokenizer")}))
     except ConfigError as e:
         raise ConfigError(str(e).replace("config.model", "config.teacher")) from e
-    model = build_model(model_config, mesh, rules, seed=config.seed)
+    # Listed layers, laid out for decoding in place: generation holds the weights once.
+    model = build_model({**model_config, "scan_layers": False}, mesh, rules, seed=config.seed)
+    model = model.for_decoding(in_place=True)
     tokenizer = load_tokenizer(tokenizer_path)
     if len(tokenizer) > model.config.vocab_size:
         raise ConfigError(f"config.tokenizer: {tokenizer_path} has {len(tokenizer)} tokens but the teacher's "
@@ -207,14 +167,19 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
     mesh, rules = local_mesh(config)
     model, tokenizer, teacher = load_teacher(config, mesh, rules)
     max_records = int(config.max_records)
+    work = []
     for spec in datasets:
         records = load_records(spec.dataset, spec.split or "train", data_dir=config.get("data_dir"))
-        chosen = records[:max_records] if max_records else records
-        out_dir = Path(workdir) / "augmented" / spec.name
         info = {"source": spec.dataset, "split": spec.split, "available": len(records), "max_records": max_records}
-        stats = augment_records(model, tokenizer, chosen, out_dir, settings, dataset=spec.name, info=info,
-                                teacher=teacher, process_index=process_index, process_count=process_count,
-                                mesh=mesh, rules=rules)
-        log.info("%s: this run generated %d records (%d tokens) in %.1fs, %d compiled programs", spec.name,
-                 stats["records"], stats["tokens"], stats["seconds"], stats["compiled_programs"])
-        _finish(out_dir, spec.name)
+        work.append(DatasetWork(spec.name, records[:max_records] if max_records else records,
+                                Path(workdir) / "augmented" / spec.name, info))
+    stats = augment_datasets(model, tokenizer, work, settings, teacher=teacher, process_index=process_index,
+                             process_count=process_count, mesh=mesh, rules=rules)
+    for item in work:
+        s = stats[item.name]
+        engine = s["engine"] or {}
+        log.info("%s: this run generated %d records (%d tokens) in %.1fs; engine %s: %s decode steps, slot "
+                 "occupancy %s, %s prefill tokens, %d compiled programs", item.name, s["records"], s["tokens"],
+                 s["seconds"], settings.engine, engine.get("decode_steps", 0), engine.get("slot_occupancy"),
+                 engine.get("prefill_tokens", 0), s["compiled_programs"])
+        _finish(item.out_dir, item.name)

@@ -1,0 +1,60 @@
+"""The augment job: the teacher writes cot / fundamentals / mistakes for every record of datasets.
+
+    python -m teacherlm_jax.main --config configs/augment.py --workdir DIR \
+        --config.teacher.init_from=TEACHER --config.datasets="('creak', 'strategyqa:dev', '/data/x.jsonl')"
+
+Modules: `job` (config -> run), `runner` (chunks -> engine -> parts), `engine` (continuous or static
+batching over decode slots), `chunks` (records <-> prompts and output records), `settings`, `files`
+(parts, manifest, atomic writes) and `summary` (summary.json, lengths.png, the progress bar).
+
+Per dataset, DIR/augmented/<dataset>/ (<dataset>: the registry name, `<name>_<split>` when a split is
+named as `name:split`, the file stem for a .jsonl file) holds
+  part-<chunk>-of-<chunks>.jsonl  one JSON object per input record, in input order (schema below);
+  manifest.json                   the settings the parts were written with (a rerun must match them);
+  runs/<process>-<time>.json      each finished run's timing and engine figures, for the summary;
+  summary.json, lengths.png       once every part exists (`summary.write_summary`).
+
+Engine (`config.engine`): "continuous" (default) keeps `batch_size` prompts' decode slots busy: when a
+row ends (EOS or max_new_tokens) its slot takes the next prompt, whose prefill is written into that
+slot's cache, so decode steps approach generated tokens / slots. Prompts of every kind and dataset in
+this process's chunks feed the same slots. "static" decodes batches of `batch_size` prompts, each until
+its longest row ends. The teacher is loaded once, with listed layers laid out for decoding in place
+(its weights are held once). summary.json's `throughput.engine` and the progress bar report decode
+steps, slot occupancy (the fraction of slot-steps that produced a kept token), prefill tokens
+(padding included) and compiled programs, beside records/s and tokens/s.
+
+Resumable: records are cut, in input order, into chunks of `chunk_size`. A chunk's part is written once
+its last row ends, to a temporary file renamed into place (`os.replace` is atomic), so a part is
+complete or absent; a run killed at any moment (SIGKILL included) and started again with the same
+command skips the parts that exist and redoes the others. A row's tokens depend only on the teacher,
+its prompt and its key: the hash of (seed, dataset, record id, kind) and the sample number, with the
+step counted per row. So the parts do not depend on the engine, the batch size, the chunk size's
+batching, where a run was killed, the number of processes or which process wrote them.
+
+Processes: chunk c belongs to process c % process_count (`config.process_index`/`process_count`, by
+default jax's). Each process generates its chunks on a mesh of its own local devices (data parallel
+over slots, tensor parallel over heads/mlp/vocab for teachers larger than a chip), so processes never
+wait on each other. The summary is written once all parts exist: after a barrier by process 0 under
+jax.distributed, else (processes started independently, e.g. `--config.process_index=1
+--config.process_count=2`) by each process that finishes and finds every part written.
+
+Long prompts: a prompt longer than `max_prompt_tokens` (0: the model's max_position_embeddings minus
+max_new_tokens) keeps its last tokens (truncation="left": the start of the question is lost, the
+answer and the kind's cue stay) or is not generated (truncation="skip": that kind is null for that
+record). Either way the record lists the kind under `truncated` or `skipped` and summary.json counts it.
+
+Output record: `id, question, choices, answer, subject, source` (the input record), `gold` {kind: the
+record's own annotation}, one key per generated kind (`cot`, `fundamentals`, `mistakes`: the
+continuation's text, without the EOS; a list of `num_samples` texts when num_samples > 1; null when
+skipped), `prompts` {kind: full prompt}, `prompt_tokens` {kind: tokens before truncation},
+`new_tokens` {kind: generated tokens without the EOS, a list when num_samples > 1}, `truncated` and
+`skipped` (lists of kinds), `teacher` {init_from, checkpoint, model_type, dtype, tokenizer} and
+`sampling` {temperature, top_k, top_p, max_new_tokens, num_samples, stop_at_eos, seed}.
+`teacherlm_jax.data.examples.read_augmented` reads it back for student training.
+"""
+from teacherlm_jax.augment.job import DatasetSpec, resolve_dataset, run, settings_from_config
+from teacherlm_jax.augment.runner import DatasetWork, augment_datasets, augment_records
+from teacherlm_jax.augment.settings import Sampling, Settings, prompt_seed
+
+__all__ = ["DatasetSpec", "DatasetWork", "Sampling", "Settings", "augment_datasets", "augment_records",
+           "prompt_seed", "resolve_dataset", "run", "settings_from_config"]

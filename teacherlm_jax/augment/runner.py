@@ -1,0 +1,161 @@
+"""This process's missing parts of datasets: chunks of records -> one engine's slots -> part files.
+
+Every dataset's pending chunks are tokenized first (the slots' prompt width is the longest prompt's
+bucket), then their prompts stream, chunk by chunk, into one engine; a chunk's part is written whole
+and atomically once its last row ends, so a kill loses at most the chunks in flight.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from flax import nnx
+from jax.sharding import Mesh
+
+from teacherlm_jax.augment.chunks import Chunk, decode, make_chunk, output_records
+from teacherlm_jax.augment.engine import Engine, prompt_width
+from teacherlm_jax.augment.files import RUNS, check_manifest, part_done, part_path, remove_temporary, write_atomic
+from teacherlm_jax.augment.settings import Settings
+from teacherlm_jax.augment.summary import progress
+from teacherlm_jax.data import Record
+from teacherlm_jax.sample import decoding_layout
+from teacherlm_jax.sharding import LogicalRules
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetWork:
+    """One dataset to augment: `name` names the output and keys the seeds; `info` goes into the manifest."""
+
+    name: str
+    records: Sequence[Record]
+    out_dir: Path
+    info: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class _Plan:
+    work: DatasetWork
+    chunks: list[Sequence[Record]]
+    mine: list[int]
+    todo: list[int]
+    started: float = dataclasses.field(default_factory=time.time)
+    tokens: int = 0
+
+
+def augment_records(model: nnx.Module, tokenizer, records: Sequence[Record], out_dir: str | Path,
+                    settings: Settings = Settings(), *, dataset: str, info: dict[str, Any] | None = None,
+                    teacher: dict[str, Any] | None = None, process_index: int = 0, process_count: int = 1,
+                    mesh: Mesh | None = None, rules: LogicalRules | None = None) -> dict[str, Any]:
+    """Generates this process's missing parts of `records` into `out_dir`; returns this run's statistics
+    (also written to out_dir/runs/). `dataset` names the output and keys the seeds; `info` (source,
+    split, ...) and `teacher` go into the manifest and, for `teacher`, every output record."""
+    work = DatasetWork(dataset, records, Path(out_dir), dict(info or {}))
+    return augment_datasets(model, tokenizer, [work], settings, teacher=teacher, process_index=process_index,
+                            process_count=process_count, mesh=mesh, rules=rules)[dataset]
+
+
+def augment_datasets(model: nnx.Module, tokenizer, datasets: Sequence[DatasetWork], settings: Settings = Settings(),
+                     *, teacher: dict[str, Any] | None = None, process_index: int = 0, process_count: int = 1,
+                     mesh: Mesh | None = None, rules: LogicalRules | None = None) -> dict[str, dict[str, Any]]:
+    """`augment_records` for several datasets whose prompts share one engine's slots; statistics per dataset.
+
+    `model` is generated with in its decode layout (`decoding_layout`: made here unless it is one).
+    """
+    limit = settings.prompt_limit(model.config.max_position_embeddings)
+    teacher = dict(teacher or {})
+    plans = [_plan(work, settings, limit, teacher, process_index, process_count) for work in datasets]
+    pending = [make_chunk(tokenizer, plan.work.name, c, plan.chunks[c], settings, limit)
+               for plan in plans for c in plan.todo]
+    by_name = {plan.work.name: plan for plan in plans}
+    total = sum(len(plan.chunks[c]) for plan in plans for c in plan.mine)
+    done = total - sum(len(chunk.records) for chunk in pending)
+    if done:
+        log.info("%s: %d of this process's %d records already written; resuming",
+                 ", ".join(by_name), done, total)
+    start, stats, engine = time.perf_counter(), {}, None
+    left = {name: len(plan.todo) for name, plan in by_name.items()}
+
+    def finish(chunk: Chunk, update) -> None:
+        plan = by_name[chunk.dataset]
+        plan.tokens += chunk.tokens
+        left[chunk.dataset] -= 1
+        if not left[chunk.dataset]:  # before the last part: whoever then finds every part written finds these stats
+            stats[chunk.dataset] = _save_stats(plan, process_index, process_count, time.perf_counter() - start,
+                                               engine)
+        rows = output_records(chunk, settings, limit, teacher)
+        write_atomic(part_path(plan.work.out_dir, chunk.index, len(plan.chunks)),
+                     "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+        update(len(chunk.records), chunk.tokens, _engine_status(engine))
+
+    with progress(total, done, ", ".join(by_name)) as update:
+        if pending:
+            sampling = settings.sampling
+            eos_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else model.config.eos_token_id
+            eos = {eos_id} if sampling.stop_at_eos and eos_id is not None else set()
+            pad_id = next((p for p in (tokenizer.pad_token_id, model.config.pad_token_id) if p is not None), 0)
+            width = prompt_width((p for chunk in pending for _, p in chunk.work), sampling.max_new_tokens,
+                                 model.config.max_position_embeddings)
+            engine = Engine(decoding_layout(model), batch_size=settings.batch_size, width=width, sampling=sampling,
+                            eos_id=eos_id, pad_id=pad_id, refill=settings.engine == "continuous", mesh=mesh,
+                            rules=rules)
+            for chunk in pending:
+                if chunk.done:  # every prompt skipped
+                    finish(chunk, update)
+            stream = (((number, key), prompt) for number, chunk in enumerate(pending) for key, prompt in chunk.work)
+            for (number, key), samples in engine.generate(stream):
+                chunk = pending[number]
+                chunk.outputs[key] = [decode(tokenizer, tokens, eos) for tokens in samples]
+                if chunk.done:
+                    finish(chunk, update)
+    for name, plan in by_name.items():
+        if name not in stats:
+            stats[name] = _save_stats(plan, process_index, process_count, time.perf_counter() - start, engine)
+    return stats
+
+
+def _plan(work: DatasetWork, settings: Settings, limit: int, teacher: dict[str, Any], process_index: int,
+          process_count: int) -> _Plan:
+    """The dataset's chunks, checked against the manifest, and which of this process's parts are missing."""
+    (work.out_dir / RUNS).mkdir(parents=True, exist_ok=True)
+    size = settings.chunk_size
+    chunks = [work.records[i:i + size] for i in range(0, len(work.records), size)]
+    check_manifest(work.out_dir, {
+        "dataset": work.name, **work.info, "records": len(work.records),
+        "ids_sha256": hashlib.sha256(json.dumps([r.id for r in work.records]).encode()).hexdigest(),
+        "chunks": len(chunks), "chunk_size": size, "kinds": settings.kinds,
+        "sampling": dataclasses.asdict(settings.sampling), "truncation": settings.truncation,
+        "max_prompt_tokens": limit, "teacher": teacher})
+    mine = list(range(process_index, len(chunks), process_count))
+    remove_temporary(work.out_dir, mine, len(chunks))  # a killed run's (parts are renamed whole, never half-written)
+    todo = [c for c in mine if not part_done(part_path(work.out_dir, c, len(chunks)), chunks[c])]
+    return _Plan(work, chunks, mine, todo)
+
+
+def _save_stats(plan: _Plan, process_index: int, process_count: int, seconds: float,
+                engine: Engine | None) -> dict[str, Any]:
+    """This run's figures for one dataset, in out_dir/runs/ (summary.json's throughput reads them)."""
+    stats = {"process_index": process_index, "process_count": process_count,
+             "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(plan.started)),
+             "chunks_generated": len(plan.todo), "chunks_resumed": len(plan.mine) - len(plan.todo),
+             "records": sum(len(plan.chunks[c]) for c in plan.todo), "tokens": plan.tokens,
+             "seconds": round(seconds, 3) if plan.todo else 0.0,
+             "compiled_programs": engine.stats()["compiled_programs"] if engine and plan.todo else 0,
+             "engine": engine.stats() if engine and plan.todo else None}
+    write_atomic(plan.work.out_dir / RUNS / f"{process_index}-{time.time_ns()}.json", json.dumps(stats, indent=2) + "\n")
+    return stats
+
+
+def _engine_status(engine: Engine | None) -> str:
+    if engine is None:
+        return "no prompts"
+    s = engine.stats()
+    return (f"{s['decode_steps']} decode steps, {100 * s['slot_occupancy']:.0f}% slots busy, "
+            f"{s['prefill_tokens']} prefill tokens, {s['compiled_programs']} programs")

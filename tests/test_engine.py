@@ -1,0 +1,183 @@
+"""The augment engine's decode slots: continuous batching gives every row exactly what `generate` gives
+it alone (greedy and sampled, prompts of mixed lengths, rows ending at different steps), whatever the
+engine, batch size or slot a row lands in; it needs fewer decode steps than static batches; the
+in-place decode layout holds the weights once."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+import torch
+from flax import nnx
+
+from reference_models import tiny_bloom
+from teacherlm_jax import from_pretrained, generate
+from teacherlm_jax.augment import Sampling
+from teacherlm_jax.augment.engine import Engine, Prompt, prompt_width
+
+EOS, PAD, MAX_NEW = 2, 3, 12
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A tiny BLOOM whose rows end at EOS after varied numbers of steps."""
+    model = tiny_bloom(vocab_size=96, tie_word_embeddings=False, pad_token_id=PAD, eos_token_id=EOS, seq_length=128)
+    with torch.no_grad():
+        for p in model.transformer.h.parameters():
+            p.mul_(3.0)
+        bias = model.transformer.ln_f.bias
+        model.lm_head.weight[EOS] = 1.5 * bias / bias.norm() ** 2  # EOS logit ~1.5: often the top token
+    directory = tmp_path_factory.mktemp("engine_teacher")
+    model.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def model(checkpoint):
+    return from_pretrained(checkpoint)
+
+
+def prompts(count: int = 11, seed: int = 0) -> list[Prompt]:
+    """Prompts of 1 to 45 tokens; some come as three that share a prefix (as a record's kinds do)."""
+    rng = np.random.default_rng(seed)
+    items = []
+    for n in rng.integers(1, 40, count):
+        ids = rng.integers(4, 96, int(n)).tolist()
+        tails = [rng.integers(4, 96, int(rng.integers(1, 6))).tolist() for _ in range(3)] if n % 2 else [[]]
+        items += [Prompt(tuple(ids + tail), int(rng.integers(0, 2**32)), len(ids) if tail else 0) for tail in tails]
+    assert any(p.prefix for p in items) and any(not p.prefix for p in items)
+    return items
+
+
+def run_engine(model, items: list[Prompt], sampling: Sampling, **kwargs) -> tuple[dict[int, list], dict]:
+    engine = Engine(model.for_decoding(), width=prompt_width(items, sampling.max_new_tokens, 128),
+                    sampling=sampling, eos_id=EOS, pad_id=PAD, **kwargs)
+    out = {i: [s.tolist() for s in samples] for i, samples in engine.generate(enumerate(items))}
+    return out, engine.stats()
+
+
+def alone(model, prompt: Prompt, sampling: Sampling) -> list[list[int]]:
+    """What `generate` gives one prompt on its own, per sample, up to and including its EOS."""
+    out = generate(model, np.array([prompt.ids]), np.ones((1, len(prompt.ids)), np.int32),
+                   max_new_tokens=sampling.max_new_tokens, temperature=sampling.temperature, top_k=sampling.top_k,
+                   num_samples=sampling.num_samples, eos_token_id=EOS, seed=[prompt.seed])
+    return [row[:n].tolist() for row, n in zip(out.tokens, out.lengths)]
+
+
+@pytest.mark.parametrize("sampling", [Sampling(temperature=0.0, max_new_tokens=MAX_NEW),
+                                      Sampling(temperature=1.0, top_k=50, max_new_tokens=MAX_NEW, num_samples=2)],
+                         ids=["greedy", "sampled"])
+def test_continuous_rows_equal_generate_alone(model, sampling):
+    items = prompts()
+    out, stats = run_engine(model, items, sampling, batch_size=3, refill=True)
+    assert sorted(out) == list(range(len(items)))
+    lengths = [len(s) for samples in out.values() for s in samples]
+    assert len(set(lengths)) > 2 and min(lengths) < MAX_NEW, "rows should end at different steps"
+    for i, prompt in enumerate(items):
+        assert out[i] == alone(model, prompt, sampling), f"prompt {i}"
+    assert stats["kept_tokens"] == sum(lengths)
+    assert 0 < stats["slot_occupancy"] <= 1 and stats["decode_steps"] * stats["slots"] == stats["slot_steps"]
+
+
+def test_scheduling_changes_nothing_and_continuous_needs_fewer_steps(model):
+    sampling = Sampling(temperature=1.0, top_k=50, max_new_tokens=MAX_NEW)
+    items = prompts(16, seed=1)
+    continuous, c_stats = run_engine(model, items, sampling, batch_size=4, refill=True)
+    static, s_stats = run_engine(model, items, sampling, batch_size=4, refill=False)
+    wide, _ = run_engine(model, items, sampling, batch_size=7, refill=True)
+    assert continuous == static == wide
+    tokens = sum(len(s) for samples in continuous.values() for s in samples)
+    assert c_stats["kept_tokens"] == s_stats["kept_tokens"] == tokens
+    assert c_stats["decode_steps"] < s_stats["decode_steps"]
+    assert c_stats["slot_occupancy"] > s_stats["slot_occupancy"]
+    # Static batches decode as long as their longest row: their steps are the sums of batch maxima.
+    lengths = [len(continuous[i][0]) for i in range(len(items))]
+    assert c_stats["decode_steps"] >= max(lengths) and c_stats["decode_steps"] >= -(-tokens // 4)
+
+
+def live_bytes() -> int:
+    return sum(x.nbytes for x in jax.live_arrays())
+
+
+def test_in_place_decode_layout_holds_the_weights_once(checkpoint, model):
+    ids = np.array([[5, 9, 14, 3, 22, 7]])
+    expected = np.asarray(model(ids))
+    before = live_bytes()
+    copy = model.for_decoding()  # a scanned model: its layers are sliced out, a copy of the blocks
+    grown = live_bytes() - before
+    assert grown >= sum(x.nbytes for x in jax.tree.leaves(nnx.state(model.h)))
+    del copy
+    listed = from_pretrained(checkpoint, scan_layers=False)
+    before = live_bytes()
+    in_place = listed.for_decoding(in_place=True)
+    assert in_place is listed and in_place.decode_layout and live_bytes() == before
+    np.testing.assert_allclose(np.asarray(in_place(ids)), expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="listed layers"):
+        model.for_decoding(in_place=True)
+
+
+TENSOR_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import jax, numpy as np
+    from jax.sharding import AxisType
+    from teacherlm_jax import from_pretrained, generate
+    from teacherlm_jax.augment import Sampling
+    from teacherlm_jax.augment.engine import Engine, Prompt
+
+    rules = (("batch", ("data", "fsdp")), ("embed", "fsdp"), ("heads", "tensor"), ("mlp", "tensor"),
+             ("vocab", "tensor"))
+    prompts = [Prompt(tuple(p), 7) for p in json.loads(sys.argv[2])]
+    width = max(len(p.ids) for p in prompts)
+    ids = np.array([[3] * (width - len(p.ids)) + list(p.ids) for p in prompts])
+    mask = np.array([[0] * (width - len(p.ids)) + [1] * len(p.ids) for p in prompts])
+    greedy = Sampling(temperature=0.0, max_new_tokens=10)
+
+    def engine_rows(model, mesh=None):
+        engine = Engine(model, batch_size=3, width=32, sampling=greedy, eos_id=2, pad_id=3, refill=True, mesh=mesh,
+                        rules=rules if mesh else None)
+        return {i: [s.tolist() for s in samples] for i, samples in engine.generate(enumerate(prompts))}
+
+    one = from_pretrained(sys.argv[1])
+    results = {"one": generate(one, ids, mask, max_new_tokens=10).tokens.tolist(),
+               "one_engine": engine_rows(one.for_decoding())}
+    for tensor in (2, 4):
+        mesh = jax.make_mesh((8 // tensor, 1, tensor), ("data", "fsdp", "tensor"), axis_types=(AxisType.Auto,) * 3)
+        model = from_pretrained(sys.argv[1], mesh=mesh, rules=rules, scan_layers=False).for_decoding(in_place=True)
+        kernel = model.h[0].dense_h_to_4h.kernel[...]
+        assert kernel.addressable_shards[0].data.shape[1] == kernel.shape[1] // tensor, kernel.sharding
+        results[f"tensor{tensor}"] = generate(model, ids, mask, max_new_tokens=10, mesh=mesh, rules=rules).tokens.tolist()
+        results[f"tensor{tensor}_engine"] = engine_rows(model, mesh)
+    print(json.dumps(results))
+""")
+
+
+def test_tensor_parallel_generation_matches_one_device(tmp_path):
+    """Teachers too large for a chip: parameters split over heads/mlp/vocab (8 fake devices, tensor 2 and 4,
+    loaded with listed layers and laid out in place) generate what one device does, with `generate` and
+    with the continuous engine."""
+    tiny_bloom(tmp_path, vocab_size=96, hidden_size=64, n_head=8, pad_token_id=PAD, eos_token_id=EOS,
+               tie_word_embeddings=False)
+    rng = np.random.default_rng(3)
+    items = [rng.integers(4, 96, int(n)).tolist() for n in (5, 17, 2, 30, 9)]
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu",
+           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", TENSOR_SCRIPT, str(tmp_path), json.dumps(items)], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert np.array(results["one"]).shape == (5, 10)
+    for tensor in (2, 4):
+        assert results[f"tensor{tensor}"] == results["one"]
+        assert results[f"tensor{tensor}_engine"] == results["one_engine"]
+    # The engine's rows are `generate`'s, cut after their EOS.
+    for i, row in enumerate(results["one"]):
+        (engine_row,) = results["one_engine"][str(i)]
+        assert engine_row == row[:len(engine_row)] and (len(engine_row) == 10 or engine_row[-1] == EOS)
