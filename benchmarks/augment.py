@@ -194,9 +194,11 @@ def main() -> None:
     for name, (label, _, _, summary) in results.items():
         if summary:
             t, e = summary["throughput"], summary["throughput"]["engine"]
-            print(f"\n{label}: {t['seconds']:.1f} s generating, {e['decode_steps']} decode steps x {e['slot_steps'] // max(1, e['decode_steps'])} "
-                  f"slots, slot occupancy {e['slot_occupancy']:.2f}, {e['prefill_tokens']} prefill tokens (padding "
-                  f"included), {t['compiled_programs']} compiled programs; mean text {summary['tokens'] / max(1, sum(summary['samples'].values())):.1f} tokens")
+            slots = e["slot_steps"] // max(1, e["decode_steps"])
+            mean = summary["tokens"] / max(1, sum(summary["samples"].values()))
+            print(f"\n{label}: {t['seconds']:.1f} s generating, {e['decode_steps']} decode steps x {slots} slots, "
+                  f"slot occupancy {e['slot_occupancy']:.2f}, {e['prefill_tokens']} prefill tokens (padding "
+                  f"included), {t['compiled_programs']} compiled programs; mean text {mean:.1f} tokens")
 
 
 if __name__ == "__main__":

@@ -36,7 +36,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.datasets = ("creak", "strategyqa", "ecqa")
     config.kinds = ("cot", "fundamentals", "mistakes")
     config.sampling = sampling()
-    # continuous: a slot takes the next prompt as soon as its row ends | static: batches decode until their longest row ends
+    # continuous: a slot takes the next prompt as soon as its row ends | static: a batch decodes until its longest
+    # row ends (the same texts either way)
     config.engine = "continuous"
     config.batch_size = 16  # prompts decoded at once on each process (decode slots: batch_size * num_samples)
     config.chunk_size = 256  # records per part file: the most a kill can lose; sorting by length is per chunk

@@ -166,8 +166,8 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
                                               "remat_policy")},
         "teacher.init_from": "Required: the teacher, a Hugging Face directory or hub id, or a training run's "
                              "workdir (e.g. the stage-3 teacher's).",
-        "teacher.scan_layers": "Not used for generation: the job loads the teacher with listed layers, laid out "
-                               "for decoding in place, so its weights are held once.",
+        "teacher.scan_layers": "Not used for generation: the job loads the teacher with listed layers, whose "
+                               "decode layout shares them, so its weights are held once.",
         "tokenizer": "Tokenizer directory or hub id. None: the teacher's own.",
         "datasets": "Datasets to augment: registry names (train split), `name:split`, or multiple-choice "
                     "`.jsonl` paths; each goes to WORKDIR/augmented/<name>/.",

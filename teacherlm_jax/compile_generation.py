@@ -21,14 +21,14 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import AbstractMesh, Mesh, NamedSharding
 
+from teacherlm_jax.decode_slots import CACHE_AXES
 from teacherlm_jax.sharding import (
     ConfigError, LogicalRules, activation_sharding, batch_sharding, data_parallel_size, logical_to_spec,
     param_shardings, replicated,
 )
 from teacherlm_jax.train.builders import abstract_model
 
-# The decode engine's shardings: each layer's key/value buffer and one step's logits.
-KV_CACHE_AXES = ("batch", "heads", "length", "kv")
+# One step's logits (each layer's key/value buffer is sharded as the decode slots' CACHE_AXES).
 LOGITS_AXES = ("batch", "vocab")
 # Memory per chip (GiB) of the chips the augment job is sized for.
 CHIPS: dict[str, float] = {"v5e": 16.0, "v4": 32.0}
@@ -83,8 +83,8 @@ def generation_memory(model: dict[str, Any], mesh: Mesh | AbstractMesh, rules: L
     shards = jax.tree.map(lambda p, s: math.prod(s.shard_shape(p.shape)) * p.dtype.itemsize, params,
                           param_shardings(abstract, mesh, rules))
     weights = sum(jax.tree.leaves(shards))
-    buffers = [x for x in jax.tree.leaves(cache) if x.ndim == len(KV_CACHE_AXES)]
-    kv = sum(math.prod(shard_shape(x.shape, KV_CACHE_AXES, mesh, rules)) * x.dtype.itemsize for x in buffers)
+    buffers = [x for x in jax.tree.leaves(cache) if x.ndim == len(CACHE_AXES)]
+    kv = sum(math.prod(shard_shape(x.shape, CACHE_AXES, mesh, rules)) * x.dtype.itemsize for x in buffers)
     logits = math.prod(shard_shape((slots, c.vocab_size), LOGITS_AXES, mesh, rules)) * 4
     total = weights + kv + logits
     verdicts = {name: {"memory_gib": gib, "fits": total <= gib * GIB, "headroom_bytes": int(gib * GIB) - total}
@@ -98,7 +98,7 @@ def generation_memory(model: dict[str, Any], mesh: Mesh | AbstractMesh, rules: L
         "max_new_tokens": max_new_tokens,
         "cache_length": prompt_tokens + max_new_tokens - 1,
         "kv_buffer_shape": list(buffers[0].shape),
-        "kv_buffer_shape_per_chip": list(shard_shape(buffers[0].shape, KV_CACHE_AXES, mesh, rules)),
+        "kv_buffer_shape_per_chip": list(shard_shape(buffers[0].shape, CACHE_AXES, mesh, rules)),
         "kv_buffers": len(buffers),
         "bytes_per_chip": {"weights": weights, "kv_cache": kv, "logits": logits, "total": total},
         "chips": verdicts,
@@ -115,9 +115,9 @@ def decode_step_memory(model: dict[str, Any], mesh: Mesh, rules: LogicalRules, s
     graphdef, _ = nnx.split(abstract, nnx.Param)
     params = jax.tree.map(lambda p, s: jax.ShapeDtypeStruct(p.shape, p.dtype, sharding=s),
                           nnx.to_pure_dict(nnx.state(abstract, nnx.Param)), param_shardings(abstract, mesh, rules))
-    kv_sharding = NamedSharding(mesh, logical_to_spec(KV_CACHE_AXES, rules))
+    kv_sharding = NamedSharding(mesh, logical_to_spec(CACHE_AXES, rules))
     cache = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
-        x.shape, x.dtype, sharding=kv_sharding if x.ndim == len(KV_CACHE_AXES) else replicated(mesh)),
+        x.shape, x.dtype, sharding=kv_sharding if x.ndim == len(CACHE_AXES) else replicated(mesh)),
         jax.eval_shape(lambda: abstract.init_cache(rows, length)))
     token = jax.ShapeDtypeStruct((rows, 1), jnp.int32, sharding=batch_sharding(mesh, rules))
     mask = jax.ShapeDtypeStruct((rows, length), jnp.int32, sharding=batch_sharding(mesh, rules))

@@ -145,9 +145,9 @@ def generate(
     mlp and vocab over `tensor`), placed by their logical axis names (a no-op when the model was
     loaded onto the mesh).
 
-    Generation runs the model's decode layout (`decoding_layout`): pass a model that is one, e.g.
-    `from_pretrained(path, scan_layers=False).for_decoding(in_place=True)`, to hold the weights once;
-    otherwise a copy of the blocks is made for the call.
+    Generation runs the model's decode layout (`decoding_layout`: listed layers). A model loaded with
+    `scan_layers=False` shares its weights with it (held once); a scanned model's blocks are copied for
+    the call.
     """
     sampler = Sampler(temperature, top_k, top_p)
     config = model.config

@@ -1,7 +1,7 @@
 """The augment engine's decode slots: continuous batching gives every row exactly what `generate` gives
 it alone (greedy and sampled, prompts of mixed lengths, rows ending at different steps), whatever the
 engine, batch size or slot a row lands in; it needs fewer decode steps than static batches; the
-in-place decode layout holds the weights once."""
+decode layout of a listed model shares its weights (held once)."""
 from __future__ import annotations
 
 import json
@@ -107,7 +107,7 @@ def live_bytes() -> int:
     return sum(x.nbytes for x in jax.live_arrays())
 
 
-def test_in_place_decode_layout_holds_the_weights_once(checkpoint, model):
+def test_listed_decode_layout_holds_the_weights_once(checkpoint, model):
     ids = np.array([[5, 9, 14, 3, 22, 7]])
     expected = np.asarray(model(ids))
     before = live_bytes()
@@ -117,11 +117,9 @@ def test_in_place_decode_layout_holds_the_weights_once(checkpoint, model):
     del copy
     listed = from_pretrained(checkpoint, scan_layers=False)
     before = live_bytes()
-    in_place = listed.for_decoding(in_place=True)
-    assert in_place is listed and in_place.decode_layout and live_bytes() == before
-    np.testing.assert_allclose(np.asarray(in_place(ids)), expected, rtol=1e-5, atol=1e-5)
-    with pytest.raises(ValueError, match="listed layers"):
-        model.for_decoding(in_place=True)
+    decoder = listed.for_decoding()
+    assert decoder.decode_layout and decoder.for_decoding() is decoder and live_bytes() == before
+    np.testing.assert_allclose(np.asarray(decoder(ids)), expected, rtol=1e-5, atol=1e-5)
 
 
 TENSOR_SCRIPT = textwrap.dedent("""
@@ -150,7 +148,7 @@ TENSOR_SCRIPT = textwrap.dedent("""
                "one_engine": engine_rows(one.for_decoding())}
     for tensor in (2, 4):
         mesh = jax.make_mesh((8 // tensor, 1, tensor), ("data", "fsdp", "tensor"), axis_types=(AxisType.Auto,) * 3)
-        model = from_pretrained(sys.argv[1], mesh=mesh, rules=rules, scan_layers=False).for_decoding(in_place=True)
+        model = from_pretrained(sys.argv[1], mesh=mesh, rules=rules, scan_layers=False).for_decoding()
         kernel = model.h[0].dense_h_to_4h.kernel[...]
         assert kernel.addressable_shards[0].data.shape[1] == kernel.shape[1] // tensor, kernel.sharding
         results[f"tensor{tensor}"] = generate(model, ids, mask, max_new_tokens=10, mesh=mesh, rules=rules).tokens.tolist()
@@ -161,8 +159,8 @@ TENSOR_SCRIPT = textwrap.dedent("""
 
 def test_tensor_parallel_generation_matches_one_device(tmp_path):
     """Teachers too large for a chip: parameters split over heads/mlp/vocab (8 fake devices, tensor 2 and 4,
-    loaded with listed layers and laid out in place) generate what one device does, with `generate` and
-    with the continuous engine."""
+    loaded with listed layers, whose decode layout shares them) generate what one device does, with
+    `generate` and with the continuous engine."""
     tiny_bloom(tmp_path, vocab_size=96, hidden_size=64, n_head=8, pad_token_id=PAD, eos_token_id=EOS,
                tie_word_embeddings=False)
     rng = np.random.default_rng(3)

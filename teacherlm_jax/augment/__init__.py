@@ -18,7 +18,7 @@ Engine (`config.engine`): "continuous" (default) keeps `batch_size` prompts' dec
 row ends (EOS or max_new_tokens) its slot takes the next prompt, whose prefill is written into that
 slot's cache, so decode steps approach generated tokens / slots. Prompts of every kind and dataset in
 this process's chunks feed the same slots. "static" decodes batches of `batch_size` prompts, each until
-its longest row ends. The teacher is loaded once, with listed layers laid out for decoding in place
+its longest row ends. The teacher is loaded once, with listed layers that its decode layout shares
 (its weights are held once). summary.json's `throughput.engine` and the progress bar report decode
 steps, slot occupancy (the fraction of slot-steps that produced a kept token), prefill tokens
 (padding included) and compiled programs, beside records/s and tokens/s.

@@ -153,7 +153,8 @@ class Engine:
                                                                                   BUCKETS))
             self.slots.insert(ids, mask, np.array([slots for _, slots in group]), self._keys(group))
         shared = [(p, slots) for p, slots in new if p.prefix]
-        for _, unit in itertools.groupby(shared, key=lambda item: (item[0].prefix, tuple(item[0].ids[:item[0].prefix]))):
+        prefix_of = lambda item: tuple(item[0].ids[:item[0].prefix])
+        for _, unit in itertools.groupby(shared, key=prefix_of):
             unit = list(unit)
             head = unit[0][0]
             suffixes = [p.ids[p.prefix:] for p, _ in unit]

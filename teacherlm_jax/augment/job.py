@@ -128,9 +128,8 @@ def load_teacher(config: ml_collections.ConfigDict, mesh: Mesh, rules: LogicalRu
             {"model": config.teacher.to_dict(), "tokenizer": config.get("tokenizer")}))
     except ConfigError as e:
         raise ConfigError(str(e).replace("config.model", "config.teacher")) from e
-    # Listed layers, laid out for decoding in place: generation holds the weights once.
-    model = build_model({**model_config, "scan_layers": False}, mesh, rules, seed=config.seed)
-    model = model.for_decoding(in_place=True)
+    # Listed layers: the decode layout shares their weights, so generation holds them once.
+    model = build_model({**model_config, "scan_layers": False}, mesh, rules, seed=config.seed).for_decoding()
     tokenizer = load_tokenizer(tokenizer_path)
     if len(tokenizer) > model.config.vocab_size:
         raise ConfigError(f"config.tokenizer: {tokenizer_path} has {len(tokenizer)} tokens but the teacher's "

@@ -149,7 +149,8 @@ def _save_stats(plan: _Plan, process_index: int, process_count: int, seconds: fl
              "seconds": round(seconds, 3) if plan.todo else 0.0,
              "compiled_programs": engine.stats()["compiled_programs"] if engine and plan.todo else 0,
              "engine": engine.stats() if engine and plan.todo else None}
-    write_atomic(plan.work.out_dir / RUNS / f"{process_index}-{time.time_ns()}.json", json.dumps(stats, indent=2) + "\n")
+    path = plan.work.out_dir / RUNS / f"{process_index}-{time.time_ns()}.json"
+    write_atomic(path, json.dumps(stats, indent=2) + "\n")
     return stats
 
 

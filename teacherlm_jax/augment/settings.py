@@ -86,7 +86,8 @@ class Settings:
                              f"model's max_position_embeddings={max_position_embeddings}")
         if self.max_prompt_tokens > room:
             raise ValueError(f"max_prompt_tokens={self.max_prompt_tokens} plus max_new_tokens="
-                             f"{self.sampling.max_new_tokens} exceeds max_position_embeddings={max_position_embeddings}")
+                             f"{self.sampling.max_new_tokens} exceeds max_position_embeddings="
+                             f"{max_position_embeddings}")
         return self.max_prompt_tokens or room
 
 

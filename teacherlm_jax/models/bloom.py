@@ -153,10 +153,10 @@ class Bloom(nnx.Module):
         _check_length(max_length, c)
         return KVCache.zeros(c.n_layer, batch, max_length, c.n_head, c.head_dim, resolve_dtype(c.dtype))
 
-    def for_decoding(self, in_place: bool = False) -> Bloom:
-        """This model laid out for generation's steps (`layers.decoding_model`): listed layers, a copy of
-        a scanned stack's weights, or with `in_place` (a model loaded with scan_layers=False) itself."""
-        return decoding_model(self, "h", in_place)
+    def for_decoding(self) -> Bloom:
+        """This model laid out for generation's steps (`layers.decoding_model`): listed layers, a copy of a
+        scanned stack's weights; a model loaded with scan_layers=False keeps sharing its own."""
+        return decoding_model(self, "h")
 
     def __call__(
         self, input_ids: jax.Array, attention_mask: jax.Array | None = None, *, cache: KVCache | None = None

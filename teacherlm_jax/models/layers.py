@@ -275,32 +275,26 @@ def run_block_stack(blocks, x: jax.Array, layer_fn: Callable, cache: KVCache | N
     return x, None if cache is None else KVCache(tuple(new_k), tuple(new_v), cache.index)
 
 
-def decoding_model(model: nnx.Module, blocks_attr: str, in_place: bool = False) -> nnx.Module:
+def decoding_model(model: nnx.Module, blocks_attr: str) -> nnx.Module:
     """`model` laid out for generation: its block stack `blocks_attr` as a list of layers, so that no
-    decode step copies slices of stacked weights or caches. The same function. A copy of a scanned
-    stack's weights (`decoding_blocks`), or with `in_place` (a model with listed layers,
-    `scan_layers=False`) the model itself: the weights are then held once. Made once, before
-    generating; the result says `decode_layout`.
+    decode step copies slices of stacked weights or caches. The same function. A scanned stack's layers
+    are sliced out once (a copy of the blocks' weights); a model loaded with `scan_layers=False` shares
+    its weights, so generation holds them once. Made once, before generating; says `decode_layout`.
     """
     if getattr(model, "decode_layout", False):
         return model
-    if in_place:
-        if model.config.scan_layers:
-            raise ValueError("for_decoding(in_place=True) needs listed layers: load the model with scan_layers=False")
-        copy = model
-    else:
-        copy = nnx.merge(*nnx.split(model))
-        setattr(copy, blocks_attr, decoding_blocks(getattr(copy, blocks_attr), model.config.scan_layers))
+    copy = nnx.merge(*nnx.split(model))
+    setattr(copy, blocks_attr, decoding_blocks(getattr(copy, blocks_attr), model.config.scan_layers))
     copy.config = dataclasses.replace(model.config, scan_layers=False, remat_policy="none")  # no gradients
     copy.decode_layout = True
     return copy
 
 
 def decoding_blocks(blocks, scanned: bool) -> nnx.List:
-    """A copy of a block stack as a list of per-layer blocks (a scanned stack's layer i takes slice i of
-    every parameter), made once before a decode loop: XLA copies a slice of stacked weights every step.
-    Made outside the decode program (one small compiled program), so that its arrays reach that program
-    as arguments. Costs one copy of the blocks' weights.
+    """A block stack as a list of per-layer blocks, made once before a decode loop: XLA copies a slice
+    of stacked weights every step. A scanned stack's layer i takes slice i of every parameter (a copy of
+    the blocks' weights, made outside the decode program so that its arrays reach it as arguments); a
+    listed stack's blocks share their weights.
     """
     if not scanned:
         return nnx.List([nnx.merge(*nnx.split(block)) for block in blocks])

@@ -16,7 +16,8 @@ from flax import nnx
 
 from teacherlm_jax.models.layers import (
     KVCache, LayerNorm, Linear, ScanSpec, attend, attention_allowed, check_attention_mask, decoding_model,
-    keys_values, make_block_stack, query_slots, named_param, output_logits, resolve_dtype, run_block_stack, with_cache,
+    keys_values, make_block_stack, named_param, output_logits, query_slots, resolve_dtype, run_block_stack,
+    with_cache,
 )
 from teacherlm_jax.models.param_map import TensorSpec, config_from_hf, layer_norm, linear, same, transposed
 from teacherlm_jax.sharding import constrain
@@ -182,10 +183,10 @@ class OPT(nnx.Module):
         return KVCache.zeros(c.num_hidden_layers, batch, max_length, c.num_attention_heads, c.head_dim,
                              resolve_dtype(c.dtype))
 
-    def for_decoding(self, in_place: bool = False) -> OPT:
-        """This model laid out for generation's steps (`layers.decoding_model`): listed layers, a copy of
-        a scanned stack's weights, or with `in_place` (a model loaded with scan_layers=False) itself."""
-        return decoding_model(self, "layers", in_place)
+    def for_decoding(self) -> OPT:
+        """This model laid out for generation's steps (`layers.decoding_model`): listed layers, a copy of a
+        scanned stack's weights; a model loaded with scan_layers=False keeps sharing its own."""
+        return decoding_model(self, "layers")
 
     def __call__(
         self, input_ids: jax.Array, attention_mask: jax.Array | None = None, *, cache: KVCache | None = None
