@@ -194,11 +194,14 @@ def main() -> None:
     for name, (label, _, _, summary) in results.items():
         if summary:
             t, e = summary["throughput"], summary["throughput"]["engine"]
-            slots = e["slot_steps"] // max(1, e["decode_steps"])
+            run = summary["throughput"]["runs"][0]["engine"]
+            slots = f"{run['slots']} slots" + (f" ({run['tail_slots']} at the end)" if run["tail_slots"] != run["slots"]
+                                               else "")
             mean = summary["tokens"] / max(1, sum(summary["samples"].values()))
-            print(f"\n{label}: {t['seconds']:.1f} s generating, {e['decode_steps']} decode steps x {slots} slots, "
-                  f"slot occupancy {e['slot_occupancy']:.2f}, {e['prefill_tokens']} prefill tokens (padding "
-                  f"included), {t['compiled_programs']} compiled programs; mean text {mean:.1f} tokens")
+            print(f"\n{label}: {t['seconds']:.1f} s generating, {e['decode_steps']} decode steps on {slots}, "
+                  f"{e['slot_steps']} slot-steps, slot occupancy {e['slot_occupancy']:.2f}, {e['prefill_tokens']} "
+                  f"prefill tokens (padding included), {t['compiled_programs']} compiled programs; mean text "
+                  f"{mean:.1f} tokens")
 
 
 if __name__ == "__main__":

@@ -8,11 +8,14 @@ token at step t is drawn with `fold_in(row_key, t)`: what a row generates depend
 its prompt and its key, never on its slot, its slot mates or when it was inserted.
 
 Layout of a slot's cache row (prompt width P, L = P + max_new_tokens - 1 positions): a prompt of
-bucketed width w puts its first w - 1 tokens, left-padded, in columns [P - w, P - 1); its last token is
-the first step's input, written at column P - 1; generated token i is fed back at column P + i. The
-row's mask is 0 on padding and stale columns, so keys left there by the slot's previous row are never
-attended to, and BLOOM's ALiBi and OPT's positions (counted over the mask) are those of the row alone.
-JetStream's offline engine and EasyDeL's eSurge are the references for this insert/step design.
+bucketed width w puts its first w - 1 tokens, left-padded, in columns [P - w, P - 1) (when w > P, its
+first w - P columns, padding, are not kept); its last token is the first step's input, written at
+column P - 1; generated token i is fed back at column P + i. The row's mask is 0 on padding and stale
+columns, so keys left there by the slot's previous row are never attended to, and BLOOM's ALiBi and
+OPT's positions (counted over the mask) are those of the row alone. Every step attends over all L
+columns, so P is kept as small as the prompts allow. `shrink` moves rows to a smaller cache (the end of
+a job), `compile_ahead` compiles the step programs in the background. JetStream's offline engine and
+EasyDeL's eSurge are the references for this insert/step design.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ import contextlib
 import dataclasses
 import functools
 import math
+import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -99,13 +103,15 @@ class DecodeSlots:
         self.length = self.prompt_width + self.max_new_tokens - 1
         self.eos_ids = jnp.asarray(np.asarray(self.eos_ids, np.int32).reshape(-1) if len(self.eos_ids)
                                    else np.array([-1], np.int32))  # -1: no token ends a row
-        self.state = self._empty()
+        self.state = self._empty(self.slots)
+        self._compiling: threading.Thread | None = None
         self.decode_steps = 0  # steps run (each decodes every slot)
-        self.kept_tokens = 0  # slot-steps that produced a kept token (occupancy = kept / (steps * slots))
+        self.slot_steps = 0  # slots decoded, summed over steps
+        self.kept_tokens = 0  # slot-steps that produced a kept token (occupancy = kept / slot_steps)
         self.prefill_tokens = 0  # tokens prefilled, padding included
 
-    def _empty(self) -> SlotState:
-        s, n = self.slots, self.max_new_tokens
+    def _empty(self, slots: int) -> SlotState:
+        s, n = slots, self.max_new_tokens
         cache = self.model.init_cache(s, self.length)
         cache = cache.replace(index=jnp.full((s,), self.prompt_width - 1, jnp.int32))
         state = SlotState(cache, jnp.zeros((s, self.length), jnp.int32), jnp.zeros((s,), jnp.int32),
@@ -115,6 +121,34 @@ class DecodeSlots:
         if self.mesh is not None:
             state = jax.device_put(state, self._state_shardings(state))
         return state
+
+    def _state_shapes(self, slots: int) -> SlotState:
+        shapes = jax.eval_shape(lambda: self._empty(slots))
+        if self.mesh is None:
+            return shapes
+        return jax.tree.map(lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), shapes,
+                            self._state_shardings(shapes))
+
+    def compile_ahead(self, slot_counts: Sequence[int]) -> None:
+        """Compiles `run` for these slot counts, and `shrink` to them, in a background thread: XLA compiles
+        a program on one core, so this overlaps the first prefill's compiling and running."""
+        kwargs = dict(graphdef=self.graphdef, sampler=self.sampler, pad_id=self.pad_id, until_all=False,
+                      mesh=self.mesh, rules=self.rules)
+        here, rows = self._state_shapes(self.slots), lambda n, dtype: jax.ShapeDtypeStruct((n,), dtype)
+
+        def compile_all():
+            for slots in slot_counts:
+                _run.lower(self.params, self._state_shapes(slots), self.eos_ids, jnp.int32(0), **kwargs).compile()
+                if slots < self.slots:
+                    _gather.lower(here, rows(slots, jnp.int32), rows(slots, jnp.bool_)).compile()
+
+        self._compiling = threading.Thread(target=compile_all, name="compile_ahead", daemon=True)
+        self._compiling.start()
+
+    def join(self) -> None:
+        """Waits for `compile_ahead`'s thread (so that it does not outlive the job)."""
+        if self._compiling is not None:
+            self._compiling.join()
 
     def _state_shardings(self, state: SlotState):
         rows = logical_to_spec(("batch",), self.rules or ())[0]
@@ -134,15 +168,18 @@ class DecodeSlots:
 
         Without `prefix`, `ids`/`mask` [m, w] are whole prompts. With `prefix` = (ids, mask) [k, wp],
         rows share prefixes: row j is `prefix[parent[j]]` followed by its own `ids[j]` (left-padded too),
-        and each prefix is prefilled once. wp + w <= prompt_width.
+        and each prefix is prefilled once. Columns past `prompt_width` (wp + w may be up to the cache's
+        length, so that a prefill's bucket need not widen every slot) must be the prefixes' left padding.
         """
         if prefix is None:  # all but the last token are a prefix of the row's own
             prefix = (ids[:, :-1], mask[:, :-1])
             ids, mask, parent = ids[:, -1:], mask[:, -1:], np.arange(len(ids))
         (prefix_ids, prefix_mask), (m, width) = prefix, ids.shape
-        if prefix_ids.shape[1] + width > self.prompt_width:
-            raise ValueError(f"prompt width {prefix_ids.shape[1] + width} exceeds the slots' "
-                             f"prompt_width={self.prompt_width}")
+        row_mask = np.concatenate([np.asarray(prefix_mask)[np.asarray(parent, np.int64)], np.asarray(mask)], axis=1)
+        total = row_mask.shape[1]
+        if total > self.length or row_mask[:, :max(0, total - self.prompt_width)].any():
+            raise ValueError(f"prompts of width {total} (padding included) do not fit the slots' prompt_width="
+                             f"{self.prompt_width}: only left padding may go past it")
         slot_ids = np.asarray(slot_ids, np.int32).reshape(m, -1)
         as_ints = lambda x: jnp.asarray(np.asarray(x), jnp.int32)
         self.state = _insert(self.params, self.state, as_ints(prefix_ids), as_ints(prefix_mask), as_ints(ids),
@@ -159,8 +196,23 @@ class DecodeSlots:
                                        until_all=until_all, mesh=self.mesh, rules=self.rules)
         steps, kept, active = jax.device_get((steps, kept, self.state.active))
         self.decode_steps += int(steps)
+        self.slot_steps += int(steps) * self.slots
         self.kept_tokens += int(kept)
         return np.asarray(active)
+
+    def shrink(self, keep: Sequence[int], slots: int) -> None:
+        """Moves the rows in slots `keep` to slots 0, 1, ... of `slots` (fewer) slots, the others idle.
+
+        For the end of a job, when no prompt waits: its last rows then decode in steps that cost less.
+        A row's tokens are the same wherever it decodes.
+        """
+        if not len(keep) <= slots <= self.slots:
+            raise ValueError(f"cannot move {len(keep)} rows of {self.slots} slots to {slots} slots")
+        index = np.zeros(slots, np.int32)
+        index[:len(keep)] = keep
+        state = _gather(self.state, jnp.asarray(index), jnp.arange(slots) < len(keep))
+        self.slots = slots
+        self.state = jax.device_put(state, self._state_shardings(state)) if self.mesh is not None else state
 
     def rows(self, slot_ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(tokens, logprobs, lengths) of the rows in `slot_ids`, as host arrays."""
@@ -169,6 +221,13 @@ class DecodeSlots:
             state = _replicated(state, mesh=self.mesh)
         index = np.asarray(slot_ids, np.int64)
         return tuple(np.asarray(x.addressable_data(0))[index] for x in state)
+
+
+@jax.jit
+def _gather(state: SlotState, index: jax.Array, live: jax.Array) -> SlotState:
+    """Rows `index` of every slot array; rows where `live` is False are inactive."""
+    state = jax.tree.map(lambda x: x[index] if x.ndim else x, state)
+    return state._replace(active=state.active & live)
 
 
 @functools.partial(jax.jit, static_argnames=("mesh",))
@@ -193,7 +252,8 @@ def _constrain_cache(cache: KVCache, mesh: Mesh | None, rules) -> KVCache:
 def _insert(params, state: SlotState, prefix_ids, prefix_mask, ids, mask, parent, slot_ids, keys, *, graphdef,
             prompt_width, copies, pad_id, mesh, rules) -> SlotState:
     """Prefill the prefixes, then each row's own tokens but its last after its prefix, into caches of
-    their own widths; then scatter the rows into their slots.
+    their own widths; then scatter the rows into their slots, less any leading (padding) columns that
+    go past the slots' prompt width.
 
     The prefills' logits are unused, so XLA drops them: no [rows, width, vocab] array is built.
     """
@@ -216,14 +276,15 @@ def _insert(params, state: SlotState, prefix_ids, prefix_mask, ids, mask, parent
                                 jnp.int32(wp))
             _, rows = model(ids[:, :-1], row_mask[:, :-1], cache=cache)
         cache, width = state.cache, wp + ws
+        clip = max(0, width - prompt_width)  # leading columns past the slot's prompt width: padding only
         if rows is not None:
-            first = prompt_width - width
-            put = lambda buf, x: buf.at[slot_ids, :, first:first + width - 1].set(
-                jnp.repeat(x, copies, axis=0).astype(buf.dtype), **drop)
+            first = prompt_width - width + clip
+            put = lambda buf, x: buf.at[slot_ids, :, first:first + width - 1 - clip].set(
+                jnp.repeat(x[:, :, clip:], copies, axis=0).astype(buf.dtype), **drop)
             cache = KVCache(tuple(map(put, cache.key, rows.key)), tuple(map(put, cache.value, rows.value)), cache.index)
         cache = cache.replace(index=cache.index.at[slot_ids].set(prompt_width - 1, **drop))
         length = state.mask.shape[1]
-        row_mask = jnp.concatenate([jnp.zeros((m, prompt_width - width), jnp.int32), row_mask,
+        row_mask = jnp.concatenate([jnp.zeros((m, prompt_width - width + clip), jnp.int32), row_mask[:, clip:],
                                     jnp.ones((m, length - prompt_width), jnp.int32)], axis=1)
         rep = lambda x: jnp.repeat(x, copies, axis=0)
         n = state.tokens.shape[1]

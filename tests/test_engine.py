@@ -17,10 +17,12 @@ import pytest
 import torch
 from flax import nnx
 
-from reference_models import tiny_bloom
+from reference_models import save_reference, tiny_bloom
 from teacherlm_jax import from_pretrained, generate
 from teacherlm_jax.augment import Sampling
 from teacherlm_jax.augment.engine import Engine, Prompt, prompt_width
+from teacherlm_jax.decode_slots import DecodeSlots
+from teacherlm_jax.sample import Sampler
 
 EOS, PAD, MAX_NEW = 2, 3, 12
 REPO = Path(__file__).resolve().parents[1]
@@ -103,6 +105,33 @@ def test_scheduling_changes_nothing_and_continuous_needs_fewer_steps(model):
     assert c_stats["decode_steps"] >= max(lengths) and c_stats["decode_steps"] >= -(-tokens // 4)
 
 
+def test_last_rows_move_to_fewer_slots(model):
+    """Once no prompt waits, the last rows decode on a quarter of the slots, and generate the same."""
+    sampling = Sampling(temperature=1.0, top_k=50, max_new_tokens=MAX_NEW)
+    items = prompts(16, seed=1)
+    wide, stats = run_engine(model, items, sampling, batch_size=16, refill=True)
+    narrow, narrow_stats = run_engine(model, items, sampling, batch_size=4, refill=True)
+    assert wide == narrow
+    assert (stats["slots"], stats["tail_slots"], narrow_stats["tail_slots"]) == (16, 4, 4)
+    assert stats["slot_steps"] < stats["decode_steps"] * 16
+    assert stats["kept_tokens"] == sum(len(s) for samples in wide.values() for s in samples)
+
+
+def test_only_left_padding_goes_past_the_prompt_width(model):
+    """A prefill's bucket may be wider than the slots' prompt width when the extra columns are padding."""
+    slots = DecodeSlots(model.for_decoding(), slots=2, prompt_width=4, max_new_tokens=3, sampler=Sampler(),
+                        eos_ids=np.array([], np.int32), pad_id=PAD)
+    keys = jax.random.split(jax.random.key(0), 2)
+    ids = np.array([[PAD, PAD, 5, 6, 7, 8], [PAD, PAD, PAD, 9, 10, 11]])
+    slots.insert(ids, (ids != PAD).astype(np.int32), np.array([[0], [1]]), keys)
+    slots.run(3, until_all=True)
+    tokens, _, _ = slots.rows([0, 1])
+    expected = generate(model, ids, (ids != PAD).astype(np.int32), max_new_tokens=3).tokens
+    np.testing.assert_array_equal(tokens, expected)
+    with pytest.raises(ValueError, match="only left padding"):
+        slots.insert(np.array([[4, 5, 6, 7, 8, 9]]), np.ones((1, 6), np.int32), np.array([[0]]), keys[:1])
+
+
 def live_bytes() -> int:
     return sum(x.nbytes for x in jax.live_arrays())
 
@@ -138,10 +167,12 @@ TENSOR_SCRIPT = textwrap.dedent("""
     mask = np.array([[0] * (width - len(p.ids)) + [1] * len(p.ids) for p in prompts])
     greedy = Sampling(temperature=0.0, max_new_tokens=10)
 
-    def engine_rows(model, mesh=None):
-        engine = Engine(model, batch_size=3, width=32, sampling=greedy, eos_id=2, pad_id=3, refill=True, mesh=mesh,
-                        rules=rules if mesh else None)
-        return {i: [s.tolist() for s in samples] for i, samples in engine.generate(enumerate(prompts))}
+    def engine_rows(model, mesh=None, batch_size=3):
+        engine = Engine(model, batch_size=batch_size, width=32, sampling=greedy, eos_id=2, pad_id=3, refill=True,
+                        mesh=mesh, rules=rules if mesh else None)
+        rows = {i: [s.tolist() for s in samples] for i, samples in engine.generate(enumerate(prompts))}
+        assert engine.stats()["tail_slots"] == (4 if batch_size == 16 else engine.stats()["slots"]), engine.stats()
+        return rows
 
     one = from_pretrained(sys.argv[1])
     results = {"one": generate(one, ids, mask, max_new_tokens=10).tokens.tolist(),
@@ -153,6 +184,7 @@ TENSOR_SCRIPT = textwrap.dedent("""
         assert kernel.addressable_shards[0].data.shape[1] == kernel.shape[1] // tensor, kernel.sharding
         results[f"tensor{tensor}"] = generate(model, ids, mask, max_new_tokens=10, mesh=mesh, rules=rules).tokens.tolist()
         results[f"tensor{tensor}_engine"] = engine_rows(model, mesh)
+    results["tensor2_tail"] = engine_rows(model, mesh, batch_size=16)  # the last rows move to 4 sharded slots
     print(json.dumps(results))
 """)
 
@@ -161,8 +193,12 @@ def test_tensor_parallel_generation_matches_one_device(tmp_path):
     """Teachers too large for a chip: parameters split over heads/mlp/vocab (8 fake devices, tensor 2 and 4,
     loaded with listed layers, whose decode layout shares them) generate what one device does, with
     `generate` and with the continuous engine."""
-    tiny_bloom(tmp_path, vocab_size=96, hidden_size=64, n_head=8, pad_token_id=PAD, eos_token_id=EOS,
-               tie_word_embeddings=False)
+    model = tiny_bloom(vocab_size=96, hidden_size=64, n_head=8, pad_token_id=PAD, eos_token_id=EOS,
+                       tie_word_embeddings=False)
+    with torch.no_grad():  # EOS often the top token, so that greedy rows end at different steps
+        bias = model.transformer.ln_f.bias
+        model.lm_head.weight[EOS] = 1.5 * bias / bias.norm() ** 2
+    save_reference(model, tmp_path)
     rng = np.random.default_rng(3)
     items = [rng.integers(4, 96, int(n)).tolist() for n in (5, 17, 2, 30, 9)]
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu",
@@ -175,7 +211,9 @@ def test_tensor_parallel_generation_matches_one_device(tmp_path):
     for tensor in (2, 4):
         assert results[f"tensor{tensor}"] == results["one"]
         assert results[f"tensor{tensor}_engine"] == results["one_engine"]
-    # The engine's rows are `generate`'s, cut after their EOS.
+    assert results["tensor2_tail"] == results["one_engine"]
+    # The engine's rows are `generate`'s, cut after their EOS; some end before 10 tokens.
+    assert len({len(row) for (row,) in results["one_engine"].values()}) > 1, results["one_engine"]
     for i, row in enumerate(results["one"]):
         (engine_row,) = results["one_engine"][str(i)]
         assert engine_row == row[:len(engine_row)] and (len(engine_row) == 10 or engine_row[-1] == EOS)

@@ -183,7 +183,9 @@ class Bloom(nnx.Module):
         x, new_cache = run_block_stack(self.h, x, layer, cache, ScanSpec(c.scan_layers, c.remat_policy))
         x = self.ln_f(x)
         head = None if self.lm_head is None else self.lm_head[...]
-        return with_cache(output_logits(x, self.word_embeddings[...], head, dtype), new_cache, cache, length)
+        step = getattr(self, "decode_layout", False) and length == 1  # a decode step
+        logits = output_logits(x, self.word_embeddings[...], head, dtype, vocab_major=step)
+        return with_cache(logits, new_cache, cache, length)
 
 
 def _check_length(length: int, config: BloomConfig) -> None:

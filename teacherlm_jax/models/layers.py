@@ -203,10 +203,27 @@ def attention_allowed(attention_mask: jax.Array, q_len: int, offset: jax.Array |
     return causal & (attention_mask[:, None, None, :] > 0)
 
 
-def output_logits(x: jax.Array, embedding: jax.Array, lm_head: jax.Array | None, dtype) -> jax.Array:
-    """Float32 logits [batch, length, vocab] through the tied embedding (`lm_head` None) or a head [embed, vocab]."""
+# Decode steps of at most this many rows compute their logits vocabulary-major (see `output_logits`).
+VOCAB_MAJOR_ROWS = 64
+
+
+def output_logits(x: jax.Array, embedding: jax.Array, lm_head: jax.Array | None, dtype,
+                  vocab_major: bool = False) -> jax.Array:
+    """Float32 logits [batch, length, vocab] through the tied embedding (`lm_head` None) or a head [embed, vocab].
+
+    `vocab_major` (a decode layout's one-token steps) computes the product as [vocab, rows] and
+    transposes it behind a barrier, so that XLA keeps that layout: on XLA CPU the dot of 16 rows with
+    bloom-560m's 250880-row embedding takes 54 ms so against 102 ms as [rows, vocab] (64 rows: 212 vs
+    255 ms; 256 rows: slower, hence VOCAB_MAJOR_ROWS). The sums agree up to rounding.
+    """
     head = embedding.T if lm_head is None else lm_head
-    logits = jnp.einsum("ble,ev->blv", x, head.astype(dtype), preferred_element_type=jnp.float32)
+    batch, length, _ = x.shape
+    if vocab_major and batch * length <= VOCAB_MAJOR_ROWS:
+        by_vocab = jnp.einsum("ev,re->vr", head.astype(dtype), x.reshape(batch * length, -1),
+                              preferred_element_type=jnp.float32)
+        logits = jax.lax.optimization_barrier(by_vocab).T.reshape(batch, length, -1)
+    else:
+        logits = jnp.einsum("ble,ev->blv", x, head.astype(dtype), preferred_element_type=jnp.float32)
     return constrain(logits, ("batch", "length", "vocab"))
 
 

@@ -223,7 +223,9 @@ class OPT(nnx.Module):
         if self.project_out is not None:
             x = self.project_out(x)
         head = None if self.lm_head is None else self.lm_head[...]
-        return with_cache(output_logits(x, self.embed_tokens[...], head, dtype), new_cache, cache, length)
+        step = getattr(self, "decode_layout", False) and length == 1  # a decode step
+        logits = output_logits(x, self.embed_tokens[...], head, dtype, vocab_major=step)
+        return with_cache(logits, new_cache, cache, length)
 
 
 def _check_length(length: int, config: OPTConfig) -> None:
