@@ -20,13 +20,20 @@ def rules() -> list[tuple]:
     return [tuple(rule) for rule in DEFAULT_RULES]
 
 
-def model(init_from: str | None = None, *, family: str = "bloom", dtype: str = "float32",
+def optional(value, field_type: type):
+    """`value`, or when None a typed placeholder: it reads as None, yet `--config.KEY=...` can set it
+    (ml_collections refuses to override a plain None, which has no type)."""
+    return ml_collections.config_dict.placeholder(field_type) if value is None else value
+
+
+def model(init_from: str | None = None, *, family: str | None = "bloom", dtype: str = "float32",
           param_dtype: str = "float32", scan_layers: bool = True, remat_policy: str = "none",
           **architecture) -> ml_collections.ConfigDict:
     """A model: `init_from` (Hugging Face dir/hub id, or a training run's workdir: params only) or,
     with init_from=None, a fresh one from `architecture` (BloomConfig fields such as hidden_size).
     With init_from, architecture fields given here must agree with the checkpoint's."""
-    return ml_collections.ConfigDict(dict(init_from=init_from, family=family, dtype=dtype, param_dtype=param_dtype,
+    return ml_collections.ConfigDict(dict(init_from=optional(init_from, str), family=optional(family, str),
+                                          dtype=dtype, param_dtype=param_dtype,
                                           scan_layers=scan_layers, remat_policy=remat_policy, **architecture))
 
 

@@ -19,7 +19,8 @@ def data(source: str = "synthetic_lm", *, seq_len: int = 2048, loss_on: str = "a
     synthetic_lm: arithmetic token progressions (learnable, so loss falls), `vocab` symbols,
     rows of random length in [seq_len/2, seq_len] right-padded; loss_on = all | target (second half).
     """
-    return ml_collections.ConfigDict(dict(source=source, seq_len=seq_len, loss_on=loss_on, vocab=vocab, **kwargs))
+    return ml_collections.ConfigDict(dict(source=source, seq_len=seq_len, loss_on=loss_on,
+                                          vocab=common.optional(vocab, int), **kwargs))
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -40,7 +41,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     if arg == "tiny":
         config.model = common.model(None, vocab_size=64, hidden_size=32, n_layer=2, n_head=4, pad_token_id=0)
-        config.tokenizer = None
+        config.tokenizer = common.optional(None, str)
         config.data = data(seq_len=32, vocab=61)
         config.batch_size = 8
         config.num_train_steps = 200

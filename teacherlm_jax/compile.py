@@ -20,7 +20,6 @@ estimated peak exceeds `config.device_memory_gib` (0: not checked).
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ import jax.numpy as jnp
 import ml_collections
 from jax.sharding import Mesh
 
+from teacherlm_jax import report_json
 from teacherlm_jax.compile_generation import CHIPS, GIB, decode_step_memory, generation_memory
 from teacherlm_jax.sharding import ConfigError, LogicalRules, batch_sharding, data_parallel_size, mesh_from_config
 from teacherlm_jax.train.loop import TrainSetup, train_setup, validate
@@ -272,7 +272,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
     summary = dry_run(config)
     out = Path(workdir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / REPORT_JSON).write_text(json.dumps(summary, indent=2) + "\n")
+    (out / REPORT_JSON).write_text(report_json.dumps(summary, indent=2) + "\n")
     text = format_report(summary)
     (out / REPORT_MD).write_text(text)
     print(text, flush=True)

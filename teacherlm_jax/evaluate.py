@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
@@ -70,8 +72,8 @@ def choice_tokens(tokenizer, records: Sequence[Record], *, mmlu: bool = False
 def evaluate_records(model: nnx.Module, tokenizer, records: Sequence[Record], *, mmlu: bool = False,
                      mode: str = "loglik", score: str = "mean", batch_size: int = 8, max_length: int | None = None,
                      max_new_tokens: int = 256, mesh: Mesh | None = None, rules: LogicalRules | None = None,
-                     desc: str = "eval") -> tuple[list[Prediction], float]:
-    """(one Prediction per record, accuracy).
+                     desc: str = "eval") -> tuple[list[Prediction], float | None]:
+    """(one Prediction per record, accuracy: None for no records).
 
     loglik: TeacherLM's context (`eval_context`, MMLU's when `mmlu`), each choice's letter scored as
     a separately tokenized continuation, `score` = mean | sum of its tokens' log-probs. generate:
@@ -85,7 +87,7 @@ def evaluate_records(model: nnx.Module, tokenizer, records: Sequence[Record], *,
     if score not in SCORES:
         raise ValueError(f"score={score!r}; expected one of {SCORES}")
     if not records:
-        return [], float("nan")
+        return [], None
     if mode == "generate":
         with _progress(len(records), desc) as progress:
             texts, predicted, truncated = generate_answers(
@@ -160,6 +162,18 @@ def resolve_model(config: ml_collections.ConfigDict) -> tuple[dict[str, Any], st
     return model, tokenizer
 
 
+def check_finite_weights(model: nnx.Module, source: str) -> None:
+    """Refuses a model with NaN/inf weights: its scores are NaN, yet an argmax over them still picks a
+    choice, which reads as a plausible accuracy."""
+    leaves = jax.tree_util.tree_leaves_with_path(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+    finite = jax.jit(lambda xs: [jnp.all(jnp.isfinite(x)) for x in xs])([x for _, x in leaves])
+    bad = [jax.tree_util.keystr(path) for (path, _), ok in zip(leaves, finite)
+           if not np.asarray(ok.addressable_data(0))]  # replicated scalars: every process reads its own
+    if bad:
+        raise FloatingPointError(f"{source}: {len(bad)} of {len(leaves)} weight arrays hold NaN or inf (first: "
+                                 f"{', '.join(bad[:3])}); the checkpoint comes from a diverged or broken run")
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:
     """Job entry: load the model onto the config's mesh, evaluate `config.tasks`, write WORKDIR/eval/."""
     from teacherlm_jax.models.hf import load_tokenizer
@@ -176,6 +190,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
     mesh, rules = mesh_from_config(config)
     model_config, tokenizer_path = resolve_model(config)
     model = build_model(model_config, mesh, rules, seed=config.seed)
+    check_finite_weights(model, model_config["init_from"])
     tokenizer = load_tokenizer(tokenizer_path)
     if len(tokenizer) > model.config.vocab_size:
         raise ConfigError(f"tokenizer {tokenizer_path} has {len(tokenizer)} tokens but the model's vocabulary "

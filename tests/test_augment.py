@@ -3,9 +3,12 @@ agreement with `generate` per prompt (seeds, EOS, samples), the long-prompt rule
 and the job's guarantees: SIGKILL + rerun and two processes give exactly one uninterrupted run's files."""
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,9 +25,10 @@ from teacherlm_jax import from_pretrained, generate, load_tokenizer
 from teacherlm_jax.augment import Sampling, Settings, augment_records, resolve_dataset, run, settings_from_config
 from teacherlm_jax.augment import prompt_seed
 from teacherlm_jax.augment.files import HISTOGRAM, SUMMARY, read_parts
+from teacherlm_jax.augment.fingerprint import teacher_fingerprint
 from teacherlm_jax.augment.summary import write_summary
-from teacherlm_jax.data import KINDS, load_records, teacher_prompt
-from teacherlm_jax.data.examples import read_augmented
+from teacherlm_jax.data import KINDS, DataError, load_records, teacher_prompt
+from teacherlm_jax.data.examples import build_pairs, read_augmented, skipped_kinds
 from teacherlm_jax.sharding import ConfigError
 
 if str(REPO) not in sys.path:  # configs/ is imported from the repository root, as main does
@@ -186,6 +190,9 @@ def test_long_prompts_are_cut_or_skipped_and_counted(model, tokenizer, records, 
     if rule == "skip":
         assert row[kind] is None and row["new_tokens"][kind] is None
         assert kind not in next(i for i in read_augmented(tmp_path) if i.record.id == row["id"]).annotations
+        items = read_augmented(tmp_path)  # a student trains on the rest of this kind; the count is reported
+        assert skipped_kinds(items, kind) == {kind: summary["skipped"][kind]}
+        assert len(build_pairs(items, kind)) == len(records) - summary["skipped"][kind]
     else:  # the teacher read the prompt's last `limit` tokens
         ids = tokenizer(row["prompts"][kind])["input_ids"][-limit:]
         seed = prompt_seed(0, "toy", row["id"], kind)
@@ -265,6 +272,58 @@ def test_rerun_with_other_settings_is_refused(model, tokenizer, records, tmp_pat
                         Settings(sampling=settings().sampling, chunk_size=4, max_prompt_tokens=50), dataset="toy")
 
 
+def test_changed_records_regenerate_only_their_parts(model, tokenizer, records, tmp_path, caplog):
+    """An edited question regenerates its chunk's part (the log names the part, record and input); the
+    others are kept; the result is what a fresh run on the edited records writes."""
+    augment_records(model, tokenizer, records[:10], tmp_path / "out", settings(), dataset="toy")
+    edited = [*records[:7], dataclasses.replace(records[7], question="Is 7 plus 7 equal to 15?"), *records[8:10]]
+    with caplog.at_level(logging.INFO, logger="teacherlm_jax.augment.runner"):
+        stats = augment_records(model, tokenizer, edited, tmp_path / "out", settings(), dataset="toy")
+    assert (stats["chunks_generated"], stats["chunks_resumed"]) == (1, 1)
+    assert "inputs changed since its parts were written: records_sha256" in caplog.text
+    assert "regenerating 1 parts (part-00001-of-00002.jsonl): record 'q7': question, prompts changed" in caplog.text
+    augment_records(model, tokenizer, edited, tmp_path / "fresh", settings(), dataset="toy")
+    assert read_parts(tmp_path / "out") == read_parts(tmp_path / "fresh")
+
+
+def test_changed_teacher_or_sampling_regenerates_every_part(model, tokenizer, records, tmp_path, caplog):
+    """Same path, other weights (their fingerprint differs), or other sampling: every part is regenerated."""
+    teacher = {"init_from": "tiny", "weights": {"sha256": "a" * 64, "method": "file bytes (sha256)"}}
+    augment_records(model, tokenizer, records[:10], tmp_path, settings(), dataset="toy", teacher=teacher)
+    retrained = {**teacher, "weights": {**teacher["weights"], "sha256": "b" * 64}}
+    with caplog.at_level(logging.INFO, logger="teacherlm_jax.augment.runner"):
+        stats = augment_records(model, tokenizer, records[:10], tmp_path, settings(), dataset="toy", teacher=retrained)
+    assert (stats["chunks_generated"], stats["chunks_resumed"]) == (2, 0)
+    assert "regenerating 2 parts (part-00000-of-00002.jsonl, part-00001-of-00002.jsonl): teacher changed" \
+        in caplog.text
+    assert all(row["teacher"] == retrained for row in read_parts(tmp_path))
+    with caplog.at_level(logging.INFO, logger="teacherlm_jax.augment.runner"):
+        stats = augment_records(model, tokenizer, records[:10], tmp_path, settings(seed=1), dataset="toy",
+                                teacher=retrained)
+    assert (stats["chunks_generated"], stats["chunks_resumed"]) == (2, 0)
+    assert "sampling changed" in caplog.text and all(row["sampling"]["seed"] == 1 for row in read_parts(tmp_path))
+
+
+def test_teacher_fingerprint_follows_content_not_path(teacher_dir, tmp_path):
+    """Retraining at the same path changes the fingerprint; a hub download's blob names are reused."""
+    copy = tmp_path / "teacher"
+    shutil.copytree(teacher_dir, copy)
+    before = teacher_fingerprint(copy)
+    assert before == teacher_fingerprint(copy) and before["method"] == "file bytes (sha256)"
+    weights = next(copy.glob("*.safetensors"))
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1  # one weight's last bit
+    weights.write_bytes(bytes(data))
+    assert teacher_fingerprint(copy)["sha256"] != before["sha256"]
+    hub = tmp_path / "models--x--y"  # the hub cache's layout: snapshot files link to blobs named by their hash
+    (hub / "blobs").mkdir(parents=True)
+    (hub / "snapshots").mkdir()
+    for name, digest in (("config.json", "1" * 40), ("model.safetensors", "2" * 64)):
+        (hub / "blobs" / digest).write_text("never read")
+        (hub / "snapshots" / name).symlink_to(hub / "blobs" / digest)
+    assert teacher_fingerprint(hub / "snapshots")["method"] == "hub blob names"
+
+
 def cli(workdir: Path, config, *extra: str) -> list[str]:
     overrides = [f"--config.teacher.init_from={config.teacher.init_from}", f"--config.datasets={config.datasets!r}",
                  f"--config.max_records={config.max_records}", f"--config.chunk_size={config.chunk_size}",
@@ -295,6 +354,13 @@ def reference_run(teacher_dir, toy_jsonl, tmp_path_factory) -> Path:
     workdir = tmp_path_factory.mktemp("reference")
     run(config_for(teacher_dir, toy_jsonl), str(workdir))
     return workdir
+
+
+def test_job_records_the_teacher_fingerprint_and_its_method(teacher_dir, reference_run):
+    manifest = json.loads((reference_run / "augmented" / "toy" / "manifest.json").read_text())
+    assert manifest["teacher"]["weights"] == teacher_fingerprint(teacher_dir)
+    assert manifest["teacher"]["weights"]["method"] == "file bytes (sha256)"
+    assert all(row["teacher"] == manifest["teacher"] for row in read_parts(reference_run / "augmented" / "toy"))
 
 
 def test_sigkill_then_rerun_equals_uninterrupted_run(teacher_dir, toy_jsonl, reference_run, tmp_path):
@@ -335,3 +401,11 @@ def test_output_folder_is_the_dataset_name():
     assert resolve_dataset("creak").name == "creak" and resolve_dataset("creak").split == "train"
     assert resolve_dataset("creak:dev").name == "creak_dev"
     assert resolve_dataset("teacherlm_ecqa").split == "test"
+
+
+def test_empty_dataset_is_an_error_naming_it(tmp_path):
+    """0 records is not a successful run that did nothing; it fails before any model is loaded."""
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(DataError, match=re.escape(f"{empty}: 0 records: nothing to augment for dataset 'empty'")):
+        run(config_for(tmp_path / "no_teacher_here", empty), str(tmp_path / "work"))

@@ -89,3 +89,12 @@ def test_read_augmented_refuses_an_unfinished_run(tmp_path):
         read_augmented(tmp_path)
     (tmp_path / "summary.json").write_text("{}")
     assert len(read_augmented(tmp_path)) == 1
+
+
+def test_read_augmented_splits_lines_at_newline_only(tmp_path):
+    """The augment job writes texts unescaped (ensure_ascii=False): a U+2028 in a teacher's text is
+    inside its line, where str.splitlines would have cut it."""
+    row = {"id": "a", "question": "Q?", "choices": ["x"], "answer": 0, "cot": "one\u2028two\x85three"}
+    (tmp_path / "part.jsonl").write_text(json.dumps(row, ensure_ascii=False) + "\n", encoding="utf-8")
+    (item,) = read_augmented(tmp_path)
+    assert item.annotations["cot"] == ("one\u2028two\x85three",)

@@ -1,4 +1,5 @@
 """Generic JSONL, instruction JSONL, Hugging Face and TFDS readers, and bad-input handling."""
+import functools
 import json
 
 import numpy as np
@@ -146,3 +147,62 @@ def test_registry_readers_locate_bad_rows(tmp_path):
     (mmlu / "anatomy_dev.csv").write_text('"What?",a,b,c,d,B\n"Who?",a,b,c,E\n')
     with pytest.raises(DataError, match=r"anatomy_dev.csv:2: expected 6 columns"):
         load_records("mmlu_2020", "dev", data_dir=str(tmp_path))
+
+
+def _latin1_file(path, lines):
+    """`lines` as UTF-8, except a Latin-1 "é" (byte 0xe9, not UTF-8) in the second line."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = "".join(line + "\n" for line in lines).encode()
+    path.write_bytes(data.replace("é".encode(), b"\xe9"))
+    return path
+
+
+def _load(name, **kwargs):
+    return lambda tmp_path: load_records(name, "train" if name != "mmlu_2020" else "dev",
+                                         data_dir=str(tmp_path), **kwargs)
+
+
+def _undecodable_files():
+    """(files to write, how to read them, the file whose line 2 is bad) for every reader of data files."""
+    from teacherlm_jax.augment.files import read_parts
+    from teacherlm_jax.data.examples import read_augmented
+
+    dumps = functools.partial(json.dumps, ensure_ascii=False)
+    creak = {"ex_id": "t0", "sentence": "Soup is wet.", "explanation": "It is.", "label": "true"}
+    csqa = {"id": "c0", "question": {"stem": "What?", "choices": [{"label": "A", "text": "a"}]}, "answerKey": "A"}
+    return {
+        "generic jsonl": ({"mine.jsonl": [dumps(GOOD), dumps({**GOOD, "question": "Café?"})]},
+                          lambda d: load_records(str(d / "mine.jsonl"), skip_invalid=True), "mine.jsonl"),
+        "instruction jsonl": ({"ins.jsonl": ['{"id": "1", "prompt": "p", "target": "t"}',
+                                             '{"id": "2", "prompt": "é", "target": "t"}']},
+                              lambda d: load_instructions(str(d / "ins.jsonl")), "ins.jsonl"),
+        "registry jsonl": ({"creak/train.json": [dumps(creak), dumps({**creak, "sentence": "é"})]},
+                           _load("creak", skip_invalid=True), "creak/train.json"),
+        "json array": ({"strategyqa/train.json": ["[", '{"qid": "é"}', "]"],
+                        "teacherlm_eval/strategy_qa/test.derived.jsonl": []},
+                       _load("strategyqa"), "strategyqa/train.json"),
+        "id list": ({"commonsenseqa/train_rand_split.jsonl": [dumps(csqa)],
+                     "commonsenseqa/dev_rand_split.jsonl": [],
+                     "ecqa/author_split/train_ids.txt": ["c0", "é"]},
+                    _load("ecqa"), "ecqa/author_split/train_ids.txt"),
+        "csv": ({"mmlu/data/dev/anatomy_dev.csv": ['"What?",a,b,c,d,B', '"Qué?",a,b,c,d,B']},
+                _load("mmlu_2020"), "mmlu/data/dev/anatomy_dev.csv"),
+        "augment output": ({"aug/part.jsonl": ['{"id": "a", "question": "Q?", "choices": ["x"], "answer": 0}',
+                                               '{"id": "b", "question": "Qé?", "choices": ["x"], "answer": 0}']},
+                           lambda d: read_augmented(d / "aug"), "aug/part.jsonl"),
+        "augment parts": ({"out/manifest.json": ['{"chunks": 1}'],
+                           "out/part-00000-of-00001.jsonl": ['{"id": "a"}', '{"id": "é"}']},
+                          lambda d: read_parts(d / "out"), "out/part-00000-of-00001.jsonl"),
+    }
+
+
+@pytest.mark.parametrize("reader", list(_undecodable_files()))
+def test_undecodable_byte_names_file_and_line(tmp_path, reader):
+    """Not a bare UnicodeDecodeError, and never skipped (even with skip_invalid)."""
+    files, read, bad = _undecodable_files()[reader]
+    for name, lines in files.items():
+        _latin1_file(tmp_path / name, lines)
+    with pytest.raises(DataError) as err:
+        read(tmp_path)
+    assert err.value.where == f"{tmp_path / bad}:2"
+    assert "not UTF-8: byte 0xe9" in err.value.reason

@@ -100,3 +100,27 @@ def test_instruction_format_reads_prompt_target_files(tmp_path):
     data = ml_collections.ConfigDict({**config_for([path]).data.to_dict(), "format": "instruction"})
     (pair,) = load_pairs(data)
     assert (pair.prompt, pair.target) == ("Translate: hi ->", " salut")
+
+
+def test_kinds_the_augment_job_skipped_give_no_example_and_are_counted(tmp_path, caplog):
+    """augment with truncation="skip" writes a too-long kind as null and lists it under `skipped`: a
+    student still trains on the rest; a kind missing for any other reason is still an error."""
+    base = {"question": "Q?", "choices": ["x", "y"], "answer": 0, "truncated": []}
+    rows = [{**base, "id": "a", "cot": "c", "mistakes": "m", "skipped": []},
+            {**base, "id": "b", "cot": None, "mistakes": "m", "skipped": ["cot"]},
+            {**base, "id": "c", "cot": None, "mistakes": None, "skipped": ["cot", "mistakes"]},
+            {**base, "id": "d", "cot": "cut", "mistakes": "m", "skipped": [], "truncated": ["cot"]}]
+    out = tmp_path / "augmented" / "toy"
+    out.mkdir(parents=True)
+    write_jsonl(out / "part-00000-of-00001.jsonl", rows)
+    with caplog.at_level("WARNING"):
+        cot = load_pairs(config_for([str(out)]).data)
+    assert [p.id for p in cot] == ["a/cot", "d/cot"] and cot[1].target == " cut"  # truncated: used as written
+    assert f"{out}: 2 of 4 records have no 'cot' text (the augment job skipped it" in caplog.text
+    mixed = load_pairs(config_for([str(out)], format="mixed").data)
+    assert [p.id for p in mixed] == ["a/cot", "a/mistakes", "b/mistakes", "d/cot", "d/mistakes"]
+    assert "1 of 4 records have no 'mistakes' text" in caplog.text
+    batch = next(make_records_iterator(config_for([str(out)]), byte_tokenizer(), 0, 1))  # trains
+    assert batch["input_ids"].shape == (4, 96)
+    with pytest.raises(ValueError, match="toy:a: has no 'fundamentals' annotation"):
+        load_pairs(config_for([str(out)], format="fundamentals").data)

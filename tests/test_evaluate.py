@@ -15,11 +15,11 @@ import torch
 
 from reference_models import tiny_bloom
 from teacherlm_jax import from_pretrained, load_tokenizer
-from teacherlm_jax.data import Record
+from teacherlm_jax.data import DataError, Record
 from teacherlm_jax.eval import scoring
 from teacherlm_jax.eval.generative import generation_prompt, parse_answer
 from teacherlm_jax.eval.report import MMLU_CATEGORY
-from teacherlm_jax.evaluate import choice_tokens, evaluate_records, evaluate_tasks
+from teacherlm_jax.evaluate import check_finite_weights, choice_tokens, evaluate_records, evaluate_tasks
 
 REPO = Path(__file__).resolve().parents[1]
 VOCAB = 320  # covers the 300-token byte-level tokenizer below
@@ -177,6 +177,19 @@ def test_rigged_model_accuracy_is_fraction_of_b(rigged):
     assert 0 < expected < 1 and acc == pytest.approx(expected)
 
 
+def test_nan_weights_fail_evaluation_instead_of_scoring(tmp_path, tokenizer):
+    """Argmax over NaN scores picks choice A: a NaN checkpoint would read as a plausible accuracy."""
+    reference = tiny_bloom(vocab_size=VOCAB, hidden_size=32, n_layer=2, n_head=4)
+    with torch.no_grad():
+        reference.transformer.ln_f.bias.fill_(float("nan"))
+    reference.save_pretrained(tmp_path)
+    model = from_pretrained(tmp_path)
+    with pytest.raises(FloatingPointError, match=r"ckpt: 1 of \d+ weight arrays hold NaN or inf \(first: .*ln_f"):
+        check_finite_weights(model, "ckpt")
+    with pytest.raises(FloatingPointError, match="non-finite log-probabilities for 4 of 4 rows"):
+        evaluate_records(model, tokenizer, records(4), batch_size=8)
+
+
 @pytest.mark.parametrize("text, choices, expected", [
     (" the sky is blue --> B", ("red", "blue"), 1),
     (" because (A) is wrong --> (B)", ("x", "y", "z"), 1),
@@ -278,3 +291,28 @@ def test_run_dir_resolves_to_its_export(checkpoint, tmp_path):
     shutil.copytree(checkpoint[0], run / "hf_final")
     model, tokenizer = resolve_model(config)
     assert model["init_from"] == tokenizer == str(run / "hf_final")
+
+
+def test_empty_task_is_an_error_naming_it(model, tokenizer, tmp_path):
+    """Not an accuracy of NaN (which is not JSON) over no questions."""
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(DataError, match=f"{empty}: 0 records: task 'empty' has no questions"):
+        evaluate_tasks(model, tokenizer, [str(empty)], tmp_path / "eval")
+    assert not (tmp_path / "eval" / "metrics.json").exists()
+
+
+def test_reports_are_strict_json_with_null_for_what_cannot_be_computed(tmp_path):
+    from teacherlm_jax import report_json
+    from teacherlm_jax.eval.report import task_metrics, write_report
+
+    m = task_metrics([], dataset="none", available=0, max_examples=0, mmlu=False, generative=False)
+    assert m["accuracy"] is None and "no questions" in m["note"]
+    write_report(tmp_path, {"settings": {"model": "m", "mode": "loglik", "score": "mean", "dtype": "float32"},
+                            "tasks": {"none": m}})
+    strict = json.loads((tmp_path / "metrics.json").read_text(),
+                        parse_constant=lambda name: pytest.fail(f"{name} in metrics.json"))
+    assert strict["tasks"]["none"]["accuracy"] is None
+    assert "| none | n/a |" in (tmp_path / "results.md").read_text()
+    with pytest.raises(ValueError, match=r"report value tasks\.t\.scores\[1\] is not finite"):
+        report_json.dumps({"tasks": {"t": {"scores": [0.5, float("nan")]}}})

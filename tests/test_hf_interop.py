@@ -187,3 +187,38 @@ def test_tokenizer_is_the_checkpoints_own(tmp_path):
     loaded = tl.load_tokenizer(tmp_path)
     assert loaded.padding_side == "left"
     assert loaded("the cat sat")["input_ids"] == tokenizer("the cat sat")["input_ids"]
+
+
+def _tokenizer_with_auto_map(directory, tokenizer_class):
+    """A saved tokenizer whose config points `auto_map` at a local .py that leaves a marker when run."""
+    from reference_models import tiny_tokenizer
+
+    tiny_tokenizer().save_pretrained(directory)
+    config_path = directory / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    config["auto_map"] = {"AutoTokenizer": ["custom_tok.CustomTokenizer", "custom_tok.CustomTokenizer"]}
+    if tokenizer_class:
+        config["tokenizer_class"] = tokenizer_class
+    config_path.write_text(json.dumps(config))
+    marker = directory / "RAN"
+    (directory / "custom_tok.py").write_text(
+        f"import pathlib\npathlib.Path({str(marker)!r}).write_text('ran')\n"
+        "from transformers import PreTrainedTokenizerFast\n"
+        "class CustomTokenizer(PreTrainedTokenizerFast):\n    pass\n")
+    return marker
+
+
+def test_tokenizer_code_in_the_folder_is_never_run(tmp_path, monkeypatch):
+    """A user answering "y" to transformers' prompt must not matter: trust_remote_code is False."""
+    marker = _tokenizer_with_auto_map(tmp_path, "CustomTokenizer")
+    monkeypatch.setattr("builtins.input", lambda *args: "y")
+    with pytest.raises(ValueError, match="never runs a checkpoint's code"):
+        tl.load_tokenizer(tmp_path)
+    assert not marker.exists()
+
+
+def test_tokenizer_with_auto_map_and_builtin_class_loads_the_builtin(tmp_path):
+    marker = _tokenizer_with_auto_map(tmp_path, None)
+    loaded = tl.load_tokenizer(tmp_path)
+    assert type(loaded).__module__.startswith("transformers.")
+    assert not marker.exists()

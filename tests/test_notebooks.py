@@ -18,8 +18,10 @@ COLAB = ROOT / "docs" / "colab"
 DEMO_SMOKE_ARGS = " ".join([
     "--config.suite.n_teacher_per_family=10", "--config.suite.n_train_per_family=6",
     "--config.suite.n_test_per_family=4", "--config.teacher.stage3.optimizer.learning_rate=0.003",
-    *(f"--config.teacher.{stage}.num_train_steps=2" for stage in ("stage1", "stage2", "stage3")),
-    *(f"--config.students.{s}.train.num_train_steps=2" for s in ("answers_only", "finetune_cot")),
+    *(f"--config.teacher.{stage}.{key}=2" for stage in ("stage1", "stage2", "stage3")
+      for key in ("num_train_steps", "optimizer.warmup_steps")),
+    *(f"--config.students.{s}.train.{key}=2" for s in ("answers_only", "finetune_cot")
+      for key in ("num_train_steps", "optimizer.warmup_steps")),
     "--config.augment.sampling.max_new_tokens=8", "--config.eval.max_new_tokens=8",
 ])
 

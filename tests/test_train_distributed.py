@@ -11,7 +11,8 @@ import portpicker
 from train_subprocess import REPO, jax_env, main_command, run_checked
 
 OVERRIDES = ["--config.num_train_steps=6", "--config.log_every=1", "--config.checkpoint_every=3", "--config.eval_every=0",
-             "--config.mesh.data=2", "--config.mesh.fsdp=-1", "--config.plot=False"]
+             "--config.mesh.data=2", "--config.mesh.fsdp=-1", "--config.plot=False",
+             "--config.optimizer.warmup_steps=3"]
 
 
 def _losses(workdir) -> list[tuple[int, float]]:

@@ -66,3 +66,17 @@ def test_killed_and_preempted_run_reproduces_uninterrupted_losses(tmp_path):
     assert [r["loss"] for r in got] == [r["loss"] for r in expected]
     assert [r["grad_norm"] for r in got] == [r["grad_norm"] for r in expected]
     assert expected[-1]["loss"] < expected[0]["loss"] - 0.5
+
+
+def test_resuming_with_another_architecture_names_the_differing_fields(tmp_path):
+    env = jax_env(devices=1)
+    short = ["--config.num_train_steps=2", "--config.optimizer.warmup_steps=0", "--config.eval_every=0",
+             "--config.export_hf=False", "--config.plot=False"]
+    run_checked(main_command("configs/train.py:tiny", tmp_path, *short), env)
+    proc = subprocess.run(main_command("configs/train.py:tiny", tmp_path, *short, "--config.num_train_steps=4",
+                                       "--config.model.hidden_size=64"),
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "config.model differs from the model of the run in" in proc.stderr, proc.stderr[-3000:]
+    assert "hidden_size: workdir 32, config 64" in proc.stderr
+    assert "orbax" not in proc.stderr.lower()  # stopped before any restore

@@ -12,9 +12,11 @@ VARIANT is comma-separated words:
   tiny            a tiny BLOOM from scratch on the synthetic suite with the byte tokenizer (CPU)
 
 Datasets: `config.data.datasets` — registry names for text/manual (several = multi-task), augment
-output directories (`AUGMENT_WORKDIR/augmented/<dataset>`) for the teacher kinds. TeacherLM's recipe:
-AdamW, constant LR 6e-6, batch 64, 10 epochs (CREAK train: 10176 x 10 / 64 = 1590 steps), clip 1.0,
-the last 2048 tokens of each text kept.
+output directories (`AUGMENT_WORKDIR/augmented/<dataset>`) for the teacher kinds. A kind the augment job
+skipped for a record (prompt over max_prompt_tokens with truncation="skip": null there) gives no example
+of it, and the run logs how many records lacked which kind; a truncated kind is used as written.
+TeacherLM's recipe: AdamW, constant LR 6e-6, batch 64, 10 epochs (CREAK train: 10176 x 10 / 64 = 1590
+steps), clip 1.0, the last 2048 tokens of each text kept.
 """
 from configs import common, train
 from configs.teacher.stages import TINY_MODEL, parse_variant

@@ -5,12 +5,14 @@
 
 Modules: `job` (config -> run), `runner` (chunks -> engine -> parts), `engine` (continuous or static
 batching over decode slots), `chunks` (records <-> prompts and output records), `settings`, `files`
-(parts, manifest, atomic writes) and `summary` (summary.json, lengths.png, the progress bar).
+(parts, manifest, atomic writes), `fingerprint` (the teacher's identity by content) and `summary`
+(summary.json, lengths.png, the progress bar).
 
 Per dataset, DIR/augmented/<dataset>/ (<dataset>: the registry name, `<name>_<split>` when a split is
 named as `name:split`, the file stem for a .jsonl file) holds
   part-<chunk>-of-<chunks>.jsonl  one JSON object per input record, in input order (schema below);
-  manifest.json                   the settings the parts were written with (a rerun must match them);
+  manifest.json                   the settings the parts were cut with (a rerun must match them) and the
+                                  inputs they were generated from (records' hash, sampling, teacher);
   runs/<process>-<time>.json      each finished run's timing and engine figures, for the summary;
   summary.json, lengths.png       once every part exists (`summary.write_summary`).
 
@@ -18,7 +20,8 @@ Engine (`config.engine`): "continuous" (default) keeps `batch_size` prompts' dec
 row ends (EOS or max_new_tokens) its slot takes the next prompt, whose prefill is written into that
 slot's cache, so decode steps approach generated tokens / slots. Prompts of every kind and dataset in
 this process's chunks feed the same slots. "static" decodes batches of `batch_size` prompts, each until
-its longest row ends. The teacher is loaded once, with listed layers that its decode layout shares
+its longest row ends. Continuous batching moves the job's last rows to fewer slots once no prompt
+waits (see `engine`). The teacher is loaded once, with listed layers that its decode layout shares
 (its weights are held once). summary.json's `throughput.engine` and the progress bar report decode
 steps, slot occupancy (the fraction of slot-steps that produced a kept token), prefill tokens
 (padding included) and compiled programs, beside records/s and tokens/s.
@@ -29,7 +32,12 @@ complete or absent; a run killed at any moment (SIGKILL included) and started ag
 command skips the parts that exist and redoes the others. A row's tokens depend only on the teacher,
 its prompt and its key: the hash of (seed, dataset, record id, kind) and the sample number, with the
 step counted per row. So the parts do not depend on the engine, the batch size, the chunk size's
-batching, where a run was killed, the number of processes or which process wrote them.
+batching, where a run was killed, the number of processes or which process wrote them. A part is kept
+only while its rows hold the current inputs (`chunks.record_inputs`: the record, its prompts, the
+sampling and the teacher, its weights fingerprinted by content, see `fingerprint`): a rerun after an
+edited question regenerates that record's part, after a retrained teacher or other sampling every
+part, and logs which parts and why. A second run of the same process index on the workdir refuses at
+start (`teacherlm_jax.workdir_lock`).
 
 Processes: chunk c belongs to process c % process_count (`config.process_index`/`process_count`, by
 default jax's). Each process generates its chunks on a mesh of its own local devices (data parallel
@@ -41,14 +49,16 @@ jax.distributed, else (processes started independently, e.g. `--config.process_i
 Long prompts: a prompt longer than `max_prompt_tokens` (0: the model's max_position_embeddings minus
 max_new_tokens) keeps its last tokens (truncation="left": the start of the question is lost, the
 answer and the kind's cue stay) or is not generated (truncation="skip": that kind is null for that
-record). Either way the record lists the kind under `truncated` or `skipped` and summary.json counts it.
+record; student training gives that record no example of it and logs the count). Either way the record
+lists the kind under `truncated` or `skipped` and summary.json counts it.
 
 Output record: `id, question, choices, answer, subject, source` (the input record), `gold` {kind: the
 record's own annotation}, one key per generated kind (`cot`, `fundamentals`, `mistakes`: the
 continuation's text, without the EOS; a list of `num_samples` texts when num_samples > 1; null when
 skipped), `prompts` {kind: full prompt}, `prompt_tokens` {kind: tokens before truncation},
 `new_tokens` {kind: generated tokens without the EOS, a list when num_samples > 1}, `truncated` and
-`skipped` (lists of kinds), `teacher` {init_from, checkpoint, model_type, dtype, tokenizer} and
+`skipped` (lists of kinds), `teacher` {init_from, checkpoint, model_type, dtype, tokenizer, weights:
+{sha256, method, files, bytes}} and
 `sampling` {temperature, top_k, top_p, max_new_tokens, num_samples, stop_at_eos, seed}.
 `teacherlm_jax.data.examples.read_augmented` reads it back for student training.
 """

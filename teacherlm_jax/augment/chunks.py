@@ -3,6 +3,7 @@ once every row has ended, its output records (one per input record, schema in `t
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -81,24 +82,32 @@ def output_records(chunk: Chunk, settings: Settings, limit: int, teacher: dict[s
     return [_output_record(chunk, i, settings, limit, teacher) for i in range(len(chunk.records))]
 
 
+def record_inputs(record: Record, settings: Settings, teacher: dict[str, Any]) -> dict[str, Any]:
+    """What a record's output is generated from, as its output record holds it (JSON types): the record,
+    its prompts, the teacher (its weights' fingerprint included) and the sampling. A part whose rows hold
+    other inputs is stale."""
+    inputs = {"id": record.id, "question": record.question, "choices": list(record.choices),
+              "answer": record.answer, "subject": record.subject, "source": record.source,
+              "gold": {k: getattr(record, k) for k in KINDS if getattr(record, k)},
+              "prompts": {kind: teacher_prompt(record, kind) for kind in settings.kinds},
+              "teacher": teacher, "sampling": dataclasses.asdict(settings.sampling)}
+    return json.loads(json.dumps(inputs))
+
+
 def _output_record(chunk: Chunk, i: int, settings: Settings, limit: int, teacher: dict[str, Any]) -> dict[str, Any]:
-    record, sampling = chunk.records[i], settings.sampling
-    one = sampling.num_samples == 1
-    out: dict[str, Any] = {
-        "id": record.id, "question": record.question, "choices": list(record.choices), "answer": record.answer,
-        "subject": record.subject, "source": record.source,
-        "gold": {k: getattr(record, k) for k in KINDS if getattr(record, k)},
-    }
+    one = settings.sampling.num_samples == 1
+    inputs = record_inputs(chunk.records[i], settings, teacher)
+    out = {k: inputs[k] for k in ("id", "question", "choices", "answer", "subject", "source", "gold")}
     for kind in settings.kinds:
         samples = chunk.outputs.get((i, kind))
         out[kind] = None if samples is None else samples[0][0] if one else [t for t, _ in samples]
-    out["prompts"] = {kind: chunk.prompts[kind][i] for kind in settings.kinds}
+    out["prompts"] = inputs["prompts"]
     out["prompt_tokens"] = {kind: chunk.prompt_tokens[i, kind] for kind in settings.kinds}
     out["new_tokens"] = {kind: None if (i, kind) not in chunk.outputs else chunk.outputs[i, kind][0][1] if one
                          else [n for _, n in chunk.outputs[i, kind]] for kind in settings.kinds}
     long = [kind for kind in settings.kinds if chunk.prompt_tokens[i, kind] > limit]
     out["truncated"] = long if settings.truncation == "left" else []
     out["skipped"] = long if settings.truncation == "skip" else []
-    out["teacher"] = teacher
-    out["sampling"] = dataclasses.asdict(sampling)
+    out["teacher"] = inputs["teacher"]
+    out["sampling"] = inputs["sampling"]
     return out

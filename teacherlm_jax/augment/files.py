@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from teacherlm_jax.data import Record
+from teacherlm_jax.data.records import DataError, json_object, numbered_lines
 
 MANIFEST = "manifest.json"
 RUNS = "runs"
@@ -54,38 +54,63 @@ def read_parts(out_dir: str | Path) -> list[dict[str, Any]]:
     if missing:
         raise FileNotFoundError(f"{out_dir}: {len(missing)} parts not written yet, e.g. {missing[0].name}")
     chunks = read_manifest(out_dir)["chunks"]
-    return [json.loads(line) for c in range(chunks)
-            for line in part_path(out_dir, c, chunks).read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [_json_row(where, line) for c in range(chunks)
+            for where, line in numbered_lines(part_path(out_dir, c, chunks)) if line.strip()]
 
 
-def check_manifest(out_dir: Path, manifest: dict[str, Any]) -> None:
-    """Write the manifest, or check that the parts already there were written with these settings."""
+def _json_row(where: str, line: str) -> dict[str, Any]:
+    try:
+        return json_object(line)
+    except ValueError as e:
+        raise DataError(where, f"{e}; parts are written whole, so this file was edited: delete it to "
+                               f"regenerate it") from None
+
+
+def check_manifest(out_dir: Path, manifest: dict[str, Any], inputs: Sequence[str]) -> list[str]:
+    """Writes the manifest; returns the `inputs` keys (content the parts are generated from) whose value
+    changed since it was last written, each "key: old -> new". Any other key that changed is refused: the
+    parts already there were cut with other settings."""
     manifest = json.loads(json.dumps(manifest))  # tuples -> lists, as read back
     path = out_dir / MANIFEST
-    if not path.exists():
-        write_atomic(path, json.dumps(manifest, indent=2) + "\n")
-        return
-    old = json.loads(path.read_text())
-    changed = [f"{k}: {old.get(k)!r} -> {manifest.get(k)!r}" for k in sorted(old.keys() | manifest.keys())
-               if old.get(k) != manifest.get(k)]
-    if changed:
-        raise ValueError(f"{path}: {out_dir} holds output written with other settings ({'; '.join(changed)}); "
+    old = json.loads(path.read_text()) if path.exists() else manifest
+    changed = [k for k in sorted(old.keys() | manifest.keys()) if old.get(k) != manifest.get(k)]
+    refused = [f"{k}: {old.get(k)!r} -> {manifest.get(k)!r}" for k in changed if k not in inputs]
+    if refused:
+        raise ValueError(f"{path}: {out_dir} holds output written with other settings ({'; '.join(refused)}); "
                          f"rerun with the same settings to resume, or use another workdir")
+    if changed or not path.exists():
+        write_atomic(path, json.dumps(manifest, indent=2) + "\n")
+    return [f"{k}: {_short(old.get(k))} -> {_short(manifest.get(k))}" for k in changed]
 
 
-def part_done(path: Path, chunk: Sequence[Record]) -> bool:
-    """Whether `path` exists; it must then hold exactly the chunk's records (it was renamed into place whole)."""
+def _short(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
+def stale_reason(path: Path, inputs: Sequence[dict[str, Any]]) -> str | None:
+    """None when `path` holds the outputs of exactly these inputs (`chunks.record_inputs`, one per record);
+    else why the part must be (re)generated: "missing", or which of its inputs changed."""
     if not path.exists():
-        return False
-    ids = [json.loads(line)["id"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if ids != [r.id for r in chunk]:
-        raise ValueError(f"{path}: holds records {ids[:3]}... but this chunk is {[r.id for r in chunk][:3]}...; "
-                         f"it was written from other input. Delete it, or use another workdir")
-    return True
+        return "missing"
+    rows = [_json_row(where, line) for where, line in numbered_lines(path) if line.strip()]
+    ids = [row.get("id") for row in rows]
+    if ids != [i["id"] for i in inputs]:
+        return f"its records were {ids[:3]}..., they are now {[i['id'] for i in inputs][:3]}..."
+    changed = {row["id"]: [k for k in i if row.get(k) != i[k]] for row, i in zip(rows, inputs)}
+    changed = {record: keys for record, keys in changed.items() if keys}
+    if not changed:
+        return None
+    shared = set.intersection(*map(set, changed.values()))
+    if len(changed) == len(rows) and shared & {"teacher", "sampling"}:
+        return f"{' and '.join(sorted(shared & {'teacher', 'sampling'}))} changed"
+    return "; ".join(f"record {record!r}: {', '.join(keys)} changed" for record, keys in list(changed.items())[:5]) \
+        + ("; ..." if len(changed) > 5 else "")
 
 
 def remove_temporary(out_dir: Path, chunks: Sequence[int], total: int) -> None:
-    """A killed run's temporary files of `chunks` (this process's: other processes' are theirs)."""
+    """A killed run's temporary files of `chunks` (this process's: other processes' are theirs, and the
+    workdir lock keeps a second run of this process index out)."""
     for c in chunks:
         for stale in out_dir.glob(part_path(out_dir, c, total).name + ".tmp*"):
             stale.unlink()

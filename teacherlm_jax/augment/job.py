@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +15,14 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from teacherlm_jax.augment.files import missing_parts
+from teacherlm_jax.augment.fingerprint import teacher_fingerprint
 from teacherlm_jax.augment.runner import DatasetWork, augment_datasets
 from teacherlm_jax.augment.settings import Sampling, Settings, require_int
 from teacherlm_jax.augment.summary import write_summary
-from teacherlm_jax.data import REGISTRY, load_records
+from teacherlm_jax.data import REGISTRY, DataError, load_records
 from teacherlm_jax.sharding import (DEFAULT_RULES, ConfigError, LogicalRules, initialize_distributed, make_mesh,
                                     parse_rules)
+from teacherlm_jax.workdir_lock import workdir_lock
 
 log = logging.getLogger(__name__)
 
@@ -134,8 +137,14 @@ def load_teacher(config: ml_collections.ConfigDict, mesh: Mesh, rules: LogicalRu
     if len(tokenizer) > model.config.vocab_size:
         raise ConfigError(f"config.tokenizer: {tokenizer_path} has {len(tokenizer)} tokens but the teacher's "
                           f"vocabulary is {model.config.vocab_size}: they do not belong together")
+    started = time.perf_counter()
+    weights = teacher_fingerprint(model_config["init_from"], tokenizer_path)  # by content: a retrained teacher differs
+    log.info("teacher %s: fingerprint %s of %d files (%.2f GB) by %s in %.1fs", model_config["init_from"],
+             weights["sha256"][:12], weights["files"], weights["bytes"] / 1e9, weights["method"],
+             time.perf_counter() - started)
     teacher = {"init_from": str(init_from), "checkpoint": str(model_config["init_from"]),
-               "model_type": model_config["family"], "dtype": model.config.dtype, "tokenizer": str(tokenizer_path)}
+               "model_type": model_config["family"], "dtype": model.config.dtype, "tokenizer": str(tokenizer_path),
+               "weights": weights}
     return model, tokenizer, teacher
 
 
@@ -163,15 +172,26 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
     initialize_distributed(config.get("distributed"))
     settings, datasets = settings_from_config(config)  # fail on bad keys before loading a model
     process_index, process_count = processes(config)
-    mesh, rules = local_mesh(config)
-    model, tokenizer, teacher = load_teacher(config, mesh, rules)
+    # Processes may share the workdir; a second run of the same process's chunks (whose temporary files
+    # this one removes at start) refuses.
+    with workdir_lock(workdir, f"augment-{process_index}"):
+        _augment(config, workdir, settings, datasets, process_index, process_count)
+
+
+def _augment(config: ml_collections.ConfigDict, workdir: str, settings: Settings, datasets: list[DatasetSpec],
+             process_index: int, process_count: int) -> None:
     max_records = int(config.max_records)
     work = []
-    for spec in datasets:
+    for spec in datasets:  # before the teacher: bad data fails in seconds, not after a model load
         records = load_records(spec.dataset, spec.split or "train", data_dir=config.get("data_dir"))
+        if not records:
+            where = f"{spec.dataset}:{spec.split}" if spec.split else spec.dataset
+            raise DataError(where, f"0 records: nothing to augment for dataset {spec.name!r} (config.datasets)")
         info = {"source": spec.dataset, "split": spec.split, "available": len(records), "max_records": max_records}
         work.append(DatasetWork(spec.name, records[:max_records] if max_records else records,
                                 Path(workdir) / "augmented" / spec.name, info))
+    mesh, rules = local_mesh(config)
+    model, tokenizer, teacher = load_teacher(config, mesh, rules)
     stats = augment_datasets(model, tokenizer, work, settings, teacher=teacher, process_index=process_index,
                              process_count=process_count, mesh=mesh, rules=rules)
     for item in work:

@@ -18,9 +18,11 @@ from typing import Any
 from flax import nnx
 from jax.sharding import Mesh
 
-from teacherlm_jax.augment.chunks import Chunk, decode, make_chunk, output_records
+from teacherlm_jax import report_json
+from teacherlm_jax.augment.chunks import Chunk, decode, make_chunk, output_records, record_inputs
 from teacherlm_jax.augment.engine import Engine, prompt_width
-from teacherlm_jax.augment.files import RUNS, check_manifest, part_done, part_path, remove_temporary, write_atomic
+from teacherlm_jax.augment.files import (RUNS, check_manifest, part_path, remove_temporary, stale_reason,
+                                         write_atomic)
 from teacherlm_jax.augment.settings import Settings
 from teacherlm_jax.augment.summary import progress
 from teacherlm_jax.data import Record
@@ -123,19 +125,35 @@ def augment_datasets(model: nnx.Module, tokenizer, datasets: Sequence[DatasetWor
 
 def _plan(work: DatasetWork, settings: Settings, limit: int, teacher: dict[str, Any], process_index: int,
           process_count: int) -> _Plan:
-    """The dataset's chunks, checked against the manifest, and which of this process's parts are missing."""
+    """The dataset's chunks, checked against the manifest, and which of this process's parts are missing or
+    stale (written from other inputs: deleted here, with the reason in the log, so none is ever mixed in)."""
     (work.out_dir / RUNS).mkdir(parents=True, exist_ok=True)
     size = settings.chunk_size
     chunks = [work.records[i:i + size] for i in range(0, len(work.records), size)]
-    check_manifest(work.out_dir, {
+    inputs = [[record_inputs(r, settings, teacher) for r in chunk] for chunk in chunks]
+    records = [{k: v for k, v in i.items() if k not in ("teacher", "sampling")} for chunk in inputs for i in chunk]
+    changed = check_manifest(work.out_dir, {
         "dataset": work.name, **work.info, "records": len(work.records),
-        "ids_sha256": hashlib.sha256(json.dumps([r.id for r in work.records]).encode()).hexdigest(),
+        "records_sha256": hashlib.sha256(json.dumps(records).encode()).hexdigest(),
         "chunks": len(chunks), "chunk_size": size, "kinds": settings.kinds,
         "sampling": dataclasses.asdict(settings.sampling), "truncation": settings.truncation,
-        "max_prompt_tokens": limit, "teacher": teacher})
+        "max_prompt_tokens": limit, "teacher": teacher}, inputs=("records_sha256", "sampling", "teacher"))
+    if changed:
+        log.info("%s: inputs changed since its parts were written: %s", work.name, "; ".join(changed))
     mine = list(range(process_index, len(chunks), process_count))
     remove_temporary(work.out_dir, mine, len(chunks))  # a killed run's (parts are renamed whole, never half-written)
-    todo = [c for c in mine if not part_done(part_path(work.out_dir, c, len(chunks)), chunks[c])]
+    reasons = {c: stale_reason(part_path(work.out_dir, c, len(chunks)), inputs[c]) for c in mine}
+    stale: dict[str, list[int]] = {}
+    for c, reason in reasons.items():
+        if reason not in (None, "missing"):
+            stale.setdefault(reason, []).append(c)
+    for reason, numbers in stale.items():
+        names = [part_path(work.out_dir, c, len(chunks)).name for c in numbers]
+        log.info("%s: regenerating %d parts (%s%s): %s", work.name, len(names), ", ".join(names[:5]),
+                 ", ..." if len(names) > 5 else "", reason)
+        for name in names:
+            (work.out_dir / name).unlink()
+    todo = [c for c in mine if reasons[c] is not None]
     return _Plan(work, chunks, mine, todo)
 
 
@@ -150,7 +168,7 @@ def _save_stats(plan: _Plan, process_index: int, process_count: int, seconds: fl
              "compiled_programs": engine.stats()["compiled_programs"] if engine and plan.todo else 0,
              "engine": engine.stats() if engine and plan.todo else None}
     path = plan.work.out_dir / RUNS / f"{process_index}-{time.time_ns()}.json"
-    write_atomic(path, json.dumps(stats, indent=2) + "\n")
+    write_atomic(path, report_json.dumps(stats, indent=2) + "\n")
     return stats
 
 

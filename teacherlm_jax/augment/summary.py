@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from teacherlm_jax import report_json
 from teacherlm_jax.augment.files import HISTOGRAM, RUNS, SUMMARY, read_manifest, read_parts, write_atomic
 
 log = logging.getLogger(__name__)
@@ -119,7 +120,7 @@ def write_summary(out_dir: str | Path) -> dict[str, Any]:
     rows = read_parts(out_dir)
     summary = summarize(out_dir, rows)
     plot_lengths(_lengths(rows, summary["kinds"]), out_dir / HISTOGRAM, str(summary.get("dataset", out_dir.name)))
-    write_atomic(out_dir / SUMMARY, json.dumps(summary, indent=2) + "\n")
+    write_atomic(out_dir / SUMMARY, report_json.dumps(summary, indent=2) + "\n")
     return summary
 
 

@@ -12,6 +12,10 @@ Styles (how the text is laid out):
                   (answer format: ` --> X`), trained on the completion only.
 An annotation that is a list (several teacher samples, Fine-tune-CoT's diverse reasoning) gives one
 example per sample.
+Augment output: a kind the augment job skipped (prompt over max_prompt_tokens with truncation="skip":
+null, listed under the record's `skipped`) gives no example for that record, and `skipped_kinds` counts
+such records (the training run logs the count); a truncated kind is used as written. Any other missing
+kind is an error.
 """
 from __future__ import annotations
 
@@ -24,7 +28,7 @@ import numpy as np
 
 from teacherlm_jax.data.formats import (KIND_PROMPTS, KINDS, finetune_cot_prompt, question_block,
                                         remove_duplicated_block, teacher_prompt)
-from teacherlm_jax.data.records import LETTERS, DataError, Record
+from teacherlm_jax.data.records import LETTERS, DataError, Record, numbered_lines
 
 FORMATS = ("answer", *KINDS, "mixed")
 STYLES = ("teacherlm", "finetune_cot")
@@ -39,10 +43,12 @@ class TextPair:
 
 @dataclasses.dataclass(frozen=True)
 class Annotated:
-    """A record with annotations that may hold several samples each (augment output)."""
+    """A record with annotations that may hold several samples each (augment output). `skipped`: the
+    kinds the augment job did not generate for it (prompt too long, truncation="skip")."""
 
     record: Record
     annotations: Mapping[str, tuple[str, ...]]
+    skipped: tuple[str, ...] = ()
 
 
 def annotated(record: Record) -> Annotated:
@@ -65,7 +71,8 @@ def _kind_pair(record: Record, kind: str, text: str, style: str) -> tuple[str, s
 
 
 def text_pairs(item: Annotated, fmt: str, style: str = "teacherlm") -> list[TextPair]:
-    """The examples `item` gives in format `fmt`; a record lacking the asked kind is an error."""
+    """The examples `item` gives in format `fmt`; none for a kind the augment job skipped; a record
+    lacking the asked kind otherwise is an error."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
     if style not in STYLES:
@@ -73,10 +80,17 @@ def text_pairs(item: Annotated, fmt: str, style: str = "teacherlm") -> list[Text
     record = item.record
     if fmt == "answer":
         return [TextPair(record.id, *_answer_pair(record, style))]
-    kinds = [k for k in KINDS if item.annotations.get(k)] if fmt == "mixed" else [fmt]
-    if not kinds or not item.annotations.get(kinds[0]):
-        raise DataError(f"{record.source or 'records'}:{record.id}",
-                        f"has no {fmt!r} annotation" if fmt != "mixed" else "has no annotation of any kind")
+    where = f"{record.source or 'records'}:{record.id}"
+    if fmt == "mixed":
+        kinds = [k for k in KINDS if item.annotations.get(k)]
+        if not kinds and not item.skipped:
+            raise DataError(where, "has no annotation of any kind")
+    elif item.annotations.get(fmt):
+        kinds = [fmt]
+    elif fmt in item.skipped:
+        kinds = []  # the augment job skipped it: no example (`skipped_kinds` counts the record)
+    else:
+        raise DataError(where, f"has no {fmt!r} annotation")
     pairs = []
     for kind in kinds:
         samples = item.annotations[kind]
@@ -105,7 +119,8 @@ def mix_by_ratio(pairs_by_kind: Mapping[str, Sequence[TextPair]], ratios: Mappin
 
 def read_augmented(path: str | Path) -> list[Annotated]:
     """Records written by the augment job (`augmented/<dataset>/*.jsonl`, or one such file): the
-    teacher's texts under `cot` / `fundamentals` / `mistakes`, a string or a list of samples."""
+    teacher's texts under `cot` / `fundamentals` / `mistakes`, a string or a list of samples (null, and
+    listed under `skipped`, for a kind it skipped)."""
     path = Path(path)
     if path.is_dir() and (path / "manifest.json").exists() and not (path / "summary.json").exists():
         raise DataError(str(path), "augment output is incomplete (no summary.json yet): rerun the augment job "
@@ -115,10 +130,9 @@ def read_augmented(path: str | Path) -> list[Annotated]:
         raise DataError(str(path), "no augmented .jsonl files found")
     items = []
     for file in files:
-        for line_no, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
+        for where, line in numbered_lines(file):
             if not line.strip():
                 continue
-            where = f"{file}:{line_no}"
             try:
                 row = json.loads(line)
                 record = Record(id=str(row["id"]), question=row["question"], choices=tuple(row["choices"]),
@@ -135,8 +149,18 @@ def read_augmented(path: str | Path) -> list[Annotated]:
                 if not all(isinstance(s, str) for s in samples):
                     raise DataError(where, f"{kind!r} must be a string or a list of strings")
                 annotations[kind] = samples
-            items.append(Annotated(record, annotations))
+            skipped = row.get("skipped") or []
+            if not isinstance(skipped, list) or not set(skipped) <= set(KINDS):
+                raise DataError(where, f"'skipped' must be a list of kinds {KINDS}, got {skipped!r}")
+            items.append(Annotated(record, annotations, tuple(skipped)))
     return items
+
+
+def skipped_kinds(items: Iterable[Annotated], fmt: str) -> dict[str, int]:
+    """{kind: records that give no example of it in format `fmt` because the augment job skipped it}."""
+    kinds = KINDS if fmt == "mixed" else (fmt,) if fmt in KINDS else ()
+    counts = {k: sum(k in item.skipped and not item.annotations.get(k) for item in items) for k in kinds}
+    return {k: n for k, n in counts.items() if n}
 
 
 def build_pairs(items: Iterable[Annotated], fmt: str, style: str = "teacherlm", *,

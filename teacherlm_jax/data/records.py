@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -135,15 +136,33 @@ def collect(rows: Iterable[Row], source: str, *, skip_invalid: bool,
     return out
 
 
+def numbered_lines(path: str | os.PathLike) -> Iterator[tuple[str, str]]:
+    """`("path:line", text)` for each line of a UTF-8 data file, streamed, split at "\n" only (JSON
+    lines may hold U+2028 and the like, which `str.splitlines` would split at).
+
+    Every reader of data files reads through here, so a byte that is not UTF-8 is a `DataError` naming
+    file, line, offset and byte, not a bare UnicodeDecodeError. It is never skipped (not even with
+    `skip_invalid`): a wrong encoding is the file's fault, not one row's."""
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            where = f"{path}:{lineno}"
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(where, f"not UTF-8: byte 0x{raw[e.start]:02x} at byte {e.start + 1} of the line "
+                                       f"({e.reason}); save the file as UTF-8") from None
+            yield where, text
+
+
 def jsonl_rows(path: str, convert: Callable[[dict], T]) -> Iterator[Row]:
     """`(path:line, build)` for each non-blank line of a JSON-lines file."""
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if line.strip():
-                yield f"{path}:{lineno}", (lambda line=line: convert(_json_object(line)))
+    for where, line in numbered_lines(path):
+        if line.strip():
+            yield where, (lambda line=line: convert(json_object(line)))
 
 
-def _json_object(line: str) -> dict:
+def json_object(line: str) -> dict:
+    """One JSON-lines row; ValueError (the caller adds file:line) unless it is a JSON object."""
     try:
         obj = json.loads(line)
     except json.JSONDecodeError as e:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from teacherlm_jax.data.formats import TRUE_FALSE, TRUE_FALSE_PREFIX, remove_duplicated_block
-from teacherlm_jax.data.records import LETTERS, DataError, Record, Row, collect, jsonl_rows
+from teacherlm_jax.data.records import LETTERS, DataError, Record, Row, collect, jsonl_rows, numbered_lines
 from teacherlm_jax.data.synthetic import SPLITS as SYNTHETIC_SPLITS
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ def _letter_index(value: str) -> int:
 
 def _json_array(path: Path) -> list:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads("".join(text for _, text in numbered_lines(path)))
     except json.JSONDecodeError as e:
         raise DataError(str(path), f"bad JSON: {e}") from None
     if not isinstance(data, list):
@@ -103,11 +103,10 @@ def read_ecqa(data_dir: Path, split: str) -> Iterator[Row]:
         by_id.update(collect(jsonl_rows(path, lambda row: (row["id"], row)), path,
                              skip_invalid=False, report=None))
     ids_path = data_dir / "ecqa" / "author_split" / f"{split}_ids.txt"
-    with open(ids_path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if line.strip():
-                yield f"{ids_path}:{lineno}", (lambda qid=line.strip(): _csqa_record(
-                    _lookup(by_id, qid, "CommonsenseQA train+dev"), "ecqa"))
+    for where, line in numbered_lines(ids_path):
+        if line.strip():
+            yield where, (lambda qid=line.strip(): _csqa_record(
+                _lookup(by_id, qid, "CommonsenseQA train+dev"), "ecqa"))
 
 
 def _lookup(table: dict, key: str, what: str) -> dict:
@@ -165,12 +164,11 @@ def _csv_rows(directory: Path, split: str,
         raise DataError(str(directory), f"no *_{split}.csv files")
     for path in files:
         subject = path.name[: -len(f"_{split}.csv")]
-        with open(path, encoding="utf-8", newline="") as f:
-            reader = csv.reader(f)
-            if header is not None and next(reader, None) != header:
-                raise DataError(f"{path}:1", f"expected header {header}")
-            for row in reader:
-                yield f"{path}:{reader.line_num}", subject, row
+        reader = csv.reader(text for _, text in numbered_lines(path))
+        if header is not None and next(reader, None) != header:
+            raise DataError(f"{path}:1", f"expected header {header}")
+        for row in reader:
+            yield f"{path}:{reader.line_num}", subject, row
 
 
 def _mmlu_reader(name: str, subdir: str, header: list[str] | None, answer: Callable[[str], int]):

@@ -9,6 +9,9 @@
     config.data.kind_ratios  per-kind repeat ratios for format "mixed" (stage 2)
     config.data.seq_len, loss_on (all | target), add_eos, skip_invalid, eval_fraction
 
+Augment output: a kind the augment job skipped for a record gives no example of it (counted and logged
+per dataset); a truncated kind is used as written (see data/examples.py).
+
 Examples are tokenized once, truncated to the LAST `seq_len` tokens (counted and logged), and split
 into train/eval streams by a hash of their id when `eval_fraction > 0`, so the split does not move
 when datasets are reordered.
@@ -21,7 +24,8 @@ from pathlib import Path
 
 import ml_collections
 
-from teacherlm_jax.data.examples import FORMATS, STYLES, TextPair, annotated, build_pairs, read_augmented
+from teacherlm_jax.data.examples import (FORMATS, STYLES, TextPair, annotated, build_pairs, read_augmented,
+                                        skipped_kinds)
 from teacherlm_jax.data.pipeline import make_batch_iterator
 from teacherlm_jax.data.records import LoadReport
 from teacherlm_jax.data.registry import load_instructions, load_records
@@ -54,6 +58,10 @@ def load_pairs(data: ml_collections.ConfigDict, report: LoadReport | None = None
             continue
         if Path(spec).is_dir() and list(Path(spec).glob("*.jsonl")):
             items = read_augmented(spec)
+            for kind, count in skipped_kinds(items, fmt).items():
+                log.warning("%s: %d of %d records have no %r text (the augment job skipped it: prompt longer "
+                            "than max_prompt_tokens, truncation='skip'); they give no %r example", spec, count,
+                            len(items), kind, kind)
         else:
             name, sep, split = spec.rpartition(":")
             if not sep or name not in REGISTRY:  # `hf:...` / `tfds:...` / paths carry their own colons

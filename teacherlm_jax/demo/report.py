@@ -15,12 +15,15 @@ from typing import Any
 
 import ml_collections
 
+from teacherlm_jax import report_json
+from teacherlm_jax.data.records import numbered_lines
+
 ANSWER_PHRASE = "So the answer is {}."
 BASELINE = "answers_only"
 
 
 def _read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [json.loads(line) for _, line in numbered_lines(path) if line.strip()]
 
 
 def _augmented_rows(directories: tuple[Path, ...]) -> list[dict]:
@@ -134,7 +137,7 @@ def write_report(config: ml_collections.ConfigDict, work: Path, *, results: dict
         "total_seconds": round(sum(timings.values()), 1),
     }
     tmp = work / "report.json.tmp"
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    tmp.write_text(report_json.dumps(report, indent=2) + "\n")
     os.replace(tmp, work / "report.json")
 
     runs = {f"teacher/{p.name}": p for p in sorted((work / "teacher").iterdir()) if (p / "metrics.jsonl").is_file()}

@@ -7,10 +7,11 @@ evaluate.py does); the macro average is the mean of the per-subject accuracies.
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from teacherlm_jax import report_json
 
 _SUBCATEGORY = {
     "abstract_algebra": "math", "anatomy": "health", "astronomy": "physics", "business_ethics": "business",
@@ -64,8 +65,9 @@ class Prediction:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
 
 
-def accuracy(predictions: Sequence[Prediction]) -> float:
-    return sum(p.correct for p in predictions) / len(predictions) if predictions else float("nan")
+def accuracy(predictions: Sequence[Prediction]) -> float | None:
+    """None for no predictions: there is no accuracy to report (NaN would not be valid JSON)."""
+    return sum(p.correct for p in predictions) / len(predictions) if predictions else None
 
 
 def _group(predictions: Sequence[Prediction], key) -> dict[str, dict[str, float]]:
@@ -95,6 +97,8 @@ def task_metrics(predictions: Sequence[Prediction], *, dataset: str, available: 
         "available": available, "max_examples": max_examples, "subset": len(predictions) < available,
         "truncated": sum(p.truncated for p in predictions),
     }
+    if not predictions:
+        out["note"] = "no questions were evaluated, so accuracy is null"
     if generative:
         out["unparsed"] = sum(p.prediction < 0 for p in predictions)
     if mmlu:
@@ -106,7 +110,7 @@ def write_predictions(path: Path, predictions: Sequence[Prediction]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
         for p in predictions:
-            f.write(json.dumps(p.to_json(), ensure_ascii=False) + "\n")
+            f.write(report_json.dumps(p.to_json(), ensure_ascii=False) + "\n")
 
 
 def results_markdown(metrics: dict[str, Any]) -> str:
@@ -122,7 +126,10 @@ def results_markdown(metrics: dict[str, Any]) -> str:
             notes.append(f"{m['unparsed']} generations name no choice")
         if "macro_accuracy" in m:
             notes.append(f"macro over subjects {100 * m['macro_accuracy']:.2f}")
-        lines.append(f"| {name} | {100 * m['accuracy']:.2f} | {m['count']} | {'; '.join(notes)} |")
+        if m.get("note"):
+            notes.append(m["note"])
+        shown = "n/a" if m["accuracy"] is None else f"{100 * m['accuracy']:.2f}"
+        lines.append(f"| {name} | {shown} | {m['count']} | {'; '.join(notes)} |")
     for name, m in metrics["tasks"].items():
         if "categories" in m:
             lines += ["", f"**{name}** by category", "", "| category | accuracy | questions |", "|---|---|---|"]
@@ -140,7 +147,7 @@ def plot_accuracy(metrics: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    bars = [(name, m["accuracy"]) for name, m in metrics["tasks"].items()]
+    bars = [(name, m["accuracy"]) for name, m in metrics["tasks"].items() if m["accuracy"] is not None]
     for name, m in metrics["tasks"].items():
         bars += [(f"{name}/{c}", v["accuracy"]) for c, v in m.get("categories", {}).items()]
     fig, ax = plt.subplots(figsize=(max(4.0, 0.7 * len(bars) + 1), 3.5))
@@ -157,6 +164,6 @@ def plot_accuracy(metrics: dict[str, Any], path: Path) -> None:
 def write_report(out_dir: Path, metrics: dict[str, Any]) -> None:
     """metrics.json, results.md and accuracy.png in `out_dir`."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    (out_dir / "metrics.json").write_text(report_json.dumps(metrics, indent=2) + "\n")
     (out_dir / "results.md").write_text(results_markdown(metrics))
     plot_accuracy(metrics, out_dir / "accuracy.png")

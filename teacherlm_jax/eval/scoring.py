@@ -134,7 +134,8 @@ def num_traces() -> int:
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "mesh", "rules"))
 def _score_program(state, prefill, prefill_mask, step, step_mask, targets, target_mask, *, graphdef, mesh, rules):
-    """Sum of log p(target) over the step positions where `target_mask` is 1: [batch, choices]."""
+    """(sum of log p(target) over the step positions where `target_mask` is 1, whether every such
+    target is the argmax there): [batch, choices] each."""
     global _traces
     _traces += 1
     with activation_sharding(mesh, rules) if mesh is not None else contextlib.nullcontext():
@@ -149,9 +150,11 @@ def _score_program(state, prefill, prefill_mask, step, step_mask, targets, targe
         logprobs = jax.nn.log_softmax(logits, axis=-1)
         picked = jnp.take_along_axis(logprobs, targets, axis=-1)  # [batch, steps, choices]
         sums = jnp.sum(picked * target_mask[:, :, None], axis=1)
+        top = jnp.argmax(logits, axis=-1)[:, :, None]
+        greedy = jnp.all((top == targets) | (target_mask[:, :, None] == 0), axis=1)
         if mesh is not None:  # replicated: every process reads the whole result
-            sums = jax.lax.with_sharding_constraint(sums, NamedSharding(mesh, PartitionSpec()))
-        return sums
+            sums, greedy = jax.lax.with_sharding_constraint((sums, greedy), NamedSharding(mesh, PartitionSpec()))
+        return sums, greedy
 
 
 _INPUTS = ("prefill", "prefill_mask", "step", "step_mask", "targets", "target_mask")
@@ -166,8 +169,9 @@ def _put(array: np.ndarray, mesh: Mesh | None, rules: LogicalRules | None):
 
 def score_rows(model: nnx.Module, rows: Sequence[Row], *, batch_size: int, max_length: int,
                mesh: Mesh | None = None, rules: LogicalRules | None = None,
-               progress: Callable[[int], None] | None = None) -> list[np.ndarray]:
-    """Summed continuation log-probs per row ([len(row.continuations)] each), in `rows` order.
+               progress: Callable[[int], None] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(summed log-probs, greedy) of each row's continuations ([len(row.continuations)] each), in `rows`
+    order; greedy: every token of the continuation is the model's argmax (lm-evaluation-harness's).
 
     Rows are sorted by (step width, length) so each batch's padding is small; `progress(n)` is
     called with the number of rows done after each batch.
@@ -179,12 +183,18 @@ def score_rows(model: nnx.Module, rows: Sequence[Row], *, batch_size: int, max_l
     pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
     graphdef, state = nnx.split(model)
     order = sorted(range(len(rows)), key=lambda i: (step_bucket(rows[i].steps), len(rows[i].context)), reverse=True)
-    out: list[np.ndarray | None] = [None] * len(rows)
+    out: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(rows)
 
-    def collect(chunk: list[int], sums: jax.Array) -> None:
-        sums = np.asarray(sums.addressable_data(0))  # replicated (or on one device)
+    def collect(chunk: list[int], result: tuple[jax.Array, jax.Array]) -> None:
+        sums, greedy = (np.asarray(x.addressable_data(0)) for x in result)  # replicated (or on one device)
+        bad = [i for b, i in enumerate(chunk) if not np.all(np.isfinite(sums[b, :len(rows[i].continuations)]))]
+        if bad:  # an argmax over NaN scores would still pick a choice: a plausible-looking accuracy
+            raise FloatingPointError(
+                f"non-finite log-probabilities for {len(bad)} of {len(chunk)} rows in a batch (first: question "
+                f"{rows[bad[0]].question}, scores {sums[chunk.index(bad[0]), :len(rows[bad[0]].continuations)]}): "
+                f"the model's weights or computation are not finite (see the model's checkpoint / dtype)")
         for b, i in enumerate(chunk):
-            out[i] = sums[b, :len(rows[i].continuations)]
+            out[i] = (sums[b, :len(rows[i].continuations)], greedy[b, :len(rows[i].continuations)])
         if progress is not None:
             progress(len(chunk))
 
@@ -221,7 +231,7 @@ def loglik_choices(model: nnx.Module, contexts: Sequence[Sequence[int]],
                       progress=progress)
     scores = [[0.0] * len(c) for c in continuations]
     truncated = [False] * len(contexts)
-    for row, values in zip(rows, sums):
+    for row, (values, _) in zip(rows, sums):
         truncated[row.question] |= row.truncated
         for choice, cont, value in zip(row.choices, row.continuations, values):
             scores[row.question][choice] = float(value) / (len(cont) if score == "mean" else 1)

@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from teacherlm_jax.data import REGISTRY, Record, load_records
+from teacherlm_jax.data import REGISTRY, DataError, Record, load_records
 
 ALIASES = {
     "mmlu": ("mmlu", "test"),
@@ -82,4 +82,8 @@ def subset(records: list[Record], max_examples: int) -> list[Record]:
 
 
 def load_task(task: Task, *, data_dir: str | None = None) -> list[Record]:
-    return load_records(task.dataset, task.split, data_dir=data_dir)
+    """The task's questions; none is an error (an accuracy over no questions means nothing)."""
+    records = load_records(task.dataset, task.split, data_dir=data_dir)
+    if not records:
+        raise DataError(task.label, f"0 records: task {task.name!r} has no questions to evaluate (config.tasks)")
+    return records

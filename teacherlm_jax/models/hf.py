@@ -249,7 +249,17 @@ def load_tokenizer(path_or_hub_id: str | os.PathLike, *, padding_side: str = "le
         tokenizer.padding_side = padding_side
         return tokenizer
     directory = resolve_checkpoint_dir(path_or_hub_id)
-    tokenizer = AutoTokenizer.from_pretrained(str(directory), padding_side=padding_side)
+    try:
+        # False, not the default None: None asks on a terminal, and a "y" runs the folder's .py files.
+        tokenizer = AutoTokenizer.from_pretrained(str(directory), padding_side=padding_side,
+                                                  trust_remote_code=False)
+    except ValueError as e:
+        if "trust_remote_code" not in str(e):
+            raise
+        raise ValueError(
+            f"{directory}: the tokenizer names its own code (`auto_map` in tokenizer_config.json or "
+            f"config.json) and no built-in transformers class; teacherlm_jax never runs a checkpoint's "
+            f"code: use a tokenizer whose `tokenizer_class` is a transformers class") from e
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

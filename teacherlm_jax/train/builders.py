@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,8 @@ from teacherlm_jax.models.hf import FAMILIES, ModelFamily, from_pretrained, read
 from teacherlm_jax.models.param_map import RUN_FIELDS
 from teacherlm_jax.sharding import ConfigError, LogicalRules, param_shardings
 from teacherlm_jax.train.checkpoint import abstract_like, restore_params
+
+log = logging.getLogger(__name__)
 
 RUN_KEYS = RUN_FIELDS  # how to run, not what the model is
 MODEL_CONFIG = "model_config.json"  # a run's architecture, HF config.json style, for init_from=run dir
@@ -92,6 +95,22 @@ def build_model(model: dict[str, Any], mesh: Mesh, rules: LogicalRules, *, seed:
     abstract = abstract_model(model, seed)
     graphdef, _ = nnx.split(abstract, nnx.Param)
     return nnx.merge(graphdef, load_params(model, abstract, mesh, rules, seed))
+
+
+def check_resumable(model: nnx.Module, workdir: str | Path) -> None:
+    """Refuses to resume `workdir` with another architecture, naming the fields that differ, before a
+    restore would fail on a parameter's shape deep inside Orbax."""
+    path = Path(workdir) / MODEL_CONFIG
+    if not path.is_file():  # a run from before model configs were written: the restore checks shapes
+        log.warning("%s is missing: cannot check config.model against the checkpoints in %s", path, workdir)
+        return
+    saved, ours = json.loads(path.read_text()), json.loads(json.dumps(model.config.to_hf_dict()))  # as saved
+    diffs = [f"{k}: workdir {saved.get(k, '(unset)')!r}, config {ours.get(k, '(unset)')!r}"
+             for k in sorted(set(saved) | set(ours)) if saved.get(k) != ours.get(k)]
+    if diffs:
+        raise ConfigError(f"config.model differs from the model of the run in {workdir} ({path}):\n  "
+                          + "\n  ".join(diffs) + "\nresume with the run's model settings, or train this model in "
+                          "another workdir")
 
 
 def write_model_config(model: nnx.Module, workdir: str | Path) -> None:

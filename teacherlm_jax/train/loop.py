@@ -23,12 +23,15 @@ from teacherlm_jax.models.hf import load_tokenizer, save_pretrained
 from teacherlm_jax.sharding import (
     ConfigError, data_parallel_size, initialize_distributed, mesh_from_config, param_shardings,
 )
-from teacherlm_jax.train.builders import abstract_model, load_params, write_model_config
+from teacherlm_jax.train.builders import abstract_model, check_resumable, load_params, write_model_config
 from teacherlm_jax.train.checkpoint import Checkpointer, SigtermFlag, abstract_like
 from teacherlm_jax.train.data import BatchIterator, global_batch, make_train_data
 from teacherlm_jax.train.metrics import MetricsWriter, StepTimer, flops_per_token, plot_loss_curve
 from teacherlm_jax.train.optim import decay_mask, make_optimizer
-from teacherlm_jax.train.step import TrainState, init_train_state, make_eval_step, make_train_step, state_shardings
+from teacherlm_jax.train.step import (
+    FINITE, TrainState, init_train_state, make_eval_step, make_train_step, state_shardings,
+)
+from teacherlm_jax.workdir_lock import workdir_lock
 
 log = logging.getLogger(__name__)
 
@@ -96,10 +99,16 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> Path | None
     """Trains to `config.num_train_steps` (resuming from WORKDIR/checkpoints if any).
 
     Returns WORKDIR/hf_final (a Hugging Face directory) when config.export_hf, else WORKDIR; None when
-    stopped early by a preemption notice (a checkpoint was saved first).
+    stopped early by a preemption notice (a checkpoint was saved first). Another training on WORKDIR
+    (each process locks its own name) refuses at once: see `workdir_lock`. A non-finite loss or weights
+    (checked at each logged step and before each save) stop it with NonFiniteError, nothing of them saved.
     """
-    workdir = Path(workdir)
     initialize_distributed(config.get("distributed"))
+    with workdir_lock(workdir, f"train-{jax.process_index()}"):
+        return _train(config, Path(workdir))
+
+
+def _train(config: ml_collections.ConfigDict, workdir: Path) -> Path | None:
     mesh, rules = mesh_from_config(config)
     validate(config, data_parallel_size(mesh, rules))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -116,6 +125,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> Path | None
                         use_async=config.get("async_checkpoints", True))
     start = ckpt.latest_step() or 0
     if start:  # our own checkpoint wins over init_from: this is a restart
+        check_resumable(abstract, workdir)
         state, data_state = ckpt.restore(start, setup.abstract_state())
         data.set_state(data_state)
         log.info("resumed from %s/checkpoints step %d", workdir, start)
@@ -146,6 +156,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> Path | None
 
     writer = MetricsWriter(workdir, start_step=start, total_steps=config.num_train_steps)
     sigterm = SigtermFlag()
+    checked = start  # the last step whose loss and params were seen finite (a restored step was, when saved)
     try:
         for step in range(start, config.num_train_steps):
             batch = global_batch(_checked(next(data), model_cfg.vocab_size), mesh, rules, config.batch_size, seq_len)
@@ -157,7 +168,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> Path | None
             record: dict[str, float] = {}
             last = done == config.num_train_steps
             if done % config.log_every == 0 or last:
-                record.update({k: float(v) for k, v in jax.device_get(metrics).items()}, **timer.measure(done))
+                record.update(finite_metrics(metrics, done, checked, workdir), **timer.measure(done))
+                checked = done
             if config.eval_every and (done % config.eval_every == 0 or last):
                 record.update(evaluate(state.params))
             if record:
@@ -165,6 +177,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> Path | None
                 timer.mark(done)  # eval and logging are not training time
             preempted = sigterm.raised or ckpt.reached_preemption(done)
             if preempted or last or ckpt.should_save(done):
+                if checked != done:  # only checked states are saved (and so exported)
+                    finite_metrics(metrics, done, checked, workdir)
+                    checked = done
                 ckpt.save(done, state, data.get_state())
             if preempted:
                 log.warning("preempted: saved step %d in %s; rerun the same command to continue", done, workdir)
@@ -179,6 +194,23 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> Path | None
     if not config.get("export_hf", True):
         return workdir
     return export_hf(nnx.merge(graphdef, state.params), workdir / HF_EXPORT, tokenizer)
+
+
+class NonFiniteError(FloatingPointError):
+    """Training produced a non-finite loss or weights."""
+
+
+def finite_metrics(metrics: dict, step: int, checked: int, workdir: Path) -> dict[str, float]:
+    """The train step's metrics as floats (less FINITE), fetched where the loop fetches them anyway; raises
+    NonFiniteError, before anything of `step` is logged, saved or exported, when they are not finite."""
+    values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    if not values.pop(FINITE):
+        raise NonFiniteError(
+            f"training diverged at step {step}: non-finite loss or weights (loss {values['loss']}, grad_norm "
+            f"{values['grad_norm']}, learning_rate {values['learning_rate']}); step {checked} was the last seen "
+            f"finite. Nothing of step {step} was saved: {workdir}/checkpoints keeps the last good checkpoint. "
+            f"Lower config.optimizer.learning_rate (or raise warmup_steps / grad clipping) and rerun")
+    return values
 
 
 def export_hf(model: nnx.Module, out_dir: str | Path, tokenizer=None) -> Path:

@@ -5,7 +5,8 @@ when the model computes in bfloat16: the model casts weights at use.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Mapping
 
 import optax
 from flax import nnx
@@ -16,15 +17,25 @@ from teacherlm_jax.sharding import ConfigError
 SCHEDULES = ("constant", "linear", "cosine")
 
 
+def _number(opt: Mapping, key: str, valid: Callable[[float], bool], rule: str) -> float:
+    """`opt[key]` as a float, refused unless finite and `valid` (a NaN or negative rate would train to NaN)."""
+    value = opt[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not valid(value):
+        raise ConfigError(f"config.optimizer.{key}={value!r} must be a finite number {rule}")
+    return float(value)
+
+
 def make_schedule(opt: Mapping, num_train_steps: int) -> optax.Schedule:
     """Linear warmup from 0 over `warmup_steps`, then constant, or linear/cosine decay to
     `end_lr_fraction * learning_rate` at `num_train_steps`."""
-    lr, warmup, name = float(opt["learning_rate"]), int(opt["warmup_steps"]), opt["schedule"]
+    name = opt["schedule"]
     if name not in SCHEDULES:
         raise ConfigError(f"config.optimizer.schedule={name!r}; expected one of {SCHEDULES}")
-    if warmup < 0:
-        raise ConfigError(f"config.optimizer.warmup_steps={warmup} must be >= 0")
-    end = lr * float(opt["end_lr_fraction"])
+    lr = _number(opt, "learning_rate", lambda x: x >= 0, ">= 0")
+    warmup = int(_number(opt, "warmup_steps", lambda x: 0 <= x <= num_train_steps and x == int(x),
+                         f"in [0, num_train_steps={num_train_steps}], whole (the LR peaks after the warmup)"))
+    end = lr * _number(opt, "end_lr_fraction", lambda x: 0 <= x <= 1, "in [0, 1]")
     decay_steps = max(num_train_steps - warmup, 1)
     if name == "constant":
         after = optax.constant_schedule(lr)
@@ -57,10 +68,9 @@ def make_optimizer(opt: Mapping, num_train_steps: int, mask: dict) -> tuple[opta
                                                                              optax.Schedule]:
     """(AdamW with clipping, its learning-rate schedule)."""
     schedule = make_schedule(opt, num_train_steps)
-    clip = float(opt["grad_clip_norm"])
-    if clip < 0:
-        raise ConfigError(f"config.optimizer.grad_clip_norm={clip} must be >= 0 (0 turns clipping off)")
-    adamw = optax.adamw(schedule, b1=opt["b1"], b2=opt["b2"], eps=opt["eps"],
-                        weight_decay=float(opt["weight_decay"]), mask=mask)
+    clip = _number(opt, "grad_clip_norm", lambda x: x >= 0, ">= 0 (0 turns clipping off)")
+    betas = {k: _number(opt, k, lambda x: 0 <= x < 1, "in [0, 1)") for k in ("b1", "b2")}
+    adamw = optax.adamw(schedule, **betas, eps=_number(opt, "eps", lambda x: x > 0, "> 0"),
+                        weight_decay=_number(opt, "weight_decay", lambda x: x >= 0, ">= 0"), mask=mask)
     tx = optax.chain(optax.clip_by_global_norm(clip), adamw) if clip else adamw
     return tx, schedule

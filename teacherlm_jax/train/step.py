@@ -20,6 +20,9 @@ from teacherlm_jax.sharding import LogicalRules, activation_sharding, batch_shar
 
 Batch = dict[str, jax.Array]
 BATCH_KEYS = ("input_ids", "attention_mask", "loss_mask")
+# Train-step metric: 1.0 when the step's loss and the state it produced (params, optimizer) are all finite.
+# The host reads it with the other metrics (no extra sync) before logging, saving or exporting anything.
+FINITE = "finite"
 
 
 @struct.dataclass
@@ -44,6 +47,11 @@ def _forward_sums(graphdef: nnx.GraphDef, params: dict, batch: Batch) -> dict[st
     return token_sums(model(batch["input_ids"], batch["attention_mask"]), batch)
 
 
+def _all_finite(tree) -> jax.Array:
+    """1.0 when every value in `tree` is finite, else 0.0 (a float, like the other metrics)."""
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)])).astype(jnp.float32)
+
+
 def state_shardings(params_shardings: dict, abstract_opt_state, mesh: Mesh) -> TrainState:
     """Optimizer moments (subtrees shaped like the params) follow the params; the rest is replicated."""
     params_def = jax.tree.structure(params_shardings)
@@ -66,7 +74,8 @@ def init_train_state(params: dict, tx: optax.GradientTransformation, shardings: 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, schedule: optax.Schedule,
                     mesh: Mesh, rules: LogicalRules, shardings: TrainState,
                     grad_accum_steps: int = 1) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
-    """`step(state, batch) -> (state, metrics)`, jitted with the state donated.
+    """`step(state, batch) -> (state, metrics)`, jitted with the state donated; metrics[FINITE] says
+    whether the loss and the new params and optimizer state are all finite.
 
     With `grad_accum_steps=k` the global batch is cut into k microbatches (rows i::k, so each stays
     split over the data axes) run in a `lax.scan`; the summed gradients are divided by the total
@@ -103,6 +112,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, sc
         metrics = {"loss": sums["loss_sum"] / tokens, "accuracy": sums["correct"] / tokens,
                    "loss_tokens": sums["tokens"], "grad_norm": optax.tree.norm(grads),
                    "learning_rate": schedule(state.step)}
+        metrics[FINITE] = _all_finite((metrics["loss"], params, opt_state))
         return TrainState(state.step + 1, params, opt_state), metrics
 
     batch_shardings = {k: batch_sharding(mesh, rules) for k in BATCH_KEYS}
