@@ -166,7 +166,8 @@ class TeacherLMJax(TemplateLM):
         return totals
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        """Greedy (or sampled, per the task's gen_kwargs) continuations, cut at the first stop string."""
+        """Greedy (or sampled, per the task's generation_kwargs) continuations, cut at the first stop string;
+        a generation kwarg this backend does not know is an error, not ignored."""
         eos = self.tokenizer.decode([self.eot_token_id])
         out: list[str | None] = [None] * len(requests)
         groups: dict[tuple, list[int]] = {}
@@ -175,10 +176,14 @@ class TeacherLMJax(TemplateLM):
             kwargs = dict(gen_kwargs)
             until = kwargs.pop("until", None) or []
             until = [until] if isinstance(until, str) else list(until)
+            sample, temperature = bool(kwargs.pop("do_sample", False)), float(kwargs.pop("temperature", 0.0))
             settings = (tuple(until + [eos]), int(kwargs.pop("max_gen_toks", self._max_gen_toks)),
-                        float(kwargs.pop("temperature", 0.0)) if kwargs.pop("do_sample", False) else 0.0)
+                        temperature if sample else 0.0, int(kwargs.pop("top_k", 0)), float(kwargs.pop("top_p", 1.0)))
+            if kwargs:  # nothing a task asks for is dropped silently
+                raise ValueError(f"generation_kwargs {sorted(kwargs)} are not supported by teacherlm_jax (it takes "
+                                 f"until, max_gen_toks, do_sample, temperature, top_k, top_p)")
             groups.setdefault(settings, []).append(i)
-        for (until, max_new, temperature), members in groups.items():
+        for (until, max_new, temperature, top_k, top_p), members in groups.items():
             if max_new >= self.max_length:
                 raise ValueError(f"max_gen_toks={max_new} must be below max_length={self.max_length}")
             for start in range(0, len(members), self.batch_size):
@@ -189,7 +194,8 @@ class TeacherLMJax(TemplateLM):
                 ids = np.array([[pad] * (width - len(p)) + p for p in prompts], np.int32)
                 mask = np.array([[0] * (width - len(p)) + [1] * len(p) for p in prompts], np.int32)
                 result = generate(self.model, ids, mask, max_new_tokens=max_new, temperature=temperature,
-                                  eos_token_id=self.eot_token_id, mesh=self.mesh, rules=self.rules)
+                                  top_k=top_k, top_p=top_p, eos_token_id=self.eot_token_id, mesh=self.mesh,
+                                  rules=self.rules)
                 for i, tokens, length in zip(batch, result.tokens, result.lengths):
                     text = self.tokenizer.decode(tokens[:length], skip_special_tokens=False)
                     for stop in until:

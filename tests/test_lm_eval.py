@@ -139,3 +139,16 @@ def test_mesh_scores_equal_one_device(tmp_path):
         else:
             np.testing.assert_allclose([r[0][0] for s in meshed for r in s], [r[0][0] for s in one for r in s],
                                        atol=1e-5)
+
+
+def test_unknown_generation_kwargs_are_refused(checkpoint):
+    from types import SimpleNamespace
+
+    from teacherlm_jax.lm_eval import TeacherLMJax
+
+    lm = TeacherLMJax(pretrained=str(checkpoint), batch_size=2, max_length=64)
+    request = SimpleNamespace(args=("Claim: the sky is blue.", {"until": ["\n"], "num_beams": 4}))
+    with pytest.raises(ValueError, match="num_beams"):
+        lm.generate_until([request])
+    with pytest.raises(ValueError, match="model_args"):
+        TeacherLMJax(pretrained=str(checkpoint), revision="main")
