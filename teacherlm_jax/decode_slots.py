@@ -19,10 +19,12 @@ EasyDeL's eSurge are the references for this insert/step design.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import functools
 import math
+import os
 import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -33,6 +35,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from teacherlm_jax.models.graph_key import GraphKey
 from teacherlm_jax.models.layers import KVCache
 from teacherlm_jax.sharding import LogicalRules, activation_sharding, logical_to_spec
 
@@ -43,11 +46,35 @@ if TYPE_CHECKING:
 CACHE_AXES = ("batch", "heads", "length", "kv")
 
 _traces = 0
+_traces_lock = threading.Lock()  # programs are also traced by compile_ahead's threads
 
 
 def num_traces() -> int:
     """How many generation programs (inserts and runs) have been traced in this process: each is a compile."""
     return _traces
+
+
+def _count_trace() -> None:
+    global _traces
+    with _traces_lock:
+        _traces += 1
+
+
+class InsertShape(NamedTuple):
+    """The shapes of one `insert` program: `prefixes` shared prefixes of width `prefix_width`, then `rows`
+    rows of `width` own tokens each (a prompt without a shared prefix: its tokens but the last are its
+    prefix), each row going to `copies` slots."""
+
+    prefixes: int
+    prefix_width: int
+    rows: int
+    width: int
+    copies: int
+
+    @staticmethod
+    def of(ids_shape: tuple[int, int], prefix_shape: tuple[int, int] | None, copies: int) -> InsertShape:
+        (m, w) = ids_shape
+        return InsertShape(m, w - 1, m, 1, copies) if prefix_shape is None else InsertShape(*prefix_shape, m, w, copies)
 
 
 class SlotState(NamedTuple):
@@ -99,12 +126,13 @@ class DecodeSlots:
     def __post_init__(self):
         self.rules = None if self.rules is None else tuple(
             (name, tuple(axes) if isinstance(axes, list) else axes) for name, axes in self.rules)
-        self.graphdef, self.params = nnx.split(self.model)
+        graphdef, self.params = nnx.split(self.model)
+        self.graphdef = GraphKey(graphdef)
         self.length = self.prompt_width + self.max_new_tokens - 1
         self.eos_ids = jnp.asarray(np.asarray(self.eos_ids, np.int32).reshape(-1) if len(self.eos_ids)
                                    else np.array([-1], np.int32))  # -1: no token ends a row
         self.state = self._empty(self.slots)
-        self._compiling: threading.Thread | None = None
+        self._compiling: list[concurrent.futures.Future] = []
         self.decode_steps = 0  # steps run (each decodes every slot)
         self.slot_steps = 0  # slots decoded, summed over steps
         self.kept_tokens = 0  # slot-steps that produced a kept token (occupancy = kept / slot_steps)
@@ -129,26 +157,41 @@ class DecodeSlots:
         return jax.tree.map(lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), shapes,
                             self._state_shardings(shapes))
 
-    def compile_ahead(self, slot_counts: Sequence[int]) -> None:
-        """Compiles `run` for these slot counts, and `shrink` to them, in a background thread: XLA compiles
-        a program on one core, so this overlaps the first prefill's compiling and running."""
-        kwargs = dict(graphdef=self.graphdef, sampler=self.sampler, pad_id=self.pad_id, until_all=False,
-                      mesh=self.mesh, rules=self.rules)
+    def compile_ahead(self, slot_counts: Sequence[int], inserts: Sequence[InsertShape] = ()) -> None:
+        """Compiles `run` for these slot counts, `shrink` to them and `insert` for these shapes (in this order,
+        each wanted before the next) in background threads: XLA compiles a program on one core, and a
+        prefill program can take seconds to compile on a GPU, so compiling while other programs run keeps
+        compiles off the decode loop. Uses a quarter of the cores (at least one thread, at most four)."""
+        kwargs = dict(graphdef=self.graphdef, pad_id=self.pad_id, mesh=self.mesh, rules=self.rules)
         here, rows = self._state_shapes(self.slots), lambda n, dtype: jax.ShapeDtypeStruct((n,), dtype)
+        tasks = []
+        for slots in slot_counts:
+            tasks.append(lambda s=slots: _run.lower(self.params, self._state_shapes(s), self.eos_ids, jnp.int32(0),
+                                                    sampler=self.sampler, until_all=False, **kwargs).compile())
+            if slots < self.slots:
+                tasks.append(lambda s=slots: _gather.lower(here, rows(s, jnp.int32), rows(s, jnp.bool_)).compile())
+        for shape in dict.fromkeys(inserts):
+            tasks.append(functools.partial(self._compile_insert, shape))
+        pool = concurrent.futures.ThreadPoolExecutor(max(1, min(4, (os.cpu_count() or 1) // 4)),
+                                                     thread_name_prefix="compile_ahead")
+        self._compiling = [pool.submit(task) for task in tasks]
+        pool.shutdown(wait=False)
 
-        def compile_all():
-            for slots in slot_counts:
-                _run.lower(self.params, self._state_shapes(slots), self.eos_ids, jnp.int32(0), **kwargs).compile()
-                if slots < self.slots:
-                    _gather.lower(here, rows(slots, jnp.int32), rows(slots, jnp.bool_)).compile()
-
-        self._compiling = threading.Thread(target=compile_all, name="compile_ahead", daemon=True)
-        self._compiling.start()
+    def _compile_insert(self, shape: InsertShape) -> None:
+        ints = lambda *dims: jax.ShapeDtypeStruct(dims, jnp.int32)
+        n = shape.rows * shape.copies
+        keys = jax.eval_shape(lambda: row_keys(np.zeros(n), np.zeros(n), np.zeros(n)))
+        _insert.lower(self.params, self._state_shapes(self.slots), ints(shape.prefixes, shape.prefix_width),
+                      ints(shape.prefixes, shape.prefix_width), ints(shape.rows, shape.width),
+                      ints(shape.rows, shape.width), ints(shape.rows), ints(n), keys, graphdef=self.graphdef,
+                      prompt_width=self.prompt_width, copies=shape.copies, pad_id=self.pad_id, mesh=self.mesh,
+                      rules=self.rules).compile()
 
     def join(self) -> None:
-        """Waits for `compile_ahead`'s thread (so that it does not outlive the job)."""
-        if self._compiling is not None:
-            self._compiling.join()
+        """Waits for `compile_ahead`'s threads (so that they do not outlive the job), raising their errors."""
+        for future in self._compiling:
+            future.result()
+        self._compiling = []
 
     def _state_shardings(self, state: SlotState):
         rows = logical_to_spec(("batch",), self.rules or ())[0]
@@ -257,11 +300,10 @@ def _insert(params, state: SlotState, prefix_ids, prefix_mask, ids, mask, parent
 
     The prefills' logits are unused, so XLA drops them: no [rows, width, vocab] array is built.
     """
-    global _traces
-    _traces += 1
+    _count_trace()
     with _mesh_context(mesh, rules):
         (k, wp), (m, ws) = prefix_ids.shape, ids.shape
-        model = nnx.merge(graphdef, params)
+        model = graphdef.merge(params)
         drop = dict(mode="drop")  # slot ids past the last slot are padding rows
         row_mask = jnp.concatenate([prefix_mask[parent], mask], axis=1)  # [m, wp + ws]
         rows = None  # the rows' keys and values for their first wp + ws - 1 tokens
@@ -300,8 +342,7 @@ def _insert(params, state: SlotState, prefix_ids, prefix_mask, ids, mask, parent
                                                                "rules"))
 def _run(params, state: SlotState, eos_ids, max_steps, *, graphdef, sampler, pad_id, until_all, mesh, rules):
     """(state, steps run, kept tokens) after decoding every slot until `max_steps`, or any / every row ends."""
-    global _traces
-    _traces += 1
+    _count_trace()
     with _mesh_context(mesh, rules):
         slots, max_new = state.tokens.shape
         rows = jnp.arange(slots)
@@ -313,7 +354,7 @@ def _run(params, state: SlotState, eos_ids, max_steps, *, graphdef, sampler, pad
 
         def body(carry):
             t, st, _, kept = carry
-            logits, cache = nnx.merge(graphdef, params)(st.token[:, None], st.mask, cache=st.cache)
+            logits, cache = graphdef.merge(params)(st.token[:, None], st.mask, cache=st.cache)
             logits = logits[:, -1]
             token = sampler(logits, jax.vmap(jax.random.fold_in)(st.keys, st.steps))
             logprob = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), token[:, None], axis=-1)[:, 0]

@@ -21,7 +21,7 @@ from reference_models import save_reference, tiny_bloom
 from teacherlm_jax import from_pretrained, generate
 from teacherlm_jax.augment import Sampling
 from teacherlm_jax.augment.engine import Engine, Prompt, prompt_width
-from teacherlm_jax.decode_slots import DecodeSlots
+from teacherlm_jax.decode_slots import DecodeSlots, InsertShape, num_traces
 from teacherlm_jax.sample import Sampler
 
 EOS, PAD, MAX_NEW = 2, 3, 12
@@ -130,6 +130,50 @@ def test_only_left_padding_goes_past_the_prompt_width(model):
     np.testing.assert_array_equal(tokens, expected)
     with pytest.raises(ValueError, match="only left padding"):
         slots.insert(np.array([[4, 5, 6, 7, 8, 9]]), np.ones((1, 6), np.int32), np.array([[0]]), keys[:1])
+
+
+def test_insert_programs_compiled_ahead_are_the_ones_called(model):
+    """An insert program compiled in the background is the one a later insert of that shape runs (no trace)."""
+    slots = DecodeSlots(model.for_decoding(), slots=3, prompt_width=13, max_new_tokens=3, sampler=Sampler(),
+                        eos_ids=np.array([], np.int32), pad_id=PAD)
+    shape = InsertShape(prefixes=1, prefix_width=9, rows=2, width=4, copies=1)
+    slots.compile_ahead([], [shape])
+    slots.join()
+    traced = num_traces()
+    ids = np.array([[PAD, 5, 6, 7], [PAD, PAD, 8, 9]])
+    slots.insert(ids, (ids != PAD).astype(np.int32), np.array([[0], [2]]), jax.random.split(jax.random.key(1), 2),
+                 prefix=(np.array([[PAD] + list(range(10, 18))]), np.array([[0] + [1] * 8])), parent=np.zeros(2))
+    assert num_traces() == traced
+
+
+def test_engine_compiles_later_inserts_ahead(model, monkeypatch):
+    """Every insert after the first fill of a shared prefix, or of one or two prompts that share nothing (the
+    steady state), has its program compiled ahead (a prefill program can take seconds to compile on a GPU)."""
+    ahead, called = [], []
+    compile_ahead, insert, run = DecodeSlots.compile_ahead, DecodeSlots.insert, DecodeSlots.run
+
+    def record_ahead(self, slot_counts, inserts=()):
+        ahead.extend(inserts)
+        return compile_ahead(self, slot_counts, inserts)
+
+    def record_insert(self, ids, mask, slot_ids, keys, prefix=None, parent=None):
+        called.append(InsertShape.of(ids.shape, None if prefix is None else prefix[0].shape, 1))
+        return insert(self, ids, mask, slot_ids, keys, prefix=prefix, parent=parent)
+
+    def record_run(self, max_steps, until_all):
+        called.append("run")
+        return run(self, max_steps, until_all)
+
+    monkeypatch.setattr(DecodeSlots, "compile_ahead", record_ahead)
+    monkeypatch.setattr(DecodeSlots, "insert", record_insert)
+    monkeypatch.setattr(DecodeSlots, "run", record_run)
+    items = prompts(16, seed=2)
+    out, _ = run_engine(model, items, Sampling(temperature=1.0, top_k=50, max_new_tokens=MAX_NEW), batch_size=4,
+                        refill=True)
+    assert len(out) == len(items)
+    first_fill = set(called[:called.index("run")])
+    later = {s for s in called if s != "run" and s not in first_fill and (s.prefixes == 1 or s.rows <= 2)}
+    assert later and later <= set(ahead)
 
 
 def live_bytes() -> int:

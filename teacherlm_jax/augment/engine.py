@@ -26,7 +26,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from teacherlm_jax.augment.settings import Sampling
-from teacherlm_jax.decode_slots import DecodeSlots, num_traces, row_keys, slot_count
+from teacherlm_jax.decode_slots import DecodeSlots, InsertShape, num_traces, row_keys, slot_count
 from teacherlm_jax.sample import Sampler, bucket_length
 from teacherlm_jax.sharding import LogicalRules
 
@@ -91,9 +91,7 @@ class Engine:
         self.traces = num_traces()
         self.mesh, self.rules = mesh, rules
         self.all_slots = self.slots.slots
-        if refill:  # a tail is left where rows end at EOS (without it, rows inserted together end together)
-            tail = self._tail_slots(1)
-            self.slots.compile_ahead([self.all_slots] + ([tail] if eos and 4 * tail <= self.all_slots else []))
+        self.ends_early = bool(eos)
 
     def stats(self) -> dict[str, Any]:
         """Counters since the engine was made (summary.json's `engine`)."""
@@ -106,6 +104,11 @@ class Engine:
 
     def generate(self, prompts: Iterable[tuple[Any, Prompt]]) -> Iterator[tuple[Any, list[np.ndarray]]]:
         """(tag, the tokens of each sample, its ending EOS included) per tagged prompt, as its rows end."""
+        prompts = list(prompts)
+        if self.refill:  # a tail is left where rows end at EOS (without it, rows inserted together end together)
+            tail = self._tail_slots(1)
+            self._compile_ahead([p for _, p in prompts], [self.all_slots] + (
+                [tail] if self.ends_early and 4 * tail <= self.all_slots else []))
         units = self._units(prompts)
         unit = next(units, None)
         owners: dict[int, tuple[int, int]] = {}  # slot -> (prompt number, sample)
@@ -169,8 +172,13 @@ class Engine:
             yield unit
 
     def _insert(self, new: list[tuple[Prompt, list[int]]]) -> None:
-        """Prefills prompts into their slots: each shared prefix once with its rows, the other prompts in
-        groups of power-of-two sizes (largest first)."""
+        for ids, mask, group, prefix in self._prefills(new):
+            self.slots.insert(ids, mask, np.array([slots for _, slots in group]), self._keys(group), prefix=prefix,
+                              parent=None if prefix is None else np.zeros(len(group)))
+
+    def _prefills(self, new: list[tuple[Prompt, list[int]]]) -> Iterator[tuple[np.ndarray, np.ndarray, list, Any]]:
+        """(ids, mask, (prompt, slots) group, shared prefix or None) per insert: each shared prefix once with
+        its rows, the other prompts in groups of power-of-two sizes (largest first)."""
         alone = [(p, slots) for p, slots in new if not p.prefix]
         start = 0
         while start < len(alone):
@@ -178,8 +186,7 @@ class Engine:
             group = alone[start:start + size]
             start += size
             width = bucket_length(max(len(p.ids) for p, _ in group), BUCKETS)
-            ids, mask = self._left_padded([p.ids for p, _ in group], min(width, self.slots.length))
-            self.slots.insert(ids, mask, np.array([slots for _, slots in group]), self._keys(group))
+            yield *self._left_padded([p.ids for p, _ in group], min(width, self.slots.length)), group, None
         shared = [(p, slots) for p, slots in new if p.prefix]
         prefix_of = lambda item: tuple(item[0].ids[:item[0].prefix])
         for _, unit in itertools.groupby(shared, key=prefix_of):
@@ -190,9 +197,26 @@ class Engine:
             wp, ws = _shared_widths(head.prefix, longest)
             if head.prefix + ws > self.width or wp + ws > self.slots.length:  # exact widths fit (see prompt_width)
                 wp, ws = head.prefix, longest
-            ids, mask = self._left_padded(suffixes, ws)
-            self.slots.insert(ids, mask, np.array([slots for _, slots in unit]), self._keys(unit),
-                              prefix=self._left_padded([head.ids[:head.prefix]], wp), parent=np.zeros(len(unit)))
+            yield *self._left_padded(suffixes, ws), unit, self._left_padded([head.ids[:head.prefix]], wp)
+
+    def _compile_ahead(self, prompts: Sequence[Prompt], slot_counts: Sequence[int]) -> None:
+        """Compiles the step programs and the insert programs the prompts will need after the first fill
+        (which compiles its own): every shared-prefix unit's shape, and groups of one and two prompts (the
+        steady state of continuous batching) at each width of the prompts that share nothing."""
+        units = [[p for _, p in unit] for unit in self._units(((None, p) for p in prompts))]
+        first, room = 0, self.capacity
+        while first < len(units) and len(units[first]) <= room:
+            room -= len(units[first])
+            first += 1
+        widths = {}  # one prompt per width bucket, of the prompts that share nothing
+        for p in (p for unit in units[first:] for p in unit if not p.prefix):
+            widths.setdefault(min(bucket_length(len(p.ids), BUCKETS), self.slots.length), p)
+        groups = [unit for unit in units[first:] if unit[0].prefix] + [[p] * n for p in widths.values() for n in (1, 2)]
+        shapes = lambda new: [InsertShape.of(ids.shape, None if prefix is None else prefix[0].shape, self.samples)
+                              for ids, _, _, prefix in self._prefills(new)]
+        compiled_first = set(shapes([(p, None) for unit in units[:first] for p in unit]))
+        later = [s for group in groups for s in shapes([(p, None) for p in group]) if s not in compiled_first]
+        self.slots.compile_ahead(slot_counts, later)
 
     def _left_padded(self, rows: Sequence[Sequence[int]], width: int) -> tuple[np.ndarray, np.ndarray]:
         ids = np.full((len(rows), width), self.slots.pad_id, np.int32)

@@ -29,6 +29,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from teacherlm_jax.models.graph_key import GraphKey
 from teacherlm_jax.sample import CACHE_AXES, bucket_length
 from teacherlm_jax.sharding import (
     ConfigError, LogicalRules, activation_sharding, batch_sharding, constrain, data_parallel_size,
@@ -139,7 +140,7 @@ def _score_program(state, prefill, prefill_mask, step, step_mask, targets, targe
     global _traces
     _traces += 1
     with activation_sharding(mesh, rules) if mesh is not None else contextlib.nullcontext():
-        model = nnx.merge(graphdef, state)
+        model = graphdef.merge(state)
         batch, width = prefill.shape
         mask = jnp.concatenate([prefill_mask, step_mask], axis=1)
         cache = model.init_cache(batch, width + step.shape[1])
@@ -182,6 +183,7 @@ def score_rows(model: nnx.Module, rows: Sequence[Row], *, batch_size: int, max_l
     rules = None if rules is None else tuple((n, tuple(a) if isinstance(a, list) else a) for n, a in rules)
     pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
     graphdef, state = nnx.split(model)
+    graphdef = GraphKey(graphdef)
     order = sorted(range(len(rows)), key=lambda i: (step_bucket(rows[i].steps), len(rows[i].context)), reverse=True)
     out: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(rows)
 
