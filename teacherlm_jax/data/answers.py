@@ -13,7 +13,9 @@ this is the parser that decides it. `final_answer(text, choices)` reads, in orde
 text (case, a leading article, surrounding quotes and end punctuation ignored; `8` for choices `('26', '8', ...)`), and for
 two-way choices True/False or yes/no words (true/yes/correct/right vs false/no/incorrect/wrong; `not`
 before them flips). Anything else is None: no answer is never guessed (an unparsed rationale is not
-answer-consistent).
+answer-consistent). `eval.generative.parse_answer` is the eval job's reader of a student's
+` {rationale} --> {answer}`: it falls back to the last option mentioned anywhere, a guess right for
+scoring a student but wrong for deciding which teacher texts to keep.
 """
 from __future__ import annotations
 
