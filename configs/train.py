@@ -13,14 +13,20 @@ from configs import common
 
 
 def data(source: str = "synthetic_lm", *, seq_len: int = 2048, loss_on: str = "all", vocab: int | None = None,
+         filter: str = "none", decontaminate: tuple[str, ...] = (),  # noqa: A002 (`filter`: the issue's key)
          **kwargs) -> ml_collections.ConfigDict:
     """Training data; `teacherlm_jax.train.data.make_train_data` reads this section.
 
     synthetic_lm: arithmetic token progressions (learnable, so loss falls), `vocab` symbols,
     rows of random length in [seq_len/2, seq_len] right-padded; loss_on = all | target (second half).
+    records: `filter` = none | clean | answer_consistent | clean_answer_consistent picks the teacher's
+    texts (augment output) trained on (teacherlm_jax/data/quality.py); drops are counted in data_report.json.
+    records: `decontaminate` names evaluation sets (as the eval job's config.tasks) whose n-gram overlap with the
+    training examples the run reports in decontamination.json/.md (teacherlm_jax/data/decontamination.py).
     """
     return ml_collections.ConfigDict(dict(source=source, seq_len=seq_len, loss_on=loss_on,
-                                          vocab=common.optional(vocab, int), **kwargs))
+                                          vocab=common.optional(vocab, int), filter=filter,
+                                          decontaminate=tuple(decontaminate), **kwargs))
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

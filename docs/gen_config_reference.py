@@ -109,6 +109,12 @@ _TRAIN = {
     "data.kind_ratios": "records, format `mixed`: how often each kind's examples are repeated relative to the "
                         "others ({} : once each).",
     "data.add_eos": "records: append the EOS token to the target, so a generating model learns to stop.",
+    "data.filter": "records: which of the teacher's texts (augment output) are trained on: `none`, `clean` (not "
+                   "empty, not cut at max_new_tokens, not degenerate), `answer_consistent` (chains of thought whose "
+                   "final answer is the gold one; Fine-tune-CoT) or `clean_answer_consistent`; drops per reason "
+                   "are logged and written to WORKDIR/data_report.json (teacherlm_jax/data/quality.py).",
+    "data.decontaminate": "records: evaluation sets (named as the eval job's `tasks`) whose word 13- and 8-gram "
+                          "overlap with the training examples the run writes to WORKDIR/decontamination.json/.md.",
     "data.skip_invalid": "records: skip malformed rows (counted and logged) instead of stopping at the first.",
     "data.eval_fraction": "records: fraction of examples held out for eval_every (chosen by a hash of the id, "
                           "stable when datasets are reordered).",

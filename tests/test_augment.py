@@ -339,8 +339,11 @@ def env() -> dict[str, str]:
 
 
 def output_files(workdir: Path) -> dict[str, bytes]:
+    """Every output file but summary.json (its throughput varies): parts, manifest, card, parquet shards."""
     out = workdir / "augmented" / "toy"
-    return {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.is_file() and p.name != SUMMARY}
+    files = [p for p in sorted(out.iterdir()) if p.is_file() and p.name != SUMMARY]
+    assert list(out.glob("data/*.parquet")) and (out / "README.md").is_file()
+    return {str(p.relative_to(out)): p.read_bytes() for p in files + sorted(out.glob("data/*.parquet"))}
 
 
 def summary_without_throughput(workdir: Path) -> dict:

@@ -5,8 +5,8 @@
 
 Modules: `job` (config -> run), `runner` (chunks -> engine -> parts), `engine` (continuous or static
 batching over decode slots), `chunks` (records <-> prompts and output records), `settings`, `files`
-(parts, manifest, atomic writes), `fingerprint` (the teacher's identity by content) and `summary`
-(summary.json, lengths.png, the progress bar).
+(parts, manifest, atomic writes), `fingerprint` (the teacher's identity by content), `summary`
+(summary.json, lengths.png, the progress bar) and `export` (parquet shards and the dataset card).
 
 Per dataset, DIR/augmented/<dataset>/ (<dataset>: the registry name, `<name>_<split>` when a split is
 named as `name:split`, the file stem for a .jsonl file) holds
@@ -14,7 +14,12 @@ named as `name:split`, the file stem for a .jsonl file) holds
   manifest.json                   the settings the parts were cut with (a rerun must match them) and the
                                   inputs they were generated from (records' hash, sampling, teacher);
   runs/<process>-<time>.json      each finished run's timing and engine figures, for the summary;
-  summary.json, lengths.png       once every part exists (`summary.write_summary`).
+  summary.json, lengths.png       once every part exists (`summary.write_summary`); summary.json's `quality`
+                                  counts each kind's texts that are empty, cut at max_new_tokens, degenerate
+                                  and (cot) answer-consistent, and what each training filter keeps
+                                  (`teacherlm_jax.data.quality`);
+  data/train-*-of-*.parquet,      the same records as a Hugging Face dataset, with a `quality` column, and its
+  README.md                       dataset card rendered from the summary (`export`), written with it.
 
 Engine (`config.engine`): "continuous" (default) keeps `batch_size` prompts' decode slots busy: when a
 row ends (EOS or max_new_tokens) its slot takes the next prompt, whose prefill is written into that
@@ -60,7 +65,8 @@ skipped), `prompts` {kind: full prompt}, `prompt_tokens` {kind: tokens before tr
 `skipped` (lists of kinds), `teacher` {init_from, checkpoint, model_type, dtype, tokenizer, weights:
 {sha256, method, files, bytes}} and
 `sampling` {temperature, top_k, top_p, max_new_tokens, num_samples, stop_at_eos, seed}.
-`teacherlm_jax.data.examples.read_augmented` reads it back for student training.
+`teacherlm_jax.data.examples.read_augmented` reads it back for student training, from the parts or the
+parquet shards alike.
 """
 from teacherlm_jax.augment.job import DatasetSpec, resolve_dataset, run, settings_from_config
 from teacherlm_jax.augment.runner import DatasetWork, augment_datasets, augment_records

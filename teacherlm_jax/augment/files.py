@@ -24,10 +24,10 @@ def part_path(out_dir: Path, chunk: int, chunks: int) -> Path:
     return Path(out_dir) / f"part-{chunk:05d}-of-{chunks:05d}.jsonl"
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """`text` at `path`, all or nothing: a temporary file (unique to this process), synced, renamed."""
+def write_atomic(path: Path, text: str | bytes) -> None:
+    """`text` (or bytes) at `path`, all or nothing: a temporary file (unique to this process), synced, renamed."""
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
+    with open(tmp, "wb") if isinstance(text, bytes) else open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())

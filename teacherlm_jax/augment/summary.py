@@ -1,4 +1,5 @@
-"""What people look at: summary.json and lengths.png built from the parts, and the progress bar.
+"""What people look at: summary.json, lengths.png and the Hugging Face dataset (`export`: parquet shards and
+the dataset card, rendered from the summary) built from the parts, and the progress bar.
 
 The summary is computed from the parts themselves (not from one run's memory), so it is the same
 whether the output came from one run or from several killed and resumed ones, one process or many.
@@ -19,7 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from teacherlm_jax import report_json
+from teacherlm_jax.augment.export import write_dataset
 from teacherlm_jax.augment.files import HISTOGRAM, RUNS, SUMMARY, read_manifest, read_parts, write_atomic
+from teacherlm_jax.data import KIND_PROMPTS, REGISTRY
+from teacherlm_jax.data.quality import quality_counts, row_quality
 
 log = logging.getLogger(__name__)
 ENGINE_COUNTS = ("decode_steps", "slot_steps", "kept_tokens", "prefill_tokens")
@@ -62,12 +66,16 @@ def _lengths(rows: list[dict[str, Any]], kinds: list[str]) -> dict[str, list[int
     return {k: [n for row in rows for n in _samples(row["new_tokens"][k])] for k in kinds}
 
 
-def summarize(out_dir: str | Path, rows: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def summarize(out_dir: str | Path, rows: list[dict[str, Any]] | None = None,
+              qualities: list[dict[str, list]] | None = None) -> dict[str, Any]:
     """Counts over every written record (`rows`, default read from the parts): tokens per kind (the
-    paper's table of average lengths), truncated and skipped prompts per kind, and throughput."""
+    paper's table of average lengths), truncated and skipped prompts per kind, the texts' quality flags
+    (`qualities`: `data.quality.row_quality` per row, default computed) and what each filter keeps, the
+    source's license, the prompts, and throughput."""
     out_dir = Path(out_dir)
     manifest = read_manifest(out_dir)
     rows = read_parts(out_dir) if rows is None else rows
+    qualities = [row_quality(row) for row in rows] if qualities is None else qualities
     kinds = manifest["kinds"]
     max_new = manifest["sampling"]["max_new_tokens"]
     lengths = _lengths(rows, kinds)
@@ -75,8 +83,10 @@ def summarize(out_dir: str | Path, rows: list[dict[str, Any]] | None = None) -> 
     mean = lambda xs: round(sum(xs) / len(xs), 2) if xs else None
     return {
         **{k: manifest[k] for k in ("dataset", "source", "split", "available", "max_records") if k in manifest},
+        "license": REGISTRY[manifest["source"]].license if manifest.get("source") in REGISTRY else "unknown",
         "records": len(rows),
         "kinds": kinds,
+        "prompts": {k: KIND_PROMPTS[k] for k in kinds},
         "samples": {k: len(v) for k, v in lengths.items()},
         "tokens": sum(sum(v) for v in lengths.values()),
         "avg_tokens": {k: mean(v) for k, v in lengths.items()},
@@ -87,6 +97,7 @@ def summarize(out_dir: str | Path, rows: list[dict[str, Any]] | None = None) -> 
         "max_prompt_tokens": manifest["max_prompt_tokens"],
         "truncated": {k: sum(k in row["truncated"] for row in rows) for k in kinds},
         "skipped": {k: sum(k in row["skipped"] for row in rows) for k in kinds},
+        "quality": quality_counts(qualities, kinds),
         "sampling": manifest["sampling"],
         "teacher": manifest["teacher"],
         "chunks": manifest["chunks"],
@@ -115,11 +126,14 @@ def plot_lengths(lengths: dict[str, list[int]], path: Path, title: str) -> None:
 
 
 def write_summary(out_dir: str | Path) -> dict[str, Any]:
-    """summary.json and lengths.png in `out_dir` (every part must be written); returns the summary."""
+    """lengths.png, the parquet shards and dataset card (`export`), then summary.json (its presence says the
+    output is complete) in `out_dir` (every part must be written); returns the summary."""
     out_dir = Path(out_dir)
     rows = read_parts(out_dir)
-    summary = summarize(out_dir, rows)
+    qualities = [row_quality(row) for row in rows]  # computed once: the summary counts them, the shards carry them
+    summary = summarize(out_dir, rows, qualities)
     plot_lengths(_lengths(rows, summary["kinds"]), out_dir / HISTOGRAM, str(summary.get("dataset", out_dir.name)))
+    write_dataset(out_dir, rows, qualities, summary)
     write_atomic(out_dir / SUMMARY, report_json.dumps(summary, indent=2) + "\n")
     return summary
 

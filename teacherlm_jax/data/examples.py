@@ -15,20 +15,26 @@ example per sample.
 Augment output: a kind the augment job skipped (prompt over max_prompt_tokens with truncation="skip":
 null, listed under the record's `skipped`) gives no example for that record, and `skipped_kinds` counts
 such records (the training run logs the count); a truncated kind is used as written. Any other missing
-kind is an error.
+kind is an error. `filter_texts` drops the teacher's texts that fail a quality filter (`data.quality`); a
+kind whose every sample was dropped gives no example either, and the drops are counted per reason.
+Augment output is read from its JSONL parts or its parquet shards (`read_augmented`), the same examples
+either way: flags a row does not carry (JSONL parts) are computed from it by `data.quality.row_quality`.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from teacherlm_jax.data.formats import (KIND_PROMPTS, KINDS, finetune_cot_prompt, question_block,
                                         remove_duplicated_block, teacher_prompt)
-from teacherlm_jax.data.records import LETTERS, DataError, Record, numbered_lines
+from teacherlm_jax.data.quality import failures, row_quality
+from teacherlm_jax.data.records import LETTERS, DataError, Record, json_object, numbered_lines
 
 FORMATS = ("answer", *KINDS, "mixed")
 STYLES = ("teacherlm", "finetune_cot")
@@ -44,11 +50,14 @@ class TextPair:
 @dataclasses.dataclass(frozen=True)
 class Annotated:
     """A record with annotations that may hold several samples each (augment output). `skipped`: the
-    kinds the augment job did not generate for it (prompt too long, truncation="skip")."""
+    kinds the augment job did not generate for it (prompt too long, truncation="skip"); `quality`: each
+    sample's flags (`data.quality`, teacher texts only); `dropped`: kinds whose every sample a filter dropped."""
 
     record: Record
     annotations: Mapping[str, tuple[str, ...]]
     skipped: tuple[str, ...] = ()
+    quality: Mapping[str, tuple[Mapping[str, Any], ...]] = dataclasses.field(default_factory=dict)
+    dropped: tuple[str, ...] = ()
 
 
 def annotated(record: Record) -> Annotated:
@@ -83,12 +92,12 @@ def text_pairs(item: Annotated, fmt: str, style: str = "teacherlm") -> list[Text
     where = f"{record.source or 'records'}:{record.id}"
     if fmt == "mixed":
         kinds = [k for k in KINDS if item.annotations.get(k)]
-        if not kinds and not item.skipped:
+        if not kinds and not item.skipped and not item.dropped:
             raise DataError(where, "has no annotation of any kind")
     elif item.annotations.get(fmt):
         kinds = [fmt]
-    elif fmt in item.skipped:
-        kinds = []  # the augment job skipped it: no example (`skipped_kinds` counts the record)
+    elif fmt in item.skipped or fmt in item.dropped:
+        kinds = []  # skipped by the augment job or dropped by a filter: no example (both counted)
     else:
         raise DataError(where, f"has no {fmt!r} annotation")
     pairs = []
@@ -117,43 +126,99 @@ def mix_by_ratio(pairs_by_kind: Mapping[str, Sequence[TextPair]], ratios: Mappin
     return mixed
 
 
+def is_augmented(path: str | Path) -> bool:
+    """Whether `path` is augment output: a directory of JSONL parts or parquet shards, or a parquet shard (a
+    single .jsonl file is read as generic multiple-choice data)."""
+    path = Path(path)
+    return bool(_augmented_files(path)) if path.is_dir() else path.suffix == ".parquet"
+
+
+def _augmented_files(path: Path) -> list[Path]:
+    """A directory's JSONL parts, else its parquet shards (in `data/` for an augment output directory)."""
+    return (sorted(path.glob("*.jsonl")) or sorted(path.glob("*.parquet"))
+            or sorted((path / "data").glob("*.parquet")))
+
+
+def _rows(file: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(where, row) for each record of a JSONL part or a parquet shard."""
+    if file.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        for i, row in enumerate(pq.read_table(file).to_pylist()):
+            yield f"{file}[row {i}]", row
+        return
+    for where, line in numbered_lines(file):
+        if line.strip():
+            try:
+                yield where, json_object(line)
+            except ValueError as e:
+                raise DataError(where, f"not an augmented record ({e})") from None
+
+
 def read_augmented(path: str | Path) -> list[Annotated]:
-    """Records written by the augment job (`augmented/<dataset>/*.jsonl`, or one such file): the
-    teacher's texts under `cot` / `fundamentals` / `mistakes`, a string or a list of samples (null, and
-    listed under `skipped`, for a kind it skipped)."""
+    """Records written by the augment job (`augmented/<dataset>/`: its `*.jsonl` parts, else its parquet
+    shards `data/*.parquet`; or one such file): the teacher's texts under `cot` / `fundamentals` /
+    `mistakes`, a string or a list of samples (null, and listed under `skipped`, for a kind it skipped),
+    with each sample's quality flags."""
     path = Path(path)
     if path.is_dir() and (path / "manifest.json").exists() and not (path / "summary.json").exists():
         raise DataError(str(path), "augment output is incomplete (no summary.json yet): rerun the augment job "
                                    "with the same command to finish it")
-    files = sorted(path.glob("*.jsonl")) if path.is_dir() else [path]
+    files = _augmented_files(path) if path.is_dir() else [path]
     if not files:
-        raise DataError(str(path), "no augmented .jsonl files found")
-    items = []
-    for file in files:
-        for where, line in numbered_lines(file):
-            if not line.strip():
+        raise DataError(str(path), "no augmented .jsonl parts or .parquet shards found")
+    return [_annotated_row(where, row, path.name) for file in files for where, row in _rows(file)]
+
+
+def _annotated_row(where: str, row: dict[str, Any], default_source: str) -> Annotated:
+    try:
+        record = Record(id=str(row["id"]), question=row["question"], choices=tuple(row["choices"]),
+                        answer=int(row["answer"]), subject=row.get("subject"), source=row.get("source") or default_source)
+    except (KeyError, TypeError, ValueError) as e:
+        raise DataError(where, f"not an augmented record ({type(e).__name__}: {e})") from e
+    annotations = {}
+    for kind in KINDS:
+        value = row.get(kind)
+        if value is None:
+            continue
+        samples = (value,) if isinstance(value, str) else tuple(value)
+        if not all(isinstance(s, str) for s in samples):
+            raise DataError(where, f"{kind!r} must be a string or a list of strings")
+        annotations[kind] = samples
+    skipped = row.get("skipped") or []
+    if not isinstance(skipped, list) or not set(skipped) <= set(KINDS):
+        raise DataError(where, f"'skipped' must be a list of kinds {KINDS}, got {skipped!r}")
+    quality = row.get("quality") or row_quality(row)
+    return Annotated(record, annotations, tuple(skipped), {k: tuple(v) for k, v in quality.items()})
+
+
+def filter_texts(items: Iterable[Annotated], name: str, kinds: Sequence[str] = KINDS) -> tuple[list[Annotated],
+                                                                                              Counter]:
+    """`items` with the samples of `kinds` that fail filter `name` (`data.quality.FILTERS`) removed, and the
+    counts: `texts` (of `kinds` with flags), `kept`, `dropped` (texts that failed), one count per reason,
+    `cut_unknown` (texts whose `cut` is unknown: kept by `clean`)."""
+    counts: Counter = Counter()
+    out = []
+    for item in items:
+        annotations, dropped = dict(item.annotations), list(item.dropped)
+        for kind in kinds:
+            flags = item.quality.get(kind)
+            if kind not in annotations or not flags:  # gold texts carry no flags: never filtered
                 continue
-            try:
-                row = json.loads(line)
-                record = Record(id=str(row["id"]), question=row["question"], choices=tuple(row["choices"]),
-                                answer=int(row["answer"]), subject=row.get("subject"),
-                                source=row.get("source") or path.name)
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-                raise DataError(where, f"not an augmented record ({type(e).__name__}: {e})") from e
-            annotations = {}
-            for kind in KINDS:
-                value = row.get(kind)
-                if value is None:
-                    continue
-                samples = (value,) if isinstance(value, str) else tuple(value)
-                if not all(isinstance(s, str) for s in samples):
-                    raise DataError(where, f"{kind!r} must be a string or a list of strings")
-                annotations[kind] = samples
-            skipped = row.get("skipped") or []
-            if not isinstance(skipped, list) or not set(skipped) <= set(KINDS):
-                raise DataError(where, f"'skipped' must be a list of kinds {KINDS}, got {skipped!r}")
-            items.append(Annotated(record, annotations, tuple(skipped)))
-    return items
+            kept = []
+            for text, f in zip(annotations[kind], flags):
+                reasons = failures(f, name)
+                counts.update(reasons)
+                counts.update(texts=1, kept=not reasons, dropped=bool(reasons), cut_unknown=f["cut"] is None)
+                if not reasons:
+                    kept.append(text)
+            if kept:
+                annotations[kind] = tuple(kept)
+            else:
+                del annotations[kind]
+                dropped.append(kind)
+        out.append(dataclasses.replace(item, annotations=annotations, dropped=tuple(dropped)))
+    return out, counts
 
 
 def skipped_kinds(items: Iterable[Annotated], fmt: str) -> dict[str, int]:

@@ -43,9 +43,12 @@ def default_data_dir() -> Path:
 
 @dataclasses.dataclass(frozen=True)
 class Source:
+    """`license`: the data's license as a Hugging Face license id (shared data README), for dataset cards."""
+
     splits: tuple[str, ...]
     read: Callable[[Path, str], Iterator[Row]]
     needs_data_dir: bool = True
+    license: str = "unknown"
 
 
 def _true_false(value: object, field: str) -> int:
@@ -223,22 +226,34 @@ def read_synthetic(data_dir: Path, split: str) -> Iterator[Row]:
 
 
 REGISTRY: dict[str, Source] = {
-    "creak": Source(("train", "dev", "contrast_set"), read_creak),
-    "strategyqa": Source(("train", "dev"), read_strategyqa),
-    "commonsenseqa": Source(("train", "dev"), read_commonsenseqa),
-    "ecqa": Source(("train", "val", "test"), read_ecqa),
-    "gsm8k": Source(("train", "test"), read_gsm8k),
+    "creak": Source(("train", "dev", "contrast_set"), read_creak, license="mit"),
+    "strategyqa": Source(("train", "dev"), read_strategyqa, license="mit"),
+    "commonsenseqa": Source(("train", "dev"), read_commonsenseqa, license="mit"),
+    "ecqa": Source(("train", "val", "test"), read_ecqa, license="cdla-sharing-1.0"),
+    "gsm8k": Source(("train", "test"), read_gsm8k, license="mit"),
     "mmlu": Source(("dev", "test"), _mmlu_reader(
         "mmlu", "mmlu_canonical_reformatted",
         ["question", "choice0", "choice1", "choice2", "choice3", "answer"],
-        _mmlu_index)),
+        _mmlu_index), license="mit"),
     "mmlu_2020": Source(("dev", "val", "test"),
-                        _mmlu_reader("mmlu_2020", "mmlu/data", None, _letter_index)),
+                        _mmlu_reader("mmlu_2020", "mmlu/data", None, _letter_index), license="mit"),
     "teacherlm_creak": Source(("test",), _teacherlm_reader(
-        "teacherlm_creak", "creak", 2, "ex_id", lambda row: row["explanation"])),
+        "teacherlm_creak", "creak", 2, "ex_id", lambda row: row["explanation"]), license="apache-2.0"),
     "teacherlm_ecqa": Source(("test",), _teacherlm_reader(
-        "teacherlm_ecqa", "ecqa", 5, "q_no", lambda row: row["taskB"])),
+        "teacherlm_ecqa", "ecqa", 5, "q_no", lambda row: row["taskB"]), license="apache-2.0"),
     "teacherlm_strategyqa": Source(("test",), _teacherlm_reader(
-        "teacherlm_strategyqa", "strategy_qa", 2, "qid", lambda row: " ".join(row["decomposition"]))),
-    "synthetic": Source(SYNTHETIC_SPLITS, read_synthetic, needs_data_dir=False),
+        "teacherlm_strategyqa", "strategy_qa", 2, "qid", lambda row: " ".join(row["decomposition"])),
+        license="apache-2.0"),
+    "synthetic": Source(SYNTHETIC_SPLITS, read_synthetic, needs_data_dir=False, license="generated"),
+}
+
+# Evaluation sets by the names the eval job's config.tasks gives them (teacherlm_jax/eval/tasks.py):
+# TeacherLM's test sets and MMLU.
+EVAL_SETS: dict[str, tuple[str, str]] = {
+    "mmlu": ("mmlu", "test"),
+    "mmlu_2020": ("mmlu_2020", "test"),
+    "mmlu_2020_val": ("mmlu_2020", "val"),
+    "creak": ("teacherlm_creak", "test"),
+    "ecqa": ("teacherlm_ecqa", "test"),
+    "strategyqa": ("teacherlm_strategyqa", "test"),
 }

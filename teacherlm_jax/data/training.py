@@ -7,10 +7,16 @@
     config.data.format       answer | cot | fundamentals | mistakes | mixed | instruction
     config.data.style        teacherlm | finetune_cot (see data/examples.py)
     config.data.kind_ratios  per-kind repeat ratios for format "mixed" (stage 2)
+    config.data.filter       none | clean | answer_consistent | clean_answer_consistent: which of the
+                             teacher's texts (augment output) are trained on (data/quality.py)
+    config.data.decontaminate  evaluation sets to measure the training texts' n-gram overlap with
+                             (data/decontamination.py)
     config.data.seq_len, loss_on (all | target), add_eos, skip_invalid, eval_fraction
 
-Augment output: a kind the augment job skipped for a record gives no example of it (counted and logged
-per dataset); a truncated kind is used as written (see data/examples.py).
+Augment output (its JSONL parts or parquet shards): a kind the augment job skipped for a record gives no
+example of it (counted and logged per dataset); a truncated kind is used as written (see data/examples.py).
+Texts failing `config.data.filter` are dropped, counted per reason, logged, and written with the example
+counts to the run's `data_report.json` (`report` below).
 
 Examples are tokenized once, truncated to the LAST `seq_len` tokens (counted and logged), and split
 into train/eval streams by a hash of their id when `eval_fraction > 0`, so the split does not move
@@ -24,8 +30,12 @@ from pathlib import Path
 
 import ml_collections
 
-from teacherlm_jax.data.examples import (FORMATS, STYLES, TextPair, annotated, build_pairs, read_augmented,
-                                        skipped_kinds)
+from teacherlm_jax.data.decontamination import REPORT as DECONTAMINATION
+from teacherlm_jax.data.decontamination import contamination, eval_records
+from teacherlm_jax.data.examples import (FORMATS, STYLES, TextPair, annotated, build_pairs, filter_texts,
+                                        is_augmented, read_augmented, skipped_kinds)
+from teacherlm_jax.data.formats import KINDS
+from teacherlm_jax.data.quality import REASONS, check_filter
 from teacherlm_jax.data.pipeline import make_batch_iterator
 from teacherlm_jax.data.records import LoadReport
 from teacherlm_jax.data.registry import load_instructions, load_records
@@ -39,9 +49,21 @@ class DataConfigError(ValueError):
     """A `config.data` key with a value that cannot work; the message names the key."""
 
 
-def load_pairs(data: ml_collections.ConfigDict, report: LoadReport | None = None) -> list[TextPair]:
-    """The (prompt, target) texts `config.data` describes, in dataset order."""
+def load_pairs(data: ml_collections.ConfigDict, report: LoadReport | None = None,
+               datasets_report: dict | None = None) -> list[TextPair]:
+    """The (prompt, target) texts `config.data` describes, in dataset order; `datasets_report` (if given)
+    receives per dataset its records, examples, skipped kinds and filter counts."""
+    return [pair for pairs in pairs_by_dataset(data, report, datasets_report).values() for pair in pairs]
+
+
+def pairs_by_dataset(data: ml_collections.ConfigDict, report: LoadReport | None = None,
+                     datasets_report: dict | None = None) -> dict[str, list[TextPair]]:
+    """`load_pairs`, per entry of config.data.datasets."""
     fmt, style = data.format, data.get("style", "teacherlm")
+    try:
+        name = check_filter(data.get("filter", "none"))
+    except ValueError as e:
+        raise DataConfigError(str(e)) from None
     if fmt not in (*FORMATS, "instruction"):
         raise DataConfigError(f"config.data.format={fmt!r}; expected one of {(*FORMATS, 'instruction')}")
     if style not in STYLES:
@@ -50,27 +72,59 @@ def load_pairs(data: ml_collections.ConfigDict, report: LoadReport | None = None
     if not datasets:
         raise DataConfigError("config.data.datasets is empty")
     skip = bool(data.get("skip_invalid", False))
-    pairs: list[TextPair] = []
+    pairs: dict[str, list[TextPair]] = {}
     for spec in datasets:
         if fmt == "instruction":
-            pairs += [TextPair(r.id, r.prompt, r.target)
-                      for r in load_instructions(spec, skip_invalid=skip, report=report)]
+            pairs.setdefault(spec, []).extend(TextPair(r.id, r.prompt, r.target)
+                                              for r in load_instructions(spec, skip_invalid=skip, report=report))
             continue
-        if Path(spec).is_dir() and list(Path(spec).glob("*.jsonl")):
+        entry: dict = {}
+        if is_augmented(spec):
             items = read_augmented(spec)
-            for kind, count in skipped_kinds(items, fmt).items():
+            entry["skipped_kinds"] = skipped_kinds(items, fmt)
+            for kind, count in entry["skipped_kinds"].items():
                 log.warning("%s: %d of %d records have no %r text (the augment job skipped it: prompt longer "
                             "than max_prompt_tokens, truncation='skip'); they give no %r example", spec, count,
                             len(items), kind, kind)
+            items, counts = filter_texts(items, name, KINDS if fmt == "mixed" else (fmt,) if fmt in KINDS else ())
+            entry["filter"] = {"name": name, **{k: counts[k] for k in ("texts", "kept", "dropped", "cut_unknown")},
+                               "dropped_by_reason": {k: counts[k] for k in REASONS if counts[k]}}
+            if name != "none":
+                log.info("%s: filter %r kept %d of %d teacher texts; dropped %d (%s); %d of unknown cut kept",
+                         spec, name, counts["kept"], counts["texts"], counts["dropped"],
+                         ", ".join(f"{k}: {counts[k]}" for k in REASONS if counts[k]) or "none",
+                         counts["cut_unknown"])
         else:
             name, sep, split = spec.rpartition(":")
             if not sep or name not in REGISTRY:  # `hf:...` / `tfds:...` / paths carry their own colons
                 name, split = spec, ""
             records = load_records(name, split or data.get("split", "train"), skip_invalid=skip, report=report)
             items = [annotated(r) for r in records]
+            if name != "none":
+                log.info("%s: not augment output; config.data.filter=%r applies to the teacher's texts only, "
+                         "this dataset's own texts are used as they are", spec, name)
         ratios = dict(data.get("kind_ratios") or {})
-        pairs += build_pairs(items, fmt, style, ratios=ratios, seed=int(data.get("seed", 0)))
+        built = build_pairs(items, fmt, style, ratios=ratios, seed=int(data.get("seed", 0)))
+        pairs.setdefault(spec, []).extend(built)
+        if datasets_report is not None:
+            datasets_report[spec] = {"records": len(items), "examples": len(built), **entry}
     return pairs
+
+
+def decontamination_report(train: dict[str, list[TextPair]], eval_sets: tuple[str, ...]) -> dict:
+    """The n-gram overlap of the training examples with `config.data.decontaminate`'s evaluation sets."""
+    if isinstance(eval_sets, str):
+        raise DataConfigError(f"config.data.decontaminate={eval_sets!r}; expected a tuple of evaluation sets")
+    try:
+        evals = {spec: eval_records(spec) for spec in eval_sets}
+    except ValueError as e:
+        raise DataConfigError(str(e)) from None
+    report = contamination(train, evals)
+    for spec, by_n in report["eval_sets"].items():
+        log.info("decontamination: %s: %s", spec, ", ".join(
+            f"{r['contaminated']} of {r['checked']} items share a {n}-gram with the training examples"
+            for n, r in by_n.items()))
+    return report
 
 
 def in_eval_split(example_id: str, fraction: float) -> bool:
@@ -92,18 +146,26 @@ def tokenize_pairs(pairs: list[TextPair], tokenizer, data: ml_collections.Config
 
 
 def make_records_iterator(config: ml_collections.ConfigDict, tokenizer, process_index: int, process_count: int,
-                          *, split: str = "train"):
-    """This process's resumable batch iterator over `config.data` (split "train" or "eval")."""
+                          *, split: str = "train", report: dict | None = None):
+    """This process's resumable batch iterator over `config.data` (split "train" or "eval"); `report` (if
+    given) receives what was read: per dataset records, examples and filter counts, and this split's examples."""
     data = config.data
     if tokenizer is None:
         raise DataConfigError("config.tokenizer: the records source needs a tokenizer (a checkpoint directory)")
     fraction = float(data.get("eval_fraction", 0.0))
     if split == "eval" and not fraction:
         raise DataConfigError("config.eval_every > 0 needs config.data.eval_fraction > 0 (held-out examples)")
-    pairs = [p for p in load_pairs(data) if in_eval_split(p.id, fraction) == (split == "eval")]
+    datasets: dict = {}
+    by_dataset = {spec: [p for p in pairs if in_eval_split(p.id, fraction) == (split == "eval")]
+                  for spec, pairs in pairs_by_dataset(data, datasets_report=datasets).items()}
+    pairs = [p for spec_pairs in by_dataset.values() for p in spec_pairs]
+    if report is not None:
+        report.update(filter=data.get("filter", "none"), datasets=datasets, examples={split: len(pairs)})
+        if split == "train" and data.get("decontaminate"):
+            report[DECONTAMINATION] = decontamination_report(by_dataset, tuple(data.decontaminate))
     if not pairs:
         raise DataConfigError(f"config.data: no {split} examples (datasets={tuple(data.datasets)}, "
-                              f"eval_fraction={fraction})")
+                              f"eval_fraction={fraction}, filter={data.get('filter', 'none')!r})")
     examples = tokenize_pairs(pairs, tokenizer, data)
     log.info("%s data: %d examples from %s (format %s, style %s)", split, len(examples), tuple(data.datasets),
              data.format, data.get("style", "teacherlm"))

@@ -9,7 +9,8 @@ the tokenizer, fills in the paths that connect the steps, and skips what is comp
     DIR/tokenizer/                                               trained on the suite
     DIR/teacher/stage1, stage2, stage3_<kind>/                   training runs (hf_final/ when done)
     DIR/augment/<kind>/augmented/students/                       the stage-3 <kind> teacher's texts
-    DIR/students/<name>/                                         one training run per student
+    DIR/students/<name>/                                         one training run per student (its decontamination.md:
+                                                                 overlap of its training examples with the test set)
     DIR/eval/<name>/eval/metrics.json                            the eval job's output per model
     DIR/timings.json                                             seconds per step, summed over reruns
     DIR/report.md, report.json, *.png                            teacherlm_jax/demo/report.py
@@ -111,8 +112,9 @@ def from_checkpoint(model: ml_collections.ConfigDict, init_from: str) -> ml_coll
 
 
 def train_stage(stage: ml_collections.ConfigDict, run_dir: Path, *, datasets: tuple[str, ...], tokenizer: str,
-                init_from: str | None = None, fmt: str | None = None) -> Path:
-    """Runs (or resumes, or skips when done) one training job; returns its run directory."""
+                init_from: str | None = None, fmt: str | None = None, decontaminate: tuple[str, ...] = ()) -> Path:
+    """Runs (or resumes, or skips when done) one training job; returns its run directory. `decontaminate`:
+    evaluation sets whose overlap with the training examples the run reports (decontamination.json/.md)."""
     from teacherlm_jax.train.loop import train
 
     if (run_dir / DONE).is_file():
@@ -120,6 +122,7 @@ def train_stage(stage: ml_collections.ConfigDict, run_dir: Path, *, datasets: tu
     config = ml_collections.ConfigDict(stage.to_dict())
     config.tokenizer = tokenizer
     config.data.datasets = datasets
+    config.data.decontaminate = tuple(decontaminate) or tuple(config.data.get("decontaminate", ()))
     if fmt is not None:
         config.data.format = fmt
     if init_from is not None:
@@ -220,7 +223,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
         # Answers-only students read the questions; the others the teacher's texts (never the gold ones).
         datasets = tuple(str(d) for k in needed for d in augmented[k]) or data["students"]
         students[name] = timed(f"students/{name}", train_stage, student.train, work / "students" / name,
-                               datasets=datasets, tokenizer=tokenizer, init_from=base)
+                               datasets=datasets, tokenizer=tokenizer, init_from=base, decontaminate=data["test"])
 
     results = {"teacher": timed("eval/teacher", evaluate, config, work / "eval" / "teacher", stage1, data["test"],
                                 "loglik")}

@@ -16,15 +16,9 @@ from typing import Sequence
 import numpy as np
 
 from teacherlm_jax.data import REGISTRY, DataError, Record, load_records
+from teacherlm_jax.data.sources import EVAL_SETS
 
-ALIASES = {
-    "mmlu": ("mmlu", "test"),
-    "mmlu_2020": ("mmlu_2020", "test"),
-    "mmlu_2020_val": ("mmlu_2020", "val"),
-    "creak": ("teacherlm_creak", "test"),
-    "ecqa": ("teacherlm_ecqa", "test"),
-    "strategyqa": ("teacherlm_strategyqa", "test"),
-}
+ALIASES = EVAL_SETS  # in the data layer: training runs' decontamination reports name eval sets the same way
 MMLU_SOURCES = ("mmlu", "mmlu_2020")
 
 

@@ -14,6 +14,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
+from teacherlm_jax.data.quality import check_filter
 from teacherlm_jax.sharding import ConfigError, LogicalRules, batch_sharding
 from teacherlm_jax.train.step import BATCH_KEYS
 
@@ -75,9 +76,14 @@ class SyntheticLM:
 
 
 def make_train_data(config: ml_collections.ConfigDict, tokenizer, process_index: int, process_count: int, *,
-                    split: str = "train") -> BatchIterator:
-    """This process's batch iterator for `config.data` (`split="eval"`: the held-out stream)."""
+                    split: str = "train", report: dict | None = None) -> BatchIterator:
+    """This process's batch iterator for `config.data` (`split="eval"`: the held-out stream); `report` (if
+    given) receives what the records source read (datasets, examples, filter counts)."""
     data = config.data
+    try:
+        check_filter(data.get("filter", "none"))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     if config.batch_size % process_count:
         raise ConfigError(f"config.batch_size={config.batch_size} is not divisible by the {process_count} processes")
     if data.source == "synthetic_lm":
@@ -89,7 +95,7 @@ def make_train_data(config: ml_collections.ConfigDict, tokenizer, process_index:
     if data.source == "records":
         from teacherlm_jax.data.training import make_records_iterator
 
-        return make_records_iterator(config, tokenizer, process_index, process_count, split=split)
+        return make_records_iterator(config, tokenizer, process_index, process_count, split=split, report=report)
     raise ConfigError(f"config.data.source={data.source!r}; known sources: synthetic_lm, records")
 
 

@@ -7,6 +7,7 @@ continues exactly: same batches, same losses; metrics.jsonl is cut back to the r
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 from pathlib import Path
@@ -19,6 +20,8 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
+from teacherlm_jax.data.decontamination import REPORT as DECONTAMINATION
+from teacherlm_jax.data.decontamination import write_report as write_decontamination
 from teacherlm_jax.models.hf import load_tokenizer, save_pretrained
 from teacherlm_jax.sharding import (
     ConfigError, data_parallel_size, initialize_distributed, mesh_from_config, param_shardings,
@@ -36,6 +39,7 @@ from teacherlm_jax.workdir_lock import workdir_lock
 log = logging.getLogger(__name__)
 
 HF_EXPORT = "hf_final"
+DATA_REPORT = "data_report.json"  # what the records source read: datasets, examples, texts each filter dropped
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -118,7 +122,12 @@ def _train(config: ml_collections.ConfigDict, workdir: Path) -> Path | None:
     p_shardings, tx, schedule, shardings = setup.param_shardings, setup.tx, setup.schedule, setup.shardings
 
     tokenizer = load_tokenizer(config.tokenizer) if config.get("tokenizer") else None
-    data = make_train_data(config, tokenizer, jax.process_index(), jax.process_count())
+    data_report: dict = {}
+    data = make_train_data(config, tokenizer, jax.process_index(), jax.process_count(), report=data_report)
+    if data_report and jax.process_index() == 0:
+        if DECONTAMINATION in data_report:  # config.data.decontaminate: its own report files
+            write_decontamination(data_report.pop(DECONTAMINATION), workdir)
+        (workdir / DATA_REPORT).write_text(json.dumps(data_report, indent=2) + "\n")
     if not isinstance(data, BatchIterator):
         raise TypeError(f"make_train_data returned {type(data).__name__}, which lacks get_state/set_state")
     ckpt = Checkpointer(workdir, every=config.checkpoint_every, keep=config.keep_checkpoints,
