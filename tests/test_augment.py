@@ -4,6 +4,7 @@ and the job's guarantees: SIGKILL + rerun and two processes give exactly one uni
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -284,6 +285,23 @@ def test_changed_records_regenerate_only_their_parts(model, tokenizer, records, 
     assert "regenerating 1 parts (part-00001-of-00002.jsonl): record 'q7': question, prompts changed" in caplog.text
     augment_records(model, tokenizer, edited, tmp_path / "fresh", settings(), dataset="toy")
     assert read_parts(tmp_path / "out") == read_parts(tmp_path / "fresh")
+
+
+def test_manifest_of_an_older_version_is_migrated(model, tokenizer, records, tmp_path, caplog):
+    """A manifest with the retired `ids_sha256` (record ids only) is migrated, not refused: its parts are
+    checked row by row against the records, kept where they hold them, and the manifest rewritten."""
+    augment_records(model, tokenizer, records[:10], tmp_path, settings(), dataset="toy")
+    path = tmp_path / "manifest.json"
+    manifest = json.loads(path.read_text())
+    current = manifest.pop("records_sha256")
+    manifest["ids_sha256"] = hashlib.sha256(json.dumps([r.id for r in records[:10]]).encode()).hexdigest()
+    path.write_text(json.dumps(manifest, indent=2) + "\n")
+    with caplog.at_level(logging.INFO, logger="teacherlm_jax.augment"):
+        stats = augment_records(model, tokenizer, records[:10], tmp_path, settings(), dataset="toy")
+    assert (stats["chunks_generated"], stats["chunks_resumed"]) == (0, 2)
+    assert "written by an older version (ids_sha256" in caplog.text
+    migrated = json.loads(path.read_text())
+    assert "ids_sha256" not in migrated and migrated["records_sha256"] == current
 
 
 def test_changed_teacher_or_sampling_regenerates_every_part(model, tokenizer, records, tmp_path, caplog):

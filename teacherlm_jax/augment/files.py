@@ -6,12 +6,15 @@ and renamed into place: it is complete or absent, whatever killed the run.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from teacherlm_jax.data.records import DataError, json_object, numbered_lines
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 RUNS = "runs"
@@ -72,7 +75,7 @@ def check_manifest(out_dir: Path, manifest: dict[str, Any], inputs: Sequence[str
     parts already there were cut with other settings."""
     manifest = json.loads(json.dumps(manifest))  # tuples -> lists, as read back
     path = out_dir / MANIFEST
-    old = json.loads(path.read_text()) if path.exists() else manifest
+    old = _migrated(path, json.loads(path.read_text())) if path.exists() else manifest
     changed = [k for k in sorted(old.keys() | manifest.keys()) if old.get(k) != manifest.get(k)]
     refused = [f"{k}: {old.get(k)!r} -> {manifest.get(k)!r}" for k in changed if k not in inputs]
     if refused:
@@ -81,6 +84,19 @@ def check_manifest(out_dir: Path, manifest: dict[str, Any], inputs: Sequence[str
     if changed or not path.exists():
         write_atomic(path, json.dumps(manifest, indent=2) + "\n")
     return [f"{k}: {_short(old.get(k))} -> {_short(manifest.get(k))}" for k in changed]
+
+
+def _migrated(path: Path, old: dict[str, Any]) -> dict[str, Any]:
+    """A manifest written before parts carried their inputs holds `ids_sha256` (a hash of the record ids
+    only) where `records_sha256` (of the records' content) now is. The retired key is dropped rather than
+    compared: `records_sha256` then counts as a changed input, and every part is checked against the
+    current records row by row (`stale_reason`), which keeps the parts that hold them and regenerates the
+    others with the reason logged."""
+    if "ids_sha256" not in old:
+        return old
+    log.info("%s: written by an older version (ids_sha256, a hash of record ids only); migrating it to "
+             "records_sha256: each part is checked against its records row by row", path)
+    return {k: v for k, v in old.items() if k != "ids_sha256"}
 
 
 def _short(value: Any) -> str:

@@ -101,7 +101,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> Path | None
     Returns WORKDIR/hf_final (a Hugging Face directory) when config.export_hf, else WORKDIR; None when
     stopped early by a preemption notice (a checkpoint was saved first). Another training on WORKDIR
     (each process locks its own name) refuses at once: see `workdir_lock`. A non-finite loss or weights
-    (checked at each logged step and before each save) stop it with NonFiniteError, nothing of them saved.
+    (checked at each logged step, each eval and before each save) stop it with NonFiniteError, nothing of them saved.
     """
     initialize_distributed(config.get("distributed"))
     with workdir_lock(workdir, f"train-{jax.process_index()}"):
@@ -171,7 +171,10 @@ def _train(config: ml_collections.ConfigDict, workdir: Path) -> Path | None:
                 record.update(finite_metrics(metrics, done, checked, workdir), **timer.measure(done))
                 checked = done
             if config.eval_every and (done % config.eval_every == 0 or last):
-                record.update(evaluate(state.params))
+                if checked != done:  # weights seen finite before their eval is judged
+                    finite_metrics(metrics, done, checked, workdir)
+                    checked = done
+                record.update(finite_eval(evaluate(state.params), done, workdir))
             if record:
                 writer.write(done, record)
                 timer.mark(done)  # eval and logging are not training time
@@ -205,12 +208,25 @@ def finite_metrics(metrics: dict, step: int, checked: int, workdir: Path) -> dic
     NonFiniteError, before anything of `step` is logged, saved or exported, when they are not finite."""
     values = {k: float(v) for k, v in jax.device_get(metrics).items()}
     if not values.pop(FINITE):
-        raise NonFiniteError(
-            f"training diverged at step {step}: non-finite loss or weights (loss {values['loss']}, grad_norm "
-            f"{values['grad_norm']}, learning_rate {values['learning_rate']}); step {checked} was the last seen "
-            f"finite. Nothing of step {step} was saved: {workdir}/checkpoints keeps the last good checkpoint. "
-            f"Lower config.optimizer.learning_rate (or raise warmup_steps / grad clipping) and rerun")
+        raise _diverged(step, f"non-finite loss or weights (loss {values['loss']}, grad_norm {values['grad_norm']}, "
+                              f"learning_rate {values['learning_rate']}); step {checked} was the last seen finite",
+                        workdir)
     return values
+
+
+def finite_eval(values: dict[str, float], step: int, workdir: Path) -> dict[str, float]:
+    """`values` (eval metrics) when finite; else NonFiniteError before they are logged or step saved: finite
+    weights whose held-out loss is not finite have diverged as surely as a non-finite training loss."""
+    bad = {k: v for k, v in values.items() if not math.isfinite(v)}
+    if bad:
+        raise _diverged(step, f"evaluation gave non-finite {bad} (the weights are finite)", workdir)
+    return values
+
+
+def _diverged(step: int, cause: str, workdir: Path) -> NonFiniteError:
+    return NonFiniteError(f"training diverged at step {step}: {cause}. Nothing of step {step} was saved: "
+                          f"{workdir}/checkpoints keeps the last good checkpoint. Lower config.optimizer.learning_rate "
+                          f"(or raise warmup_steps / grad clipping) and rerun")
 
 
 def export_hf(model: nnx.Module, out_dir: str | Path, tokenizer=None) -> Path:

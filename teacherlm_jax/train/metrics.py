@@ -10,6 +10,8 @@ from pathlib import Path
 
 import jax
 
+from teacherlm_jax import report_json
+
 log = logging.getLogger(__name__)
 
 # Dense bfloat16 peak FLOP/s per chip, matched on the start of `device.device_kind`.
@@ -85,7 +87,7 @@ class MetricsWriter:
             return
         record = {"step": step, **{k: float(v) for k, v in metrics.items()}}
         with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(report_json.dumps(record) + "\n")
         for key, value in metrics.items():
             self.tb.add_scalar(key, value, step)
         self.tb.flush()
