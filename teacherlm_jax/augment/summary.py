@@ -12,14 +12,17 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
+from etils import epath
+
 from teacherlm_jax import report_json
-from teacherlm_jax.augment.files import HISTOGRAM, RUNS, SUMMARY, read_manifest, read_parts, write_atomic
+from teacherlm_jax.augment.files import HISTOGRAM, RUNS, SUMMARY, read_manifest, read_parts
+from teacherlm_jax.paths import workdir_path, write_atomic, write_figure
 
 log = logging.getLogger(__name__)
 ENGINE_COUNTS = ("decode_steps", "slot_steps", "kept_tokens", "prefill_tokens")
@@ -28,7 +31,7 @@ def _samples(value: Any) -> list:
     return [] if value is None else value if isinstance(value, list) else [value]
 
 
-def _throughput(out_dir: Path) -> dict[str, Any]:
+def _throughput(out_dir: epath.Path) -> dict[str, Any]:
     runs = sorted((json.loads(p.read_text()) for p in (out_dir / RUNS).glob("*.json")),
                   key=lambda r: (r["started"], r["process_index"]))
     per_process: dict[int, list[float]] = {}
@@ -62,10 +65,10 @@ def _lengths(rows: list[dict[str, Any]], kinds: list[str]) -> dict[str, list[int
     return {k: [n for row in rows for n in _samples(row["new_tokens"][k])] for k in kinds}
 
 
-def summarize(out_dir: str | Path, rows: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def summarize(out_dir: str | os.PathLike, rows: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Counts over every written record (`rows`, default read from the parts): tokens per kind (the
     paper's table of average lengths), truncated and skipped prompts per kind, and throughput."""
-    out_dir = Path(out_dir)
+    out_dir = workdir_path(out_dir)
     manifest = read_manifest(out_dir)
     rows = read_parts(out_dir) if rows is None else rows
     kinds = manifest["kinds"]
@@ -95,7 +98,7 @@ def summarize(out_dir: str | Path, rows: list[dict[str, Any]] | None = None) -> 
     }
 
 
-def plot_lengths(lengths: dict[str, list[int]], path: Path, title: str) -> None:
+def plot_lengths(lengths: dict[str, list[int]], path: epath.Path, title: str) -> None:
     """One histogram of generated tokens per kind."""
     import matplotlib
 
@@ -110,13 +113,13 @@ def plot_lengths(lengths: dict[str, list[int]], path: Path, title: str) -> None:
     axes[0][0].set_ylabel("samples")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    write_figure(fig, path, dpi=100)
     plt.close(fig)
 
 
-def write_summary(out_dir: str | Path) -> dict[str, Any]:
+def write_summary(out_dir: str | os.PathLike) -> dict[str, Any]:
     """summary.json and lengths.png in `out_dir` (every part must be written); returns the summary."""
-    out_dir = Path(out_dir)
+    out_dir = workdir_path(out_dir)
     rows = read_parts(out_dir)
     summary = summarize(out_dir, rows)
     plot_lengths(_lengths(rows, summary["kinds"]), out_dir / HISTOGRAM, str(summary.get("dataset", out_dir.name)))

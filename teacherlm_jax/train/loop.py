@@ -9,17 +9,18 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from pathlib import Path
-
+import os
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from etils import epath
 from flax import nnx
 from jax.sharding import Mesh
 
 from teacherlm_jax.models.hf import load_tokenizer, save_pretrained
+from teacherlm_jax.paths import local_dir, workdir_path
 from teacherlm_jax.sharding import (
     ConfigError, data_parallel_size, initialize_distributed, mesh_from_config, param_shardings,
 )
@@ -95,8 +96,9 @@ def train_setup(config: ml_collections.ConfigDict, mesh: Mesh, rules: tuple) -> 
                       state_shardings(p_shardings, abstract_opt, mesh))
 
 
-def train(config: ml_collections.ConfigDict, workdir: str | Path) -> Path | None:
-    """Trains to `config.num_train_steps` (resuming from WORKDIR/checkpoints if any).
+def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> epath.Path | None:
+    """Trains to `config.num_train_steps` (resuming from WORKDIR/checkpoints if any). WORKDIR may be a
+    cloud URL (gs://...): every output goes there (`teacherlm_jax.paths`).
 
     Returns WORKDIR/hf_final (a Hugging Face directory) when config.export_hf, else WORKDIR; None when
     stopped early by a preemption notice (a checkpoint was saved first). Another training on WORKDIR
@@ -105,10 +107,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> Path | None
     """
     initialize_distributed(config.get("distributed"))
     with workdir_lock(workdir, f"train-{jax.process_index()}"):
-        return _train(config, Path(workdir))
+        return _train(config, workdir_path(workdir))
 
 
-def _train(config: ml_collections.ConfigDict, workdir: Path) -> Path | None:
+def _train(config: ml_collections.ConfigDict, workdir: epath.Path) -> epath.Path | None:
     mesh, rules = mesh_from_config(config)
     validate(config, data_parallel_size(mesh, rules))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -203,7 +205,7 @@ class NonFiniteError(FloatingPointError):
     """Training produced a non-finite loss or weights."""
 
 
-def finite_metrics(metrics: dict, step: int, checked: int, workdir: Path) -> dict[str, float]:
+def finite_metrics(metrics: dict, step: int, checked: int, workdir: epath.Path) -> dict[str, float]:
     """The train step's metrics as floats (less FINITE), fetched where the loop fetches them anyway; raises
     NonFiniteError, before anything of `step` is logged, saved or exported, when they are not finite."""
     values = {k: float(v) for k, v in jax.device_get(metrics).items()}
@@ -214,7 +216,7 @@ def finite_metrics(metrics: dict, step: int, checked: int, workdir: Path) -> dic
     return values
 
 
-def finite_eval(values: dict[str, float], step: int, workdir: Path) -> dict[str, float]:
+def finite_eval(values: dict[str, float], step: int, workdir: epath.Path) -> dict[str, float]:
     """`values` (eval metrics) when finite; else NonFiniteError before they are logged or step saved: finite
     weights whose held-out loss is not finite have diverged as surely as a non-finite training loss."""
     bad = {k: v for k, v in values.items() if not math.isfinite(v)}
@@ -223,19 +225,22 @@ def finite_eval(values: dict[str, float], step: int, workdir: Path) -> dict[str,
     return values
 
 
-def _diverged(step: int, cause: str, workdir: Path) -> NonFiniteError:
+def _diverged(step: int, cause: str, workdir: epath.Path) -> NonFiniteError:
     return NonFiniteError(f"training diverged at step {step}: {cause}. Nothing of step {step} was saved: "
                           f"{workdir}/checkpoints keeps the last good checkpoint. Lower config.optimizer.learning_rate "
                           f"(or raise warmup_steps / grad clipping) and rerun")
 
 
-def export_hf(model: nnx.Module, out_dir: str | Path, tokenizer=None) -> Path:
-    """`save_pretrained` (collective: every process calls it) plus the tokenizer, if any."""
-    out = save_pretrained(model, out_dir)
-    if tokenizer is not None and jax.process_index() == 0:
-        tokenizer.save_pretrained(str(out))
+def export_hf(model: nnx.Module, out_dir: str | os.PathLike, tokenizer=None) -> epath.Path:
+    """`save_pretrained` (collective: every process calls it) plus the tokenizer, if any; to a cloud URL
+    through a local folder (both writers take local paths only)."""
+    out = workdir_path(out_dir)
+    with local_dir(out) as local:
+        save_pretrained(model, local)
+        if tokenizer is not None and jax.process_index() == 0:
+            tokenizer.save_pretrained(str(local))
     log.info("exported Hugging Face checkpoint to %s", out)
-    return Path(out)
+    return out
 
 
 def _checked(batch: dict[str, np.ndarray], vocab_size: int) -> dict[str, np.ndarray]:
