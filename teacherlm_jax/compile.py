@@ -32,6 +32,7 @@ from jax.sharding import Mesh
 
 from teacherlm_jax import report_json
 from teacherlm_jax.compile_generation import CHIPS, GIB, decode_step_memory, generation_memory
+from teacherlm_jax.paths import workdir_path, write_atomic
 from teacherlm_jax.sharding import ConfigError, LogicalRules, batch_sharding, data_parallel_size, mesh_from_config
 from teacherlm_jax.train.loop import TrainSetup, train_setup, validate
 from teacherlm_jax.train.step import BATCH_KEYS, make_train_step
@@ -270,11 +271,11 @@ def format_generation(summary: dict[str, Any]) -> list[str]:
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:
     """Job entry (`config.job = "compile"`)."""
     summary = dry_run(config)
-    out = Path(workdir)
+    out = workdir_path(workdir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / REPORT_JSON).write_text(report_json.dumps(summary, indent=2) + "\n")
+    write_atomic(out / REPORT_JSON, report_json.dumps(summary, indent=2) + "\n")
     text = format_report(summary)
-    (out / REPORT_MD).write_text(text)
+    write_atomic(out / REPORT_MD, text)
     print(text, flush=True)
     if summary["fits"] is False:
         raise SystemExit(1)

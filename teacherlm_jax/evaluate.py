@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -32,6 +33,7 @@ from teacherlm_jax.eval.generative import generate_answers
 from teacherlm_jax.eval.report import Prediction, accuracy, task_metrics, write_predictions, write_report
 from teacherlm_jax.eval.scoring import SCORES, encode, loglik_choices
 from teacherlm_jax.eval.tasks import Task, load_task, resolve_tasks, subset
+from teacherlm_jax.paths import workdir_path
 from teacherlm_jax.sharding import ConfigError, LogicalRules, initialize_distributed, mesh_from_config
 
 log = logging.getLogger(__name__)
@@ -106,13 +108,14 @@ def evaluate_records(model: nnx.Module, tokenizer, records: Sequence[Record], *,
     return predictions, accuracy(predictions)
 
 
-def evaluate_tasks(model: nnx.Module, tokenizer, tasks: Sequence[str | Task], out_dir: str | Path, *,
+def evaluate_tasks(model: nnx.Module, tokenizer, tasks: Sequence[str | Task], out_dir: str | os.PathLike, *,
                    max_examples: int = 0, data_dir: str | None = None, settings: dict[str, Any] | None = None,
                    **kwargs: Any) -> dict[str, Any]:
     """Evaluates each task (see teacherlm_jax/eval/tasks.py for names) and writes the report to
     `out_dir` (process 0 only; every process must call this). `max_examples` > 0 evaluates an evenly
-    spaced subset, recorded in the metrics. `kwargs` go to `evaluate_records`. Returns the metrics."""
-    out_dir = Path(out_dir)
+    spaced subset, recorded in the metrics. `kwargs` go to `evaluate_records`. Returns the metrics. `out_dir`
+    may be a cloud URL."""
+    out_dir = workdir_path(out_dir)
     mode = kwargs.get("mode", "loglik")
     metrics: dict[str, Any] = {
         "settings": {"model": "(in memory)", "mode": mode, "score": kwargs.get("score", "mean"),
@@ -196,7 +199,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
         raise ConfigError(f"tokenizer {tokenizer_path} has {len(tokenizer)} tokens but the model's vocabulary "
                           f"is {model.config.vocab_size}: they do not belong together")
     evaluate_tasks(
-        model, tokenizer, tasks, Path(workdir) / "eval", max_examples=int(config.max_examples),
+        model, tokenizer, tasks, workdir_path(workdir) / "eval", max_examples=int(config.max_examples),
         data_dir=config.get("data_dir"), mode=config.mode, score=config.score, batch_size=int(config.batch_size),
         max_length=int(config.max_length) or None, max_new_tokens=int(config.max_new_tokens), mesh=mesh,
         rules=rules, settings={"model": model_config["init_from"], "tokenizer": str(tokenizer_path),

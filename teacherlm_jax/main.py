@@ -22,7 +22,7 @@ JOBS = {
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/train.py:tiny.",
                                           lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and outputs.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory or gs:// URL for checkpoints, metrics and outputs.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 

@@ -5,18 +5,30 @@ The lock is an exclusive `flock` on WORKDIR/.lock-<name>, a file holding the hol
 time. The kernel drops the lock when its holder dies, however (SIGKILL included), so a killed run's lock
 never blocks the rerun: the rerun takes it over and logs whose it was. A run that ends releases it and
 empties the file.
+
+A cloud workdir (gs://...) cannot be flocked, and an object-store lock would outlive a preempted holder
+and block the very rerun that must resume. So it is locked per machine: the flock is on a local file named
+after the URL (in the temp folder), which keeps a second run on this machine out, and WORKDIR/.lock-<name>
+in the bucket holds the holder's record. A rerun that finds a record left by another host says so: it
+cannot tell a preempted run from a live one there; if that one still runs, stop one of them.
 """
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import logging
 import os
 import socket
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+from etils import epath
+
+from teacherlm_jax.paths import is_url, workdir_path
 
 log = logging.getLogger(__name__)
 
@@ -26,32 +38,59 @@ class WorkdirLocked(RuntimeError):
 
 
 @contextlib.contextmanager
-def workdir_lock(workdir: str | Path, name: str) -> Iterator[Path]:
+def workdir_lock(workdir: str | os.PathLike, name: str) -> Iterator[epath.Path]:
     """Holds WORKDIR/.lock-<name> for the block; raises `WorkdirLocked` naming the holder when another
     process holds it. `name` tells jobs (and process indices) that may share a workdir apart."""
-    path = Path(workdir) / f".lock-{name}"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    workdir = workdir_path(workdir)
+    path = workdir / f".lock-{name}"
+    cloud = is_url(workdir)
+    local = _machine_lock(workdir, name) if cloud else Path(path)
+    local.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(local, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise WorkdirLocked(f"{path}: {workdir} is in use by another run ({_describe(_read(fd))}); wait for "
                                 f"it to end or stop it, or use another workdir") from None
-        previous = _read(fd)
+        previous = (path.read_text().strip() if path.exists() else "") if cloud else _read(fd)
         if previous:
-            log.warning("%s: taking over the lock of a run that did not release it (%s; it no longer holds it: "
-                        "killed?)", path, _describe(previous))
-        holder = {"host": socket.gethostname(), "pid": os.getpid(),
-                  "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
+            log.warning("%s: taking over the lock of a run that did not release it (%s; %s)", path,
+                        _describe(previous), _whereabouts(previous, cloud))
+        holder = json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}) + "\n"
+        _write(fd, path if cloud else None, holder)
         try:
             yield path
         finally:
-            os.ftruncate(fd, 0)  # released: the next run finds no holder to report
+            _write(fd, path if cloud else None, "")  # released: the next run finds no holder to report
     finally:
         os.close(fd)  # drops the flock
+
+
+def _machine_lock(workdir: epath.Path, name: str) -> Path:
+    """This machine's lock file for a cloud workdir, named after its URL."""
+    digest = hashlib.sha256(str(workdir).encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / "teacherlm_jax-locks" / f"{digest}-{name}"
+
+
+def _write(fd: int, record: epath.Path | None, text: str) -> None:
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, text.encode(), 0)
+    if record is not None:
+        record.write_text(text)
+
+
+def _whereabouts(previous: str, cloud: bool) -> str:
+    """Why the previous holder is gone, or that it may not be (another machine, cloud workdir)."""
+    try:
+        host = json.loads(previous)["host"]
+    except (ValueError, KeyError, TypeError):
+        host = None
+    if cloud and host != socket.gethostname():
+        return ("a cloud workdir is locked per machine only, so a run on another host is not seen: if that "
+                "one still runs, stop one of them")
+    return "it no longer holds it: killed?"
 
 
 def _read(fd: int) -> str:

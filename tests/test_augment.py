@@ -4,6 +4,7 @@ and the job's guarantees: SIGKILL + rerun and two processes give exactly one uni
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -29,6 +30,7 @@ from teacherlm_jax.augment.fingerprint import teacher_fingerprint
 from teacherlm_jax.augment.summary import write_summary
 from teacherlm_jax.data import KINDS, DataError, load_records, teacher_prompt
 from teacherlm_jax.data.examples import build_pairs, read_augmented, skipped_kinds
+from teacherlm_jax.paths import workdir_path
 from teacherlm_jax.sharding import ConfigError
 
 if str(REPO) not in sys.path:  # configs/ is imported from the repository root, as main does
@@ -286,6 +288,23 @@ def test_changed_records_regenerate_only_their_parts(model, tokenizer, records, 
     assert read_parts(tmp_path / "out") == read_parts(tmp_path / "fresh")
 
 
+def test_manifest_of_an_older_version_is_migrated(model, tokenizer, records, tmp_path, caplog):
+    """A manifest with the retired `ids_sha256` (record ids only) is migrated, not refused: its parts are
+    checked row by row against the records, kept where they hold them, and the manifest rewritten."""
+    augment_records(model, tokenizer, records[:10], tmp_path, settings(), dataset="toy")
+    path = tmp_path / "manifest.json"
+    manifest = json.loads(path.read_text())
+    current = manifest.pop("records_sha256")
+    manifest["ids_sha256"] = hashlib.sha256(json.dumps([r.id for r in records[:10]]).encode()).hexdigest()
+    path.write_text(json.dumps(manifest, indent=2) + "\n")
+    with caplog.at_level(logging.INFO, logger="teacherlm_jax.augment"):
+        stats = augment_records(model, tokenizer, records[:10], tmp_path, settings(), dataset="toy")
+    assert (stats["chunks_generated"], stats["chunks_resumed"]) == (0, 2)
+    assert "written by an older version (ids_sha256" in caplog.text
+    migrated = json.loads(path.read_text())
+    assert "ids_sha256" not in migrated and migrated["records_sha256"] == current
+
+
 def test_changed_teacher_or_sampling_regenerates_every_part(model, tokenizer, records, tmp_path, caplog):
     """Same path, other weights (their fingerprint differs), or other sampling: every part is regenerated."""
     teacher = {"init_from": "tiny", "weights": {"sha256": "a" * 64, "method": "file bytes (sha256)"}}
@@ -338,16 +357,16 @@ def env() -> dict[str, str]:
             "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
 
 
-def output_files(workdir: Path) -> dict[str, bytes]:
+def output_files(workdir: Path | str) -> dict[str, bytes]:
     """Every output file but summary.json (its throughput varies): parts, manifest, card, parquet shards."""
-    out = workdir / "augmented" / "toy"
+    out = workdir_path(workdir) / "augmented" / "toy"
     files = [p for p in sorted(out.iterdir()) if p.is_file() and p.name != SUMMARY]
     assert list(out.glob("data/*.parquet")) and (out / "README.md").is_file()
     return {str(p.relative_to(out)): p.read_bytes() for p in files + sorted(out.glob("data/*.parquet"))}
 
 
-def summary_without_throughput(workdir: Path) -> dict:
-    summary = json.loads((workdir / "augmented" / "toy" / SUMMARY).read_text())
+def summary_without_throughput(workdir: Path | str) -> dict:
+    summary = json.loads((workdir_path(workdir) / "augmented" / "toy" / SUMMARY).read_text())
     return {k: v for k, v in summary.items() if k != "throughput"}
 
 
@@ -366,24 +385,29 @@ def test_job_records_the_teacher_fingerprint_and_its_method(teacher_dir, referen
     assert all(row["teacher"] == manifest["teacher"] for row in read_parts(reference_run / "augmented" / "toy"))
 
 
-def test_sigkill_then_rerun_equals_uninterrupted_run(teacher_dir, toy_jsonl, reference_run, tmp_path):
+@pytest.mark.parametrize("storage", ["local", "gcs"])
+def test_sigkill_then_rerun_equals_uninterrupted_run(teacher_dir, toy_jsonl, reference_run, tmp_path, request,
+                                                     storage):
+    """Also with a gs:// workdir (a local GCS emulator): parts, manifest, runs, summary and histogram in
+    the bucket are the local uninterrupted run's files."""
     config = config_for(teacher_dir, toy_jsonl)
-    out = tmp_path / "augmented" / "toy"
-    proc = subprocess.Popen(cli(tmp_path, config), cwd=REPO, env=env(), stdout=subprocess.DEVNULL,
+    workdir = f"{request.getfixturevalue('gcs_bucket')}/{tmp_path.name}" if storage == "gcs" else str(tmp_path)
+    out = workdir_path(workdir) / "augmented" / "toy"
+    proc = subprocess.Popen(cli(workdir, config), cwd=REPO, env=env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
     deadline = time.time() + 300
     while not list(out.glob("part-*.jsonl")) and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
+        time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     _, stderr = proc.communicate()
     assert proc.returncode == -signal.SIGKILL, f"the job ended before the kill:\n{stderr.decode()[-3000:]}"
     written = len(list(out.glob("part-*.jsonl")))
     assert 1 <= written < 12 and not (out / SUMMARY).exists()
 
-    run(config, str(tmp_path))  # the same command again
-    assert output_files(tmp_path) == output_files(reference_run)
-    assert summary_without_throughput(tmp_path) == summary_without_throughput(reference_run)
-    assert not list(out.glob("*.tmp*"))
+    run(config, workdir)  # the same command again
+    assert output_files(workdir) == output_files(reference_run)
+    assert summary_without_throughput(workdir) == summary_without_throughput(reference_run)
+    assert not list(out.glob("*.tmp*")) and not (REPO / "gs:").exists()
 
 
 def test_two_processes_write_the_single_process_files(teacher_dir, toy_jsonl, reference_run, tmp_path):

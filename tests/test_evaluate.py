@@ -316,3 +316,25 @@ def test_reports_are_strict_json_with_null_for_what_cannot_be_computed(tmp_path)
     assert "| none | n/a |" in (tmp_path / "results.md").read_text()
     with pytest.raises(ValueError, match=r"report value tasks\.t\.scores\[1\] is not finite"):
         report_json.dumps({"tasks": {"t": {"scores": [0.5, float("nan")]}}})
+
+
+def test_job_writes_its_report_to_gcs(rigged, tmp_path, gcs_bucket):
+    """`run(config, "gs://...")`: predictions, metrics.json, results.md and accuracy.png in the bucket."""
+    from configs.eval import get_config
+    from teacherlm_jax.evaluate import run
+    from teacherlm_jax.paths import workdir_path
+
+    jsonl = tmp_path / "mine.jsonl"
+    jsonl.write_text("".join(json.dumps({"id": r.id, "question": r.question, "choices": list(r.choices),
+                                         "answer": r.answer}) + "\n" for r in records(6, num_choices=3, seed=3)))
+    config = get_config()
+    config.model.init_from, config.tasks, config.batch_size = str(rigged), (str(jsonl),), 4
+    workdir = f"{gcs_bucket}/eval/{tmp_path.name}"
+    run(config, workdir)
+    out = workdir_path(workdir) / "eval"
+    metrics = json.loads((out / "metrics.json").read_text())
+    preds = [json.loads(x) for x in (out / "mine" / "predictions.jsonl").read_text().splitlines()]
+    assert metrics["tasks"]["mine"]["count"] == len(preds) == 6 and all(p["prediction"] == 1 for p in preds)
+    assert "| mine |" in (out / "results.md").read_text()
+    assert (out / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (REPO / "gs:").exists() and not Path("gs:").exists()

@@ -21,21 +21,20 @@ if str(REPO) not in sys.path:  # configs/ is imported from the repository root, 
     sys.path.insert(0, str(REPO))
 from configs import augment as augment_config  # noqa: E402
 
-# Imports the lock module alone (not the package: no jax), holds `name` on `workdir`, says so, waits.
+# Holds `name` on `workdir` with this checkout's lock module, says so, waits.
 HOLDER = """
-import importlib.util, sys, time
-spec = importlib.util.spec_from_file_location("workdir_lock", sys.argv[1])
-module = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(module)
-with module.workdir_lock(sys.argv[2], sys.argv[3]):
+import sys, time
+sys.path.insert(0, sys.argv[1])
+from teacherlm_jax.workdir_lock import workdir_lock
+with workdir_lock(sys.argv[2], sys.argv[3]):
     print("held", flush=True)
     time.sleep(120)
 """
 
 
 def hold(workdir: Path, name: str) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(REPO / "teacherlm_jax" / "workdir_lock.py"),
-                             str(workdir), name], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(REPO), str(workdir), name], stdout=subprocess.PIPE,
+                            text=True)
     assert proc.stdout.readline() == "held\n"
     return proc
 

@@ -32,9 +32,10 @@ steps, slot occupancy (the fraction of slot-steps that produced a kept token), p
 (padding included) and compiled programs, beside records/s and tokens/s.
 
 Resumable: records are cut, in input order, into chunks of `chunk_size`. A chunk's part is written once
-its last row ends, to a temporary file renamed into place (`os.replace` is atomic), so a part is
-complete or absent; a run killed at any moment (SIGKILL included) and started again with the same
-command skips the parts that exist and redoes the others. A row's tokens depend only on the teacher,
+its last row ends, to a temporary file renamed into place (`os.replace` is atomic; on a gs:// workdir
+one object upload, atomic too: `teacherlm_jax.paths`), so a part is complete or absent; a run killed at
+any moment (SIGKILL included) and started again with the same command skips the parts that exist and
+redoes the others. A row's tokens depend only on the teacher,
 its prompt and its key: the hash of (seed, dataset, record id, kind) and the sample number, with the
 step counted per row. So the parts do not depend on the engine, the batch size, the chunk size's
 batching, where a run was killed, the number of processes or which process wrote them. A part is kept

@@ -18,16 +18,17 @@ holds nothing that varies between runs (no throughput).
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from etils import epath
 
-from teacherlm_jax.augment.files import write_atomic
 from teacherlm_jax.data import KINDS
 from teacherlm_jax.data.quality import FILTERS, FLAGS
+from teacherlm_jax.paths import workdir_path, write_atomic
 
 DATA = "data"
 CARD = "README.md"
@@ -53,15 +54,15 @@ def schema(kinds: Sequence[str], num_samples: int) -> pa.Schema:
                       ("skipped", pa.list_(pa.string())), ("quality", per_kind(pa.list_(flags)))])
 
 
-def shard_paths(out_dir: Path, rows: int, rows_per_shard: int = ROWS_PER_SHARD) -> list[Path]:
+def shard_paths(out_dir: epath.Path, rows: int, rows_per_shard: int = ROWS_PER_SHARD) -> list[epath.Path]:
     shards = max(1, -(-rows // rows_per_shard))
-    return [Path(out_dir) / DATA / f"train-{i:05d}-of-{shards:05d}.parquet" for i in range(shards)]
+    return [workdir_path(out_dir) / DATA / f"train-{i:05d}-of-{shards:05d}.parquet" for i in range(shards)]
 
 
-def write_dataset(out_dir: Path, rows: list[dict[str, Any]], qualities: list[dict[str, list]],
-                  summary: dict[str, Any], rows_per_shard: int = ROWS_PER_SHARD) -> list[Path]:
+def write_dataset(out_dir: str | epath.Path, rows: list[dict[str, Any]], qualities: list[dict[str, list]],
+                  summary: dict[str, Any], rows_per_shard: int = ROWS_PER_SHARD) -> list[epath.Path]:
     """The parquet shards of `rows` (with their `qualities`) and the card from `summary`; returns the shards."""
-    out_dir = Path(out_dir)
+    out_dir = workdir_path(out_dir)
     kinds = summary["kinds"]
     table_schema = schema(kinds, summary["sampling"]["num_samples"])
     paths = shard_paths(out_dir, len(rows), rows_per_shard)
@@ -86,7 +87,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-def dataset_card(summary: dict[str, Any], shards: Sequence[Path]) -> str:
+def dataset_card(summary: dict[str, Any], shards: Sequence[os.PathLike]) -> str:
     """README.md: a YAML header `datasets` reads (license, the shards as split train), then the summary as
     text: source and license, teacher and fingerprint, prompts, sampling, counts, lengths, quality."""
     name, kinds = summary.get("dataset", "augmented"), summary["kinds"]

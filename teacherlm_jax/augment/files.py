@@ -1,17 +1,23 @@
-"""The augment job's files on disk: part names, atomic writes, the manifest a rerun must match, reading parts.
+"""The augment job's files: part names, the manifest a rerun must match, reading parts. The output folder
+may be a cloud URL (`teacherlm_jax.paths`).
 
-A part holds one chunk of records, named by chunk (not by process), written whole to a temporary file
-and renamed into place: it is complete or absent, whatever killed the run.
+A part holds one chunk of records, named by chunk (not by process), written whole (`paths.write_atomic`:
+a temporary file renamed into place, or one object upload): it is complete or absent, whatever killed the run.
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
+from etils import epath
+
 from teacherlm_jax.data.records import DataError, json_object, numbered_lines
+from teacherlm_jax.paths import workdir_path, write_atomic
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 RUNS = "runs"
@@ -19,37 +25,28 @@ SUMMARY = "summary.json"
 HISTOGRAM = "lengths.png"
 
 
-def part_path(out_dir: Path, chunk: int, chunks: int) -> Path:
+def part_path(out_dir: epath.Path, chunk: int, chunks: int) -> epath.Path:
     """Named by chunk, not by process: the files do not depend on how many processes wrote them."""
-    return Path(out_dir) / f"part-{chunk:05d}-of-{chunks:05d}.jsonl"
+    return out_dir / f"part-{chunk:05d}-of-{chunks:05d}.jsonl"
 
 
-def write_atomic(path: Path, text: str | bytes) -> None:
-    """`text` (or bytes) at `path`, all or nothing: a temporary file (unique to this process), synced, renamed."""
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") if isinstance(text, bytes) else open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def read_manifest(out_dir: Path) -> dict[str, Any]:
-    path = Path(out_dir) / MANIFEST
+def read_manifest(out_dir: str | os.PathLike) -> dict[str, Any]:
+    path = workdir_path(out_dir) / MANIFEST
     if not path.exists():
         raise FileNotFoundError(f"{path}: missing; {out_dir} was not written by the augment job")
     return json.loads(path.read_text())
 
 
-def missing_parts(out_dir: str | Path) -> list[Path]:
+def missing_parts(out_dir: str | os.PathLike) -> list[epath.Path]:
     """The parts of the manifest's chunks that are not written yet."""
-    chunks = read_manifest(Path(out_dir))["chunks"]
-    return [p for p in (part_path(Path(out_dir), c, chunks) for c in range(chunks)) if not p.exists()]
+    out_dir = workdir_path(out_dir)
+    chunks = read_manifest(out_dir)["chunks"]
+    return [p for p in (part_path(out_dir, c, chunks) for c in range(chunks)) if not p.exists()]
 
 
-def read_parts(out_dir: str | Path) -> list[dict[str, Any]]:
+def read_parts(out_dir: str | os.PathLike) -> list[dict[str, Any]]:
     """Every output record, in input order; a missing part is an error."""
-    out_dir = Path(out_dir)
+    out_dir = workdir_path(out_dir)
     missing = missing_parts(out_dir)
     if missing:
         raise FileNotFoundError(f"{out_dir}: {len(missing)} parts not written yet, e.g. {missing[0].name}")
@@ -66,13 +63,13 @@ def _json_row(where: str, line: str) -> dict[str, Any]:
                                f"regenerate it") from None
 
 
-def check_manifest(out_dir: Path, manifest: dict[str, Any], inputs: Sequence[str]) -> list[str]:
+def check_manifest(out_dir: epath.Path, manifest: dict[str, Any], inputs: Sequence[str]) -> list[str]:
     """Writes the manifest; returns the `inputs` keys (content the parts are generated from) whose value
     changed since it was last written, each "key: old -> new". Any other key that changed is refused: the
     parts already there were cut with other settings."""
     manifest = json.loads(json.dumps(manifest))  # tuples -> lists, as read back
     path = out_dir / MANIFEST
-    old = json.loads(path.read_text()) if path.exists() else manifest
+    old = _migrated(path, json.loads(path.read_text())) if path.exists() else manifest
     changed = [k for k in sorted(old.keys() | manifest.keys()) if old.get(k) != manifest.get(k)]
     refused = [f"{k}: {old.get(k)!r} -> {manifest.get(k)!r}" for k in changed if k not in inputs]
     if refused:
@@ -83,12 +80,25 @@ def check_manifest(out_dir: Path, manifest: dict[str, Any], inputs: Sequence[str
     return [f"{k}: {_short(old.get(k))} -> {_short(manifest.get(k))}" for k in changed]
 
 
+def _migrated(path: epath.Path, old: dict[str, Any]) -> dict[str, Any]:
+    """A manifest written before parts carried their inputs holds `ids_sha256` (a hash of the record ids
+    only) where `records_sha256` (of the records' content) now is. The retired key is dropped rather than
+    compared: `records_sha256` then counts as a changed input, and every part is checked against the
+    current records row by row (`stale_reason`), which keeps the parts that hold them and regenerates the
+    others with the reason logged."""
+    if "ids_sha256" not in old:
+        return old
+    log.info("%s: written by an older version (ids_sha256, a hash of record ids only); migrating it to "
+             "records_sha256: each part is checked against its records row by row", path)
+    return {k: v for k, v in old.items() if k != "ids_sha256"}
+
+
 def _short(value: Any) -> str:
     text = json.dumps(value)
     return text if len(text) <= 200 else text[:200] + "..."
 
 
-def stale_reason(path: Path, inputs: Sequence[dict[str, Any]]) -> str | None:
+def stale_reason(path: epath.Path, inputs: Sequence[dict[str, Any]]) -> str | None:
     """None when `path` holds the outputs of exactly these inputs (`chunks.record_inputs`, one per record);
     else why the part must be (re)generated: "missing", or which of its inputs changed."""
     if not path.exists():
@@ -108,7 +118,7 @@ def stale_reason(path: Path, inputs: Sequence[dict[str, Any]]) -> str | None:
         + ("; ..." if len(changed) > 5 else "")
 
 
-def remove_temporary(out_dir: Path, chunks: Sequence[int], total: int) -> None:
+def remove_temporary(out_dir: epath.Path, chunks: Sequence[int], total: int) -> None:
     """A killed run's temporary files of `chunks` (this process's: other processes' are theirs, and the
     workdir lock keeps a second run of this process index out)."""
     for c in chunks:

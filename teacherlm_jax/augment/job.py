@@ -11,6 +11,7 @@ from typing import Any
 
 import jax
 import ml_collections
+from etils import epath
 from flax import nnx
 from jax.sharding import Mesh
 
@@ -20,6 +21,7 @@ from teacherlm_jax.augment.runner import DatasetWork, augment_datasets
 from teacherlm_jax.augment.settings import Sampling, Settings, require_int
 from teacherlm_jax.augment.summary import write_summary
 from teacherlm_jax.data import REGISTRY, DataError, load_records
+from teacherlm_jax.paths import workdir_path
 from teacherlm_jax.sharding import (DEFAULT_RULES, ConfigError, LogicalRules, initialize_distributed, make_mesh,
                                     parse_rules)
 from teacherlm_jax.workdir_lock import workdir_lock
@@ -148,7 +150,7 @@ def load_teacher(config: ml_collections.ConfigDict, mesh: Mesh, rules: LogicalRu
     return model, tokenizer, teacher
 
 
-def _finish(out_dir: Path, dataset: str) -> None:
+def _finish(out_dir: epath.Path, dataset: str) -> None:
     """summary.json once every process's parts exist (see the module docstring)."""
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils  # no public barrier across processes
@@ -189,7 +191,7 @@ def _augment(config: ml_collections.ConfigDict, workdir: str, settings: Settings
             raise DataError(where, f"0 records: nothing to augment for dataset {spec.name!r} (config.datasets)")
         info = {"source": spec.dataset, "split": spec.split, "available": len(records), "max_records": max_records}
         work.append(DatasetWork(spec.name, records[:max_records] if max_records else records,
-                                Path(workdir) / "augmented" / spec.name, info))
+                                workdir_path(workdir) / "augmented" / spec.name, info))
     mesh, rules = local_mesh(config)
     model, tokenizer, teacher = load_teacher(config, mesh, rules)
     stats = augment_datasets(model, tokenizer, work, settings, teacher=teacher, process_index=process_index,

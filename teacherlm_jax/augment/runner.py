@@ -10,22 +10,23 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
+from etils import epath
 from flax import nnx
 from jax.sharding import Mesh
 
 from teacherlm_jax import report_json
 from teacherlm_jax.augment.chunks import Chunk, decode, make_chunk, output_records, record_inputs
 from teacherlm_jax.augment.engine import Engine, prompt_width
-from teacherlm_jax.augment.files import (RUNS, check_manifest, part_path, remove_temporary, stale_reason,
-                                         write_atomic)
+from teacherlm_jax.augment.files import RUNS, check_manifest, part_path, remove_temporary, stale_reason
 from teacherlm_jax.augment.settings import Settings
 from teacherlm_jax.augment.summary import progress
 from teacherlm_jax.data import Record
+from teacherlm_jax.paths import workdir_path, write_atomic
 from teacherlm_jax.sample import decoding_layout
 from teacherlm_jax.sharding import LogicalRules
 
@@ -38,7 +39,7 @@ class DatasetWork:
 
     name: str
     records: Sequence[Record]
-    out_dir: Path
+    out_dir: epath.Path  # local or a cloud URL: `paths.workdir_path`
     info: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
@@ -52,14 +53,14 @@ class _Plan:
     tokens: int = 0
 
 
-def augment_records(model: nnx.Module, tokenizer, records: Sequence[Record], out_dir: str | Path,
+def augment_records(model: nnx.Module, tokenizer, records: Sequence[Record], out_dir: str | os.PathLike,
                     settings: Settings = Settings(), *, dataset: str, info: dict[str, Any] | None = None,
                     teacher: dict[str, Any] | None = None, process_index: int = 0, process_count: int = 1,
                     mesh: Mesh | None = None, rules: LogicalRules | None = None) -> dict[str, Any]:
     """Generates this process's missing parts of `records` into `out_dir`; returns this run's statistics
     (also written to out_dir/runs/). `dataset` names the output and keys the seeds; `info` (source,
     split, ...) and `teacher` go into the manifest and, for `teacher`, every output record."""
-    work = DatasetWork(dataset, records, Path(out_dir), dict(info or {}))
+    work = DatasetWork(dataset, records, workdir_path(out_dir), dict(info or {}))
     return augment_datasets(model, tokenizer, [work], settings, teacher=teacher, process_index=process_index,
                             process_count=process_count, mesh=mesh, rules=rules)[dataset]
 

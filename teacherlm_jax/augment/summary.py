@@ -13,17 +13,20 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
+
+from etils import epath
 
 from teacherlm_jax import report_json
 from teacherlm_jax.augment.export import write_dataset
-from teacherlm_jax.augment.files import HISTOGRAM, RUNS, SUMMARY, read_manifest, read_parts, write_atomic
+from teacherlm_jax.augment.files import HISTOGRAM, RUNS, SUMMARY, read_manifest, read_parts
 from teacherlm_jax.data import KIND_PROMPTS, REGISTRY
 from teacherlm_jax.data.quality import quality_counts, row_quality
+from teacherlm_jax.paths import workdir_path, write_atomic, write_figure
 
 log = logging.getLogger(__name__)
 ENGINE_COUNTS = ("decode_steps", "slot_steps", "kept_tokens", "prefill_tokens")
@@ -32,7 +35,7 @@ def _samples(value: Any) -> list:
     return [] if value is None else value if isinstance(value, list) else [value]
 
 
-def _throughput(out_dir: Path) -> dict[str, Any]:
+def _throughput(out_dir: epath.Path) -> dict[str, Any]:
     runs = sorted((json.loads(p.read_text()) for p in (out_dir / RUNS).glob("*.json")),
                   key=lambda r: (r["started"], r["process_index"]))
     per_process: dict[int, list[float]] = {}
@@ -66,13 +69,13 @@ def _lengths(rows: list[dict[str, Any]], kinds: list[str]) -> dict[str, list[int
     return {k: [n for row in rows for n in _samples(row["new_tokens"][k])] for k in kinds}
 
 
-def summarize(out_dir: str | Path, rows: list[dict[str, Any]] | None = None,
+def summarize(out_dir: str | os.PathLike, rows: list[dict[str, Any]] | None = None,
               qualities: list[dict[str, list]] | None = None) -> dict[str, Any]:
     """Counts over every written record (`rows`, default read from the parts): tokens per kind (the
     paper's table of average lengths), truncated and skipped prompts per kind, the texts' quality flags
     (`qualities`: `data.quality.row_quality` per row, default computed) and what each filter keeps, the
     source's license, the prompts, and throughput."""
-    out_dir = Path(out_dir)
+    out_dir = workdir_path(out_dir)
     manifest = read_manifest(out_dir)
     rows = read_parts(out_dir) if rows is None else rows
     qualities = [row_quality(row) for row in rows] if qualities is None else qualities
@@ -106,7 +109,7 @@ def summarize(out_dir: str | Path, rows: list[dict[str, Any]] | None = None,
     }
 
 
-def plot_lengths(lengths: dict[str, list[int]], path: Path, title: str) -> None:
+def plot_lengths(lengths: dict[str, list[int]], path: epath.Path, title: str) -> None:
     """One histogram of generated tokens per kind."""
     import matplotlib
 
@@ -121,14 +124,14 @@ def plot_lengths(lengths: dict[str, list[int]], path: Path, title: str) -> None:
     axes[0][0].set_ylabel("samples")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    write_figure(fig, path, dpi=100)
     plt.close(fig)
 
 
-def write_summary(out_dir: str | Path) -> dict[str, Any]:
+def write_summary(out_dir: str | os.PathLike) -> dict[str, Any]:
     """lengths.png, the parquet shards and dataset card (`export`), then summary.json (its presence says the
     output is complete) in `out_dir` (every part must be written); returns the summary."""
-    out_dir = Path(out_dir)
+    out_dir = workdir_path(out_dir)
     rows = read_parts(out_dir)
     qualities = [row_quality(row) for row in rows]  # computed once: the summary counts them, the shards carry them
     summary = summarize(out_dir, rows, qualities)

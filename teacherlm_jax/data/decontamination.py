@@ -20,15 +20,18 @@ names evaluation sets (names as the eval job's `config.tasks`: `creak` is Teache
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
+
+from etils import epath
 
 from teacherlm_jax.data.examples import TextPair
 from teacherlm_jax.data.records import Record
 from teacherlm_jax.data.registry import load_records
 from teacherlm_jax.data.sources import EVAL_SETS, REGISTRY
+from teacherlm_jax.paths import workdir_path, write_atomic
 
 NS = (13, 8)
 COMMON = 0.05
@@ -116,9 +119,9 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(report: dict[str, Any], out_dir: str | Path) -> Path:
-    """out_dir/decontamination.json and .md; returns the JSON's path."""
-    path = Path(out_dir) / f"{REPORT}.json"
-    path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-    path.with_suffix(".md").write_text(markdown(report))
+def write_report(report: dict[str, Any], out_dir: str | os.PathLike) -> epath.Path:
+    """out_dir/decontamination.json and .md (out_dir may be a cloud URL); returns the JSON's path."""
+    path = workdir_path(out_dir) / f"{REPORT}.json"
+    write_atomic(path, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    write_atomic(path.with_suffix(".md"), markdown(report))
     return path

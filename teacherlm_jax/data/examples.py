@@ -23,7 +23,6 @@ either way: flags a row does not carry (JSONL parts) are computed from it by `da
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from pathlib import Path
 
 import ml_collections
 

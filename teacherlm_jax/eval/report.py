@@ -1,4 +1,5 @@
-"""Predictions and metrics on disk: predictions.jsonl per task, metrics.json, results.md, accuracy.png.
+"""Predictions and metrics on disk (or a cloud URL, `teacherlm_jax.paths`): predictions.jsonl per task,
+metrics.json, results.md, accuracy.png, each written whole (`paths.write_atomic`).
 
 MMLU breakdowns use hendrycks/test's categories.py: each of the 57 subjects has a subcategory, each
 subcategory one of four categories. Category accuracy pools the category's questions (as hendrycks'
@@ -8,10 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
+from etils import epath
+
 from teacherlm_jax import report_json
+from teacherlm_jax.paths import write_atomic, write_figure
 
 _SUBCATEGORY = {
     "abstract_algebra": "math", "anatomy": "health", "astronomy": "physics", "business_ethics": "business",
@@ -106,11 +109,9 @@ def task_metrics(predictions: Sequence[Prediction], *, dataset: str, available: 
     return out
 
 
-def write_predictions(path: Path, predictions: Sequence[Prediction]) -> None:
+def write_predictions(path: epath.Path, predictions: Sequence[Prediction]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        for p in predictions:
-            f.write(report_json.dumps(p.to_json(), ensure_ascii=False) + "\n")
+    write_atomic(path, "".join(report_json.dumps(p.to_json(), ensure_ascii=False) + "\n" for p in predictions))
 
 
 def results_markdown(metrics: dict[str, Any]) -> str:
@@ -140,7 +141,7 @@ def results_markdown(metrics: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_accuracy(metrics: dict[str, Any], path: Path) -> None:
+def plot_accuracy(metrics: dict[str, Any], path: epath.Path) -> None:
     """Bars: accuracy per task, and per MMLU category where a task has them."""
     import matplotlib
 
@@ -157,13 +158,13 @@ def plot_accuracy(metrics: dict[str, Any], path: Path) -> None:
     ax.set_ylim(0, 100)
     ax.set_title(f"{metrics['settings']['model']} ({metrics['settings']['mode']})", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    write_figure(fig, path, dpi=100)
     plt.close(fig)
 
 
-def write_report(out_dir: Path, metrics: dict[str, Any]) -> None:
+def write_report(out_dir: epath.Path, metrics: dict[str, Any]) -> None:
     """metrics.json, results.md and accuracy.png in `out_dir`."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "metrics.json").write_text(report_json.dumps(metrics, indent=2) + "\n")
-    (out_dir / "results.md").write_text(results_markdown(metrics))
+    write_atomic(out_dir / "metrics.json", report_json.dumps(metrics, indent=2) + "\n")
+    write_atomic(out_dir / "results.md", results_markdown(metrics))
     plot_accuracy(metrics, out_dir / "accuracy.png")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from pathlib import Path
+import os
 from typing import Any
 
 import jax
@@ -18,6 +18,7 @@ from jax.sharding import Mesh
 
 from teacherlm_jax.models.hf import FAMILIES, ModelFamily, from_pretrained, read_hf_config, resolve_checkpoint_dir
 from teacherlm_jax.models.param_map import RUN_FIELDS
+from teacherlm_jax.paths import is_url, workdir_path, write_atomic
 from teacherlm_jax.sharding import ConfigError, LogicalRules, param_shardings
 from teacherlm_jax.train.checkpoint import abstract_like, restore_params
 
@@ -27,8 +28,12 @@ RUN_KEYS = RUN_FIELDS  # how to run, not what the model is
 MODEL_CONFIG = "model_config.json"  # a run's architecture, HF config.json style, for init_from=run dir
 
 
-def is_run_dir(path: str | Path) -> bool:
-    return (Path(path) / MODEL_CONFIG).is_file() and (Path(path) / "checkpoints").is_dir()
+def is_run_dir(path: str | os.PathLike) -> bool:
+    """A training run's workdir (local or a cloud URL), as opposed to a Hugging Face directory or hub id."""
+    if not is_url(path) and not os.path.isdir(os.path.expanduser(os.fspath(path))):
+        return False  # e.g. a hub id
+    run = workdir_path(path)
+    return (run / MODEL_CONFIG).is_file() and (run / "checkpoints").is_dir()
 
 
 def model_config(model: dict[str, Any]) -> tuple[ModelFamily, Any]:
@@ -38,7 +43,7 @@ def model_config(model: dict[str, Any]) -> tuple[ModelFamily, Any]:
     init_from, family_name = model.get("init_from"), model.get("family")
     hf = None
     if init_from:
-        hf = json.loads((Path(init_from) / MODEL_CONFIG).read_text()) if is_run_dir(init_from) else \
+        hf = json.loads((workdir_path(init_from) / MODEL_CONFIG).read_text()) if is_run_dir(init_from) else \
             read_hf_config(resolve_checkpoint_dir(init_from))
         if family_name not in (None, hf.get("model_type")):
             raise ConfigError(f"config.model.init_from={init_from!r} holds a {hf.get('model_type')!r} model, "
@@ -97,10 +102,10 @@ def build_model(model: dict[str, Any], mesh: Mesh, rules: LogicalRules, *, seed:
     return nnx.merge(graphdef, load_params(model, abstract, mesh, rules, seed))
 
 
-def check_resumable(model: nnx.Module, workdir: str | Path) -> None:
+def check_resumable(model: nnx.Module, workdir: str | os.PathLike) -> None:
     """Refuses to resume `workdir` with another architecture, naming the fields that differ, before a
     restore would fail on a parameter's shape deep inside Orbax."""
-    path = Path(workdir) / MODEL_CONFIG
+    path = workdir_path(workdir) / MODEL_CONFIG
     if not path.is_file():  # a run from before model configs were written: the restore checks shapes
         log.warning("%s is missing: cannot check config.model against the checkpoints in %s", path, workdir)
         return
@@ -113,7 +118,6 @@ def check_resumable(model: nnx.Module, workdir: str | Path) -> None:
                           "another workdir")
 
 
-def write_model_config(model: nnx.Module, workdir: str | Path) -> None:
+def write_model_config(model: nnx.Module, workdir: str | os.PathLike) -> None:
     """Records the architecture in a run's workdir so that other runs can `init_from` it."""
-    path = Path(workdir) / MODEL_CONFIG
-    path.write_text(json.dumps(model.config.to_hf_dict(), indent=2) + "\n")
+    write_atomic(workdir_path(workdir) / MODEL_CONFIG, json.dumps(model.config.to_hf_dict(), indent=2) + "\n")

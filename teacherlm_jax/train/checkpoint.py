@@ -11,15 +11,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import signal
 import threading
-from pathlib import Path
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
+from teacherlm_jax.paths import workdir_path
 from teacherlm_jax.train.step import TrainState
 
 log = logging.getLogger(__name__)
@@ -61,10 +62,10 @@ def abstract_like(tree, shardings):
 class Checkpointer:
     """Saves every `every` steps (and on demand), keeps the last `keep`, restores the latest."""
 
-    def __init__(self, workdir: str | Path, *, every: int, keep: int, use_async: bool = True):
+    def __init__(self, workdir: str | os.PathLike, *, every: int, keep: int, use_async: bool = True):
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=use_async)
         self.every = every
-        self.manager = ocp.CheckpointManager(Path(workdir).absolute() / "checkpoints", options=options,
+        self.manager = ocp.CheckpointManager(workdir_path(workdir) / "checkpoints", options=options,
                                              item_names=("params", "opt_state", "data"))
 
     def latest_step(self) -> int | None:
@@ -100,9 +101,9 @@ class Checkpointer:
         self.manager.close()
 
 
-def restore_params(run_dir: str | Path, target: dict) -> dict:
+def restore_params(run_dir: str | os.PathLike, target: dict) -> dict:
     """Params only from the latest checkpoint of another run (for `init_from`)."""
-    manager = ocp.CheckpointManager(Path(run_dir).absolute() / "checkpoints", item_names=("params",),
+    manager = ocp.CheckpointManager(workdir_path(run_dir) / "checkpoints", item_names=("params",),
                                     options=ocp.CheckpointManagerOptions(read_only=True))
     step = manager.latest_step()
     if step is None:

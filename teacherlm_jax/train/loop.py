@@ -10,19 +10,20 @@ import dataclasses
 import json
 import logging
 import math
-from pathlib import Path
-
+import os
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from etils import epath
 from flax import nnx
 from jax.sharding import Mesh
 
 from teacherlm_jax.data.decontamination import REPORT as DECONTAMINATION
 from teacherlm_jax.data.decontamination import write_report as write_decontamination
 from teacherlm_jax.models.hf import load_tokenizer, save_pretrained
+from teacherlm_jax.paths import local_dir, workdir_path
 from teacherlm_jax.sharding import (
     ConfigError, data_parallel_size, initialize_distributed, mesh_from_config, param_shardings,
 )
@@ -99,20 +100,21 @@ def train_setup(config: ml_collections.ConfigDict, mesh: Mesh, rules: tuple) -> 
                       state_shardings(p_shardings, abstract_opt, mesh))
 
 
-def train(config: ml_collections.ConfigDict, workdir: str | Path) -> Path | None:
-    """Trains to `config.num_train_steps` (resuming from WORKDIR/checkpoints if any).
+def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> epath.Path | None:
+    """Trains to `config.num_train_steps` (resuming from WORKDIR/checkpoints if any). WORKDIR may be a
+    cloud URL (gs://...): every output goes there (`teacherlm_jax.paths`).
 
     Returns WORKDIR/hf_final (a Hugging Face directory) when config.export_hf, else WORKDIR; None when
     stopped early by a preemption notice (a checkpoint was saved first). Another training on WORKDIR
     (each process locks its own name) refuses at once: see `workdir_lock`. A non-finite loss or weights
-    (checked at each logged step and before each save) stop it with NonFiniteError, nothing of them saved.
+    (checked at each logged step, each eval and before each save) stop it with NonFiniteError, nothing of them saved.
     """
     initialize_distributed(config.get("distributed"))
     with workdir_lock(workdir, f"train-{jax.process_index()}"):
-        return _train(config, Path(workdir))
+        return _train(config, workdir_path(workdir))
 
 
-def _train(config: ml_collections.ConfigDict, workdir: Path) -> Path | None:
+def _train(config: ml_collections.ConfigDict, workdir: epath.Path) -> epath.Path | None:
     mesh, rules = mesh_from_config(config)
     validate(config, data_parallel_size(mesh, rules))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -180,7 +182,10 @@ def _train(config: ml_collections.ConfigDict, workdir: Path) -> Path | None:
                 record.update(finite_metrics(metrics, done, checked, workdir), **timer.measure(done))
                 checked = done
             if config.eval_every and (done % config.eval_every == 0 or last):
-                record.update(evaluate(state.params))
+                if checked != done:  # weights seen finite before their eval is judged
+                    finite_metrics(metrics, done, checked, workdir)
+                    checked = done
+                record.update(finite_eval(evaluate(state.params), done, workdir))
             if record:
                 writer.write(done, record)
                 timer.mark(done)  # eval and logging are not training time
@@ -209,26 +214,42 @@ class NonFiniteError(FloatingPointError):
     """Training produced a non-finite loss or weights."""
 
 
-def finite_metrics(metrics: dict, step: int, checked: int, workdir: Path) -> dict[str, float]:
+def finite_metrics(metrics: dict, step: int, checked: int, workdir: epath.Path) -> dict[str, float]:
     """The train step's metrics as floats (less FINITE), fetched where the loop fetches them anyway; raises
     NonFiniteError, before anything of `step` is logged, saved or exported, when they are not finite."""
     values = {k: float(v) for k, v in jax.device_get(metrics).items()}
     if not values.pop(FINITE):
-        raise NonFiniteError(
-            f"training diverged at step {step}: non-finite loss or weights (loss {values['loss']}, grad_norm "
-            f"{values['grad_norm']}, learning_rate {values['learning_rate']}); step {checked} was the last seen "
-            f"finite. Nothing of step {step} was saved: {workdir}/checkpoints keeps the last good checkpoint. "
-            f"Lower config.optimizer.learning_rate (or raise warmup_steps / grad clipping) and rerun")
+        raise _diverged(step, f"non-finite loss or weights (loss {values['loss']}, grad_norm {values['grad_norm']}, "
+                              f"learning_rate {values['learning_rate']}); step {checked} was the last seen finite",
+                        workdir)
     return values
 
 
-def export_hf(model: nnx.Module, out_dir: str | Path, tokenizer=None) -> Path:
-    """`save_pretrained` (collective: every process calls it) plus the tokenizer, if any."""
-    out = save_pretrained(model, out_dir)
-    if tokenizer is not None and jax.process_index() == 0:
-        tokenizer.save_pretrained(str(out))
+def finite_eval(values: dict[str, float], step: int, workdir: epath.Path) -> dict[str, float]:
+    """`values` (eval metrics) when finite; else NonFiniteError before they are logged or step saved: finite
+    weights whose held-out loss is not finite have diverged as surely as a non-finite training loss."""
+    bad = {k: v for k, v in values.items() if not math.isfinite(v)}
+    if bad:
+        raise _diverged(step, f"evaluation gave non-finite {bad} (the weights are finite)", workdir)
+    return values
+
+
+def _diverged(step: int, cause: str, workdir: epath.Path) -> NonFiniteError:
+    return NonFiniteError(f"training diverged at step {step}: {cause}. Nothing of step {step} was saved: "
+                          f"{workdir}/checkpoints keeps the last good checkpoint. Lower config.optimizer.learning_rate "
+                          f"(or raise warmup_steps / grad clipping) and rerun")
+
+
+def export_hf(model: nnx.Module, out_dir: str | os.PathLike, tokenizer=None) -> epath.Path:
+    """`save_pretrained` (collective: every process calls it) plus the tokenizer, if any; to a cloud URL
+    through a local folder (both writers take local paths only)."""
+    out = workdir_path(out_dir)
+    with local_dir(out) as local:
+        save_pretrained(model, local)
+        if tokenizer is not None and jax.process_index() == 0:
+            tokenizer.save_pretrained(str(local))
     log.info("exported Hugging Face checkpoint to %s", out)
-    return Path(out)
+    return out
 
 
 def _checked(batch: dict[str, np.ndarray], vocab_size: int) -> dict[str, np.ndarray]:

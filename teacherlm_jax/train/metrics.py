@@ -1,14 +1,20 @@
 """Training metrics: WORKDIR/metrics.jsonl, TensorBoard events, a progress bar or log lines, a
-loss-curve PNG, and the MFU estimate. Only process 0 writes; others get a writer that does nothing."""
+loss-curve PNG, and the MFU estimate. Only process 0 writes; others get a writer that does nothing.
+WORKDIR may be a cloud URL (`teacherlm_jax.paths`)."""
 from __future__ import annotations
 
+import io
 import json
 import logging
+import os
 import sys
 import time
-from pathlib import Path
 
 import jax
+from etils import epath
+
+from teacherlm_jax import report_json
+from teacherlm_jax.paths import append_text, is_url, url_scheme, workdir_path, write_atomic, write_figure
 
 log = logging.getLogger(__name__)
 
@@ -53,28 +59,63 @@ class StepTimer:
         return out
 
 
-def truncate_jsonl(path: Path, last_step: int) -> None:
+def truncate_jsonl(path: epath.Path, last_step: int) -> None:
     """Keeps the records of steps <= last_step: a resumed run rewrites the steps after its checkpoint."""
     if not path.exists():
         return
     kept = [line for line in path.read_text().splitlines()
             if line.strip() and json.loads(line)["step"] <= last_step]
-    path.write_text("".join(line + "\n" for line in kept))
+    write_atomic(path, "".join(line + "\n" for line in kept))
+
+
+class ObjectEventFile:
+    """tensorboardX's event file on an object store, through epath (tensorboardX's own gs:// writer needs
+    google-cloud-storage and its own credentials; this uses the workdir's filesystem): events gather in
+    memory and each flush writes the whole object, as object stores cannot append."""
+
+    def __init__(self, path: str):
+        self.path, self.buffer = epath.Path(path), io.BytesIO()
+
+    def write(self, data: bytes) -> None:
+        self.buffer.write(data)
+
+    def flush(self) -> None:
+        write_atomic(self.path, self.buffer.getvalue())
+
+    def close(self) -> None:
+        self.flush()
+
+
+class _ObjectEventFiles:
+    """tensorboardX's writer factory interface for one URL scheme."""
+
+    def open(self, path: str) -> ObjectEventFile:
+        return ObjectEventFile(path)
+
+    def directory_check(self, path: str) -> None:
+        """Object stores need no folders."""
+
+
+def summary_writer(logdir: epath.Path):
+    """A tensorboardX SummaryWriter for `logdir`, local or a cloud URL."""
+    from tensorboardX import SummaryWriter, record_writer
+
+    if is_url(logdir):
+        record_writer.register_writer_factory(url_scheme(logdir), _ObjectEventFiles())
+    return SummaryWriter(os.fspath(logdir))
 
 
 class MetricsWriter:
     """`write(step, metrics)` appends to metrics.jsonl, logs to TensorBoard, updates the progress."""
 
-    def __init__(self, workdir: str | Path, *, start_step: int, total_steps: int):
+    def __init__(self, workdir: str | os.PathLike, *, start_step: int, total_steps: int):
         self.enabled = jax.process_index() == 0
-        self.path = Path(workdir) / "metrics.jsonl"
+        self.path = workdir_path(workdir) / "metrics.jsonl"
         self.tb = self.bar = None
         if not self.enabled:
             return
         truncate_jsonl(self.path, start_step)
-        from tensorboardX import SummaryWriter
-
-        self.tb = SummaryWriter(str(Path(workdir) / "tensorboard"))
+        self.tb = summary_writer(workdir_path(workdir) / "tensorboard")
         if sys.stderr.isatty():
             from tqdm import tqdm
 
@@ -84,8 +125,7 @@ class MetricsWriter:
         if not self.enabled:
             return
         record = {"step": step, **{k: float(v) for k, v in metrics.items()}}
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_text(self.path, report_json.dumps(record) + "\n")
         for key, value in metrics.items():
             self.tb.add_scalar(key, value, step)
         self.tb.flush()
@@ -104,9 +144,9 @@ class MetricsWriter:
             self.bar.close()
 
 
-def plot_loss_curve(workdir: str | Path) -> Path | None:
+def plot_loss_curve(workdir: str | os.PathLike) -> epath.Path | None:
     """WORKDIR/loss_curve.png from metrics.jsonl (train and eval loss by step); process 0 only."""
-    path = Path(workdir) / "metrics.jsonl"
+    path = workdir_path(workdir) / "metrics.jsonl"
     if jax.process_index() != 0 or not path.exists():
         return None
     import matplotlib
@@ -124,7 +164,7 @@ def plot_loss_curve(workdir: str | Path) -> Path | None:
     ax.set_ylabel("cross-entropy (nats/token)")
     ax.legend()
     ax.grid(alpha=0.3)
-    out = Path(workdir) / "loss_curve.png"
-    fig.savefig(out, dpi=100, bbox_inches="tight")
+    out = path.with_name("loss_curve.png")
+    write_figure(fig, out, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return out

@@ -1,0 +1,108 @@
+"""Workdirs and outputs as one path type, `etils.epath.Path`: a local folder or a cloud URL (gs://, s3://,
+az://; epath reaches them through fsspec: gcsfs for gs://, `pip install -e ".[gcs]"`).
+
+pathlib would turn `gs://bucket/run` into the local folder `gs:/bucket/run` and a preempted TPU VM would
+lose every checkpoint with its disk, so every job reads its workdir through `workdir_path`, and writes
+through the helpers here where local files and object stores differ:
+- `write_atomic`: all or nothing. Locally a temporary file renamed into place; on an object store one
+  upload, which is atomic already (a reader sees the old object or the new one, never a part of it).
+- `append_text`: object stores cannot append; the object is rewritten whole.
+- `write_figure`: matplotlib writes PNG bytes to a buffer, then `write_atomic`.
+- `local_dir`: for writers that take only local paths (safetensors, tokenizers): a local folder copied
+  to the URL afterwards.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from etils import epath
+
+# epath's schemes (etils.epath.gpath): each goes through fsspec's filesystem for it.
+SCHEMES = ("gs", "s3", "az")
+_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+_COPY_CHUNK = 64 * 1024 * 1024
+
+
+def url_scheme(path: str | os.PathLike) -> str | None:
+    """"gs" for gs://bucket/x; None for a local path."""
+    match = _URL.match(os.fspath(path))
+    return match.group(1) if match else None
+
+
+def is_url(path: str | os.PathLike) -> bool:
+    return url_scheme(path) is not None
+
+
+def workdir_path(path: str | os.PathLike) -> epath.Path:
+    """`path` as an epath.Path: a URL kept a URL (its filesystem checked importable now, not after hours of
+    training), a local path made absolute (`~` expanded). A URL of another scheme is refused, not written
+    to a local folder named after it."""
+    scheme = url_scheme(path)
+    if scheme is None:
+        return epath.Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
+    if scheme not in SCHEMES:
+        raise ValueError(f"{path}: unsupported URL scheme {scheme}://; workdirs and outputs are local paths or "
+                         f"{', '.join(s + '://' for s in SCHEMES)} URLs")
+    import fsspec
+
+    try:
+        fsspec.get_filesystem_class(scheme)
+    except ImportError as e:
+        raise ImportError(f"{path}: {e} (for gs://: pip install -e '.[gcs]')") from None
+    # fsspec caches folder listings for good, so a file another process wrote (another augment process's
+    # part, a checkpoint Orbax wrote from its own threads) would stay unseen: always ask the store.
+    fsspec.config.conf.setdefault(scheme, {})["use_listings_cache"] = False
+    return epath.Path(os.fspath(path))
+
+
+def write_atomic(path: epath.Path, data: str | bytes) -> None:
+    """`data` (text as UTF-8) at `path`, all or nothing, whatever kills the process."""
+    data = data.encode("utf-8") if isinstance(data, str) else data
+    if is_url(path):
+        path.write_bytes(data)  # one object upload: atomic, and object stores rename by copy + delete
+        return
+    tmp = Path(path).with_name(f"{path.name}.tmp{os.getpid()}")  # unique to this process
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def append_text(path: epath.Path, text: str) -> None:
+    """`text` added at the end of `path` (created if missing). An object store cannot append: the object is
+    read and written whole, atomically, which is fine for files of log lines."""
+    if is_url(path):
+        write_atomic(path, (path.read_text() if path.exists() else "") + text)
+        return
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(text)
+
+
+def write_figure(fig, path: epath.Path, **savefig_kwargs) -> None:
+    """A matplotlib figure as a PNG at `path` (matplotlib writes local files only: through a buffer)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", **savefig_kwargs)
+    write_atomic(path, buffer.getvalue())
+
+
+@contextlib.contextmanager
+def local_dir(out: epath.Path) -> Iterator[Path]:
+    """A local folder for `out`: `out` itself when it is local; for a URL a temporary folder whose files
+    are copied (streamed) under `out` when the block ends without an error."""
+    if not is_url(out):
+        yield Path(out)
+        return
+    with tempfile.TemporaryDirectory(prefix="teacherlm_jax-") as tmp:
+        yield Path(tmp)
+        for file in sorted(p for p in Path(tmp).rglob("*") if p.is_file()):
+            target = out / file.relative_to(tmp).as_posix()
+            with open(file, "rb") as src, target.open("wb") as dst:
+                shutil.copyfileobj(src, dst, _COPY_CHUNK)

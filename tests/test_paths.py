@@ -1,0 +1,71 @@
+"""Workdirs may be cloud URLs: gs:// stays a URL (never a local folder named `gs:`), writes are whole, and a
+cloud workdir's lock keeps a second run on this machine out and reports a holder from another host. The
+gs:// cases run against a local GCS emulator (`gcs_bucket` in conftest.py)."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import uuid
+
+import pytest
+
+from teacherlm_jax.paths import append_text, local_dir, workdir_path, write_atomic, write_figure
+from teacherlm_jax.workdir_lock import WorkdirLocked, workdir_lock
+
+
+@pytest.fixture
+def gcs_dir(gcs_bucket):
+    return workdir_path(f"{gcs_bucket}/{uuid.uuid4().hex[:8]}")
+
+
+def test_urls_stay_urls_and_local_paths_become_absolute(tmp_path, monkeypatch):
+    assert str(workdir_path("gs://bucket/run")) == "gs://bucket/run"  # pathlib: "gs:/bucket/run"
+    assert str(workdir_path("gs://bucket/run") / "checkpoints") == "gs://bucket/run/checkpoints"
+    monkeypatch.chdir(tmp_path)
+    assert str(workdir_path("runs/a")) == str(tmp_path / "runs" / "a")
+    with pytest.raises(ValueError, match=re.escape("gcs://bucket/run: unsupported URL scheme gcs://; workdirs")):
+        workdir_path("gcs://bucket/run")
+    assert not (tmp_path / "gcs:").exists()
+
+
+def test_writes_on_gcs(gcs_dir, tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    write_atomic(gcs_dir / "a.json", '{"x": 1}\n')
+    append_text(gcs_dir / "log.jsonl", "1\n")
+    append_text(gcs_dir / "log.jsonl", "2\n")
+    fig, _ = plt.subplots()
+    write_figure(fig, gcs_dir / "plot.png")
+    plt.close(fig)
+    with local_dir(gcs_dir / "export") as local:
+        (local / "sub").mkdir()
+        (local / "sub" / "w.bin").write_bytes(b"\0\1\2")
+    assert (gcs_dir / "a.json").read_text() == '{"x": 1}\n'
+    assert (gcs_dir / "log.jsonl").read_text() == "1\n2\n"
+    assert (gcs_dir / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (gcs_dir / "export" / "sub" / "w.bin").read_bytes() == b"\0\1\2"
+    assert not local.exists()  # the staging folder is gone
+    assert sorted(p.name for p in gcs_dir.iterdir()) == ["a.json", "export", "log.jsonl", "plot.png"]
+
+
+def test_cloud_workdir_lock(gcs_dir, caplog):
+    """Per machine: a second holder here is refused naming the first; a record left by another host is
+    reported (it may still run there); release empties the record."""
+    with workdir_lock(str(gcs_dir), "train-0") as record:
+        assert str(record) == f"{gcs_dir}/.lock-train-0"
+        assert json.loads(record.read_text())["pid"] == os.getpid()
+        with pytest.raises(WorkdirLocked, match=re.escape(f"{record}: {gcs_dir} is in use by another run (host")):
+            with workdir_lock(str(gcs_dir), "train-0"):
+                pass
+    assert record.read_text() == ""
+    record.write_text(json.dumps({"host": "tpu-vm-7", "pid": 12, "started": "2026-01-01T00:00:00"}))
+    with caplog.at_level(logging.WARNING, logger="teacherlm_jax.workdir_lock"):
+        with workdir_lock(str(gcs_dir), "train-0"):
+            pass
+    assert "(host tpu-vm-7, pid 12, started 2026-01-01T00:00:00; a cloud workdir is locked per machine only" \
+        in caplog.text
