@@ -27,6 +27,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
+from teacherlm_jax.console import report_summary
 from teacherlm_jax.data import Record, eval_context
 from teacherlm_jax.data.records import LETTERS
 from teacherlm_jax.eval.generative import generate_answers
@@ -198,10 +199,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
     if len(tokenizer) > model.config.vocab_size:
         raise ConfigError(f"tokenizer {tokenizer_path} has {len(tokenizer)} tokens but the model's vocabulary "
                           f"is {model.config.vocab_size}: they do not belong together")
-    evaluate_tasks(
-        model, tokenizer, tasks, workdir_path(workdir) / "eval", max_examples=int(config.max_examples),
+    out = workdir_path(workdir) / "eval"
+    metrics = evaluate_tasks(
+        model, tokenizer, tasks, out, max_examples=int(config.max_examples),
         data_dir=config.get("data_dir"), mode=config.mode, score=config.score, batch_size=int(config.batch_size),
         max_length=int(config.max_length) or None, max_new_tokens=int(config.max_new_tokens), mesh=mesh,
         rules=rules, settings={"model": model_config["init_from"], "tokenizer": str(tokenizer_path),
                                "batch_size": int(config.batch_size),
                                "max_length": int(config.max_length) or model.config.max_position_embeddings})
+    report_summary("eval", {name: "n/a" if m["accuracy"] is None else f"accuracy {100 * m['accuracy']:.1f}%"
+                            for name, m in metrics["tasks"].items()},
+                   {"report": out / "results.md", "metrics": out / "metrics.json"})

@@ -124,3 +124,28 @@ def test_kinds_the_augment_job_skipped_give_no_example_and_are_counted(tmp_path,
     assert batch["input_ids"].shape == (4, 96)
     with pytest.raises(ValueError, match="toy:a: has no 'fundamentals' annotation"):
         load_pairs(config_for([str(out)], format="fundamentals").data)
+
+
+def test_unset_seq_len_is_the_longest_example_rounded_up_and_nothing_is_cut(tmp_path, caplog):
+    targets = [" a", " bb", " " + "c" * 23]  # byte tokenizer: one token per byte; the longest is 4 + 24 = 28
+    path = write_jsonl(tmp_path / "inst.jsonl", [{"id": f"i{i}", "prompt": "Say:", "target": t}
+                                                 for i, t in enumerate(targets * 4)])
+    config = config_for([path], format="instruction", seq_len=None)
+    report: dict = {}
+    iterator = make_records_iterator(config, byte_tokenizer(), 0, 1, report=report, max_positions=512)
+    assert iterator.seq_len == 32 and next(iterator)["input_ids"].shape == (4, 32)
+    assert report["seq_len"] == 32 and report["longest_example"] == 28 and report["truncated_examples"] == 0
+    texts = {byte_tokenizer().decode(row[row != 3]) for _ in range(3) for row in next(iterator)["input_ids"]}
+    assert texts == {"Say:" + t for t in targets}  # whole examples
+    assert "longer than" not in caplog.text
+
+
+def test_unset_seq_len_is_capped_at_the_model_positions(tmp_path, caplog):
+    path = write_jsonl(tmp_path / "inst.jsonl", [{"id": f"i{i}", "prompt": "Say:", "target": " " + "x" * (10 * i)}
+                                                 for i in range(1, 5)])
+    config = config_for([path], format="instruction", seq_len=None)
+    iterator = make_records_iterator(config, byte_tokenizer(), 0, 1, max_positions=30)
+    assert iterator.seq_len == 30 and next(iterator)["input_ids"].shape == (4, 30)
+    assert "2 of 4 examples were longer than the model's max_position_embeddings=30" in caplog.text
+    with pytest.raises(DataConfigError, match="config.data.seq_len is unset"):
+        make_records_iterator(config, byte_tokenizer(), 0, 1)
