@@ -95,7 +95,9 @@ _TRAIN = {
                  "the synthetic_lm source, which needs no tokenizer.",
     "data.source": "`synthetic_lm` (arithmetic token progressions, no tokenizer) or `records` (datasets through "
                    "TeacherLM's text formats).",
-    "data.seq_len": "Tokens per row; longer examples keep their last seq_len tokens (counted and logged).",
+    "data.seq_len": "Tokens per row; longer examples keep their last seq_len tokens (counted and logged); at most "
+                    "the model's max_position_embeddings. None (records only): the longest tokenized training "
+                    "example rounded up to a multiple of 8, at most max_position_embeddings (longer examples cut).",
     "data.loss_on": "`all` tokens (TeacherLM) or only the `target` (the completion; Fine-tune-CoT).",
     "data.vocab": "synthetic_lm: number of symbols (token ids 1..vocab); at most model.vocab_size - 1.",
     "data.datasets": "records: registry names (`creak`, `creak:dev`), generic multiple-choice `.jsonl` files, "
