@@ -29,7 +29,9 @@ def config_json(config: ml_collections.ConfigDict) -> str:
 def write_config(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> epath.Path:
     """WORKDIR/config.json (process 0 writes; every process gets the path); see the module docstring."""
     path = workdir_path(workdir) / CONFIG_FILE
-    if jax.process_index() != 0:
+    # A single process is process 0 without asking jax, which would start its devices: the compile job picks
+    # fake ones after this.
+    if jax.distributed.is_initialized() and jax.process_index() != 0:
         return path
     text = config_json(config)
     path.parent.mkdir(parents=True, exist_ok=True)
