@@ -52,9 +52,10 @@ def summary_line(job: str, numbers: Mapping[str, object], outputs: Mapping[str, 
 
 
 def report_summary(job: str, numbers: Mapping[str, object], outputs: Mapping[str, str | os.PathLike]) -> str:
-    """Logs `summary_line` at INFO and prints it (process 0), so it is the last thing a person sees."""
+    """Process 0 logs `summary_line` at INFO and prints it, so it is the last thing a person sees; other
+    processes stay quiet, as they do for progress."""
     line = summary_line(job, numbers, outputs)
-    log.info("%s", line)
     if jax.process_index() == 0:
+        log.info("%s", line)
         print(line, flush=True)
     return line
