@@ -79,7 +79,8 @@ def check_seq_len(config: ml_collections.ConfigDict, max_positions: int) -> None
     seq_len = config.data.seq_len
     if seq_len is not None and not 1 <= seq_len <= max_positions:
         raise ConfigError(f"config.data.seq_len={seq_len} must be in [1, {max_positions}], the model's "
-                          f"max_position_embeddings (config.model); unset it to take the longest example's length")
+                          f"max_position_embeddings (config.model); with data.source 'records', unset it to take the "
+                          f"longest example's length")
 
 
 def validate(config: ml_collections.ConfigDict, dp_size: int) -> None:
