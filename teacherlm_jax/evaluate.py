@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Callable
@@ -27,7 +26,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from teacherlm_jax.console import report_summary
+from teacherlm_jax.console import report_summary, terminal_bar
 from teacherlm_jax.data import Record, eval_context
 from teacherlm_jax.data.records import LETTERS
 from teacherlm_jax.eval.generative import generate_answers
@@ -44,10 +43,9 @@ MODES = ("loglik", "generate")
 @contextlib.contextmanager
 def _progress(total: int, desc: str) -> Iterator[Callable[[int], None]]:
     """A tqdm bar on a terminal (process 0), else a log line about every 10%."""
-    if jax.process_index() == 0 and sys.stderr.isatty():
-        from tqdm import tqdm
-
-        with tqdm(total=total, desc=desc, unit="row") as bar:
+    bar = terminal_bar(total, desc=desc, unit="row")
+    if bar is not None:
+        with bar:
             yield bar.update
         return
     done, next_report = 0, 0.1
