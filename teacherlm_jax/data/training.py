@@ -72,6 +72,7 @@ def pairs_by_dataset(data: ml_collections.ConfigDict, report: LoadReport | None 
         raise DataConfigError("config.data.datasets is empty")
     skip = bool(data.get("skip_invalid", False))
     pairs: dict[str, list[TextPair]] = {}
+    kinds_found: set[str] = set()
     for spec in datasets:
         if fmt == "instruction":
             pairs.setdefault(spec, []).extend(TextPair(r.id, r.prompt, r.target)
@@ -103,10 +104,17 @@ def pairs_by_dataset(data: ml_collections.ConfigDict, report: LoadReport | None 
                 log.info("%s: not augment output; config.data.filter=%r applies to the teacher's texts only, "
                          "this dataset's own texts are used as they are", spec, name)
         ratios = dict(data.get("kind_ratios") or {})
+        kinds_found.update(k for item in items for k in item.annotations)
         built = build_pairs(items, fmt, style, ratios=ratios, seed=int(data.get("seed", 0)))
         pairs.setdefault(spec, []).extend(built)
         if datasets_report is not None:
             datasets_report[spec] = {"records": len(items), "examples": len(built), **entry}
+    if fmt == "mixed":
+        absent = [k for k, ratio in dict(data.get("kind_ratios") or {}).items() if float(ratio) > 0 and k not in kinds_found]
+        if absent:  # personalization would quietly teach the other kinds only
+            raise DataConfigError(f"config.data.kind_ratios asks for {absent}, but no record of config.data.datasets="
+                                  f"{datasets} has such a text: add a dataset with them (JSONL with "
+                                  f"{'/'.join(absent)} fields) or set their ratio to 0")
     return pairs
 
 
