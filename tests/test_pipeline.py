@@ -238,3 +238,26 @@ def test_stage_and_student_config_variants():
     assert (student.data.style, student.data.loss_on, student.data.format) == ("finetune_cot", "target", "cot")
     assert finetune.get_config("text").data.format == "answer"
     assert finetune.get_config("mixed,opt").model.family == "opt"
+
+
+def test_fingerprint_follows_config_upstream_and_files_read(tmp_path):
+    from teacherlm_jax.pipeline.state import fingerprint, why_changed
+
+    data = tmp_path / "questions.jsonl"
+    data.write_text('{"id": "1"}\n')
+    config = pipeline_configs.get_config("tiny")
+    config.augment.datasets = (str(data),)
+    plan = build_plan(config)
+    augment = next(s for s in plan if s.name == "augment/cot")
+    first = fingerprint(augment, {"teacher/stage3_cot": "a"})
+    assert fingerprint(augment, {"teacher/stage3_cot": "a"}) == first
+    assert fingerprint(augment, {"teacher/stage3_cot": "b"}) != first  # the teacher was retrained
+    record = {"config": json.loads(json.dumps(augment.config.to_dict())), "upstream": {"teacher/stage3_cot": "a"},
+              "files": {}}
+    data.write_text('{"id": "1"}\n{"id": "2"}\n')  # the dataset was edited
+    assert fingerprint(augment, {"teacher/stage3_cot": "a"}) != first
+    assert str(data) in why_changed(record, augment, {"teacher/stage3_cot": "b"})
+    assert "step teacher/stage3_cot changed" in why_changed(record, augment, {"teacher/stage3_cot": "b"})
+    augment.config.mesh.data = 4  # how it runs, not what it computes
+    assert fingerprint(augment, {"teacher/stage3_cot": "a"}) == fingerprint(
+        next(s for s in build_plan(config) if s.name == "augment/cot"), {"teacher/stage3_cot": "a"})

@@ -11,6 +11,7 @@
                              teacher's texts (augment output) are trained on (data/quality.py)
     config.data.decontaminate  evaluation sets to measure the training texts' n-gram overlap with
                              (data/decontamination.py)
+    config.data.fields       {record field: column} for .jsonl / `hf:` / `tfds:` datasets with other column names
     config.data.seq_len, loss_on (all | target), add_eos, skip_invalid, eval_fraction
 
 Augment output (its JSONL parts or parquet shards): a kind the augment job skipped for a record gives no
@@ -98,7 +99,8 @@ def pairs_by_dataset(data: ml_collections.ConfigDict, report: LoadReport | None 
             name, sep, split = spec.rpartition(":")
             if not sep or name not in REGISTRY:  # `hf:...` / `tfds:...` / paths carry their own colons
                 name, split = spec, ""
-            records = load_records(name, split or data.get("split", "train"), skip_invalid=skip, report=report)
+            records = load_records(name, split or data.get("split", "train"), skip_invalid=skip, report=report,
+                                   fields=None if name in REGISTRY else dict(data.get("fields") or {}) or None)
             items = [annotated(r) for r in records]
             if name != "none":
                 log.info("%s: not augment output; config.data.filter=%r applies to the teacher's texts only, "

@@ -169,11 +169,13 @@ def write_report(config: ml_collections.ConfigDict, steps: list[Step], work: epa
         _loss_curves(runs, work / "loss_curves.png")
     if accuracy and tasks:
         _accuracy_chart(accuracy, tasks, chance, work / "accuracy.png")
-    write_atomic(work / "report.md", _markdown(config, report, samples(outputs)))
+    figures = [name for name in ("loss_curves.png", "accuracy.png") if (work / name).exists()]
+    write_atomic(work / "report.md", _markdown(config, report, samples(outputs), figures))
     return report
 
 
-def _markdown(config: ml_collections.ConfigDict, report: dict[str, Any], examples: list[dict[str, Any]]) -> str:
+def _markdown(config: ml_collections.ConfigDict, report: dict[str, Any], examples: list[dict[str, Any]],
+              figures: list[str]) -> str:
     tasks = report["tasks"]
     lines = [f"# {config.get('title') or 'TeacherLM pipeline'}", ""]
     if tasks:
@@ -206,7 +208,8 @@ def _markdown(config: ml_collections.ConfigDict, report: dict[str, Any], example
             cells = [q.get(k, "-") for k in ("texts", "empty", "cut", "degenerate", "answer_consistent")]
             cells += [f"{a[k]:.3f}" if k in a else "-" for k in ("exact", "answer")]
             lines.append(f"| {kind} | {a['records']} | " + " | ".join(str(c) for c in cells) + " |")
-    lines += ["", "![loss curves](loss_curves.png)", "", "![accuracy](accuracy.png)", ""]
+    lines.append("")
+    lines += [f"![{name.removesuffix('.png').replace('_', ' ')}]({name})\n" for name in figures]
     if examples:
         lines += ["## Sample augmentations", ""]
         for e in examples:
