@@ -23,12 +23,14 @@ def data(source: str = "synthetic_lm", *, seq_len: int | None = None, loss_on: s
     at most the model's max_position_embeddings (teacherlm_jax/data/training.py); set, longer examples are cut.
     records: `filter` = none | clean | answer_consistent | clean_answer_consistent picks the teacher's
     texts (augment output) trained on (teacherlm_jax/data/quality.py); drops are counted in data_report.json.
+    records: `fields` maps record fields to columns of .jsonl, `hf:` and `tfds:` datasets named otherwise, e.g.
+    {"question": "query", "choices": "options", "answer": "label"} (teacherlm_jax/data/generic.py).
     records: `decontaminate` names evaluation sets (as the eval job's config.tasks) whose n-gram overlap with the
     training examples the run reports in decontamination.json/.md (teacherlm_jax/data/decontamination.py).
     """
     return ml_collections.ConfigDict(dict(source=source, seq_len=common.optional(seq_len, int), loss_on=loss_on,
                                           vocab=common.optional(vocab, int), filter=filter,
-                                          decontaminate=tuple(decontaminate), **kwargs))
+                                          decontaminate=tuple(decontaminate), fields={}, **kwargs))
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -14,10 +14,9 @@ from ml_collections import config_flags
 
 JOBS = {
     "train": "teacherlm_jax.train.loop:run",
-    "teacher_pipeline": "teacherlm_jax.teacher_pipeline:run",
     "eval": "teacherlm_jax.evaluate:run",
     "augment": "teacherlm_jax.augment.job:run",
-    "demo": "teacherlm_jax.demo:run",
+    "pipeline": "teacherlm_jax.pipeline.job:run",
     "compile": "teacherlm_jax.compile:run",
 }
 

@@ -149,3 +149,24 @@ def test_unset_seq_len_is_capped_at_the_model_positions(tmp_path, caplog):
     assert "2 of 4 examples were longer than the model's max_position_embeddings=30" in caplog.text
     with pytest.raises(DataConfigError, match="config.data.seq_len is unset"):
         make_records_iterator(config, byte_tokenizer(), 0, 1)
+
+
+def test_hugging_face_dataset_with_other_column_names_and_missing_stage2_kinds(tmp_path):
+    import datasets
+
+    saved = tmp_path / "hf_mc"
+    datasets.Dataset.from_dict({"uid": ["q1", "q2"], "query": ["Is ice cold?", "Is fire cold?"],
+                                "options": [["yes", "no"], ["yes", "no"]], "label": ["A", "B"],
+                                "why": ["Ice is frozen water.", "Fire is hot."]}).save_to_disk(str(saved))
+    fields = {"id": "uid", "question": "query", "choices": "options", "answer": "label", "cot": "why"}
+    pairs = load_pairs(config_for([f"hf:{saved}"], format="answer", fields=fields).data)
+    assert [(p.id, p.target) for p in pairs] == [("q1", "A)."), ("q2", "B).")]
+    with pytest.raises(ValueError, match="pass fields"):
+        load_pairs(config_for([f"hf:{saved}"], format="answer").data)
+    # Stage 2 asked to teach kinds no dataset has stops, instead of teaching chain of thought alone.
+    mixed = config_for([f"hf:{saved}"], format="mixed", fields=fields,
+                       kind_ratios={"cot": 1.0, "fundamentals": 1.0, "mistakes": 0.0})
+    with pytest.raises(DataConfigError, match=r"config.data.kind_ratios asks for \['fundamentals'\]"):
+        load_pairs(mixed.data)
+    mixed.data.kind_ratios = {"cot": 1.0}
+    assert len(load_pairs(mixed.data)) == 2

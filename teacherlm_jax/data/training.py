@@ -13,6 +13,7 @@
                              (data/decontamination.py)
     config.data.seq_len      tokens per row; unset (None): the longest tokenized training example, rounded
                              up to a multiple of 8, at most the model's max_position_embeddings
+    config.data.fields       {record field: column} for .jsonl / `hf:` / `tfds:` datasets with other column names
     config.data.loss_on (all | target), add_eos, skip_invalid, eval_fraction
 
 Augment output (its JSONL parts or parquet shards): a kind the augment job skipped for a record gives no
@@ -74,6 +75,7 @@ def pairs_by_dataset(data: ml_collections.ConfigDict, report: LoadReport | None 
         raise DataConfigError("config.data.datasets is empty")
     skip = bool(data.get("skip_invalid", False))
     pairs: dict[str, list[TextPair]] = {}
+    kinds_found: set[str] = set()
     for spec in datasets:
         if fmt == "instruction":
             pairs.setdefault(spec, []).extend(TextPair(r.id, r.prompt, r.target)
@@ -99,16 +101,24 @@ def pairs_by_dataset(data: ml_collections.ConfigDict, report: LoadReport | None 
             name, sep, split = spec.rpartition(":")
             if not sep or name not in REGISTRY:  # `hf:...` / `tfds:...` / paths carry their own colons
                 name, split = spec, ""
-            records = load_records(name, split or data.get("split", "train"), skip_invalid=skip, report=report)
+            records = load_records(name, split or data.get("split", "train"), skip_invalid=skip, report=report,
+                                   fields=None if name in REGISTRY else dict(data.get("fields") or {}) or None)
             items = [annotated(r) for r in records]
             if name != "none":
                 log.info("%s: not augment output; config.data.filter=%r applies to the teacher's texts only, "
                          "this dataset's own texts are used as they are", spec, name)
         ratios = dict(data.get("kind_ratios") or {})
+        kinds_found.update(k for item in items for k in item.annotations)
         built = build_pairs(items, fmt, style, ratios=ratios, seed=int(data.get("seed", 0)))
         pairs.setdefault(spec, []).extend(built)
         if datasets_report is not None:
             datasets_report[spec] = {"records": len(items), "examples": len(built), **entry}
+    if fmt == "mixed":
+        absent = [k for k, ratio in dict(data.get("kind_ratios") or {}).items() if float(ratio) > 0 and k not in kinds_found]
+        if absent:  # personalization would quietly teach the other kinds only
+            raise DataConfigError(f"config.data.kind_ratios asks for {absent}, but no record of config.data.datasets="
+                                  f"{datasets} has such a text: add a dataset with them (JSONL with "
+                                  f"{'/'.join(absent)} fields) or set their ratio to 0")
     return pairs
 
 
