@@ -10,11 +10,15 @@ through the helpers here where local files and object stores differ:
 - `write_figure`: matplotlib writes PNG bytes to a buffer, then `write_atomic`.
 - `local_dir`: for writers that take only local paths (safetensors, tokenizers): a local folder copied
   to the URL afterwards.
+- `local_copy`: for readers that take only local paths (memory-mapped safetensors, tokenizers): a folder at a
+  URL copied once into a local cache, reused while the folder's files (names and sizes) are unchanged.
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
+import json
 import os
 import re
 import shutil
@@ -106,3 +110,28 @@ def local_dir(out: epath.Path) -> Iterator[Path]:
             target = out / file.relative_to(tmp).as_posix()
             with open(file, "rb") as src, target.open("wb") as dst:
                 shutil.copyfileobj(src, dst, _COPY_CHUNK)
+
+
+def local_copy(url: str | os.PathLike, cache: str | os.PathLike | None = None) -> Path:
+    """The folder at `url` in a local cache (default `$TEACHERLM_CACHE`, else ~/.cache/teacherlm_jax), copied
+    once: a later call reuses the copy while the listing (file names and sizes) is the same, so a checkpoint
+    rewritten in the bucket is fetched again."""
+    source = workdir_path(url)
+    files = sorted((str(p.relative_to(source)), p.stat().length) for p in source.rglob("*") if p.is_file())
+    if not files:
+        raise FileNotFoundError(f"{url}: no files")
+    root = Path(cache or os.environ.get("TEACHERLM_CACHE") or Path.home() / ".cache" / "teacherlm_jax")
+    target = root / "remote" / hashlib.sha256(os.fspath(url).encode()).hexdigest()[:24]
+    listing = json.dumps(files)
+    if (target / ".listing.json").is_file() and (target / ".listing.json").read_text() == listing:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+    for name, _ in files:
+        (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+        with (source / name).open("rb") as src, open(tmp / name, "wb") as dst:
+            shutil.copyfileobj(src, dst, _COPY_CHUNK)
+    (tmp / ".listing.json").write_text(listing)
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)  # another process's finished copy of the same files is replaced by an equal one
+    return target

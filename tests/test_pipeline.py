@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from etils import epath
 
 from reference_models import tiny_bloom, tiny_opt
 
@@ -243,24 +244,44 @@ def test_stage_and_student_config_variants():
     assert finetune.get_config("mixed,opt").model.family == "opt"
 
 
-def test_fingerprint_follows_config_upstream_and_files_read(tmp_path):
-    from teacherlm_jax.pipeline.state import fingerprint, why_changed
+def test_fingerprint_follows_config_upstream_and_file_contents(tmp_path):
+    from teacherlm_jax.pipeline.state import FileHashes, external_files, fingerprint, fingerprint_config, why_changed
 
     data = tmp_path / "questions.jsonl"
     data.write_text('{"id": "1"}\n')
     config = pipeline_configs.get_config("tiny")
     config.augment.datasets = (str(data),)
-    plan = build_plan(config)
-    augment = next(s for s in plan if s.name == "augment/cot")
-    first = fingerprint(augment, {"teacher/stage3_cot": "a"})
-    assert fingerprint(augment, {"teacher/stage3_cot": "a"}) == first
-    assert fingerprint(augment, {"teacher/stage3_cot": "b"}) != first  # the teacher was retrained
-    record = {"config": json.loads(json.dumps(augment.config.to_dict())), "upstream": {"teacher/stage3_cot": "a"},
-              "files": {}}
+    augment = next(s for s in build_plan(config) if s.name == "augment/cot")
+    hashes = FileHashes(epath.Path(tmp_path))
+    files = external_files(augment, hashes)
+    first = fingerprint(augment, {"teacher/stage3_cot": "a"}, files)
+    assert fingerprint(augment, {"teacher/stage3_cot": "b"}, files) != first  # the teacher was retrained
+    os.utime(data, ns=(1, 1))  # the same contents (copied to another machine): the same fingerprint
+    assert fingerprint(augment, {"teacher/stage3_cot": "a"}, external_files(augment, hashes)) == first
+    hashes.save()
+    record = {"config": fingerprint_config(augment), "upstream": {"teacher/stage3_cot": "a"}, "files": files}
     data.write_text('{"id": "1"}\n{"id": "2"}\n')  # the dataset was edited
-    assert fingerprint(augment, {"teacher/stage3_cot": "a"}) != first
-    assert str(data) in why_changed(record, augment, {"teacher/stage3_cot": "b"})
-    assert "step teacher/stage3_cot changed" in why_changed(record, augment, {"teacher/stage3_cot": "b"})
+    edited = external_files(augment, FileHashes(epath.Path(tmp_path)))
+    assert fingerprint(augment, {"teacher/stage3_cot": "a"}, edited) != first
+    assert why_changed(record, augment, {"teacher/stage3_cot": "b"}, edited) == (
+        f"step teacher/stage3_cot changed; {data} changed")
     augment.config.mesh.data = 4  # how it runs, not what it computes
-    assert fingerprint(augment, {"teacher/stage3_cot": "a"}) == fingerprint(
-        next(s for s in build_plan(config) if s.name == "augment/cot"), {"teacher/stage3_cot": "a"})
+    assert fingerprint(augment, {"teacher/stage3_cot": "a"}, edited) == fingerprint(
+        next(s for s in build_plan(config) if s.name == "augment/cot"), {"teacher/stage3_cot": "a"}, edited)
+
+
+def test_pipeline_on_a_cloud_workdir(gcs_bucket, checkpoints):
+    """Every step's outputs, the records and the report in a bucket (a local GCS emulator); steps read the
+    earlier steps' outputs from there."""
+    config = _config(checkpoints)
+    config.teacher.stages = ("stage1", "stage3")
+    work = f"{gcs_bucket}/pipeline"
+    report = run(config, work)
+    root = epath.Path(work)
+    for name in ("report.md", "report.json", "pipeline.json", "accuracy.png", "loss_curves.png",
+                 "teacher/stage3_cot/hf_final/config.json", "augment/cot/augmented/synthetic_student_train/summary.json",
+                 "students/finetune_cot/checkpoints", "eval/finetune_cot/eval/metrics.json"):
+        assert (root / name).exists(), name
+    assert json.loads((root / "report.json").read_text())["students"] == report["students"]
+    assert run(config, work)["students"] == report["students"]
+    assert all(s["reused"] for s in json.loads((root / "pipeline.json").read_text())["steps"])  # read from the bucket

@@ -29,11 +29,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from etils import epath
 
 from teacherlm_jax.data.formats import (KIND_PROMPTS, KINDS, finetune_cot_prompt, question_block,
                                         remove_duplicated_block, teacher_prompt)
 from teacherlm_jax.data.quality import failures, row_quality
 from teacherlm_jax.data.records import LETTERS, DataError, Record, json_object, numbered_lines
+from teacherlm_jax.paths import workdir_path
 
 FORMATS = ("answer", *KINDS, "mixed")
 STYLES = ("teacherlm", "finetune_cot")
@@ -126,24 +128,26 @@ def mix_by_ratio(pairs_by_kind: Mapping[str, Sequence[TextPair]], ratios: Mappin
 
 
 def is_augmented(path: str | Path) -> bool:
-    """Whether `path` is augment output: a directory of JSONL parts or parquet shards, or a parquet shard (a
-    single .jsonl file is read as generic multiple-choice data)."""
-    path = Path(path)
+    """Whether `path` (local, or a cloud URL) is augment output: a directory of JSONL parts or parquet shards,
+    or a parquet shard (a single .jsonl file is read as generic multiple-choice data)."""
+    path = workdir_path(path)
     return bool(_augmented_files(path)) if path.is_dir() else path.suffix == ".parquet"
 
 
-def _augmented_files(path: Path) -> list[Path]:
+def _augmented_files(path: epath.Path) -> list[epath.Path]:
     """A directory's JSONL parts, else its parquet shards (in `data/` for an augment output directory)."""
     return (sorted(path.glob("*.jsonl")) or sorted(path.glob("*.parquet"))
             or sorted((path / "data").glob("*.parquet")))
 
 
-def _rows(file: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+def _rows(file: epath.Path) -> Iterator[tuple[str, dict[str, Any]]]:
     """(where, row) for each record of a JSONL part or a parquet shard."""
     if file.suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        for i, row in enumerate(pq.read_table(file).to_pylist()):
+        with file.open("rb") as f:  # local or in a bucket
+            rows = pq.read_table(f).to_pylist()
+        for i, row in enumerate(rows):
             yield f"{file}[row {i}]", row
         return
     for where, line in numbered_lines(file):
@@ -159,7 +163,7 @@ def read_augmented(path: str | Path) -> list[Annotated]:
     shards `data/*.parquet`; or one such file): the teacher's texts under `cot` / `fundamentals` /
     `mistakes`, a string or a list of samples (null, and listed under `skipped`, for a kind it skipped),
     with each sample's quality flags."""
-    path = Path(path)
+    path = workdir_path(path)
     if path.is_dir() and (path / "manifest.json").exists() and not (path / "summary.json").exists():
         raise DataError(str(path), "augment output is incomplete (no summary.json yet): rerun the augment job "
                                    "with the same command to finish it")

@@ -8,22 +8,20 @@ suite's files and a tokenizer trained on them.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import ml_collections
+from etils import epath
 
 from teacherlm_jax.data.synthetic import SPLITS, make_suite
 from teacherlm_jax.demo.tokenizer import train_tokenizer
+from teacherlm_jax.paths import local_dir, write_atomic
 
 FILES = (*SPLITS, "students", "test")
 
 
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    os.replace(tmp, path)  # a file is complete or absent
+def _write_jsonl(path: epath.Path, rows: list[dict]) -> None:
+    write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))  # a file is complete or absent
 
 
 def student_families(suite: ml_collections.ConfigDict) -> tuple[str, ...]:
@@ -37,7 +35,7 @@ def student_families(suite: ml_collections.ConfigDict) -> tuple[str, ...]:
     return chosen
 
 
-def write_suite(suite: ml_collections.ConfigDict, out: Path) -> dict[str, Path]:
+def write_suite(suite: ml_collections.ConfigDict, out: epath.Path) -> dict[str, epath.Path]:
     """The suite's splits, plus the students' training and test questions (their families only)."""
     paths = {name: out / f"{name}.jsonl" for name in FILES}
     out.mkdir(parents=True, exist_ok=True)
@@ -52,7 +50,7 @@ def write_suite(suite: ml_collections.ConfigDict, out: Path) -> dict[str, Path]:
     return paths
 
 
-def suite_texts(suite_dir: Path) -> Iterator[str]:
+def suite_texts(suite_dir: epath.Path) -> Iterator[str]:
     """Every text a model of the demo reads or writes, for training the tokenizer."""
     from teacherlm_jax.data.examples import STYLES, annotated, build_pairs
     from teacherlm_jax.data.registry import load_records
@@ -65,6 +63,7 @@ def suite_texts(suite_dir: Path) -> Iterator[str]:
                     yield pair.prompt + pair.target
 
 
-def write_tokenizer(tokenizer: ml_collections.ConfigDict, suite_dir: Path, out: Path) -> Path:
+def write_tokenizer(tokenizer: ml_collections.ConfigDict, suite_dir: epath.Path, out: epath.Path) -> None:
     """A tokenizer of `tokenizer.vocab_size` tokens trained on the suite in `suite_dir`, saved in `out`."""
-    return train_tokenizer(suite_texts(suite_dir), out, vocab_size=int(tokenizer.vocab_size))
+    with local_dir(out) as local:
+        train_tokenizer(suite_texts(suite_dir), local, vocab_size=int(tokenizer.vocab_size))

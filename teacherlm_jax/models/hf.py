@@ -24,6 +24,7 @@ from teacherlm_jax.models import bloom, opt
 from teacherlm_jax.models.layers import resolve_dtype
 from teacherlm_jax.models.param_map import TensorSpec
 from teacherlm_jax.models.tensor_files import CheckpointError, TensorSource, write_safetensors
+from teacherlm_jax.paths import is_url, local_copy
 from teacherlm_jax.sharding import LogicalRules, logical_to_spec
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,13 @@ def family_of(model_or_config) -> ModelFamily:
 
 
 def resolve_checkpoint_dir(path_or_hub_id: str | os.PathLike) -> Path:
-    """A local directory as is; anything else is a hub id fetched through huggingface_hub."""
+    """A local directory as is; a cloud URL (gs://) copied into a local cache (`paths.local_copy`: weights are
+    memory-mapped, tokenizers read local files); anything else is a hub id fetched through huggingface_hub."""
+    if is_url(path_or_hub_id):
+        try:
+            return local_copy(path_or_hub_id)
+        except FileNotFoundError as e:
+            raise CheckpointError(f"{path_or_hub_id}: no checkpoint there ({e})") from None
     path = Path(path_or_hub_id).expanduser()
     if path.exists():
         return path

@@ -95,9 +95,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     steps = build_plan(config)
     digests: dict[str, str] = {}
     upstream: dict[str, dict[str, str]] = {}
+    files: dict[str, dict[str, list]] = {}
+    hashes = state.FileHashes(work)
     for step in steps:
         upstream[step.name] = {d: digests[d] for d in dependencies(step, steps)}
-        digests[step.name] = state.fingerprint(step, upstream[step.name])
+        files[step.name] = state.external_files(step, hashes)
+        digests[step.name] = state.fingerprint(step, upstream[step.name], files[step.name])
+    if jax.process_index() == 0:
+        hashes.save()
     to_run = [s for s in steps if not state.is_done(work / s.name, digests[s.name])]
     preflight(steps, {s.name for s in to_run})
     if jax.process_index() == 0:
@@ -116,8 +121,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     for i, step in enumerate(to_run, 1):
         out, digest = work / step.name, digests[step.name]
         if primary:
-            state.prepare(step, out, digest, upstream[step.name])
-            state.write_record(out, step, digest, upstream[step.name], "running")
+            state.prepare(step, out, digest, upstream[step.name], files[step.name])
+            state.write_record(out, step, digest, upstream[step.name], files[step.name], "running")
         _barrier(f"pipeline {step.name}")
         log.info("step %d/%d %s (%s job) in %s", i, len(to_run), step.name, step.job, out)
         started = time.perf_counter()
@@ -127,7 +132,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         seconds = time.perf_counter() - started
         _barrier(f"pipeline {step.name} done")
         if primary:
-            state.write_record(out, step, digest, upstream[step.name], "done", seconds=round(seconds, 1))
+            state.write_record(out, step, digest, upstream[step.name], files[step.name], "done",
+                               seconds=round(seconds, 1))
             timings[step.name] = round(timings.get(step.name, 0.0) + seconds, 1)
             write_atomic(timings_path, json.dumps(timings, indent=2) + "\n")
         log.info("step %s done in %.1fs", step.name, seconds)

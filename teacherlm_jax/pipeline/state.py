@@ -1,9 +1,11 @@
 """Which steps are done, and whether a done step's output still answers its config.
 
 A step's fingerprint is a hash of its config (references as written, `plan.HOW_TO_RUN` keys left out),
-the fingerprints of the steps it references, and the files outside the workdir its config names (each
-file's name, size and modification time: a dataset edited or a checkpoint replaced at the same path is
-another input; contents are not read, so a 14 GB checkpoint costs nothing to fingerprint). A step records
+the fingerprints of the steps it references, and the contents of the files outside the workdir its config
+names (datasets, checkpoints: a dataset edited or a checkpoint replaced at the same path is another input,
+while the same files copied to another machine are not). File digests are kept in
+WORKDIR/pipeline_file_hashes.json by path, size and modification time, so a rerun reads only files that
+changed (a 14 GB checkpoint is hashed once, at disk speed). A step records
 its fingerprint in WORKDIR/<step>/pipeline_step.json when it starts (`running`) and when it ends
 (`done`): a done step with the same fingerprint is reused; a step whose fingerprint changed is deleted and
 rerun, and since the steps after it reference it, their fingerprints change too. A `running` step with
@@ -25,6 +27,7 @@ from teacherlm_jax.pipeline.plan import HOW_TO_RUN, Step, walk
 
 log = logging.getLogger(__name__)
 RECORD = "pipeline_step.json"
+HASHES = "pipeline_file_hashes.json"
 
 
 def fingerprint_config(step: Step) -> dict[str, Any]:
@@ -33,8 +36,28 @@ def fingerprint_config(step: Step) -> dict[str, Any]:
     return json.loads(json.dumps(config, default=str))
 
 
-def external_files(step: Step) -> dict[str, list]:
-    """{path: [[relative file, size, mtime_ns], ...]} for every local file or folder the config names."""
+class FileHashes:
+    """sha256 of local files, remembered by (size, mtime) in WORKDIR/pipeline_file_hashes.json."""
+
+    def __init__(self, work: epath.Path):
+        self.path = work / HASHES
+        self.known: dict[str, list] = json.loads(self.path.read_text()) if self.path.exists() else {}
+
+    def digest(self, path: Path) -> str:
+        stat = path.stat()
+        key = os.path.abspath(path)
+        size_mtime = [stat.st_size, stat.st_mtime_ns]
+        if self.known.get(key, [None, None, None])[:2] != size_mtime:
+            with open(path, "rb") as f:  # streamed
+                self.known[key] = [*size_mtime, hashlib.file_digest(f, "sha256").hexdigest()]
+        return self.known[key][2]
+
+    def save(self) -> None:
+        write_atomic(self.path, json.dumps(self.known, indent=1, sort_keys=True) + "\n")
+
+
+def external_files(step: Step, hashes: FileHashes) -> dict[str, list]:
+    """{path: [[relative file, sha256], ...]} for every local file or folder the config names."""
     found: dict[str, list] = {}
     for _, value in walk(step.config.to_dict()):
         for v in value if isinstance(value, (tuple, list)) else (value,):
@@ -42,17 +65,18 @@ def external_files(step: Step) -> dict[str, list]:
                 continue
             path = Path(os.path.expanduser(v))
             if path.is_file():
-                found[v] = [[path.name, path.stat().st_size, path.stat().st_mtime_ns]]
+                found[v] = [[path.name, hashes.digest(path)]]
             elif path.is_dir():
-                found[v] = [[str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns]
+                found[v] = [[str(p.relative_to(path)), hashes.digest(p)]
                             for p in sorted(path.rglob("*")) if p.is_file()
                             and not any(part.startswith(".") for part in p.relative_to(path).parts)]
     return found
 
 
-def fingerprint(step: Step, upstream: dict[str, str]) -> str:
+def fingerprint(step: Step, upstream: dict[str, str], files: dict[str, list]) -> str:
+    """The step's fingerprint from its config, its upstream steps' fingerprints and `external_files`."""
     payload = {"job": step.job, "mode": step.mode, "config": fingerprint_config(step), "upstream": upstream,
-               "files": external_files(step)}
+               "files": files}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -61,11 +85,11 @@ def read_record(step_dir: epath.Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def write_record(step_dir: epath.Path, step: Step, digest: str, upstream: dict[str, str], state: str,
-                 **extra: Any) -> None:
+def write_record(step_dir: epath.Path, step: Step, digest: str, upstream: dict[str, str], files: dict[str, list],
+                 state: str, **extra: Any) -> None:
     step_dir.mkdir(parents=True, exist_ok=True)
     record = {"step": step.name, "job": step.job, "state": state, "fingerprint": digest,
-              "config": fingerprint_config(step), "upstream": upstream, "files": external_files(step), **extra}
+              "config": fingerprint_config(step), "upstream": upstream, "files": files, **extra}
     write_atomic(step_dir / RECORD, json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
 
 
@@ -82,19 +106,18 @@ def is_done(step_dir: epath.Path, digest: str) -> bool:
     return record is not None and record["fingerprint"] == digest and record["state"] == "done"
 
 
-def why_changed(record: dict[str, Any], step: Step, upstream: dict[str, str]) -> str:
+def why_changed(record: dict[str, Any], step: Step, upstream: dict[str, str], files: dict[str, list]) -> str:
     """What differs from the run that made the folder: config keys, earlier steps, files read."""
     reasons = changes(record["config"], fingerprint_config(step))
     before = record.get("upstream", {})
     reasons += [f"step {name} changed" for name in sorted(set(before) | set(upstream))
                 if before.get(name) != upstream.get(name)]
-    files = external_files(step)
-    reasons += [f"{path} changed" for path in sorted(set(record.get("files", {})) | set(files))
-                if json.loads(json.dumps(record.get("files", {}).get(path))) != json.loads(json.dumps(files.get(path)))]
+    read = record.get("files", {})
+    reasons += [f"{path} changed" for path in sorted(set(read) | set(files)) if read.get(path) != files.get(path)]
     return "; ".join(reasons) or "its fingerprint changed"
 
 
-def prepare(step: Step, step_dir: epath.Path, digest: str, upstream: dict[str, str]) -> None:
+def prepare(step: Step, step_dir: epath.Path, digest: str, upstream: dict[str, str], files: dict[str, list]) -> None:
     """Makes the folder ready to run the step: kept to resume when the same step was stopped, emptied when
     it held another (the log says what changed)."""
     record = read_record(step_dir)
@@ -106,5 +129,5 @@ def prepare(step: Step, step_dir: epath.Path, digest: str, upstream: dict[str, s
             raise FileExistsError(f"{step_dir} holds files but no {RECORD}: it was not written by this pipeline's "
                                   f"step {step.name}; move it away (nothing is deleted that the pipeline did not make)")
         return
-    log.info("step %s: %s; deleting %s and rerunning it", step.name, why_changed(record, step, upstream), step_dir)
+    log.info("step %s: %s; deleting %s and rerunning it", step.name, why_changed(record, step, upstream, files), step_dir)
     step_dir.rmtree()
