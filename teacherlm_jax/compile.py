@@ -32,8 +32,9 @@ from jax.sharding import Mesh
 
 from teacherlm_jax import report_json
 from teacherlm_jax.compile_generation import CHIPS, GIB, decode_step_memory, generation_memory
+from teacherlm_jax.errors import ConfigError
 from teacherlm_jax.paths import workdir_path, write_atomic
-from teacherlm_jax.sharding import ConfigError, LogicalRules, batch_sharding, data_parallel_size, mesh_from_config
+from teacherlm_jax.sharding import LogicalRules, batch_sharding, data_parallel_size, mesh_from_config
 from teacherlm_jax.train.loop import TrainSetup, train_setup, validate
 from teacherlm_jax.train.step import BATCH_KEYS, make_train_step
 

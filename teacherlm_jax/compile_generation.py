@@ -22,9 +22,10 @@ from flax import nnx
 from jax.sharding import AbstractMesh, Mesh, NamedSharding
 
 from teacherlm_jax.decode_slots import CACHE_AXES
+from teacherlm_jax.errors import ConfigError
 from teacherlm_jax.sharding import (
-    ConfigError, LogicalRules, activation_sharding, batch_sharding, data_parallel_size, logical_to_spec,
-    param_shardings, replicated,
+    LogicalRules, activation_sharding, batch_sharding, data_parallel_size, logical_to_spec, param_shardings,
+    replicated,
 )
 from teacherlm_jax.train.builders import abstract_model
 

@@ -29,12 +29,13 @@ from jax.sharding import Mesh
 
 from teacherlm_jax.data import Record, eval_context
 from teacherlm_jax.data.records import LETTERS
+from teacherlm_jax.errors import ConfigError
 from teacherlm_jax.eval.generative import generate_answers
 from teacherlm_jax.eval.report import Prediction, accuracy, task_metrics, write_predictions, write_report
 from teacherlm_jax.eval.scoring import SCORES, encode, loglik_choices
 from teacherlm_jax.eval.tasks import Task, load_task, resolve_tasks, subset
 from teacherlm_jax.paths import workdir_path
-from teacherlm_jax.sharding import ConfigError, LogicalRules, initialize_distributed, mesh_from_config
+from teacherlm_jax.sharding import LogicalRules, initialize_distributed, mesh_from_config
 
 log = logging.getLogger(__name__)
 MODES = ("loglik", "generate")

@@ -33,10 +33,11 @@ from lm_eval import utils as lm_utils
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 
+from teacherlm_jax.errors import ConfigError
 from teacherlm_jax.eval.scoring import Row, score_rows
 from teacherlm_jax.models.hf import from_pretrained, load_tokenizer
 from teacherlm_jax.sample import generate
-from teacherlm_jax.sharding import DEFAULT_RULES, ConfigError, make_mesh, parse_rules
+from teacherlm_jax.sharding import DEFAULT_RULES, make_mesh, parse_rules
 
 log = logging.getLogger(__name__)
 

@@ -16,6 +16,8 @@ import jax
 from flax import linen as nn
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from teacherlm_jax.errors import ConfigError
+
 LogicalRules = Sequence[tuple[str, str | Sequence[str] | None]]
 
 _active = threading.local()
@@ -62,10 +64,6 @@ DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("length", None),
     ("layers", None),
 )
-
-
-class ConfigError(ValueError):
-    """A config value that cannot work; the message starts with the config key."""
 
 
 def mesh_shape(sizes: dict[str, int], num_devices: int, key: str = "config.mesh") -> tuple[int, ...]:

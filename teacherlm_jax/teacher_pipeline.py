@@ -13,7 +13,7 @@ from pathlib import Path
 import jax
 import ml_collections
 
-from teacherlm_jax.sharding import ConfigError
+from teacherlm_jax.errors import ConfigError
 from teacherlm_jax.train.loop import HF_EXPORT, train
 
 log = logging.getLogger(__name__)

@@ -26,7 +26,8 @@ from teacherlm_jax.compile import (
     BLOOM_SHAPES, REPORT_JSON, REPORT_MD, bloom_shape, human_bytes, resolve_model, use_fake_devices,
 )
 from teacherlm_jax.compile_generation import GIB, generation_memory
-from teacherlm_jax.sharding import DEFAULT_RULES, MESH_AXES, ConfigError, parse_rules
+from teacherlm_jax.errors import ConfigError
+from teacherlm_jax.sharding import DEFAULT_RULES, MESH_AXES, parse_rules
 from teacherlm_jax.train.builders import abstract_model
 from train_subprocess import REPO, jax_env, main_command
 

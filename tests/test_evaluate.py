@@ -15,7 +15,8 @@ import torch
 
 from reference_models import tiny_bloom
 from teacherlm_jax import from_pretrained, load_tokenizer
-from teacherlm_jax.data import DataError, Record
+from teacherlm_jax.data import Record
+from teacherlm_jax.errors import DataError
 from teacherlm_jax.eval import scoring
 from teacherlm_jax.eval.generative import generation_prompt, parse_answer
 from teacherlm_jax.eval.report import MMLU_CATEGORY

@@ -7,7 +7,8 @@ import torch
 
 import teacherlm_jax as tl
 from reference_models import tiny_bloom, torch_logits
-from teacherlm_jax.models.tensor_files import CheckpointError
+
+from teacherlm_jax.errors import CheckpointError
 
 IDS = np.array([[3, 3, 10, 20, 30, 40], [5, 6, 7, 8, 9, 11]])
 MASK = np.array([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])

@@ -8,7 +8,7 @@ from absl import app
 
 from configs import train as train_config
 from teacherlm_jax import main
-from teacherlm_jax.sharding import ConfigError
+from teacherlm_jax.errors import ConfigError
 from teacherlm_jax.train import loop
 from train_subprocess import REPO, jax_env, main_command
 

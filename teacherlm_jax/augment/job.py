@@ -20,10 +20,11 @@ from teacherlm_jax.augment.fingerprint import teacher_fingerprint
 from teacherlm_jax.augment.runner import DatasetWork, augment_datasets
 from teacherlm_jax.augment.settings import Sampling, Settings, require_int
 from teacherlm_jax.augment.summary import write_summary
-from teacherlm_jax.data import REGISTRY, DataError, load_records
+from teacherlm_jax.data import REGISTRY, load_records
+from teacherlm_jax.errors import DataError
 from teacherlm_jax.paths import workdir_path
-from teacherlm_jax.sharding import (DEFAULT_RULES, ConfigError, LogicalRules, initialize_distributed, make_mesh,
-                                    parse_rules)
+from teacherlm_jax.errors import ConfigError
+from teacherlm_jax.sharding import DEFAULT_RULES, LogicalRules, initialize_distributed, make_mesh, parse_rules
 from teacherlm_jax.workdir_lock import workdir_lock
 
 log = logging.getLogger(__name__)

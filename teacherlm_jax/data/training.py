@@ -40,12 +40,9 @@ from teacherlm_jax.data.records import LoadReport
 from teacherlm_jax.data.registry import load_instructions, load_records
 from teacherlm_jax.data.sources import REGISTRY
 from teacherlm_jax.data.tokenize import Example, encode, num_truncated
+from teacherlm_jax.errors import ConfigError
 
 log = logging.getLogger(__name__)
-
-
-class DataConfigError(ValueError):
-    """A `config.data` key with a value that cannot work; the message names the key."""
 
 
 def load_pairs(data: ml_collections.ConfigDict, report: LoadReport | None = None,
@@ -62,14 +59,14 @@ def pairs_by_dataset(data: ml_collections.ConfigDict, report: LoadReport | None 
     try:
         name = check_filter(data.get("filter", "none"))
     except ValueError as e:
-        raise DataConfigError(str(e)) from None
+        raise ConfigError(str(e)) from None
     if fmt not in (*FORMATS, "instruction"):
-        raise DataConfigError(f"config.data.format={fmt!r}; expected one of {(*FORMATS, 'instruction')}")
+        raise ConfigError(f"config.data.format={fmt!r}; expected one of {(*FORMATS, 'instruction')}")
     if style not in STYLES:
-        raise DataConfigError(f"config.data.style={style!r}; expected one of {STYLES}")
+        raise ConfigError(f"config.data.style={style!r}; expected one of {STYLES}")
     datasets = tuple(data.datasets)
     if not datasets:
-        raise DataConfigError("config.data.datasets is empty")
+        raise ConfigError("config.data.datasets is empty")
     skip = bool(data.get("skip_invalid", False))
     pairs: dict[str, list[TextPair]] = {}
     for spec in datasets:
@@ -113,11 +110,11 @@ def pairs_by_dataset(data: ml_collections.ConfigDict, report: LoadReport | None 
 def decontamination_report(train: dict[str, list[TextPair]], eval_sets: tuple[str, ...]) -> dict:
     """The n-gram overlap of the training examples with `config.data.decontaminate`'s evaluation sets."""
     if isinstance(eval_sets, str):
-        raise DataConfigError(f"config.data.decontaminate={eval_sets!r}; expected a tuple of evaluation sets")
+        raise ConfigError(f"config.data.decontaminate={eval_sets!r}; expected a tuple of evaluation sets")
     try:
         evals = {spec: eval_records(spec) for spec in eval_sets}
     except ValueError as e:
-        raise DataConfigError(str(e)) from None
+        raise ConfigError(str(e)) from None
     report = contamination(train, evals)
     for spec, by_n in report["eval_sets"].items():
         log.info("decontamination: %s: %s", spec, ", ".join(
@@ -134,7 +131,7 @@ def in_eval_split(example_id: str, fraction: float) -> bool:
 def tokenize_pairs(pairs: list[TextPair], tokenizer, data: ml_collections.ConfigDict) -> list[Example]:
     loss_on = data.get("loss_on", "all")
     if loss_on not in ("all", "target"):
-        raise DataConfigError(f"config.data.loss_on={loss_on!r}; expected 'all' or 'target'")
+        raise ConfigError(f"config.data.loss_on={loss_on!r}; expected 'all' or 'target'")
     examples = [encode(tokenizer, p.prompt, p.target, max_length=data.seq_len, loss_on=loss_on,
                        add_eos=bool(data.get("add_eos", False)), id=p.id) for p in pairs]
     cut = num_truncated(examples)
@@ -150,10 +147,10 @@ def make_records_iterator(config: ml_collections.ConfigDict, tokenizer, process_
     given) receives what was read: per dataset records, examples and filter counts, and this split's examples."""
     data = config.data
     if tokenizer is None:
-        raise DataConfigError("config.tokenizer: the records source needs a tokenizer (a checkpoint directory)")
+        raise ConfigError("config.tokenizer: the records source needs a tokenizer (a checkpoint directory)")
     fraction = float(data.get("eval_fraction", 0.0))
     if split == "eval" and not fraction:
-        raise DataConfigError("config.eval_every > 0 needs config.data.eval_fraction > 0 (held-out examples)")
+        raise ConfigError("config.eval_every > 0 needs config.data.eval_fraction > 0 (held-out examples)")
     datasets: dict = {}
     by_dataset = {spec: [p for p in pairs if in_eval_split(p.id, fraction) == (split == "eval")]
                   for spec, pairs in pairs_by_dataset(data, datasets_report=datasets).items()}
@@ -163,7 +160,7 @@ def make_records_iterator(config: ml_collections.ConfigDict, tokenizer, process_
         if split == "train" and data.get("decontaminate"):
             report[DECONTAMINATION] = decontamination_report(by_dataset, tuple(data.decontaminate))
     if not pairs:
-        raise DataConfigError(f"config.data: no {split} examples (datasets={tuple(data.datasets)}, "
+        raise ConfigError(f"config.data: no {split} examples (datasets={tuple(data.datasets)}, "
                               f"eval_fraction={fraction}, filter={data.get('filter', 'none')!r})")
     examples = tokenize_pairs(pairs, tokenizer, data)
     log.info("%s data: %d examples from %s (format %s, style %s)", split, len(examples), tuple(data.datasets),

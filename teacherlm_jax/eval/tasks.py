@@ -15,8 +15,9 @@ from typing import Sequence
 
 import numpy as np
 
-from teacherlm_jax.data import REGISTRY, DataError, Record, load_records
+from teacherlm_jax.data import REGISTRY, Record, load_records
 from teacherlm_jax.data.sources import EVAL_SETS
+from teacherlm_jax.errors import DataError
 
 ALIASES = EVAL_SETS  # in the data layer: training runs' decontamination reports name eval sets the same way
 MMLU_SOURCES = ("mmlu", "mmlu_2020")

@@ -20,10 +20,11 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, SingleDeviceSharding
 
+from teacherlm_jax.errors import CheckpointError
 from teacherlm_jax.models import bloom, opt
 from teacherlm_jax.models.layers import resolve_dtype
 from teacherlm_jax.models.param_map import TensorSpec
-from teacherlm_jax.models.tensor_files import CheckpointError, TensorSource, write_safetensors
+from teacherlm_jax.models.tensor_files import TensorSource, write_safetensors
 from teacherlm_jax.sharding import LogicalRules, logical_to_spec
 
 log = logging.getLogger(__name__)

@@ -16,10 +16,11 @@ import jax
 from flax import nnx
 from jax.sharding import Mesh
 
+from teacherlm_jax.errors import ConfigError
 from teacherlm_jax.models.hf import FAMILIES, ModelFamily, from_pretrained, read_hf_config, resolve_checkpoint_dir
 from teacherlm_jax.models.param_map import RUN_FIELDS
 from teacherlm_jax.paths import is_url, workdir_path, write_atomic
-from teacherlm_jax.sharding import ConfigError, LogicalRules, param_shardings
+from teacherlm_jax.sharding import LogicalRules, param_shardings
 from teacherlm_jax.train.checkpoint import abstract_like, restore_params
 
 log = logging.getLogger(__name__)
