@@ -238,7 +238,7 @@ def text_lengths(out_dir: Path) -> list[int]:
 def augment_part(shape: dict[str, int], num_records: int, batch: int, warmup: bool) -> str:
     from teacherlm_jax.augment import Sampling, Settings, augment_records
     from teacherlm_jax.data import KINDS, load_records, teacher_prompt
-    from teacherlm_jax.data.byte_tokenizer import byte_tokenizer
+    from teacherlm_jax.tokenizers import byte_tokenizer
 
     tokenizer = byte_tokenizer()
     records = load_records("creak", "dev")

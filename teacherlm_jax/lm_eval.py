@@ -35,9 +35,10 @@ from lm_eval.api.registry import register_model
 
 from teacherlm_jax.errors import ConfigError
 from teacherlm_jax.eval.scoring import Row, score_rows
-from teacherlm_jax.models.hf import from_pretrained, load_tokenizer
+from teacherlm_jax.models.hf import from_pretrained
 from teacherlm_jax.sample import generate
 from teacherlm_jax.sharding import DEFAULT_RULES, make_mesh, parse_rules
+from teacherlm_jax.tokenizers import load_tokenizer
 
 log = logging.getLogger(__name__)
 

@@ -18,11 +18,11 @@ from teacherlm_jax.augment.files import read_parts
 from teacherlm_jax.augment.summary import write_summary
 from teacherlm_jax.data import KINDS
 from teacherlm_jax.data.answers import final_answer
-from teacherlm_jax.data.byte_tokenizer import byte_tokenizer
 from teacherlm_jax.data.examples import build_pairs, filter_texts, read_augmented
 from teacherlm_jax.data.quality import FILTERS, degenerate, row_quality
 from teacherlm_jax.data.training import load_pairs, make_records_iterator
 from teacherlm_jax.errors import ConfigError
+from teacherlm_jax.tokenizers import byte_tokenizer
 from teacherlm_jax.train.data import make_train_data
 
 from test_augment import model, records, teacher_dir, tokenizer, toy_jsonl  # noqa: F401 (fixtures)

@@ -22,10 +22,10 @@ from flax import nnx
 from configs import compile as compile_config
 from jax.sharding import AbstractMesh, AxisType
 
-from teacherlm_jax.compile import (
+from teacherlm_jax.compile.job import (
     BLOOM_SHAPES, REPORT_JSON, REPORT_MD, bloom_shape, human_bytes, resolve_model, use_fake_devices,
 )
-from teacherlm_jax.compile_generation import GIB, generation_memory
+from teacherlm_jax.compile.generation_memory import GIB, generation_memory
 from teacherlm_jax.errors import ConfigError
 from teacherlm_jax.sharding import DEFAULT_RULES, MESH_AXES, parse_rules
 from teacherlm_jax.train.builders import abstract_model

@@ -7,9 +7,9 @@ import pytest
 
 import teacherlm_jax as tl
 from teacherlm_jax.data import load_records
-from teacherlm_jax.data.byte_tokenizer import VOCAB_SIZE, byte_tokenizer
 from teacherlm_jax.data.training import in_eval_split, load_pairs, make_records_iterator
 from teacherlm_jax.errors import ConfigError
+from teacherlm_jax.tokenizers import VOCAB_SIZE, byte_tokenizer
 
 
 def config_for(datasets, **overrides):

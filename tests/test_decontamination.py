@@ -97,7 +97,7 @@ def test_training_run_writes_the_report(tmp_path):
     assert data["examples"] == {"train": 8} and data["filter"] == "none"
     config.data.decontaminate = ("creak_test",)
     from teacherlm_jax.data.training import make_records_iterator
-    from teacherlm_jax.data.byte_tokenizer import byte_tokenizer
+    from teacherlm_jax.tokenizers import byte_tokenizer
 
     with pytest.raises(ConfigError, match="config.data.decontaminate: unknown evaluation set 'creak_test'"):
         make_records_iterator(config, byte_tokenizer(), 0, 1, report={})

@@ -20,7 +20,7 @@ from teacherlm_jax.errors import DataError
 from teacherlm_jax.eval import scoring
 from teacherlm_jax.eval.generative import generation_prompt, parse_answer
 from teacherlm_jax.eval.report import MMLU_CATEGORY
-from teacherlm_jax.evaluate import check_finite_weights, choice_tokens, evaluate_records, evaluate_tasks
+from teacherlm_jax.eval.job import check_finite_weights, choice_tokens, evaluate_records, evaluate_tasks
 
 REPO = Path(__file__).resolve().parents[1]
 VOCAB = 320  # covers the 300-token byte-level tokenizer below
@@ -280,7 +280,7 @@ def test_run_dir_resolves_to_its_export(checkpoint, tmp_path):
     import shutil
 
     from configs.eval import get_config
-    from teacherlm_jax.evaluate import resolve_model
+    from teacherlm_jax.eval.job import resolve_model
 
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
@@ -322,7 +322,7 @@ def test_reports_are_strict_json_with_null_for_what_cannot_be_computed(tmp_path)
 def test_job_writes_its_report_to_gcs(rigged, tmp_path, gcs_bucket):
     """`run(config, "gs://...")`: predictions, metrics.json, results.md and accuracy.png in the bucket."""
     from configs.eval import get_config
-    from teacherlm_jax.evaluate import run
+    from teacherlm_jax.eval.job import run
     from teacherlm_jax.paths import workdir_path
 
     jsonl = tmp_path / "mine.jsonl"

@@ -38,7 +38,7 @@ from teacherlm_jax.data.quality import REASONS, check_filter
 from teacherlm_jax.data.pipeline import make_batch_iterator
 from teacherlm_jax.data.records import LoadReport
 from teacherlm_jax.data.registry import load_instructions, load_records
-from teacherlm_jax.data.sources import REGISTRY
+from teacherlm_jax.data.specs import DatasetSpec
 from teacherlm_jax.data.tokenize import Example, encode, num_truncated
 from teacherlm_jax.errors import ConfigError
 
@@ -91,10 +91,8 @@ def pairs_by_dataset(data: ml_collections.ConfigDict, report: LoadReport | None 
                          ", ".join(f"{k}: {counts[k]}" for k in REASONS if counts[k]) or "none",
                          counts["cut_unknown"])
         else:
-            name, sep, split = spec.rpartition(":")
-            if not sep or name not in REGISTRY:  # `hf:...` / `tfds:...` / paths carry their own colons
-                name, split = spec, ""
-            records = load_records(name, split or data.get("split", "train"), skip_invalid=skip, report=report)
+            dataset = DatasetSpec.parse(spec, data.get("split", "train"))
+            records = load_records(dataset.source, dataset.split, skip_invalid=skip, report=report)
             items = [annotated(r) for r in records]
             if name != "none":
                 log.info("%s: not augment output; config.data.filter=%r applies to the teacher's texts only, "

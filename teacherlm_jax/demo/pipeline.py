@@ -154,7 +154,7 @@ def augment(config: ml_collections.ConfigDict, out: Path, teacher: Path, kind: s
 def evaluate(config: ml_collections.ConfigDict, out: Path, model_dir: Path, tests: tuple[str, ...],
              mode: str) -> dict[str, Any]:
     """The eval job on the test questions; returns its metrics for the (one) test task."""
-    from teacherlm_jax.evaluate import run as eval_run
+    from teacherlm_jax.eval.job import run as eval_run
 
     metrics_path = out / "eval" / "metrics.json"
     if not metrics_path.is_file():

@@ -1,4 +1,4 @@
-"""Hugging Face checkpoints <-> our NNX models: `from_pretrained`, `save_pretrained`, `load_tokenizer`.
+"""Hugging Face checkpoints <-> our NNX models: `from_pretrained`, `save_pretrained` (tokenizers: teacherlm_jax.tokenizers).
 
 Import streams tensor by tensor: each parameter is built with `jax.make_array_from_callback`, which
 reads only the slices each local device holds, so a checkpoint is never held twice in host memory
@@ -234,33 +234,3 @@ def save_pretrained(model: nnx.Module, out_dir: str | os.PathLike, *, dtype: str
     hf_config["dtype"] = str(np.dtype(resolve_dtype(dtype)))
     (out / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
     return out
-
-
-def load_tokenizer(path_or_hub_id: str | os.PathLike, *, padding_side: str = "left"):
-    """The checkpoint's own tokenizer (AutoTokenizer, never trust_remote_code), left-padding by default.
-
-    `builtin:bytes` is the project's byte-level tokenizer (tiny CPU configs and the demo).
-    """
-    from transformers import AutoTokenizer
-
-    from teacherlm_jax.data.byte_tokenizer import BUILTIN_NAME, byte_tokenizer
-
-    if str(path_or_hub_id) == BUILTIN_NAME:
-        tokenizer = byte_tokenizer()
-        tokenizer.padding_side = padding_side
-        return tokenizer
-    directory = resolve_checkpoint_dir(path_or_hub_id)
-    try:
-        # False, not the default None: None asks on a terminal, and a "y" runs the folder's .py files.
-        tokenizer = AutoTokenizer.from_pretrained(str(directory), padding_side=padding_side,
-                                                  trust_remote_code=False)
-    except ValueError as e:
-        if "trust_remote_code" not in str(e):
-            raise
-        raise ValueError(
-            f"{directory}: the tokenizer names its own code (`auto_map` in tokenizer_config.json or "
-            f"config.json) and no built-in transformers class; teacherlm_jax never runs a checkpoint's "
-            f"code: use a tokenizer whose `tokenizer_class` is a transformers class") from e
-    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer

@@ -23,9 +23,10 @@ from jax.sharding import Mesh
 from teacherlm_jax.data.decontamination import REPORT as DECONTAMINATION
 from teacherlm_jax.data.decontamination import write_report as write_decontamination
 from teacherlm_jax.errors import ConfigError
-from teacherlm_jax.models.hf import load_tokenizer, save_pretrained
+from teacherlm_jax.models.hf import save_pretrained
 from teacherlm_jax.paths import local_dir, workdir_path
 from teacherlm_jax.sharding import data_parallel_size, initialize_distributed, mesh_from_config, param_shardings
+from teacherlm_jax.tokenizers import load_tokenizer
 from teacherlm_jax.train.builders import abstract_model, check_resumable, load_params, write_model_config
 from teacherlm_jax.train.checkpoint import Checkpointer, SigtermFlag, abstract_like
 from teacherlm_jax.train.data import BatchIterator, global_batch, make_train_data
@@ -69,7 +70,7 @@ def validate(config: ml_collections.ConfigDict, dp_size: int) -> None:
 @dataclasses.dataclass(frozen=True)
 class TrainSetup:
     """Everything the train step needs, built from config without allocating any parameter; shared by
-    `train` and the ahead-of-time check (`teacherlm_jax.compile`)."""
+    `train` and the ahead-of-time check (`teacherlm_jax.compile.job`)."""
 
     abstract: nnx.Module
     graphdef: nnx.GraphDef

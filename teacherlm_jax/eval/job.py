@@ -180,7 +180,7 @@ def check_finite_weights(model: nnx.Module, source: str) -> None:
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:
     """Job entry: load the model onto the config's mesh, evaluate `config.tasks`, write WORKDIR/eval/."""
-    from teacherlm_jax.models.hf import load_tokenizer
+    from teacherlm_jax.tokenizers import load_tokenizer
     from teacherlm_jax.train.builders import build_model
 
     initialize_distributed(config.get("distributed"))

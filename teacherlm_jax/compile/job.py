@@ -9,7 +9,7 @@ with `fake_devices=0` it compiles for the machine's own devices (exact numbers o
     python -m teacherlm_jax.main --config configs/compile.py:bloom-7b1 --workdir /tmp/aot \\
         --config.fake_devices=8 --config.mesh.fsdp=-1 --config.device_memory_gib=16
 
-It also sizes generation, the augment job's decode engine on the same mesh (`compile_generation`):
+It also sizes generation, the augment job's decode engine on the same mesh (`generation_memory.py`):
 per chip the teacher's weights in the compute dtype, the KV cache of `config.generation_batch_size`
 slots of `generation_prompt_tokens + generation_max_new_tokens - 1` positions and one step's logits,
 with a verdict for v5e (16 GiB) and v4 (32 GiB) chips, beside XLA's analysis of one compiled decode step.
@@ -31,7 +31,7 @@ import ml_collections
 from jax.sharding import Mesh
 
 from teacherlm_jax import report_json
-from teacherlm_jax.compile_generation import CHIPS, GIB, decode_step_memory, generation_memory
+from teacherlm_jax.compile.generation_memory import CHIPS, GIB, decode_step_memory, generation_memory
 from teacherlm_jax.errors import ConfigError
 from teacherlm_jax.paths import workdir_path, write_atomic
 from teacherlm_jax.sharding import LogicalRules, batch_sharding, data_parallel_size, mesh_from_config
