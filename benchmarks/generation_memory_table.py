@@ -15,7 +15,7 @@ import argparse
 
 from jax.sharding import AbstractMesh, AxisType
 
-from teacherlm_jax.compile.job import bloom_shape
+from teacherlm_jax.models.bloom import bloom_shape
 from teacherlm_jax.compile.generation_memory import CHIPS, GIB, generation_memory
 from teacherlm_jax.sharding import DEFAULT_RULES, MESH_AXES, parse_rules
 

@@ -26,7 +26,7 @@ import ml_collections
 
 from configs import common
 from configs import train as train_config
-from teacherlm_jax.compile.job import BLOOM_SHAPES, bloom_shape
+from teacherlm_jax.models.bloom import BLOOM_SHAPES, bloom_shape
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

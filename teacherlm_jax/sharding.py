@@ -192,3 +192,8 @@ def _multi_process_env() -> bool:
     if env.get("TPU_WORKER_HOSTNAMES") or env.get("TPU_ACCELERATOR_TYPE") or os.path.exists("/dev/accel0"):
         return True  # a TPU VM: jax finds the slice topology itself (single-host slices work too)
     return int(env.get("SLURM_NTASKS", 1)) > 1 or int(env.get("OMPI_COMM_WORLD_SIZE", 1)) > 1
+
+
+def abstract_like(tree, shardings):
+    """ShapeDtypeStructs carrying `shardings`: the restore target of `tree` (arrays or shapes)."""
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)

@@ -14,7 +14,8 @@ import jax
 import ml_collections
 
 from teacherlm_jax.errors import ConfigError
-from teacherlm_jax.train.loop import HF_EXPORT, train
+from teacherlm_jax.init_from import HF_EXPORT
+from teacherlm_jax.train.loop import train
 
 log = logging.getLogger(__name__)
 COMPLETE = "COMPLETE"

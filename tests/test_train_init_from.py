@@ -24,7 +24,7 @@ if __name__ == "__main__":
     from configs import train as train_config
     from teacherlm_jax.sharding import mesh_from_config
     from teacherlm_jax.train import train
-    from teacherlm_jax.train.builders import build_model
+    from teacherlm_jax.init_from import resolve
 
     root = Path(sys.argv[1])
     first = train_config.get_config("tiny")
@@ -34,9 +34,9 @@ if __name__ == "__main__":
     assert exported == root / "a" / "hf_final" and (exported / "model.safetensors").exists()
 
     mesh, rules = mesh_from_config(first)
-    final = nnx.state(build_model(dict(first.model, init_from=str(root / "a")), mesh, rules), nnx.Param)
-    from_hf = nnx.state(build_model(dict(first.model, init_from=str(exported)), mesh, rules), nnx.Param)
-    fresh = nnx.state(build_model(dict(first.model), mesh, rules, seed=first.seed), nnx.Param)
+    final = nnx.state(resolve(dict(first.model, init_from=str(root / "a"))).build(mesh, rules), nnx.Param)
+    from_hf = nnx.state(resolve(dict(first.model, init_from=str(exported))).build(mesh, rules), nnx.Param)
+    fresh = nnx.state(resolve(dict(first.model)).build(mesh, rules, seed=first.seed), nnx.Param)
     for a, b, c in zip(jax.tree.leaves(final), jax.tree.leaves(from_hf), jax.tree.leaves(fresh)):
         np.testing.assert_array_equal(a, b)
     assert any(not np.array_equal(a, c) for a, c in zip(jax.tree.leaves(final), jax.tree.leaves(fresh)))

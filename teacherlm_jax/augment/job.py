@@ -22,6 +22,7 @@ from teacherlm_jax.augment.summary import write_summary
 from teacherlm_jax.data import REGISTRY, load_records
 from teacherlm_jax.data.specs import DatasetSpec
 from teacherlm_jax.errors import ConfigError, DataError
+from teacherlm_jax.init_from import resolve
 from teacherlm_jax.paths import workdir_path
 from teacherlm_jax.sharding import DEFAULT_RULES, LogicalRules, initialize_distributed, make_mesh, parse_rules
 from teacherlm_jax.workdir_lock import workdir_lock
@@ -102,32 +103,22 @@ def local_mesh(config: ml_collections.ConfigDict) -> tuple[Mesh, tuple]:
 
 def load_teacher(config: ml_collections.ConfigDict, mesh: Mesh, rules: LogicalRules) -> tuple[nnx.Module, Any, dict]:
     """(model, tokenizer, teacher metadata) for `config.teacher` (see configs/augment.py)."""
-    from teacherlm_jax.eval.job import resolve_model
-    from teacherlm_jax.tokenizers import load_tokenizer
-    from teacherlm_jax.train.builders import build_model
-
     init_from = config.teacher.get("init_from")
     if not init_from:
         raise ConfigError("config.teacher.init_from is required: a Hugging Face directory or hub id, or a "
                           "training run's workdir (e.g. the stage-3 teacher)")
-    try:  # the engine's resolution: a run dir becomes its hf_final export, family from the checkpoint
-        model_config, tokenizer_path = resolve_model(ml_collections.ConfigDict(
-            {"model": config.teacher.to_dict(), "tokenizer": config.get("tokenizer")}))
-    except ConfigError as e:
-        raise ConfigError(str(e).replace("config.model", "config.teacher")) from e
     # Listed layers: the decode layout shares their weights, so generation holds them once.
-    model = build_model({**model_config, "scan_layers": False}, mesh, rules, seed=config.seed).for_decoding()
-    tokenizer = load_tokenizer(tokenizer_path)
-    if len(tokenizer) > model.config.vocab_size:
-        raise ConfigError(f"config.tokenizer: {tokenizer_path} has {len(tokenizer)} tokens but the teacher's "
-                          f"vocabulary is {model.config.vocab_size}: they do not belong together")
+    source = resolve({**config.teacher.to_dict(), "scan_layers": False}, key="config.teacher")
+    tokenizer_path = source.tokenizer_path(config.get("tokenizer"))
+    tokenizer = source.load_tokenizer(tokenizer_path)
+    model = source.build(mesh, rules, seed=config.seed).for_decoding()
     started = time.perf_counter()
-    weights = teacher_fingerprint(model_config["init_from"], tokenizer_path)  # by content: a retrained teacher differs
-    log.info("teacher %s: fingerprint %s of %d files (%.2f GB) by %s in %.1fs", model_config["init_from"],
+    weights = teacher_fingerprint(source.init_from, tokenizer_path)  # by content: a retrained teacher differs
+    log.info("teacher %s: fingerprint %s of %d files (%.2f GB) by %s in %.1fs", source.init_from,
              weights["sha256"][:12], weights["files"], weights["bytes"] / 1e9, weights["method"],
              time.perf_counter() - started)
-    teacher = {"init_from": str(init_from), "checkpoint": str(model_config["init_from"]),
-               "model_type": model_config["family"], "dtype": model.config.dtype, "tokenizer": str(tokenizer_path),
+    teacher = {"init_from": str(init_from), "checkpoint": source.init_from,
+               "model_type": model.config.model_type, "dtype": model.config.dtype, "tokenizer": tokenizer_path,
                "weights": weights}
     return model, tokenizer, teacher
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -38,42 +37,8 @@ from teacherlm_jax.sharding import LogicalRules, batch_sharding, data_parallel_s
 from teacherlm_jax.train.loop import TrainSetup, train_setup, validate
 from teacherlm_jax.train.step import BATCH_KEYS, make_train_step
 
-# BLOOM's published shapes (config.json on the hub): hidden_size, n_layer, n_head; vocab 250880.
-BLOOM_SHAPES: dict[str, tuple[int, int, int]] = {
-    "bloom-560m": (1024, 24, 16),
-    "bloom-1b1": (1536, 24, 16),
-    "bloom-1b7": (2048, 24, 16),
-    "bloom-3b": (2560, 30, 32),
-    "bloom-7b1": (4096, 30, 32),
-    "bloom": (14336, 70, 112),  # the 176B model
-}
-BLOOM_VOCAB = 250880
 REPORT_JSON = "compile_report.json"
 REPORT_MD = "compile_report.md"
-
-
-def bloom_shape(name: str) -> dict[str, int]:
-    """Architecture keys of a BLOOM size by name (`bloom-7b1`, `bigscience/bloom-7b1`, `bloom-176b`)."""
-    key = name.removeprefix("bigscience/")
-    key = "bloom" if key == "bloom-176b" else key
-    if key not in BLOOM_SHAPES:
-        raise ConfigError(f"unknown BLOOM size {name!r}; known: {sorted(BLOOM_SHAPES)}")
-    hidden, layers, heads = BLOOM_SHAPES[key]
-    return dict(vocab_size=BLOOM_VOCAB, hidden_size=hidden, n_layer=layers, n_head=heads)
-
-
-def resolve_model(model: dict[str, Any]) -> dict[str, Any]:
-    """`config.model` with a hub BLOOM (`init_from=bigscience/bloom-7b1`, not a local directory) replaced
-    by its published shape, so the check needs no download; any other section is returned unchanged."""
-    init_from = model.get("init_from") or ""
-    if not init_from.startswith("bigscience/") or init_from.removeprefix("bigscience/") not in BLOOM_SHAPES \
-            or Path(init_from).exists():
-        return dict(model)
-    shape = bloom_shape(init_from)
-    for key, value in shape.items():
-        if model.get(key) is not None and model[key] != value:
-            raise ConfigError(f"config.model.{key}={model[key]!r} disagrees with {init_from} ({key}={value})")
-    return {**model, **shape, "init_from": None, "family": "bloom"}
 
 
 def use_fake_devices(count: int) -> None:
@@ -144,11 +109,9 @@ def dry_run(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """Compiles the configured training step without allocating it; returns the summary that `run` writes."""
     use_fake_devices(int(config.get("fake_devices", 0)))
     config = config.copy_and_resolve_references()
-    with config.unlocked():
-        config.model = ml_collections.ConfigDict(resolve_model(config.model.to_dict()))
     mesh, rules = mesh_from_config(config)
     validate(config, data_parallel_size(mesh, rules))
-    setup = train_setup(config, mesh, rules)
+    setup = train_setup(config, mesh, rules, weights=False)  # a hub BLOOM by its published shape: no download
     generation = generation_report(config, mesh, rules)  # before the long compile: its config errors come first
     step = make_train_step(setup.graphdef, setup.tx, setup.schedule, mesh, rules, setup.shardings,
                            config.grad_accum_steps)

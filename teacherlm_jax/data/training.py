@@ -145,7 +145,8 @@ def make_records_iterator(config: ml_collections.ConfigDict, tokenizer, process_
     given) receives what was read: per dataset records, examples and filter counts, and this split's examples."""
     data = config.data
     if tokenizer is None:
-        raise ConfigError("config.tokenizer: the records source needs a tokenizer (a checkpoint directory)")
+        raise ConfigError("config.tokenizer is required: the records source needs a tokenizer, and config.model "
+                          "has none (a new model, or a run that saved none); set config.tokenizer")
     fraction = float(data.get("eval_fraction", 0.0))
     if split == "eval" and not fraction:
         raise ConfigError("config.eval_every > 0 needs config.data.eval_fraction > 0 (held-out examples)")

@@ -105,9 +105,9 @@ def tokenizer_dir(config: ml_collections.ConfigDict, work: Path, paths: dict[str
 def from_checkpoint(model: ml_collections.ConfigDict, init_from: str) -> ml_collections.ConfigDict:
     """A `config.model` section for `init_from`: the architecture is the checkpoint's, so only the keys
     saying how to run it are kept (a fresh model's sizes would not match a real checkpoint's)."""
-    from teacherlm_jax.train.builders import RUN_KEYS
+    from teacherlm_jax.models.param_map import RUN_FIELDS
 
-    keep = {k: model[k] for k in ("family", *RUN_KEYS) if k in model}
+    keep = {k: model[k] for k in ("family", *RUN_FIELDS) if k in model}
     return ml_collections.ConfigDict({**keep, "init_from": init_from})
 
 
