@@ -51,7 +51,8 @@ def family_of(model_or_config) -> ModelFamily:
 
 
 def resolve_checkpoint_dir(path_or_hub_id: str | os.PathLike) -> Path:
-    """A local directory as is; anything else is a hub id fetched through huggingface_hub."""
+    """A local directory as is; anything else is a hub id fetched through huggingface_hub, or, when the hub
+    cannot be reached (offline, HF_HUB_OFFLINE=1), its snapshot in the local hub cache."""
     path = Path(path_or_hub_id).expanduser()
     if path.exists():
         return path
@@ -66,7 +67,12 @@ def resolve_checkpoint_dir(path_or_hub_id: str | os.PathLike) -> Path:
         weights = "*.safetensors" if any(f.endswith(".safetensors") for f in files) else "*.bin"
         return Path(huggingface_hub.snapshot_download(name, allow_patterns=["*.json", "*.txt", "*.model", weights]))
     except Exception as e:  # network, auth and missing-repo errors all end here
-        raise CheckpointError(f"{name}: not a local directory, and the hub download failed: {e}") from e
+        try:
+            cached = Path(huggingface_hub.snapshot_download(name, local_files_only=True))
+        except Exception:
+            raise CheckpointError(f"{name}: not a local directory, and the hub download failed: {e}") from e
+        log.warning("%s: the hub is out of reach (%s); using its cached snapshot %s", name, e, cached)
+        return cached
 
 
 def read_hf_config(directory: Path) -> dict[str, Any]:
