@@ -170,10 +170,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
         raise ConfigError(f"config.batch_size={config.batch_size} must be >= 1")
     tasks = resolve_tasks(list(config.tasks))  # fail on a bad name before loading a model
     mesh, rules = mesh_from_config(config)
-    source = resolve(config.model)
-    if source.init_from is None:
+    if not config.model.get("init_from"):
         raise ConfigError("config.model.init_from is required: a Hugging Face directory or hub id, or a "
                           "training run's workdir")
+    source = resolve(config.model)
     tokenizer_path = source.tokenizer_path(config.get("tokenizer"))
     tokenizer = source.load_tokenizer(tokenizer_path)
     model = source.build(mesh, rules, seed=config.seed)
