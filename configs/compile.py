@@ -36,7 +36,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     elif size in BLOOM_SHAPES or size == "bloom-176b":
         config = train_config.get_config()
         config.model = common.model(None, dtype="bfloat16", remat_policy="full", **bloom_shape(size))
-        config.tokenizer = common.optional(None, str)
         config.data = train_config.data(seq_len=2048)
         config.batch_size = 8
     else:

@@ -1,16 +1,15 @@
 """The end-to-end TeacherLM demo on a laptop CPU: `python -m teacherlm_jax.main --config configs/demo.py --workdir DIR`.
 
-A synthetic reasoning suite (two-hop questions about a generated world, teacherlm_jax/data/synthetic_world.py),
-a tokenizer trained on it, a small BLOOM teacher trained in TeacherLM's three stages, the teacher's
-augmentation of the students' training questions, students trained at equal compute on (a) answers only
-and (b) the teacher's texts, and the evaluation of all of them: DIR/report.md and DIR/report.json (teacherlm_jax/demo/).
-Rerun the same command after any stop to resume.
+The pipeline job (configs/pipeline.py, teacherlm_jax/pipeline/) on a synthetic reasoning suite (two-hop questions
+about a generated world, teacherlm_jax/data/synthetic_world.py) with small sizes: the suite's files, a tokenizer
+trained on them, a small BLOOM teacher trained in TeacherLM's three stages, the teacher's augmentation of the
+students' training questions, students trained at equal compute on (a) answers only and (b) the teacher's texts,
+and the evaluation of all of them: DIR/report.md and DIR/report.json. Rerun the same command after any stop to
+resume; after an override, only the steps it changes (and those after them) rerun.
 
-Every stage is a whole job config (configs/train.py, configs/augment.py, configs/eval.py); the demo
-fills in the paths (datasets, init_from, tokenizer) when it runs them, so any key can be overridden:
+Every step is a whole job config (configs/train.py, configs/augment.py, configs/eval.py); `@suite/...`,
+`@tokenizer` and `@teacher/stage1` name earlier steps' outputs. Any key can be overridden:
   --config.teacher.stage2.num_train_steps=600   --config.students.finetune_cot.train.optimizer.learning_rate=1e-3
-  --config.teacher.stage1.model.init_from=bigscience/bloom-560m --config.tokenizer.init_from=bigscience/bloom-560m
-  (a real teacher: stage 1 starts from it and the demo's tokenizer is its own; see docs/demo.md)
 
 Variants:
   (none)  the demo: under 10 minutes on 2 CPU cores; stage 3 trains the cot teacher only.
@@ -26,6 +25,7 @@ from configs import augment as augment_configs
 from configs import common
 from configs import eval as eval_configs
 from configs import train as train_configs
+from configs.pipeline import pipeline_base, student
 
 VARIANTS = ("full", "tiny")
 
@@ -38,13 +38,14 @@ def _model(size: dict) -> ml_collections.ConfigDict:
 
 def _stage(model: ml_collections.ConfigDict, fmt: str, *, steps: int, batch_size: int, seq_len: int,
            learning_rate: float, style: str = "teacherlm", loss_on: str = "all", add_eos: bool = False,
-           seed: int = 0) -> ml_collections.ConfigDict:
-    """A training job config; the demo sets data.datasets, tokenizer and (after stage 1) model.init_from."""
+           seed: int = 0, datasets: tuple[str, ...] = ()) -> ml_collections.ConfigDict:
+    """A training job config; the pipeline fills in the tokenizer, model.init_from after stage 1, and a
+    student's datasets."""
     config = train_configs.get_config()
     config.seed = seed
     config.model = model
-    config.tokenizer = ml_collections.FieldReference(None, field_type=str)
-    config.data = train_configs.data("records", seq_len=seq_len, loss_on=loss_on, datasets=(), format=fmt,
+    config.tokenizer = common.optional(None, str)  # the pipeline's @tokenizer
+    config.data = train_configs.data("records", seq_len=seq_len, loss_on=loss_on, datasets=datasets, format=fmt,
                                      style=style, add_eos=add_eos, kind_ratios={}, eval_fraction=0.0)
     config.batch_size = batch_size
     config.num_train_steps = steps
@@ -62,7 +63,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if arg not in (None, *VARIANTS):
         raise ValueError(f"configs/demo.py: unknown variant {arg!r}; known: {VARIANTS}")
     tiny = arg == "tiny"
-    config = common.base("demo")
+    config = pipeline_base("TeacherLM demo")
     # The suite: the two-hop world families (teacherlm_jax/data/synthetic_world.py), 16 questions per family
     # and split (the sizes its Latin-square split is built for); held-out questions, not held-out families (a
     # teacher that never saw a family's facts cannot write them; set heldout_families to measure it). The
@@ -71,16 +72,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     world = ("pet_kind", "pet_color", "pet_size", "pet_toy", "pet_bed", "pet_food",
              "town_country", "town_weather", "town_food", "town_sport", "town_houses", "town_travel")
     config.suite = ml_collections.ConfigDict(dict(
-        seed=0, families=world, heldout_families=(), n_teacher_per_family=16, n_train_per_family=16,
-        n_test_per_family=16))
-    config.student_families = ()
-    # Real data instead of the suite: dataset names or .jsonl paths (None: the suite's file), e.g.
-    # --config.datasets.students="('creak',)" --config.datasets.test="('creak:dev',)". The test is one dataset.
-    config.datasets = ml_collections.ConfigDict({name: ml_collections.FieldReference(None, field_type=tuple)
-                                                 for name in ("teacher_train", "students", "test")})
-    # init_from: use an existing tokenizer (a real teacher's) instead of training one on the suite.
-    config.tokenizer = ml_collections.ConfigDict(dict(vocab_size=1024))
-    config.tokenizer.init_from = ml_collections.FieldReference(None, field_type=str)
+        seed=0, families=world, heldout_families=(), student_families=(), n_teacher_per_family=16,
+        n_train_per_family=16, n_test_per_family=16))
+    # A tokenizer trained on the suite (tokenizer.init_from, or a real teacher's teacher.init_from, replaces it).
+    config.tokenizer.vocab_size = 1024
 
     # Sequence lengths fit the longest text of each format with this suite and tokenizer (nothing is cut).
     seq_len = dict(answer=40, mixed=80, students=64)
@@ -90,35 +85,36 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     size = dict(vocab_size=1024, hidden_size=128, n_layer=4, n_head=8)
     teacher = _model(size)
     steps = dict(stage1=100, stage2=1000, stage3=200)
-    config.teacher = ml_collections.ConfigDict()
-    # A real teacher to start stage 1 from (its architecture and tokenizer replace the fresh model's).
-    config.teacher.init_from = ml_collections.FieldReference(None, field_type=str)
+    teacher_data = ("@suite/teacher_train.jsonl",)
     config.teacher.stage1 = _stage(teacher, "answer", steps=steps["stage1"], batch_size=16, seq_len=seq_len["answer"],
-                                   learning_rate=3e-3)
+                                   learning_rate=3e-3, datasets=teacher_data)
     config.teacher.stage2 = _stage(teacher, "mixed", steps=steps["stage2"], batch_size=16, seq_len=seq_len["mixed"],
-                                   learning_rate=3e-3, add_eos=True)
+                                   learning_rate=3e-3, add_eos=True, datasets=teacher_data)
     config.teacher.stage2.data.kind_ratios = {"cot": 1.0, "fundamentals": 1.0, "mistakes": 1.0}
     # Stage 3 trains one model per kind (format set per kind), each from stage 2.
     config.teacher.stage3 = _stage(teacher, "cot", steps=steps["stage3"], batch_size=16, seq_len=seq_len["mixed"],
-                                   learning_rate=1e-3, add_eos=True)
+                                   learning_rate=1e-3, add_eos=True, datasets=teacher_data)
     config.teacher.kinds = ("cot", "fundamentals", "mistakes") if arg == "full" else ("cot",)
 
     # The teacher annotates the students' training questions, greedily (its best guess; TeacherLM sampled).
     config.augment = augment_configs.get_config()
+    config.augment.datasets = ("@suite/students.jsonl",)
     config.augment.sampling = augment_configs.sampling(temperature=0.0, top_k=0, max_new_tokens=64)
     config.augment.batch_size = 64
     config.augment.chunk_size = 256
 
     # Students: the same model, steps, batch and sequence length (equal compute); what differs is the text.
-    student = _model(size)
+    student_model = _model(size)
     student_steps = 900
 
     def student_config(fmt: str, style: str = "teacherlm", mode: str = "loglik") -> ml_collections.ConfigDict:
         finetune_cot = style == "finetune_cot"
-        train = _stage(student, fmt, steps=student_steps, batch_size=16, seq_len=seq_len["students"],
+        train = _stage(student_model, fmt, steps=student_steps, batch_size=16, seq_len=seq_len["students"],
                        learning_rate=3e-3, style=style, loss_on="target" if finetune_cot else "all",
                        add_eos=finetune_cot, seed=1)
-        return ml_collections.ConfigDict(dict(train=train, mode=mode))
+        # The overlap of its training examples with the test set: the student's decontamination.md.
+        train.data.decontaminate = ("@suite/test.jsonl",)
+        return student(train, mode)
 
     config.students = ml_collections.ConfigDict(dict(
         answers_only=student_config("answer"),  # TeacherLM's `text` student
@@ -130,14 +126,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         del config.students["teacherlm_mixed"]
     if tiny:  # the two students the paper's claim is about: answers alone and the best augmented format
         del config.students["teacherlm_cot"]
-    # Students start from the teacher's stage-1 model ("stage1": a multi-task model of the domain, as BLOOMZ
-    # students are), from scratch ("none"), or from a checkpoint (a Hugging Face directory or hub id).
-    config.student_base = "stage1"
-
-    config.compilation_cache = True  # DIR/jax_cache: stages of equal shapes (the students) share compiled programs
+    # Students start from the teacher's stage-1 model (a multi-task model of the domain, as BLOOMZ students
+    # are); None: from scratch; or a checkpoint (a Hugging Face directory or hub id).
+    config.student_base = "@teacher/stage1"
 
     config.eval = eval_configs.get_config()
+    config.eval.tasks = ("@suite/test.jsonl",)
     config.eval.batch_size = 64
     config.eval.max_new_tokens = 64
-    config.eval.tokenizer = ml_collections.FieldReference(None, field_type=str)
     return config

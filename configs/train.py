@@ -12,28 +12,32 @@ import ml_collections
 from configs import common
 
 
-def data(source: str = "synthetic_lm", *, seq_len: int = 2048, loss_on: str = "all", vocab: int | None = None,
+def data(source: str = "synthetic_lm", *, seq_len: int | None = None, loss_on: str = "all", vocab: int | None = None,
          filter: str = "none", decontaminate: tuple[str, ...] = (),  # noqa: A002 (`filter`: the issue's key)
          **kwargs) -> ml_collections.ConfigDict:
     """Training data; `teacherlm_jax.train.data.make_train_data` reads this section.
 
     synthetic_lm: arithmetic token progressions (learnable, so loss falls), `vocab` symbols,
     rows of random length in [seq_len/2, seq_len] right-padded; loss_on = all | target (second half).
+    records: `seq_len` None (unset) takes the longest tokenized training example, rounded up to a multiple of 8,
+    at most the model's max_position_embeddings (teacherlm_jax/data/training.py); set, longer examples are cut.
     records: `filter` = none | clean | answer_consistent | clean_answer_consistent picks the teacher's
     texts (augment output) trained on (teacherlm_jax/data/quality.py); drops are counted in data_report.json.
+    records: `fields` maps record fields to columns of .jsonl, `hf:` and `tfds:` datasets named otherwise, e.g.
+    {"question": "query", "choices": "options", "answer": "label"} (teacherlm_jax/data/generic.py).
     records: `decontaminate` names evaluation sets (as the eval job's config.tasks) whose n-gram overlap with the
     training examples the run reports in decontamination.json/.md (teacherlm_jax/data/decontamination.py).
     """
-    return ml_collections.ConfigDict(dict(source=source, seq_len=seq_len, loss_on=loss_on,
+    return ml_collections.ConfigDict(dict(source=source, seq_len=common.optional(seq_len, int), loss_on=loss_on,
                                           vocab=common.optional(vocab, int), filter=filter,
-                                          decontaminate=tuple(decontaminate), **kwargs))
+                                          decontaminate=tuple(decontaminate), fields={}, **kwargs))
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = common.base("train")
     config.model = common.model("bigscience/bloom-560m", dtype="bfloat16")
     config.tokenizer = common.optional(None, str)  # None: config.model.init_from's tokenizer
-    config.data = data(vocab=1024)  # a runnable placeholder until real datasets are wired in
+    config.data = data(seq_len=2048, vocab=1024)  # a runnable placeholder until real datasets are wired in
     config.batch_size = 64  # global, over all processes and devices
     config.grad_accum_steps = 1  # microbatches per step (a scan): batch_size must divide evenly
     config.num_train_steps = 1000

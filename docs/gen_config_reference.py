@@ -30,6 +30,7 @@ FILES: dict[str, tuple[str | None, ...]] = {
     "configs/teacher/stage2_personalization.py": (None, "tiny"),
     "configs/teacher/stage3_specialization.py": ("cot", "fundamentals", "mistakes", "cot,tiny", "fundamentals,tiny",
                                                  "mistakes,tiny"),
+    "configs/pipeline.py": (None, "tiny"),
     "configs/teacher/pipeline.py": (None, "tiny"),
     "configs/student/finetune.py": ("cot", "text", "manual", "fundamentals", "mistakes", "mixed", "cot,ftcot",
                                     "cot,opt", "cot,tiny"),
@@ -96,7 +97,9 @@ _TRAIN = {
                  "the synthetic_lm source allows.",
     "data.source": "`synthetic_lm` (arithmetic token progressions, no tokenizer) or `records` (datasets through "
                    "TeacherLM's text formats).",
-    "data.seq_len": "Tokens per row; longer examples keep their last seq_len tokens (counted and logged).",
+    "data.seq_len": "Tokens per row; longer examples keep their last seq_len tokens (counted and logged); at most "
+                    "the model's max_position_embeddings. None (records only): the longest tokenized training "
+                    "example rounded up to a multiple of 8, at most max_position_embeddings (longer examples cut).",
     "data.loss_on": "`all` tokens (TeacherLM) or only the `target` (the completion; Fine-tune-CoT).",
     "data.vocab": "synthetic_lm: number of symbols (token ids 1..vocab); at most model.vocab_size - 1.",
     "data.datasets": "records: registry names (`creak`, `creak:dev`), generic multiple-choice `.jsonl` files, "
@@ -116,6 +119,8 @@ _TRAIN = {
                    "are logged and written to WORKDIR/data_report.json (teacherlm_jax/data/quality.py).",
     "data.decontaminate": "records: evaluation sets (named as the eval job's `tasks`) whose word 13- and 8-gram "
                           "overlap with the training examples the run writes to WORKDIR/decontamination.json/.md.",
+    "data.fields": "records: {record field: column} for `.jsonl`, `hf:` and `tfds:` datasets whose columns are "
+                   "named otherwise (e.g. `{'question': 'query', 'answer': 'label'}`); {}: the fields' own names.",
     "data.skip_invalid": "records: skip malformed rows (counted and logged) instead of stopping at the first.",
     "data.eval_fraction": "records: fraction of examples held out for eval_every (chosen by a hash of the id, "
                           "stable when datasets are reordered).",
@@ -204,40 +209,41 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
                          "None: jax's.",
         "process_count": "With process_index: how many processes share the work; None: jax's.",
     },
-    "teacher_pipeline": {
-        "stages": "The stages in training order, each a whole train config (see its own file's table).",
-        "previous": "Stage -> the stage whose `hf_final` export it starts from (set by the job, whatever the "
-                    "stage's model.init_from says).",
-    },
-    "demo": {
+    "pipeline": {
+        "title": "The report's heading.",
         "suite.seed": "Seed of the synthetic reasoning suite (teacherlm_jax/data/synthetic.py).",
         "suite.families": "Question families in the suite.",
         "suite.heldout_families": "Families the teacher never sees (its transfer to them is then measured); "
                                   "(): none.",
+        "suite.student_families": "Families the students train and are tested on; (): the held-out families if "
+                                  "any, else all.",
         "suite.n_teacher_per_family": "Questions per family the teacher trains on (with gold annotations).",
         "suite.n_train_per_family": "Questions per family the students train on (annotated by the teacher).",
         "suite.n_test_per_family": "Held-out questions per family everyone is evaluated on.",
-        "student_families": "Families the students train on; (): the held-out families if any, else all.",
-        "datasets.teacher_train": "Real data instead of the suite: the teacher's training datasets (names or "
-                                  ".jsonl paths); None: the suite's.",
-        "datasets.students": "Real data: the questions the teacher annotates for the students; None: the suite's.",
-        "datasets.test": "Real data: the one test dataset; None: the suite's.",
-        "tokenizer.vocab_size": "Size of the BPE tokenizer trained on the suite.",
-        "tokenizer.init_from": "Use this tokenizer (a real teacher's) instead of training one.",
-        "teacher.init_from": "A real teacher to start stage 1 from (its architecture and tokenizer replace the "
-                             "fresh model's).",
-        "teacher.stage1": "Stage 1 (multi-task: answers), a train config; the demo sets its datasets, tokenizer.",
-        "teacher.stage2": "Stage 2 (personalization: every kind after its prompt), a train config, from stage 1.",
-        "teacher.stage3": "Stage 3 (specialization), a train config, run once per kind in teacher.kinds with "
-                          "data.format set to the kind, each from stage 2.",
-        "teacher.kinds": "Kinds stage 3 trains (one teacher each) and augment writes.",
-        "augment": "The augment job config the teacher's annotation runs with (teacher and datasets set by the "
-                   "demo).",
-        "student_base": "What students start from: `stage1` (the teacher's multi-task model), `none` (scratch), "
-                        "or a checkpoint (a Hugging Face directory or hub id).",
-        "compilation_cache": "Keep compiled programs in DIR/jax_cache, so stages of equal shapes and settings (the "
+        "tokenizer.init_from": "One tokenizer for every step (a directory or hub id). None: each step's own "
+                               "(its `tokenizer` key, else its model's `init_from`).",
+        "tokenizer.vocab_size": "With a `suite` and no teacher.init_from: train a BPE tokenizer of this size on "
+                                "the suite (step `tokenizer`) and use it in every step.",
+        "teacher.init_from": "Where the first teacher stage starts: a Hugging Face directory or hub id, or a run's "
+                             "workdir (its architecture replaces the stage config's sizes). None: a new model.",
+        "teacher.stages": "Stages that run, in order, out of `stage1`, `stage2`, `stage3`; each starts from the "
+                          "previous one's model. Without stage3 the last stage's teacher writes every kind.",
+        "teacher.kinds": "Kinds stage 3 specializes in (one teacher each, `teacher/stage3_<kind>`) and the augment "
+                         "steps write; stage 2's kind_ratios default to 1 each.",
+        "teacher.evaluate": "Teacher evaluated beside the students: `stage1` / `stage2`, a model (directory, hub "
+                            "id, `@step`), or '' for none.",
+        "teacher.stage1": "Stage 1 (multi-task: answers), a train config.",
+        "teacher.stage2": "Stage 2 (personalization: every kind after its prompt), a train config.",
+        "teacher.stage3": "Stage 3 (specialization), a train config run once per kind in teacher.kinds with "
+                          "data.format set to the kind.",
+        "augment": "The augment job config (its datasets are the students' questions; teacher, kinds and "
+                   "tokenizer set per augment step).",
+        "student_base": "The model students start from unless their own model.init_from is set: a Hugging Face "
+                        "directory or hub id, a run's workdir, or `@teacher/stage1`. None: new models.",
+        "compilation_cache": "Keep compiled programs in DIR/jax_cache, so steps of equal shapes and settings (the "
                              "students) compile once.",
-        "eval": "The eval job config every model is evaluated with (model, tokenizer and task set by the demo).",
+        "eval": "The eval job config every model is evaluated with (its tasks are the test sets; model and "
+                "mode set per model).",
         **{f"students.{name}.mode": "Evaluation: `loglik` (letter log-likelihood) or `generate` (Fine-tune-CoT "
                                     "generation, answer parsed)."
            for name in ("answers_only", "teacherlm_cot", "teacherlm_mixed", "finetune_cot")},

@@ -2,6 +2,7 @@
 
 Overrides: `--config.num_train_steps=100 --config.mesh.fsdp=4`. The job is `config.job`, looked up in
 JOBS and imported only when chosen; each job is `run(config: ml_collections.ConfigDict, workdir: str)`.
+The full config goes to WORKDIR/config.json (`teacherlm_jax.run_config`), not to the console.
 """
 from __future__ import annotations
 
@@ -13,10 +14,9 @@ from ml_collections import config_flags
 
 JOBS = {
     "train": "teacherlm_jax.train.loop:run",
-    "teacher_pipeline": "teacherlm_jax.teacher_pipeline:run",
     "eval": "teacherlm_jax.eval.job:run",
     "augment": "teacherlm_jax.augment.job:run",
-    "demo": "teacherlm_jax.demo:run",
+    "pipeline": "teacherlm_jax.pipeline.job:run",
     "compile": "teacherlm_jax.compile.job:run",
 }
 
@@ -41,10 +41,12 @@ def main(argv: list[str]) -> None:
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every file it writes at INFO
     config = _CONFIG.value
     job = resolve_job(config.job)
+    from teacherlm_jax.run_config import write_config
     from teacherlm_jax.sharding import initialize_distributed
 
     initialize_distributed(config.get("distributed"))  # before any jax computation, for every job
-    logging.info("job %s, workdir %s, config:\n%s", config.job, _WORKDIR.value, config)
+    logging.info("job %s, workdir %s; its full config: %s", config.job, _WORKDIR.value,
+                 write_config(config, _WORKDIR.value))
     job(config, _WORKDIR.value)
 
 

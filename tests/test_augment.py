@@ -385,6 +385,14 @@ def test_job_records_the_teacher_fingerprint_and_its_method(teacher_dir, referen
     assert all(row["teacher"] == manifest["teacher"] for row in read_parts(reference_run / "augmented" / "toy"))
 
 
+def test_job_ends_with_one_summary_line(teacher_dir, toy_jsonl, tmp_path, capsys):
+    run(config_for(teacher_dir, toy_jsonl, kinds=("cot",), max_records=2), str(tmp_path))
+    tokens = json.loads((tmp_path / "augmented" / "toy" / SUMMARY).read_text())["tokens"]
+    assert re.fullmatch(rf"augment done: toy 2 records x 1 kind \(cot\) written this run, {tokens} tokens, in \d+s "
+                        rf"\| toy {re.escape(str(tmp_path / 'augmented' / 'toy'))}",
+                        capsys.readouterr().out.strip().splitlines()[-1])
+
+
 @pytest.mark.parametrize("storage", ["local", "gcs"])
 def test_sigkill_then_rerun_equals_uninterrupted_run(teacher_dir, toy_jsonl, reference_run, tmp_path, request,
                                                      storage):

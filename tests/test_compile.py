@@ -112,6 +112,20 @@ def test_config_variants():
         compile_config.get_config("huge")
 
 
+@pytest.mark.parametrize("seq_len, message", [
+    (None, r"config.data.seq_len: the compile job needs an explicit length"),
+    (4096, r"config.data.seq_len=4096 must be in \[1, 2048\], the model's max_position_embeddings"),
+])
+def test_seq_len_is_checked_against_the_model_positions_before_compiling(seq_len, message):
+    from teacherlm_jax.compile.job import dry_run
+
+    config = compile_config.get_config("tiny")
+    config.fake_devices = 0  # this process's devices: the check comes before any compile
+    config.data.seq_len = seq_len
+    with pytest.raises(ConfigError, match=message):
+        dry_run(config)
+
+
 def test_fake_devices_need_a_fresh_process():
     jax.devices()  # this process has started its devices
     with pytest.raises(ConfigError, match="config.fake_devices=8: jax has already started its devices"):

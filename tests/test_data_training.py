@@ -125,3 +125,49 @@ def test_kinds_the_augment_job_skipped_give_no_example_and_are_counted(tmp_path,
     assert batch["input_ids"].shape == (4, 96)
     with pytest.raises(ValueError, match="toy:a: has no 'fundamentals' annotation"):
         load_pairs(config_for([str(out)], format="fundamentals").data)
+
+
+def test_unset_seq_len_is_the_longest_example_rounded_up_and_nothing_is_cut(tmp_path, caplog):
+    targets = [" a", " bb", " " + "c" * 23]  # byte tokenizer: one token per byte; the longest is 4 + 24 = 28
+    path = write_jsonl(tmp_path / "inst.jsonl", [{"id": f"i{i}", "prompt": "Say:", "target": t}
+                                                 for i, t in enumerate(targets * 4)])
+    config = config_for([path], format="instruction", seq_len=None)
+    report: dict = {}
+    iterator = make_records_iterator(config, byte_tokenizer(), 0, 1, report=report, max_positions=512)
+    assert iterator.seq_len == 32 and next(iterator)["input_ids"].shape == (4, 32)
+    assert report["seq_len"] == 32 and report["longest_example"] == 28 and report["truncated_examples"] == 0
+    texts = {byte_tokenizer().decode(row[row != 3]) for _ in range(3) for row in next(iterator)["input_ids"]}
+    assert texts == {"Say:" + t for t in targets}  # whole examples
+    assert "longer than" not in caplog.text
+
+
+def test_unset_seq_len_is_capped_at_the_model_positions(tmp_path, caplog):
+    path = write_jsonl(tmp_path / "inst.jsonl", [{"id": f"i{i}", "prompt": "Say:", "target": " " + "x" * (10 * i)}
+                                                 for i in range(1, 5)])
+    config = config_for([path], format="instruction", seq_len=None)
+    iterator = make_records_iterator(config, byte_tokenizer(), 0, 1, max_positions=30)
+    assert iterator.seq_len == 30 and next(iterator)["input_ids"].shape == (4, 30)
+    assert "2 of 4 examples were longer than the model's max_position_embeddings=30" in caplog.text
+    with pytest.raises(ConfigError, match="config.data.seq_len is unset"):
+        make_records_iterator(config, byte_tokenizer(), 0, 1)
+
+
+def test_hugging_face_dataset_with_other_column_names_and_missing_stage2_kinds(tmp_path):
+    import datasets
+
+    saved = tmp_path / "hf_mc"
+    datasets.Dataset.from_dict({"uid": ["q1", "q2"], "query": ["Is ice cold?", "Is fire cold?"],
+                                "options": [["yes", "no"], ["yes", "no"]], "label": ["A", "B"],
+                                "why": ["Ice is frozen water.", "Fire is hot."]}).save_to_disk(str(saved))
+    fields = {"id": "uid", "question": "query", "choices": "options", "answer": "label", "cot": "why"}
+    pairs = load_pairs(config_for([f"hf:{saved}"], format="answer", fields=fields).data)
+    assert [(p.id, p.target) for p in pairs] == [("q1", "A)."), ("q2", "B).")]
+    with pytest.raises(ValueError, match="pass fields"):
+        load_pairs(config_for([f"hf:{saved}"], format="answer").data)
+    # Stage 2 asked to teach kinds no dataset has stops, instead of teaching chain of thought alone.
+    mixed = config_for([f"hf:{saved}"], format="mixed", fields=fields,
+                       kind_ratios={"cot": 1.0, "fundamentals": 1.0, "mistakes": 0.0})
+    with pytest.raises(ConfigError, match=r"config.data.kind_ratios asks for \['fundamentals'\]"):
+        load_pairs(mixed.data)
+    mixed.data.kind_ratios = {"cot": 1.0}
+    assert len(load_pairs(mixed.data)) == 2

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from teacherlm_jax.demo.pipeline import student_families, write_suite
+from teacherlm_jax.demo.suite import student_families, write_suite
 from teacherlm_jax.demo.tokenizer import train_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,7 +41,8 @@ def test_report_and_direction_of_the_effect(demo_dir):
     best = report["best_augmented"]
     assert best != "answers_only" and students[best] == max(a for n, a in students.items() if n != "answers_only")
     assert report["gain"] == pytest.approx(students[best] - students["answers_only"])
-    assert set(report["per_family"]) == {"teacher", *students}
+    assert set(report["per_subject"]) == {"teacher", *students}
+    assert report["tasks"] == ["test"] and report["test_questions"]["test"] > 0
     # The students learned from the teacher's generations, which were written and are measured.
     assert report["augmentation"]["cot"]["records"] > 0
     for name in ("report.md", "loss_curves.png", "accuracy.png"):
@@ -57,8 +58,9 @@ def test_augmented_student_beats_answers_only(demo_dir):
 
 
 def test_rerun_skips_finished_steps(demo_dir):
-    done = sorted(demo_dir.glob("*/*/done.json"))
-    assert len(done) >= 5  # teacher stages 1, 2, 3 and the students
+    done = sorted(demo_dir.rglob("pipeline_step.json"))
+    # suite, tokenizer, teacher stages 1, 2, 3, augmentation, the students, their evaluations and the teacher's
+    assert len(done) == 11
     before = {p: p.stat().st_mtime_ns for p in done}
     report_before = json.loads((demo_dir / "report.json").read_text())
     result = _run_demo(demo_dir)
@@ -72,19 +74,19 @@ def test_rerun_skips_finished_steps(demo_dir):
 def test_student_families_and_suite_files(tmp_path):
     from configs import demo
 
-    config = demo.get_config("tiny")
-    assert student_families(config) == tuple(config.suite.families)
-    config.suite.heldout_families = ("pet_food",)
-    assert student_families(config) == ("pet_food",)
-    config.suite.n_teacher_per_family, config.suite.n_train_per_family, config.suite.n_test_per_family = 3, 2, 2
-    paths = write_suite(config, tmp_path)
+    suite = demo.get_config("tiny").suite
+    assert student_families(suite) == tuple(suite.families)
+    suite.heldout_families = ("pet_food",)
+    assert student_families(suite) == ("pet_food",)
+    suite.n_teacher_per_family, suite.n_train_per_family, suite.n_test_per_family = 3, 2, 2
+    paths = write_suite(suite, tmp_path)
     students = [json.loads(line) for line in paths["students"].read_text().splitlines()]
     assert {r["subject"] for r in students} == {"pet_food"} and len(students) == 2
     teacher = [json.loads(line) for line in paths["teacher_train"].read_text().splitlines()]
-    assert "pet_food" not in {r["subject"] for r in teacher} and len(teacher) == 3 * (len(config.suite.families) - 1)
-    config.student_families = ("nope",)
+    assert "pet_food" not in {r["subject"] for r in teacher} and len(teacher) == 3 * (len(suite.families) - 1)
+    suite.student_families = ("nope",)
     with pytest.raises(ValueError, match="student_families"):
-        student_families(config)
+        student_families(suite)
 
 
 def test_tokenizer_round_trips_and_loads_with_auto_tokenizer(tmp_path):

@@ -15,7 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 # Docs whose commands and links are checked (the ones written for users of the jobs).
 DOCS = [ROOT / "README.md", *(ROOT / "docs" / name for name in (
-    "getting_started.md", "reproducing.md", "troubleshooting.md", "configs.md"))]
+    "getting_started.md", "reproducing.md", "troubleshooting.md", "configs.md", "pipeline.md", "demo.md"))]
 
 
 @pytest.fixture(scope="module")

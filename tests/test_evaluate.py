@@ -274,6 +274,9 @@ def test_job_end_to_end(shared_data_dir, rigged, tmp_path):
     assert mmlu["macro_accuracy"] == pytest.approx(np.mean([s["accuracy"] for s in mmlu["subjects"].values()]))
     assert "| mmlu |" in (out / "results.md").read_text()
     assert (out / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert proc.stdout.strip().splitlines()[-1] == "eval done: " + ", ".join(
+        f"{name} accuracy {100 * m['accuracy']:.1f}%" for name, m in metrics["tasks"].items()) + \
+        f" | report {out / 'results.md'}, metrics {out / 'metrics.json'}"
 
 
 def test_run_dir_resolves_to_its_export(checkpoint, tmp_path):

@@ -1,12 +1,16 @@
 """The entry point: job registry, config variants, and bad configs stopping with the key named."""
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 
 import pytest
 from absl import app
 
+from configs import common
 from configs import train as train_config
+from configs.teacher.stages import TINY_MODEL
 from teacherlm_jax import main
 from teacherlm_jax.errors import ConfigError
 from teacherlm_jax.train import loop
@@ -56,3 +60,35 @@ def test_main_stops_on_a_mesh_that_does_not_fit_the_devices(tmp_path):
     assert proc.returncode != 0
     assert "ConfigError: config.mesh: {'data': 3, 'fsdp': -1, 'tensor': 1} needs a multiple of 3 devices, " \
            "but there are 2" in proc.stderr
+    # The config went to a file, not the console.
+    assert f"its full config: {tmp_path / 'config.json'}" in proc.stderr and "optimizer" not in proc.stderr
+    assert json.loads((tmp_path / "config.json").read_text())["mesh"] == {"data": 3, "fsdp": -1, "tensor": 1}
+
+
+def test_seq_len_over_the_opt_model_positions_is_refused(tmp_path):
+    config = train_config.get_config("tiny")
+    config.model = common.model(None, family="opt", vocab_size=64, hidden_size=32, num_hidden_layers=2,
+                                ffn_dim=64, num_attention_heads=4, max_position_embeddings=16)
+    with pytest.raises(ConfigError, match=r"config.data.seq_len=32 must be in \[1, 16\], the model's "
+                                          r"max_position_embeddings"):
+        loop.train(config, tmp_path)
+
+
+def test_unset_seq_len_trains_on_whole_examples_and_ends_with_the_summary(tmp_path, capsys):
+    """The longest example has 28 tokens (byte tokenizer): rows of 32, nothing cut; the run's last line sums it up."""
+    rows = [{"id": f"i{i}", "prompt": "Say:", "target": t} for i, t in enumerate([" a", " bb", " " + "c" * 23] * 4)]
+    data_file = tmp_path / "inst.jsonl"
+    data_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = train_config.get_config("tiny")
+    config.model = common.model(None, **TINY_MODEL)
+    config.tokenizer = "builtin:bytes"
+    config.data = train_config.data("records", datasets=(str(data_file),), format="instruction", eval_fraction=0.0)
+    config.update(num_train_steps=2, log_every=1, eval_every=0, export_hf=False, plot=False)
+    config.optimizer.warmup_steps = 0
+    loop.run(config, str(tmp_path / "run"))
+    report = json.loads((tmp_path / "run" / loop.DATA_REPORT).read_text())
+    assert (report["seq_len"], report["longest_example"], report["truncated_examples"]) == (32, 28, 0)
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert re.fullmatch(r"train done: 2 steps, in \d+s, loss [\d.]+, next-token accuracy [\d.]+% \| checkpoints "
+                        + re.escape(f"{tmp_path / 'run' / 'checkpoints'}, metrics {tmp_path / 'run' / 'metrics.jsonl'}"),
+                        last), last

@@ -31,7 +31,9 @@ def test_two_processes_train_and_checkpoint_like_one(tmp_path):
     outputs = [p.communicate(timeout=300) for p in procs]
     for p, (out, err) in zip(procs, outputs):
         assert p.returncode == 0, f"{out[-2000:]}\n{err[-5000:]}"
-    assert "step 6:" in outputs[0][0] and "step " not in outputs[1][0]  # only process 0 reports
+    # Only process 0 reports: progress in its log, the summary line last on its stdout.
+    assert "] step 6/6 (100%)  loss " in outputs[0][1] and "] step " not in outputs[1][1]
+    assert outputs[0][0].strip().splitlines()[-1].startswith("train done: 6 steps, in ") and "done" not in outputs[1][0]
 
     data_states = sorted(p.name for p in (work / "checkpoints" / "6" / "data").glob("process_*"))
     assert data_states == ["process_0-of-2.json", "process_1-of-2.json"]

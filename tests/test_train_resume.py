@@ -4,6 +4,7 @@ gs:// workdir (a local GCS emulator), where every output goes to the bucket."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 from pathlib import Path
@@ -36,12 +37,13 @@ def _interrupt(workdir: Path | str, sig: int, env: dict[str, str], after_step: i
                command: list[str] | None = None) -> tuple[int, int]:
     """Starts the run (`command`, default the test's) and sends `sig` once it logged `after_step` and has a
     finished checkpoint; returns (exit code, last step logged)."""
-    proc = subprocess.Popen(command or _command(workdir), cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(command or _command(workdir), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
     last, sent = 0, False
-    for line in proc.stdout:  # read to the end: a closed pipe would break the run's last prints
-        if line.startswith("step "):
-            last = int(line.split(":")[0].split()[1])
+    for line in proc.stderr:  # read to the end: a closed pipe would break the run's last log lines
+        progress = re.search(r"\] step (\d+)/\d+ ", line)  # the progress log line, after logging's prefix
+        if progress:
+            last = int(progress.group(1))
             if not sent and last >= after_step and _finished_steps(workdir):
                 proc.send_signal(sig)
                 sent = True

@@ -16,7 +16,8 @@ output directories (`AUGMENT_WORKDIR/augmented/<dataset>`) for the teacher kinds
 skipped for a record (prompt over max_prompt_tokens with truncation="skip": null there) gives no example
 of it, and the run logs how many records lacked which kind; a truncated kind is used as written.
 TeacherLM's recipe: AdamW, constant LR 6e-6, batch 64, 10 epochs (CREAK train: 10176 x 10 / 64 = 1590
-steps), clip 1.0, the last 2048 tokens of each text kept.
+steps), clip 1.0, the last 2048 tokens of each text kept (here config.data.seq_len is unset: the longest
+example's length, at most the model's 2048 positions, so the same cut).
 """
 from configs import common, train
 from configs.teacher.stages import TINY_MODEL, parse_variant
@@ -34,7 +35,7 @@ def get_config(arg: str | None = None):
     config = train.get_config("tiny" if "tiny" in words else None)
     config.student = content
     datasets = ("creak",) if content in ("text", "manual") else AUGMENTED
-    config.data = train.data("records", seq_len=2048, loss_on="target" if ftcot else "all", datasets=datasets,
+    config.data = train.data("records", loss_on="target" if ftcot else "all", datasets=datasets,
                              split="train", format=FORMAT[content], style="finetune_cot" if ftcot else "teacherlm",
                              kind_ratios={}, add_eos=ftcot, skip_invalid=False, eval_fraction=0.0)
     if "opt" in words:

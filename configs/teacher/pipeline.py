@@ -1,27 +1,20 @@
-"""The teacher's three stages in one job: 1 -> 2 -> 3 (cot, fundamentals, mistakes).
+"""The teacher's three stages in one job: 1 -> 2 -> 3 (cot, fundamentals, mistakes), the pipeline job
+(configs/pipeline.py) with teacher stages only.
 
-`python -m teacherlm_jax.main --config configs/teacher/pipeline.py[:tiny] --workdir DIR` trains each
-stage in DIR/<stage>, starting it from the previous stage's export; a stage whose final export is
-complete is skipped, one that was stopped resumes from its checkpoint. Stage settings are under
-`config.stages.<stage>` (e.g. `--config.stages.stage1_multitask.num_train_steps=500`).
+`python -m teacherlm_jax.main --config configs/teacher/pipeline.py[:tiny] --workdir DIR` trains each stage in
+DIR/teacher/<stage>, starting it from the previous stage's export; a rerun reuses finished stages and resumes
+a stopped one. Stage settings are under `config.teacher.<stage>` (e.g.
+`--config.teacher.stage1.num_train_steps=500`); `--config.teacher.stages="('stage1','stage2')"` runs a subset.
+The shared data has chain-of-thought rationales only: the default teaches `cot`; for all three kinds pass
+JSONL with `fundamentals` / `mistakes` texts to stages 2 and 3 and `--config.teacher.kinds=...` (checked
+before any stage trains).
 """
-import ml_collections
-
-from configs import common
-from configs.teacher import stage1_multitask, stage2_personalization, stage3_specialization
-from configs.teacher.stages import parse_variant
+from configs import pipeline
 
 
 def get_config(arg: str | None = None):
-    words = parse_variant(arg)
-    variant = "tiny" if "tiny" in words else None
-    config = common.base("teacher_pipeline")
-    config.stages = ml_collections.ConfigDict()
-    config.stages.stage1_multitask = stage1_multitask.get_config(variant)
-    config.stages.stage2_personalization = stage2_personalization.get_config(variant)
-    for kind in stage3_specialization.KINDS:
-        config.stages[f"stage3_{kind}"] = stage3_specialization.get_config(",".join(filter(None, (kind, variant))))
-    # Each stage starts from this one's export (set by the job, whatever the stage configs say).
-    config.previous = {"stage2_personalization": "stage1_multitask", "stage3_cot": "stage2_personalization",
-                       "stage3_fundamentals": "stage2_personalization", "stage3_mistakes": "stage2_personalization"}
+    config = pipeline.get_config(arg)
+    config.title = "TeacherLM teacher stages"
+    for step in ("augment", "students", "eval"):
+        del config[step]
     return config

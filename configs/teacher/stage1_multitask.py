@@ -10,4 +10,4 @@ from configs.teacher.stages import parse_variant, teacher_stage
 def get_config(arg: str | None = None):
     words = parse_variant(arg)
     return teacher_stage("stage1_multitask", fmt="answer", datasets=("creak", "strategyqa", "ecqa"),
-                         init_from=None, tiny="tiny" in words, seq_len=512)
+                         init_from=None, tiny="tiny" in words)

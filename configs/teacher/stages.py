@@ -27,10 +27,10 @@ def parse_variant(arg: str | None, allowed: tuple[str, ...] = (), *, one_of: tup
 
 
 def teacher_stage(stage: str, *, fmt: str, datasets: tuple[str, ...], init_from: str | None, tiny: bool,
-                  seq_len: int = 2048, num_train_steps: int = 2000) -> ml_collections.ConfigDict:
+                  num_train_steps: int = 2000) -> ml_collections.ConfigDict:
     config = train.get_config("tiny" if tiny else None)
     config.stage = stage
-    config.data = train.data("records", seq_len=seq_len, loss_on="all", datasets=datasets, split="train",
+    config.data = train.data("records", loss_on="all", datasets=datasets, split="train",
                              format=fmt, style="teacherlm", kind_ratios={}, add_eos=fmt != "answer",
                              skip_invalid=False, eval_fraction=0.02)
     config.num_train_steps = num_train_steps

@@ -189,7 +189,7 @@ def demo_pipeline() -> nbformat.NotebookNode:
             "On a TPU or GPU runtime it runs the demo as configured; on CPU, or with `TEACHERLM_NOTEBOOK_TINY=1`, "
             "the `tiny` variant. `TEACHERLM_DEMO_ARGS` adds config overrides (e.g. "
             "`--config.teacher.stage2.num_train_steps=300`). Rerunning the cell resumes a stopped demo and skips "
-            "finished steps."),
+            "finished steps; after an override only the steps it changes (and those after them) rerun."),
         new_code_cell(PARAMETERS + '''
 WORKDIR = os.environ.get("TEACHERLM_DEMO_WORKDIR", "/content/teacherlm_demo" if os.path.isdir("/content")
                          else os.path.expanduser("~/teacherlm_demo"))
@@ -232,7 +232,7 @@ log = []
 with subprocess.Popen(command, cwd=REPO_DIR, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as job:
     for line in job.stdout:
         log.append(line)
-        if " demo: " in line:  # one line per finished step
+        if " done in " in line or "pipeline done" in line:  # one line per finished step, one at the end
             print(line.rstrip())
 if job.returncode:
     print("".join(log[-40:]))
@@ -244,7 +244,7 @@ import json
 from IPython.display import Image, Markdown, display
 
 report = json.loads(Path(WORKDIR, "report.json").read_text())
-print(f"teacher {report['teacher']:.3f}, chance {report['chance']:.3f}")
+print(f"teacher {report['teacher']:.3f}; chance", ", ".join(f"{t} {c:.3f}" for t, c in report["chance"].items()))
 for name, accuracy in report["students"].items():
     print(f"student {name:16s} {accuracy:.3f}")
 print("best student on the teacher's texts:", report["best_augmented"], f"(gain {report['gain']:+.3f})")

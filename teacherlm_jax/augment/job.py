@@ -19,6 +19,7 @@ from teacherlm_jax.augment.fingerprint import teacher_fingerprint
 from teacherlm_jax.augment.runner import DatasetWork, augment_datasets
 from teacherlm_jax.augment.settings import Sampling, Settings, require_int
 from teacherlm_jax.augment.summary import write_summary
+from teacherlm_jax.console import count, duration, report_summary
 from teacherlm_jax.data import REGISTRY, load_records
 from teacherlm_jax.data.specs import DatasetSpec
 from teacherlm_jax.errors import ConfigError, DataError
@@ -155,6 +156,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
 
 def _augment(config: ml_collections.ConfigDict, workdir: str, settings: Settings, datasets: list[DatasetSpec],
              process_index: int, process_count: int) -> None:
+    start = time.perf_counter()
     max_records = int(config.max_records)
     work = []
     for spec in datasets:  # before the teacher: bad data fails in seconds, not after a model load
@@ -177,3 +179,8 @@ def _augment(config: ml_collections.ConfigDict, workdir: str, settings: Settings
                  s["seconds"], settings.engine, engine.get("decode_steps", 0), engine.get("slot_occupancy"),
                  engine.get("prefill_tokens", 0), s["compiled_programs"])
         _finish(item.out_dir, item.name)
+    kinds = f"{len(settings.kinds)} kind{'s' * (len(settings.kinds) > 1)} ({', '.join(settings.kinds)})"
+    report_summary("augment", {**{item.name: f"{stats[item.name]['records']} records x {kinds} written this run, "
+                                             f"{count(stats[item.name]['tokens'])} tokens" for item in work},
+                               "in": duration(time.perf_counter() - start)},
+                   {item.name: item.out_dir for item in work})

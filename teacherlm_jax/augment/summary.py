@@ -14,7 +14,6 @@ import contextlib
 import json
 import logging
 import os
-import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -24,6 +23,7 @@ from etils import epath
 from teacherlm_jax import report_json
 from teacherlm_jax.augment.export import write_dataset
 from teacherlm_jax.augment.files import HISTOGRAM, RUNS, SUMMARY, read_manifest, read_parts
+from teacherlm_jax.console import terminal_bar
 from teacherlm_jax.data import KIND_PROMPTS, REGISTRY
 from teacherlm_jax.data.quality import quality_counts, row_quality
 from teacherlm_jax.paths import workdir_path, write_atomic, write_figure
@@ -153,10 +153,9 @@ def progress(total: int, done: int, desc: str) -> Iterator[Callable[[int, int, s
         elapsed = max(time.perf_counter() - start, 1e-9)
         return f"{counts[0] / elapsed:.2f} records/s, {counts[1] / elapsed:.0f} tokens/s, {engine}"
 
-    if sys.stderr.isatty():
-        from tqdm import tqdm
-
-        with tqdm(total=total, initial=done, desc=desc, unit="record") as bar:
+    bar = terminal_bar(total, initial=done, desc=desc, unit="record")
+    if bar is not None:
+        with bar:
             def update(records: int, tokens: int, engine: str) -> None:
                 bar.set_postfix_str(status(records, tokens, engine), refresh=False)
                 bar.update(records)

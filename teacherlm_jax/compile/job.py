@@ -31,10 +31,11 @@ from jax.sharding import Mesh
 
 from teacherlm_jax import report_json
 from teacherlm_jax.compile.generation_memory import CHIPS, GIB, decode_step_memory, generation_memory
+from teacherlm_jax.console import report_summary
 from teacherlm_jax.errors import ConfigError
 from teacherlm_jax.paths import workdir_path, write_atomic
 from teacherlm_jax.sharding import LogicalRules, batch_sharding, data_parallel_size, mesh_from_config
-from teacherlm_jax.train.loop import TrainSetup, train_setup, validate
+from teacherlm_jax.train.loop import TrainSetup, check_seq_len, train_setup, validate
 from teacherlm_jax.train.step import BATCH_KEYS, make_train_step
 
 REPORT_JSON = "compile_report.json"
@@ -112,6 +113,9 @@ def dry_run(config: ml_collections.ConfigDict) -> dict[str, Any]:
     mesh, rules = mesh_from_config(config)
     validate(config, data_parallel_size(mesh, rules))
     setup = train_setup(config, mesh, rules, weights=False)  # a hub BLOOM by its published shape: no download
+    if config.data.seq_len is None:
+        raise ConfigError("config.data.seq_len: the compile job needs an explicit length (no data to derive it from)")
+    check_seq_len(config, setup.abstract.config.max_position_embeddings)
     generation = generation_report(config, mesh, rules)  # before the long compile: its config errors come first
     step = make_train_step(setup.graphdef, setup.tx, setup.schedule, mesh, rules, setup.shardings,
                            config.grad_accum_steps)
@@ -241,5 +245,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
     text = format_report(summary)
     write_atomic(out / REPORT_MD, text)
     print(text, flush=True)
+    limit = f"config.device_memory_gib={summary['device_memory_gib']:g}"
+    fits = {None: f"not checked ({limit})", True: f"fits {limit}", False: f"DOES NOT FIT {limit}"}[summary["fits"]]
+    report_summary("compile", {"peak per device": human_bytes(summary["memory_per_device"]["peak"]), "": fits},
+                   {"report": out / REPORT_MD, "summary": out / REPORT_JSON})
     if summary["fits"] is False:
         raise SystemExit(1)

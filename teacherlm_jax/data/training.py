@@ -11,7 +11,10 @@
                              teacher's texts (augment output) are trained on (data/quality.py)
     config.data.decontaminate  evaluation sets to measure the training texts' n-gram overlap with
                              (data/decontamination.py)
-    config.data.seq_len, loss_on (all | target), add_eos, skip_invalid, eval_fraction
+    config.data.seq_len      tokens per row; unset (None): the longest tokenized training example, rounded
+                             up to a multiple of 8, at most the model's max_position_embeddings
+    config.data.fields       {record field: column} for .jsonl / `hf:` / `tfds:` datasets with other column names
+    config.data.loss_on (all | target), add_eos, skip_invalid, eval_fraction
 
 Augment output (its JSONL parts or parquet shards): a kind the augment job skipped for a record gives no
 example of it (counted and logged per dataset); a truncated kind is used as written (see data/examples.py).
@@ -69,6 +72,7 @@ def pairs_by_dataset(data: ml_collections.ConfigDict, report: LoadReport | None 
         raise ConfigError("config.data.datasets is empty")
     skip = bool(data.get("skip_invalid", False))
     pairs: dict[str, list[TextPair]] = {}
+    kinds_found: set[str] = set()
     for spec in datasets:
         if fmt == "instruction":
             pairs.setdefault(spec, []).extend(TextPair(r.id, r.prompt, r.target)
@@ -92,16 +96,24 @@ def pairs_by_dataset(data: ml_collections.ConfigDict, report: LoadReport | None 
                          counts["cut_unknown"])
         else:
             dataset = DatasetSpec.parse(spec, data.get("split", "train"))
-            records = load_records(dataset.source, dataset.split, skip_invalid=skip, report=report)
+            records = load_records(dataset.source, dataset.split, skip_invalid=skip, report=report,
+                                   fields=None if dataset.registered else dict(data.get("fields") or {}) or None)
             items = [annotated(r) for r in records]
             if name != "none":
                 log.info("%s: not augment output; config.data.filter=%r applies to the teacher's texts only, "
                          "this dataset's own texts are used as they are", spec, name)
         ratios = dict(data.get("kind_ratios") or {})
+        kinds_found.update(k for item in items for k in item.annotations)
         built = build_pairs(items, fmt, style, ratios=ratios, seed=int(data.get("seed", 0)))
         pairs.setdefault(spec, []).extend(built)
         if datasets_report is not None:
             datasets_report[spec] = {"records": len(items), "examples": len(built), **entry}
+    if fmt == "mixed":
+        absent = [k for k, ratio in dict(data.get("kind_ratios") or {}).items() if float(ratio) > 0 and k not in kinds_found]
+        if absent:  # personalization would quietly teach the other kinds only
+            raise ConfigError(f"config.data.kind_ratios asks for {absent}, but no record of config.data.datasets="
+                                  f"{datasets} has such a text: add a dataset with them (JSONL with "
+                                  f"{'/'.join(absent)} fields) or set their ratio to 0")
     return pairs
 
 
@@ -126,23 +138,64 @@ def in_eval_split(example_id: str, fraction: float) -> bool:
     return int.from_bytes(digest[:8], "little") / 2**64 < fraction
 
 
-def tokenize_pairs(pairs: list[TextPair], tokenizer, data: ml_collections.ConfigDict) -> list[Example]:
+SEQ_LEN_MULTIPLE = 8  # a derived seq_len is rounded up to this: few distinct shapes, little padding
+
+
+def derive_seq_len(lengths: list[int], max_positions: int) -> int:
+    """The row length for examples of `lengths` tokens: the longest rounded up to a multiple of
+    SEQ_LEN_MULTIPLE, at most the model's `max_positions`."""
+    longest = max(lengths)
+    return min(-(-longest // SEQ_LEN_MULTIPLE) * SEQ_LEN_MULTIPLE, max_positions)
+
+
+def tokenize_pairs(pairs: list[TextPair], tokenizer, data: ml_collections.ConfigDict,
+                   max_positions: int | None = None) -> tuple[list[Example], int]:
+    """(examples, seq_len): with config.data.seq_len set, examples keep their last seq_len tokens; unset, the
+    seq_len is derived from the tokenized examples (`derive_seq_len`), and only examples over the model's
+    `max_positions` are cut. Cuts are counted and logged."""
     loss_on = data.get("loss_on", "all")
     if loss_on not in ("all", "target"):
         raise ConfigError(f"config.data.loss_on={loss_on!r}; expected 'all' or 'target'")
-    examples = [encode(tokenizer, p.prompt, p.target, max_length=data.seq_len, loss_on=loss_on,
+    limit = data.seq_len or max_positions
+    if not limit:
+        raise ConfigError("config.data.seq_len is unset, so it is derived from the data, which needs the "
+                          "model's max_position_embeddings (max_positions) to cap it; set config.data.seq_len")
+    examples = [encode(tokenizer, p.prompt, p.target, max_length=limit, loss_on=loss_on,
                        add_eos=bool(data.get("add_eos", False)), id=p.id) for p in pairs]
+    seq_len = data.seq_len or derive_seq_len([len(e.input_ids) for e in examples], limit)
     cut = num_truncated(examples)
     if cut:
-        log.warning("%d of %d examples were longer than config.data.seq_len=%d; kept their last %d tokens",
-                    cut, len(examples), data.seq_len, data.seq_len)
-    return examples
+        why = "config.data.seq_len" if data.seq_len else "the model's max_position_embeddings"
+        log.warning("%d of %d examples were longer than %s=%d; kept their last %d tokens",
+                    cut, len(examples), why, limit, limit)
+    return examples, seq_len
+
+
+class RecordBatches:
+    """The records source's batch iterator (`teacherlm_jax.train.data.BatchIterator`) and its `seq_len`."""
+
+    def __init__(self, batches, seq_len: int):
+        self.batches, self.seq_len = batches, seq_len
+
+    def __iter__(self) -> RecordBatches:
+        return self
+
+    def __next__(self) -> dict:
+        return next(self.batches)
+
+    def get_state(self) -> dict:
+        return self.batches.get_state()
+
+    def set_state(self, state: dict) -> None:
+        self.batches.set_state(state)
 
 
 def make_records_iterator(config: ml_collections.ConfigDict, tokenizer, process_index: int, process_count: int,
-                          *, split: str = "train", report: dict | None = None):
+                          *, split: str = "train", report: dict | None = None,
+                          max_positions: int | None = None) -> RecordBatches:
     """This process's resumable batch iterator over `config.data` (split "train" or "eval"); `report` (if
-    given) receives what was read: per dataset records, examples and filter counts, and this split's examples."""
+    given) receives what was read: per dataset records, examples and filter counts, this split's examples
+    and its seq_len (derived from the data, capped at `max_positions`, when config.data.seq_len is unset)."""
     data = config.data
     if tokenizer is None:
         raise ConfigError("config.tokenizer is required: the records source needs a tokenizer, and config.model "
@@ -161,10 +214,16 @@ def make_records_iterator(config: ml_collections.ConfigDict, tokenizer, process_
     if not pairs:
         raise ConfigError(f"config.data: no {split} examples (datasets={tuple(data.datasets)}, "
                               f"eval_fraction={fraction}, filter={data.get('filter', 'none')!r})")
-    examples = tokenize_pairs(pairs, tokenizer, data)
-    log.info("%s data: %d examples from %s (format %s, style %s)", split, len(examples), tuple(data.datasets),
-             data.format, data.get("style", "teacherlm"))
+    examples, seq_len = tokenize_pairs(pairs, tokenizer, data, max_positions)
+    longest = max(len(e.input_ids) + e.truncated for e in examples)
+    log.info("%s data: %d examples from %s (format %s, style %s); longest %d tokens, seq_len %d (%s)", split,
+             len(examples), tuple(data.datasets), data.format, data.get("style", "teacherlm"), longest, seq_len,
+             "config.data.seq_len" if data.seq_len else f"the longest rounded up to a multiple of {SEQ_LEN_MULTIPLE}"
+             f", at most max_position_embeddings={max_positions}")
+    if report is not None:
+        report.update(seq_len=seq_len, longest_example=longest, truncated_examples=num_truncated(examples))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    return make_batch_iterator(examples, batch_size=config.batch_size, seq_len=data.seq_len, pad_id=pad_id,
-                               seed=config.seed + (0 if split == "train" else 1), shuffle=split == "train",
-                               num_epochs=None, process_index=process_index, process_count=process_count)
+    return RecordBatches(make_batch_iterator(
+        examples, batch_size=config.batch_size, seq_len=seq_len, pad_id=pad_id,
+        seed=config.seed + (0 if split == "train" else 1), shuffle=split == "train", num_epochs=None,
+        process_index=process_index, process_count=process_count), seq_len)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import sys
 from collections.abc import Iterator, Sequence
 from typing import Any, Callable
 
@@ -27,6 +26,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
+from teacherlm_jax.console import report_summary, terminal_bar
 from teacherlm_jax.data import Record, eval_context
 from teacherlm_jax.data.records import LETTERS
 from teacherlm_jax.errors import ConfigError
@@ -45,10 +45,9 @@ MODES = ("loglik", "generate")
 @contextlib.contextmanager
 def _progress(total: int, desc: str) -> Iterator[Callable[[int], None]]:
     """A tqdm bar on a terminal (process 0), else a log line about every 10%."""
-    if jax.process_index() == 0 and sys.stderr.isatty():
-        from tqdm import tqdm
-
-        with tqdm(total=total, desc=desc, unit="row") as bar:
+    bar = terminal_bar(total, desc=desc, unit="row")
+    if bar is not None:
+        with bar:
             yield bar.update
         return
     done, next_report = 0, 0.1
@@ -178,10 +177,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
     tokenizer = source.load_tokenizer(tokenizer_path)
     model = source.build(mesh, rules, seed=config.seed)
     check_finite_weights(model, source.init_from)
-    evaluate_tasks(
-        model, tokenizer, tasks, workdir_path(workdir) / "eval", max_examples=int(config.max_examples),
+    out = workdir_path(workdir) / "eval"
+    metrics = evaluate_tasks(
+        model, tokenizer, tasks, out, max_examples=int(config.max_examples),
         data_dir=config.get("data_dir"), mode=config.mode, score=config.score, batch_size=int(config.batch_size),
         max_length=int(config.max_length) or None, max_new_tokens=int(config.max_new_tokens), mesh=mesh,
         rules=rules, settings={"model": source.init_from, "tokenizer": tokenizer_path,
                                "batch_size": int(config.batch_size),
                                "max_length": int(config.max_length) or model.config.max_position_embeddings})
+    report_summary("eval", {name: "n/a" if m["accuracy"] is None else f"accuracy {100 * m['accuracy']:.1f}%"
+                            for name, m in metrics["tasks"].items()},
+                   {"report": out / "results.md", "metrics": out / "metrics.json"})

@@ -23,7 +23,10 @@ from teacherlm_jax.train.step import BATCH_KEYS
 @runtime_checkable
 class BatchIterator(Protocol):
     """Yields this process's rows of each global batch: int32 `input_ids`, `attention_mask`,
-    `loss_mask` of shape [batch_size // process_count, seq_len]."""
+    `loss_mask` of shape [batch_size // process_count, seq_len]; `seq_len` says how long (the records
+    source may derive it from the data)."""
+
+    seq_len: int
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]: ...
 
@@ -77,9 +80,11 @@ class SyntheticLM:
 
 
 def make_train_data(config: ml_collections.ConfigDict, tokenizer, process_index: int, process_count: int, *,
-                    split: str = "train", report: dict | None = None) -> BatchIterator:
+                    split: str = "train", report: dict | None = None,
+                    max_positions: int | None = None) -> BatchIterator:
     """This process's batch iterator for `config.data` (`split="eval"`: the held-out stream); `report` (if
-    given) receives what the records source read (datasets, examples, filter counts)."""
+    given) receives what the records source read (datasets, examples, filter counts, seq_len). An unset
+    config.data.seq_len is derived from the records, capped at the model's `max_positions`."""
     data = config.data
     try:
         check_filter(data.get("filter", "none"))
@@ -88,6 +93,9 @@ def make_train_data(config: ml_collections.ConfigDict, tokenizer, process_index:
     if config.batch_size % process_count:
         raise ConfigError(f"config.batch_size={config.batch_size} is not divisible by the {process_count} processes")
     if data.source == "synthetic_lm":
+        if not data.seq_len:
+            raise ConfigError("config.data.seq_len: synthetic_lm needs a length (only the records source derives "
+                              "it from the data)")
         if not data.get("vocab"):
             raise ConfigError("config.data.vocab: synthetic_lm needs the number of symbols (ids 1..vocab)")
         seed = config.seed + (0 if split == "train" else 1_000_003)
@@ -96,7 +104,8 @@ def make_train_data(config: ml_collections.ConfigDict, tokenizer, process_index:
     if data.source == "records":
         from teacherlm_jax.data.training import make_records_iterator
 
-        return make_records_iterator(config, tokenizer, process_index, process_count, split=split, report=report)
+        return make_records_iterator(config, tokenizer, process_index, process_count, split=split, report=report,
+                                     max_positions=max_positions)
     raise ConfigError(f"config.data.source={data.source!r}; known sources: synthetic_lm, records")
 
 

@@ -11,6 +11,8 @@ import json
 import logging
 import math
 import os
+import time
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -20,6 +22,7 @@ from etils import epath
 from flax import nnx
 from jax.sharding import Mesh
 
+from teacherlm_jax.console import duration, report_summary
 from teacherlm_jax.data.decontamination import REPORT as DECONTAMINATION
 from teacherlm_jax.data.decontamination import write_report as write_decontamination
 from teacherlm_jax.errors import ConfigError
@@ -31,7 +34,7 @@ from teacherlm_jax.sharding import (abstract_like, data_parallel_size, initializ
 from teacherlm_jax.tokenizers import load_tokenizer
 from teacherlm_jax.train.checkpoint import Checkpointer, SigtermFlag
 from teacherlm_jax.train.data import BatchIterator, global_batch, make_train_data
-from teacherlm_jax.train.metrics import MetricsWriter, StepTimer, flops_per_token, plot_loss_curve
+from teacherlm_jax.train.metrics import MetricsWriter, StepTimer, flops_per_token, headline, plot_loss_curve
 from teacherlm_jax.train.optim import decay_mask, make_optimizer
 from teacherlm_jax.train.run_files import check_resumable, save_tokenizer, write_model_config
 from teacherlm_jax.train.step import (
@@ -45,9 +48,40 @@ DATA_REPORT = "data_report.json"  # what the records source read: datasets, exam
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """Job entry (`config.job = "train"`); exits with 143 when a preemption notice stopped the run."""
+    """Job entry (`config.job = "train"`); exits with 143 when a preemption notice stopped the run, else ends
+    with the summary line."""
+    start = time.perf_counter()
     if train(config, workdir) is None:
         raise SystemExit(143)
+    report_summary("train", *train_summary(config, workdir_path(workdir), time.perf_counter() - start))
+
+
+def train_summary(config: ml_collections.ConfigDict, workdir: epath.Path,
+                  seconds: float) -> tuple[dict[str, str], dict[str, epath.Path]]:
+    """(headline numbers, outputs) of a finished run, from its metrics.jsonl (process 0's; other processes
+    get the outputs only)."""
+    metrics = workdir / "metrics.jsonl"
+    records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] \
+        if metrics.exists() else []
+    last = {k: v for r in records for k, v in r.items()}  # each key's latest value
+    numbers = {"": f"{last.get('step', config.num_train_steps)} steps", "in": duration(seconds), **headline(last)}
+    outputs = {"checkpoints": workdir / "checkpoints", "metrics": metrics}
+    if config.get("export_hf", True):
+        outputs[HF_EXPORT] = workdir / HF_EXPORT
+    if config.get("plot", True):
+        outputs["loss curve"] = workdir / "loss_curve.png"
+    return numbers, outputs
+
+
+def check_seq_len(config: ml_collections.ConfigDict, max_positions: int) -> None:
+    """An explicit config.data.seq_len must fit the model's positions (OPT's are learned: there is no embedding
+    past them; BLOOM's ALiBi has none, but its max_position_embeddings is the length it was trained at and our
+    model refuses longer input). Unset (the records source only), it is derived from the data, capped there."""
+    seq_len = config.data.seq_len
+    if seq_len is not None and not 1 <= seq_len <= max_positions:
+        raise ConfigError(f"config.data.seq_len={seq_len} must be in [1, {max_positions}], the model's "
+                          f"max_position_embeddings (config.model); with data.source 'records', unset it to take the "
+                          f"longest example's length")
 
 
 def validate(config: ml_collections.ConfigDict, dp_size: int) -> None:
@@ -126,18 +160,25 @@ def _train(config: ml_collections.ConfigDict, workdir: epath.Path) -> epath.Path
     abstract, graphdef, abstract_params = setup.abstract, setup.graphdef, setup.abstract_params
     p_shardings, tx, schedule, shardings = setup.param_shardings, setup.tx, setup.schedule, setup.shardings
 
+    model_cfg = abstract.config
+    check_seq_len(config, model_cfg.max_position_embeddings)
     tokenizer_path = config.get("tokenizer") or setup.model.tokenizer  # explicit, else init_from's
     tokenizer = load_tokenizer(tokenizer_path) if tokenizer_path else None
     if tokenizer is not None:
         save_tokenizer(tokenizer, workdir)
     data_report: dict = {}
-    data = make_train_data(config, tokenizer, jax.process_index(), jax.process_count(), report=data_report)
+    data = make_train_data(config, tokenizer, jax.process_index(), jax.process_count(), report=data_report,
+                           max_positions=model_cfg.max_position_embeddings)
     if data_report and jax.process_index() == 0:
         if DECONTAMINATION in data_report:  # config.data.decontaminate: its own report files
             write_decontamination(data_report.pop(DECONTAMINATION), workdir)
         (workdir / DATA_REPORT).write_text(json.dumps(data_report, indent=2) + "\n")
     if not isinstance(data, BatchIterator):
-        raise TypeError(f"make_train_data returned {type(data).__name__}, which lacks get_state/set_state")
+        raise TypeError(f"make_train_data returned {type(data).__name__}, which lacks get_state/set_state/seq_len")
+    seq_len = data.seq_len
+    if config.data.seq_len != seq_len:  # derived from the data: the eval stream pads to the same length
+        config = config.copy_and_resolve_references()
+        config.data.seq_len = seq_len
     ckpt = Checkpointer(workdir, every=config.checkpoint_every, keep=config.keep_checkpoints,
                         use_async=config.get("async_checkpoints", True))
     start = ckpt.latest_step() or 0
@@ -153,8 +194,6 @@ def _train(config: ml_collections.ConfigDict, workdir: epath.Path) -> epath.Path
 
     train_step = make_train_step(graphdef, tx, schedule, mesh, rules, shardings, config.grad_accum_steps)
     eval_step = make_eval_step(graphdef, mesh, rules, p_shardings)
-    seq_len = config.data.seq_len
-    model_cfg = abstract.config
     num_params = sum(math.prod(x.shape) for x in jax.tree.leaves(abstract_params))
     tokens_per_step = config.batch_size * seq_len
     timer = StepTimer(tokens_per_step, tokens_per_step * flops_per_token(
@@ -169,7 +208,8 @@ def _train(config: ml_collections.ConfigDict, workdir: epath.Path) -> epath.Path
             totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
         totals = jax.device_get(totals)
         tokens = max(float(totals["tokens"]), 1.0)
-        return {"eval_loss": float(totals["loss_sum"]) / tokens, "eval_accuracy": float(totals["correct"]) / tokens}
+        return {"eval_loss": float(totals["loss_sum"]) / tokens,
+                "eval_next_token_accuracy": float(totals["correct"]) / tokens}
 
     writer = MetricsWriter(workdir, start_step=start, total_steps=config.num_train_steps)
     sigterm = SigtermFlag()

@@ -1,5 +1,6 @@
 """Training metrics: WORKDIR/metrics.jsonl, TensorBoard events, a progress bar or log lines, a
-loss-curve PNG, and the MFU estimate. Only process 0 writes; others get a writer that does nothing.
+loss-curve PNG, and the MFU estimate. `next_token_accuracy` is the share of target tokens the model's argmax
+predicts (not a task's answer accuracy, which the eval job measures). Only process 0 writes; others get a writer that does nothing.
 WORKDIR may be a cloud URL (`teacherlm_jax.paths`)."""
 from __future__ import annotations
 
@@ -7,13 +8,13 @@ import io
 import json
 import logging
 import os
-import sys
 import time
 
 import jax
 from etils import epath
 
 from teacherlm_jax import report_json
+from teacherlm_jax.console import count, duration, terminal_bar
 from teacherlm_jax.paths import append_text, is_url, url_scheme, workdir_path, write_atomic, write_figure
 
 log = logging.getLogger(__name__)
@@ -105,21 +106,47 @@ def summary_writer(logdir: epath.Path):
     return SummaryWriter(os.fspath(logdir))
 
 
+HEADLINE = (("loss", "loss"), ("next_token_accuracy", "next-token accuracy"), ("eval_loss", "eval loss"),
+            ("eval_next_token_accuracy", "eval next-token accuracy"))
+
+
+def headline(metrics: dict[str, float]) -> dict[str, str]:
+    """The losses and next-token accuracies in `metrics`, by their console names: {"loss": "2.314", ...}."""
+    return {name: f"{100 * metrics[key]:.1f}%" if key.endswith("accuracy") else f"{metrics[key]:.4g}"
+            for key, name in HEADLINE if key in metrics}
+
+
+def progress_figures(step: int, total: int, metrics: dict[str, float]) -> str:
+    """`loss 2.314  next-token accuracy 41.2%  3.1 steps/s  12.4k tokens/s  ETA 4m43s` (and eval figures, MFU):
+    the rates are the timer's, over the last logging window without the compile or evals, and ETA follows them."""
+    parts = [f"{name} {value}" for name, value in headline(metrics).items()]
+    if "step_time_s" in metrics:
+        parts += [f"{count(1 / metrics['step_time_s'])} steps/s", f"{count(metrics['tokens_per_s'])} tokens/s"]
+        if "mfu" in metrics:
+            parts.append(f"MFU {100 * metrics['mfu']:.1f}%")
+        parts.append(f"ETA {duration((total - step) * metrics['step_time_s'])}")
+    return "  ".join(parts)
+
+
+def progress_line(step: int, total: int, metrics: dict[str, float]) -> str:
+    """`step 120/1000 (12%)  loss 2.314  ...`: a log line of `progress_figures`."""
+    return f"step {step}/{total} ({100 * step // total}%)  {progress_figures(step, total, metrics)}"
+
+
 class MetricsWriter:
-    """`write(step, metrics)` appends to metrics.jsonl, logs to TensorBoard, updates the progress."""
+    """`write(step, metrics)` appends to metrics.jsonl, logs to TensorBoard (tags are the keys), and shows the
+    progress: a bar with `progress_figures` on a terminal, else a `progress_line` log line."""
 
     def __init__(self, workdir: str | os.PathLike, *, start_step: int, total_steps: int):
         self.enabled = jax.process_index() == 0
         self.path = workdir_path(workdir) / "metrics.jsonl"
+        self.total = total_steps
         self.tb = self.bar = None
         if not self.enabled:
             return
         truncate_jsonl(self.path, start_step)
         self.tb = summary_writer(workdir_path(workdir) / "tensorboard")
-        if sys.stderr.isatty():
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True)
+        self.bar = terminal_bar(total_steps, initial=start_step, desc="train", unit="step")
 
     def write(self, step: int, metrics: dict[str, float]) -> None:
         if not self.enabled:
@@ -129,13 +156,11 @@ class MetricsWriter:
         for key, value in metrics.items():
             self.tb.add_scalar(key, value, step)
         self.tb.flush()
-        shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k in ("loss", "accuracy", "eval_loss",
-                                                                          "tokens_per_s", "mfu"))
         if self.bar is not None:
             self.bar.update(step - self.bar.n)
-            self.bar.set_postfix_str(shown)
+            self.bar.set_postfix_str(progress_figures(step, self.total, metrics))
         else:
-            print(f"step {step}: {shown}", flush=True)
+            log.info("%s", progress_line(step, self.total, metrics))
 
     def close(self) -> None:
         if self.tb is not None:

@@ -109,7 +109,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, sc
         grads = jax.tree.map(lambda g: g / tokens, grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": sums["loss_sum"] / tokens, "accuracy": sums["correct"] / tokens,
+        metrics = {"loss": sums["loss_sum"] / tokens, "next_token_accuracy": sums["correct"] / tokens,
                    "loss_tokens": sums["tokens"], "grad_norm": optax.tree.norm(grads),
                    "learning_rate": schedule(state.step)}
         metrics[FINITE] = _all_finite((metrics["loss"], params, opt_state))
