@@ -238,7 +238,7 @@ def text_lengths(out_dir: Path) -> list[int]:
 def augment_part(shape: dict[str, int], num_records: int, batch: int, warmup: bool) -> str:
     from teacherlm_jax.augment import Sampling, Settings, augment_records
     from teacherlm_jax.data import KINDS, load_records, teacher_prompt
-    from teacherlm_jax.data.byte_tokenizer import byte_tokenizer
+    from teacherlm_jax.tokenizers import byte_tokenizer
 
     tokenizer = byte_tokenizer()
     records = load_records("creak", "dev")
@@ -278,7 +278,7 @@ def augment_part(shape: dict[str, int], num_records: int, batch: int, warmup: bo
 def train_part(shape: dict[str, int], plans: Sequence[tuple[int, int, str]], iters: int, peak: float | None,
                limit: int | None) -> str:
     from teacherlm_jax.sharding import DEFAULT_RULES, batch_sharding, make_mesh, param_shardings, parse_rules
-    from teacherlm_jax.train.builders import abstract_model, load_params
+    from teacherlm_jax.init_from import resolve
     from teacherlm_jax.train.optim import decay_mask, make_optimizer
     from teacherlm_jax.train.step import BATCH_KEYS, init_train_state, make_train_step, state_shardings
 
@@ -288,14 +288,14 @@ def train_part(shape: dict[str, int], plans: Sequence[tuple[int, int, str]], ite
     mesh = make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
     rules = parse_rules(DEFAULT_RULES, mesh)
     spec = dict(family="bloom", **shape, dtype="bfloat16", param_dtype="float32", scan_layers=True)
-    abstract = abstract_model({**spec, "remat_policy": "full"})
+    abstract = resolve({**spec, "remat_policy": "full"}).abstract()
     num_params = sum(math.prod(x.shape) for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
     size = f"{num_params / 1e9:.2f}B" if num_params >= 1e8 else f"{num_params / 1e6:.2f}M"
     if limit is not None and 16 * num_params > 0.9 * limit:
         return table(header, [[name, size, "-", "-", "skipped", "-", "-", "-",
                                f"train state {16 * num_params / GB:.1f} GB > {limit / GB:.1f} GB", "-"]])
     tx, schedule = make_optimizer(OPT, 1000, decay_mask(abstract))
-    params = load_params(spec, abstract, mesh, rules)
+    params = resolve(spec).load_params(abstract, mesh, rules)
     shardings = state_shardings(param_shardings(abstract, mesh, rules), jax.eval_shape(tx.init, params), mesh)
     state = init_train_state(params, tx, shardings)
     h, layers, vocab = shape["hidden_size"], shape["n_layer"], shape["vocab_size"]
@@ -306,7 +306,7 @@ def train_part(shape: dict[str, int], plans: Sequence[tuple[int, int, str]], ite
         if limit is not None and estimate > 0.9 * limit:
             reasons.append(f"{rows}x{seq} {remat}: ~{estimate / GB:.0f} GB estimated")
             continue
-        graphdef = nnx.split(abstract_model({**spec, "remat_policy": remat}), nnx.Param)[0]
+        graphdef = nnx.split(resolve({**spec, "remat_policy": remat}).abstract(), nnx.Param)[0]
         step = make_train_step(graphdef, tx, schedule, mesh, rules, shardings)
         ids = np.random.RandomState(0).randint(0, vocab, (rows, seq)).astype(np.int32)
         batch = {k: jax.device_put(ids if k == "input_ids" else np.ones_like(ids), batch_sharding(mesh, rules))

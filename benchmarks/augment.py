@@ -88,7 +88,7 @@ def save_checkpoint(directory: Path, shape: str, workload: str, prompts: list[st
     import torch
     from transformers import BloomConfig, BloomForCausalLM
 
-    from teacherlm_jax.data.byte_tokenizer import byte_tokenizer  # any text, 260 tokens
+    from teacherlm_jax.tokenizers import byte_tokenizer  # any text, 260 tokens
 
     torch.manual_seed(0)
     tokenizer = byte_tokenizer()

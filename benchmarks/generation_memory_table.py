@@ -3,7 +3,7 @@
     python benchmarks/generation_memory_table.py                        # bloom-7b1, bfloat16 (seconds)
     python benchmarks/generation_memory_table.py --size bloom-3b --batch 16 32 --tensor 1 2 --dtype float32
 
-Each row is `teacherlm_jax.compile_generation.generation_memory`, what the compile job reports, on an
+Each row is `teacherlm_jax.compile.generation_memory.generation_memory`, what the compile job reports, on an
 abstract mesh of the row's shape (no devices, no compilation): weights in the compute dtype, the KV
 cache of `batch` slots of prompt + new - 1 positions, one step's float32 logits. Two layouts per tensor
 size: one model replica on `tensor` chips holding every slot (data=1), and an 8-chip host (v5e-8, or
@@ -15,8 +15,8 @@ import argparse
 
 from jax.sharding import AbstractMesh, AxisType
 
-from teacherlm_jax.compile import bloom_shape
-from teacherlm_jax.compile_generation import CHIPS, GIB, generation_memory
+from teacherlm_jax.models.bloom import bloom_shape
+from teacherlm_jax.compile.generation_memory import CHIPS, GIB, generation_memory
 from teacherlm_jax.sharding import DEFAULT_RULES, MESH_AXES, parse_rules
 
 

@@ -54,7 +54,7 @@ def main() -> None:
     from reference_models import tiny_bloom
     from test_lm_eval import task_yamls
 
-    from teacherlm_jax.data.byte_tokenizer import byte_tokenizer
+    from teacherlm_jax.tokenizers import byte_tokenizer
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

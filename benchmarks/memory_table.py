@@ -14,7 +14,7 @@ s tokens, h hidden, a heads, V vocabulary, t tensor-parallel size, L layers):
   loss over the vocabulary: 3 float32 [r, s, V/t] arrays (logits, log-softmax, their gradient)
   gathered weights: the embedding in bfloat16 plus its float32 gradient before reduce-scatter,
                     (2 + 4)·V·h/t, and two layers' weights in bfloat16 (FSDP's prefetch)
---aot adds XLA's own per-device figure (`teacherlm_jax.compile`) for comparison; CPU numbers are
+--aot adds XLA's own per-device figure (`teacherlm_jax.compile.job`) for comparison; CPU numbers are
 indicative (XLA's CPU backend fuses less and keeps more bfloat16 work in float32 than TPU/GPU do).
 """
 from __future__ import annotations
@@ -32,9 +32,10 @@ import jax
 from flax import nnx
 from jax.sharding import AbstractMesh, AxisType
 
-from teacherlm_jax.compile import REPORT_JSON, bloom_shape
+from teacherlm_jax.compile.job import REPORT_JSON
+from teacherlm_jax.init_from import resolve
+from teacherlm_jax.models.bloom import bloom_shape
 from teacherlm_jax.sharding import DEFAULT_RULES, MESH_AXES, param_shardings, parse_rules
-from teacherlm_jax.train.builders import abstract_model
 
 REPO = Path(__file__).resolve().parents[1]  # the compile job's configs/ are relative to it
 GIB = 2 ** 30
@@ -70,7 +71,7 @@ ROWS = (
 def state_bytes(row: Row) -> tuple[int, int]:
     """(parameters, parameter count) per chip: float32 master weights, sharded by the trainer's rules."""
     mesh = AbstractMesh((row.data, row.fsdp, row.tensor), MESH_AXES, axis_types=(AxisType.Auto,) * 3)
-    model = abstract_model(dict(family="bloom", **bloom_shape(row.size)))
+    model = resolve(dict(family="bloom", **bloom_shape(row.size))).abstract()
     shardings = param_shardings(model, mesh, parse_rules(DEFAULT_RULES, mesh))
     params = jax.tree.leaves(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
     per_chip = sum(math.prod(s.shard_shape(p.shape)) * p.dtype.itemsize

@@ -2,7 +2,7 @@
 --workdir DIR --config.teacher.init_from=TEACHER`.
 
 TEACHER: a Hugging Face directory or hub id, or a training run's workdir (its hf_final export, else its
-latest checkpoint with config.tokenizer set), e.g. the stage-3 teacher. Output: DIR/augmented/<dataset>/
+latest checkpoint; the tokenizer it trained with unless config.tokenizer names one), e.g. the stage-3 teacher. Output: DIR/augmented/<dataset>/
 (see teacherlm_jax/augment/__init__.py). Rerun the same command after any stop to resume.
 
 Variants:
@@ -31,7 +31,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = common.base("augment")
     config.teacher = common.model(None, family=None)  # family None: the checkpoint's model_type
     config.teacher.init_from = ml_collections.FieldReference(None, field_type=str)  # required
-    config.tokenizer = ml_collections.FieldReference(None, field_type=str)  # None: init_from's tokenizer
+    config.tokenizer = common.optional(None, str)  # None: init_from's tokenizer
     # Registry names (default split train), `name:split`, or generic multiple-choice .jsonl paths.
     config.datasets = ("creak", "strategyqa", "ecqa")
     config.kinds = ("cot", "fundamentals", "mistakes")

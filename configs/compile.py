@@ -26,7 +26,7 @@ import ml_collections
 
 from configs import common
 from configs import train as train_config
-from teacherlm_jax.compile import BLOOM_SHAPES, bloom_shape
+from teacherlm_jax.models.bloom import BLOOM_SHAPES, bloom_shape
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -36,7 +36,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     elif size in BLOOM_SHAPES or size == "bloom-176b":
         config = train_config.get_config()
         config.model = common.model(None, dtype="bfloat16", remat_policy="full", **bloom_shape(size))
-        config.tokenizer = common.optional(None, str)
         config.data = train_config.data(seq_len=2048)
         config.batch_size = 8
     else:

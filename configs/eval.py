@@ -1,8 +1,8 @@
 """Evaluate a model zero-shot on multiple-choice tasks:
 `python -m teacherlm_jax.main --config configs/eval.py --workdir DIR --config.model.init_from=CKPT`.
 
-init_from: a Hugging Face directory or hub id, or a training run's workdir (its hf_final export,
-else its latest checkpoint with config.tokenizer set). Tasks (teacherlm_jax/eval/tasks.py): mmlu,
+init_from: a Hugging Face directory or hub id, or a training run's workdir (its hf_final export, else its
+latest checkpoint; the tokenizer it trained with unless config.tokenizer names one). Tasks (teacherlm_jax/eval/tasks.py): mmlu,
 mmlu_2020, mmlu_2020_val, creak, ecqa, strategyqa (TeacherLM's test sets), `<registry name>:<split>`,
 or a .jsonl path, e.g. --config.tasks="('mmlu','creak','/path/questions.jsonl')".
 Outputs: DIR/eval/<task>/predictions.jsonl, DIR/eval/metrics.json, results.md, accuracy.png.
@@ -22,7 +22,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # --config.model.dtype=bfloat16 halves memory and time on TPU/GPU.
     config.model = common.model("bigscience/bloom-560m")
     config.model.family = ml_collections.FieldReference(None, field_type=str)
-    config.tokenizer = ml_collections.FieldReference(None, field_type=str)  # None: init_from's tokenizer
+    config.tokenizer = common.optional(None, str)  # None: init_from's tokenizer
     config.tasks = ("mmlu", "creak", "ecqa", "strategyqa")
     config.mode = "loglik"  # loglik: score each choice's letter | generate: Fine-tune-CoT students
     config.score = "mean"  # mean log-prob of the continuation's tokens (the paper) | sum (lm-eval's acc)

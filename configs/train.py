@@ -36,7 +36,7 @@ def data(source: str = "synthetic_lm", *, seq_len: int | None = None, loss_on: s
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = common.base("train")
     config.model = common.model("bigscience/bloom-560m", dtype="bfloat16")
-    config.tokenizer = config.model.init_from
+    config.tokenizer = common.optional(None, str)  # None: config.model.init_from's tokenizer
     config.data = data(seq_len=2048, vocab=1024)  # a runnable placeholder until real datasets are wired in
     config.batch_size = 64  # global, over all processes and devices
     config.grad_accum_steps = 1  # microbatches per step (a scan): batch_size must divide evenly
@@ -51,7 +51,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     if arg == "tiny":
         config.model = common.model(None, vocab_size=64, hidden_size=32, n_layer=2, n_head=4, pad_token_id=0)
-        config.tokenizer = common.optional(None, str)
         config.data = data(seq_len=32, vocab=61)
         config.batch_size = 8
         config.num_train_steps = 200

@@ -92,8 +92,9 @@ _COMMON = {
 }
 _TRAIN = {
     **_MODEL, **_OPTIMIZER,
-    "tokenizer": "Tokenizer directory or hub id (`builtin:bytes`: the byte-level tokenizer). None: only for "
-                 "the synthetic_lm source, which needs no tokenizer.",
+    "tokenizer": "Tokenizer directory or hub id (`builtin:bytes`: the byte-level tokenizer). None: "
+                 "model.init_from's (a run's: the one it trained with); a new model then has none, which only "
+                 "the synthetic_lm source allows.",
     "data.source": "`synthetic_lm` (arithmetic token progressions, no tokenizer) or `records` (datasets through "
                    "TeacherLM's text formats).",
     "data.seq_len": "Tokens per row; longer examples keep their last seq_len tokens (counted and logged); at most "
@@ -157,7 +158,8 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
     },
     "eval": {
         **_MODEL,
-        "tokenizer": "Tokenizer directory or hub id. None: the checkpoint's own (init_from's).",
+        "tokenizer": "Tokenizer directory or hub id. None: the checkpoint's own (init_from's; a run's: the one it "
+                     "trained with).",
         "tasks": "Tasks in order: `mmlu`, `mmlu_2020`, `mmlu_2020_val`, `creak`, `ecqa`, `strategyqa` "
                  "(TeacherLM's test sets), `<registry name>:<split>` or a `.jsonl` path.",
         "mode": "`loglik`: score each choice's letter after `A: The answer is (`; `generate`: greedy Fine-tune-CoT "
@@ -179,7 +181,7 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
                              "workdir (e.g. the stage-3 teacher's).",
         "teacher.scan_layers": "Not used for generation: the job loads the teacher with listed layers, whose "
                                "decode layout shares them, so its weights are held once.",
-        "tokenizer": "Tokenizer directory or hub id. None: the teacher's own.",
+        "tokenizer": "Tokenizer directory or hub id. None: the teacher's own (a run's: the one it trained with).",
         "datasets": "Datasets to augment: registry names (train split), `name:split`, or multiple-choice "
                     "`.jsonl` paths; each goes to WORKDIR/augmented/<name>/.",
         "kinds": "Annotations to write per record: any of `cot`, `fundamentals`, `mistakes`.",

@@ -33,10 +33,11 @@ from lm_eval import utils as lm_utils
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 
+from teacherlm_jax.errors import ConfigError
 from teacherlm_jax.eval.scoring import Row, score_rows
-from teacherlm_jax.models.hf import from_pretrained, load_tokenizer
+from teacherlm_jax.init_from import resolve
 from teacherlm_jax.sample import generate
-from teacherlm_jax.sharding import DEFAULT_RULES, ConfigError, make_mesh, parse_rules
+from teacherlm_jax.sharding import DEFAULT_RULES, make_mesh, parse_rules
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +79,14 @@ class TeacherLMJax(TemplateLM):
             raise ValueError("batch_size=auto is not supported: give a number (rows per compiled call)")
         self.mesh, self.rules = parse_mesh(mesh)
         # Listed layers: generate_until's decode layout shares them.
-        self.model = from_pretrained(pretrained, dtype=dtype, param_dtype=dtype, scan_layers=False,
-                                     mesh=self.mesh, rules=self.rules)
-        self.tokenizer = load_tokenizer(tokenizer or pretrained)
+        source = resolve(dict(init_from=pretrained, dtype=dtype, param_dtype=dtype, scan_layers=False),
+                         key="model_args")  # a HF directory, hub id or training run, as every job reads it
+        if self.mesh is None:  # no mesh: the parameters on this process's first device
+            one = make_mesh({}, jax.local_devices()[:1])
+            self.model = source.build(one, parse_rules(DEFAULT_RULES, one))
+        else:
+            self.model = source.build(self.mesh, self.rules)
+        self.tokenizer = source.load_tokenizer(tokenizer, key="model_args tokenizer")
         self._batch_size = int(batch_size)
         self._max_length = int(max_length or self.model.config.max_position_embeddings)
         self._max_gen_toks = int(max_gen_toks)

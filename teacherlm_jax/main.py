@@ -14,10 +14,10 @@ from ml_collections import config_flags
 
 JOBS = {
     "train": "teacherlm_jax.train.loop:run",
-    "eval": "teacherlm_jax.evaluate:run",
+    "eval": "teacherlm_jax.eval.job:run",
     "augment": "teacherlm_jax.augment.job:run",
     "pipeline": "teacherlm_jax.pipeline.job:run",
-    "compile": "teacherlm_jax.compile:run",
+    "compile": "teacherlm_jax.compile.job:run",
 }
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/train.py:tiny.",

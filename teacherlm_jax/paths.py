@@ -112,14 +112,26 @@ def local_dir(out: epath.Path) -> Iterator[Path]:
                 shutil.copyfileobj(src, dst, _COPY_CHUNK)
 
 
+def _files_under(folder: epath.Path) -> Iterator[epath.Path]:
+    """Every file below `folder` (epath's rglob refuses object stores: one listing per folder instead)."""
+    for child in folder.iterdir():
+        if child.is_dir():
+            yield from _files_under(child)
+        else:
+            yield child
+
+
 def local_copy(url: str | os.PathLike, cache: str | os.PathLike | None = None) -> Path:
     """The folder at `url` in a local cache (default `$TEACHERLM_CACHE`, else ~/.cache/teacherlm_jax), copied
     once: a later call reuses the copy while the listing (file names and sizes) is the same, so a checkpoint
     rewritten in the bucket is fetched again."""
     source = workdir_path(url)
-    files = sorted((str(p.relative_to(source)), p.stat().length) for p in source.rglob("*") if p.is_file())
+    try:
+        files = sorted((str(p.relative_to(source)), p.stat().length) for p in _files_under(source))
+    except FileNotFoundError:
+        files = []
     if not files:
-        raise FileNotFoundError(f"{url}: no files")
+        raise FileNotFoundError(f"{url}: no such folder, or no files in it")
     root = Path(cache or os.environ.get("TEACHERLM_CACHE") or Path.home() / ".cache" / "teacherlm_jax")
     target = root / "remote" / hashlib.sha256(os.fspath(url).encode()).hexdigest()[:24]
     listing = json.dumps(files)

@@ -16,6 +16,8 @@ import jax
 from flax import linen as nn
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from teacherlm_jax.errors import ConfigError
+
 LogicalRules = Sequence[tuple[str, str | Sequence[str] | None]]
 
 _active = threading.local()
@@ -62,10 +64,6 @@ DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("length", None),
     ("layers", None),
 )
-
-
-class ConfigError(ValueError):
-    """A config value that cannot work; the message starts with the config key."""
 
 
 def mesh_shape(sizes: dict[str, int], num_devices: int, key: str = "config.mesh") -> tuple[int, ...]:
@@ -194,3 +192,8 @@ def _multi_process_env() -> bool:
     if env.get("TPU_WORKER_HOSTNAMES") or env.get("TPU_ACCELERATOR_TYPE") or os.path.exists("/dev/accel0"):
         return True  # a TPU VM: jax finds the slice topology itself (single-host slices work too)
     return int(env.get("SLURM_NTASKS", 1)) > 1 or int(env.get("OMPI_COMM_WORLD_SIZE", 1)) > 1
+
+
+def abstract_like(tree, shardings):
+    """ShapeDtypeStructs carrying `shardings`: the restore target of `tree` (arrays or shapes)."""
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)

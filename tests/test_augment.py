@@ -28,15 +28,15 @@ from teacherlm_jax.augment import prompt_seed
 from teacherlm_jax.augment.files import HISTOGRAM, SUMMARY, read_parts
 from teacherlm_jax.augment.fingerprint import teacher_fingerprint
 from teacherlm_jax.augment.summary import write_summary
-from teacherlm_jax.data import KINDS, DataError, load_records, teacher_prompt
+from teacherlm_jax.data import KINDS, load_records, teacher_prompt
 from teacherlm_jax.data.examples import build_pairs, read_augmented, skipped_kinds
+from teacherlm_jax.errors import ConfigError, DataError
 from teacherlm_jax.paths import workdir_path
-from teacherlm_jax.sharding import ConfigError
 
 if str(REPO) not in sys.path:  # configs/ is imported from the repository root, as main does
     sys.path.insert(0, str(REPO))
 from configs import augment as augment_config  # noqa: E402
-from teacherlm_jax.data.byte_tokenizer import byte_tokenizer  # noqa: E402
+from teacherlm_jax.tokenizers import byte_tokenizer  # noqa: E402
 
 EOS = 2
 MAX_NEW = 16

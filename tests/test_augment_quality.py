@@ -18,11 +18,11 @@ from teacherlm_jax.augment.files import read_parts
 from teacherlm_jax.augment.summary import write_summary
 from teacherlm_jax.data import KINDS
 from teacherlm_jax.data.answers import final_answer
-from teacherlm_jax.data.byte_tokenizer import byte_tokenizer
 from teacherlm_jax.data.examples import build_pairs, filter_texts, read_augmented
 from teacherlm_jax.data.quality import FILTERS, degenerate, row_quality
-from teacherlm_jax.data.training import DataConfigError, load_pairs, make_records_iterator
-from teacherlm_jax.sharding import ConfigError
+from teacherlm_jax.data.training import load_pairs, make_records_iterator
+from teacherlm_jax.errors import ConfigError
+from teacherlm_jax.tokenizers import byte_tokenizer
 from teacherlm_jax.train.data import make_train_data
 
 from test_augment import model, records, teacher_dir, tokenizer, toy_jsonl  # noqa: F401 (fixtures)
@@ -134,7 +134,7 @@ def test_filter_value_is_validated_naming_the_key(tmp_path):
     config = data_config(["creak"], filter="consistent")
     with pytest.raises(ConfigError, match=re.escape("config.data.filter='consistent'; expected one of")):
         make_train_data(config, byte_tokenizer(), 0, 1)
-    with pytest.raises(DataConfigError, match=re.escape("config.data.filter='consistent'")):
+    with pytest.raises(ConfigError, match=re.escape("config.data.filter='consistent'")):
         load_pairs(config.data)
 
 
@@ -220,7 +220,7 @@ def test_student_reads_parquet_as_it_reads_the_parts(augmented, name):
         assert parts == parquet == build_pairs(filter_texts(from_parts, name)[0], fmt)
     config = data_config([str(augmented / "data")], filter=name)
     if not load_pairs(config.data):  # random texts: no chain of thought concludes with the gold answer
-        with pytest.raises(DataConfigError, match=f"no train examples .*filter={name!r}"):
+        with pytest.raises(ConfigError, match=f"no train examples .*filter={name!r}"):
             make_records_iterator(config, byte_tokenizer(), 0, 1)
         return
     a = make_records_iterator(config, byte_tokenizer(), 0, 1)

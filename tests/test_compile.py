@@ -22,12 +22,12 @@ from flax import nnx
 from configs import compile as compile_config
 from jax.sharding import AbstractMesh, AxisType
 
-from teacherlm_jax.compile import (
-    BLOOM_SHAPES, REPORT_JSON, REPORT_MD, bloom_shape, human_bytes, resolve_model, use_fake_devices,
-)
-from teacherlm_jax.compile_generation import GIB, generation_memory
-from teacherlm_jax.sharding import DEFAULT_RULES, MESH_AXES, ConfigError, parse_rules
-from teacherlm_jax.train.builders import abstract_model
+from teacherlm_jax.compile.generation_memory import GIB, generation_memory
+from teacherlm_jax.compile.job import REPORT_JSON, REPORT_MD, human_bytes, use_fake_devices
+from teacherlm_jax.errors import ConfigError
+from teacherlm_jax.init_from import resolve
+from teacherlm_jax.models.bloom import BLOOM_SHAPES, bloom_shape
+from teacherlm_jax.sharding import DEFAULT_RULES, MESH_AXES, parse_rules
 from train_subprocess import REPO, jax_env, main_command
 
 CONFIG = "configs/compile.py:tiny"
@@ -82,7 +82,7 @@ def test_a_mesh_the_model_cannot_be_split_over_names_the_key(tmp_path):
 def test_bloom_sizes_have_the_published_parameter_counts():
     published = {"bloom-560m": 559_214_592, "bloom-7b1": 7_069_016_064, "bloom": 176_247_271_424}
     for name, count in published.items():
-        model = abstract_model(dict(family="bloom", **bloom_shape(name)))
+        model = resolve(dict(family="bloom", **bloom_shape(name))).abstract()
         params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
         assert sum(math.prod(x.shape) for x in jax.tree.leaves(params)) == count, name
     assert bloom_shape("bigscience/bloom-176b") == bloom_shape("bloom")
@@ -91,12 +91,15 @@ def test_bloom_sizes_have_the_published_parameter_counts():
 
 
 def test_hub_bloom_ids_resolve_to_their_shapes_without_download(tmp_path):
-    model = resolve_model(dict(init_from="bigscience/bloom-3b", family="bloom", dtype="bfloat16"))
-    assert model == dict(init_from=None, family="bloom", dtype="bfloat16", **bloom_shape("bloom-3b"))
+    model = resolve(dict(init_from="bigscience/bloom-3b", family="bloom", dtype="bfloat16"), weights=False)
+    assert model.init_from is None and model.tokenizer is None
+    assert model.config == resolve(dict(family="bloom", dtype="bfloat16", **bloom_shape("bloom-3b"))).config
     with pytest.raises(ConfigError, match=r"config.model.n_head=16 disagrees with bigscience/bloom-3b \(n_head=32\)"):
-        resolve_model(dict(init_from="bigscience/bloom-3b", n_head=16))
-    local = dict(init_from=str(tmp_path))  # a local directory is read as given
-    assert resolve_model(local) == local
+        resolve(dict(init_from="bigscience/bloom-3b", n_head=16), weights=False)
+    local = tmp_path / "bigscience" / "bloom-3b"  # a local directory is read as given, even under a hub name
+    local.mkdir(parents=True)
+    with pytest.raises(ConfigError, match=r"config.model.init_from=.*bloom-3b': .*config.json: missing"):
+        resolve(dict(init_from=str(local)), weights=False)
 
 
 def test_config_variants():
@@ -114,7 +117,7 @@ def test_config_variants():
     (4096, r"config.data.seq_len=4096 must be in \[1, 2048\], the model's max_position_embeddings"),
 ])
 def test_seq_len_is_checked_against_the_model_positions_before_compiling(seq_len, message):
-    from teacherlm_jax.compile import dry_run
+    from teacherlm_jax.compile.job import dry_run
 
     config = compile_config.get_config("tiny")
     config.fake_devices = 0  # this process's devices: the check comes before any compile

@@ -4,7 +4,8 @@ import json
 import pytest
 
 from teacherlm_jax.data.examples import Annotated, annotated, build_pairs, read_augmented, text_pairs
-from teacherlm_jax.data.records import DataError, Record
+from teacherlm_jax.data.records import Record
+from teacherlm_jax.errors import DataError
 
 RECORD = Record(id="q1", question="Is 3 more than 2?", choices=("yes", "no"), answer=0,
                 cot="3 is one more than 2.", fundamentals="Compare the  numbers.", mistakes=None, source="toy")

@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from teacherlm_jax.data import DataError, LoadReport, Record, load_instructions, load_records
+from teacherlm_jax.data import LoadReport, Record, load_instructions, load_records
+from teacherlm_jax.errors import DataError
 
 
 def _write(path, rows):

@@ -7,8 +7,9 @@ import pytest
 
 import teacherlm_jax as tl
 from teacherlm_jax.data import load_records
-from teacherlm_jax.data.byte_tokenizer import VOCAB_SIZE, byte_tokenizer
-from teacherlm_jax.data.training import DataConfigError, in_eval_split, load_pairs, make_records_iterator
+from teacherlm_jax.data.training import in_eval_split, load_pairs, make_records_iterator
+from teacherlm_jax.errors import ConfigError
+from teacherlm_jax.tokenizers import VOCAB_SIZE, byte_tokenizer
 
 
 def config_for(datasets, **overrides):
@@ -68,7 +69,7 @@ def test_eval_split_is_disjoint_and_stable(tmp_path):
     assert 20 < len(held) < 60
     config = config_for([path], eval_fraction=0.2)
     tokenizer = byte_tokenizer()
-    with pytest.raises(DataConfigError, match="eval_fraction"):
+    with pytest.raises(ConfigError, match="eval_fraction"):
         make_records_iterator(config_for([path]), tokenizer, 0, 1, split="eval")
     eval_batch = next(make_records_iterator(config, tokenizer, 0, 1, split="eval"))
     eval_text = tokenizer.decode(eval_batch["input_ids"][0][eval_batch["attention_mask"][0] == 1])
@@ -87,11 +88,11 @@ def test_truncation_keeps_the_last_tokens_and_is_logged(tmp_path, caplog):
 def test_bad_data_config_names_the_key(tmp_path):
     path = write_jsonl(tmp_path / "toy.jsonl", [{"id": "a", "question": "Q?", "choices": ["x"], "answer": 0}])
     bad = ml_collections.ConfigDict({**config_for([path]).data.to_dict(), "format": "essay"})
-    with pytest.raises(DataConfigError, match="config.data.format='essay'"):
+    with pytest.raises(ConfigError, match="config.data.format='essay'"):
         load_pairs(bad)
     with pytest.raises(ValueError, match="toy:a: has no 'cot' annotation"):
         load_pairs(config_for([path]).data)
-    with pytest.raises(DataConfigError, match="config.tokenizer"):
+    with pytest.raises(ConfigError, match="config.tokenizer"):
         make_records_iterator(config_for([path]), None, 0, 1)
 
 
@@ -147,7 +148,7 @@ def test_unset_seq_len_is_capped_at_the_model_positions(tmp_path, caplog):
     iterator = make_records_iterator(config, byte_tokenizer(), 0, 1, max_positions=30)
     assert iterator.seq_len == 30 and next(iterator)["input_ids"].shape == (4, 30)
     assert "2 of 4 examples were longer than the model's max_position_embeddings=30" in caplog.text
-    with pytest.raises(DataConfigError, match="config.data.seq_len is unset"):
+    with pytest.raises(ConfigError, match="config.data.seq_len is unset"):
         make_records_iterator(config, byte_tokenizer(), 0, 1)
 
 
@@ -166,7 +167,7 @@ def test_hugging_face_dataset_with_other_column_names_and_missing_stage2_kinds(t
     # Stage 2 asked to teach kinds no dataset has stops, instead of teaching chain of thought alone.
     mixed = config_for([f"hf:{saved}"], format="mixed", fields=fields,
                        kind_ratios={"cot": 1.0, "fundamentals": 1.0, "mistakes": 0.0})
-    with pytest.raises(DataConfigError, match=r"config.data.kind_ratios asks for \['fundamentals'\]"):
+    with pytest.raises(ConfigError, match=r"config.data.kind_ratios asks for \['fundamentals'\]"):
         load_pairs(mixed.data)
     mixed.data.kind_ratios = {"cot": 1.0}
     assert len(load_pairs(mixed.data)) == 2

@@ -13,7 +13,7 @@ import pytest
 from teacherlm_jax.data import Record
 from teacherlm_jax.data.decontamination import contamination, eval_records, markdown
 from teacherlm_jax.data.examples import TextPair
-from teacherlm_jax.data.training import DataConfigError
+from teacherlm_jax.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 PREFIX = "Determine the correctness of the following sentence about the world we live in. "  # 13 words
@@ -97,7 +97,7 @@ def test_training_run_writes_the_report(tmp_path):
     assert data["examples"] == {"train": 8} and data["filter"] == "none"
     config.data.decontaminate = ("creak_test",)
     from teacherlm_jax.data.training import make_records_iterator
-    from teacherlm_jax.data.byte_tokenizer import byte_tokenizer
+    from teacherlm_jax.tokenizers import byte_tokenizer
 
-    with pytest.raises(DataConfigError, match="config.data.decontaminate: unknown evaluation set 'creak_test'"):
+    with pytest.raises(ConfigError, match="config.data.decontaminate: unknown evaluation set 'creak_test'"):
         make_records_iterator(config, byte_tokenizer(), 0, 1, report={})

@@ -15,11 +15,12 @@ import torch
 
 from reference_models import tiny_bloom
 from teacherlm_jax import from_pretrained, load_tokenizer
-from teacherlm_jax.data import DataError, Record
+from teacherlm_jax.data import Record
+from teacherlm_jax.errors import ConfigError, DataError
 from teacherlm_jax.eval import scoring
 from teacherlm_jax.eval.generative import generation_prompt, parse_answer
 from teacherlm_jax.eval.report import MMLU_CATEGORY
-from teacherlm_jax.evaluate import check_finite_weights, choice_tokens, evaluate_records, evaluate_tasks
+from teacherlm_jax.eval.job import check_finite_weights, choice_tokens, evaluate_records, evaluate_tasks
 
 REPO = Path(__file__).resolve().parents[1]
 VOCAB = 320  # covers the 300-token byte-level tokenizer below
@@ -281,19 +282,18 @@ def test_job_end_to_end(shared_data_dir, rigged, tmp_path):
 def test_run_dir_resolves_to_its_export(checkpoint, tmp_path):
     import shutil
 
-    from configs.eval import get_config
-    from teacherlm_jax.evaluate import resolve_model
+    from teacherlm_jax.init_from import resolve
 
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
     (run / "model_config.json").write_text((checkpoint[0] / "config.json").read_text())
-    config = get_config()
-    config.model.init_from = str(run)
-    with pytest.raises(Exception, match="set config.tokenizer"):
-        resolve_model(config)  # no export: the run's checkpoint has no tokenizer
+    source = resolve({"init_from": str(run)})
+    assert source.from_run and source.init_from == str(run)  # no export: its latest Orbax checkpoint
+    with pytest.raises(ConfigError, match=r"saved no tokenizer \(tokenizer/ or hf_final/\); set config.tokenizer"):
+        source.tokenizer_path(None)
     shutil.copytree(checkpoint[0], run / "hf_final")
-    model, tokenizer = resolve_model(config)
-    assert model["init_from"] == tokenizer == str(run / "hf_final")
+    source = resolve({"init_from": str(run)})
+    assert source.init_from == source.tokenizer == str(run / "hf_final")
 
 
 def test_empty_task_is_an_error_naming_it(model, tokenizer, tmp_path):
@@ -324,7 +324,7 @@ def test_reports_are_strict_json_with_null_for_what_cannot_be_computed(tmp_path)
 def test_job_writes_its_report_to_gcs(rigged, tmp_path, gcs_bucket):
     """`run(config, "gs://...")`: predictions, metrics.json, results.md and accuracy.png in the bucket."""
     from configs.eval import get_config
-    from teacherlm_jax.evaluate import run
+    from teacherlm_jax.eval.job import run
     from teacherlm_jax.paths import workdir_path
 
     jsonl = tmp_path / "mine.jsonl"

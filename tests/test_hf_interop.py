@@ -7,7 +7,8 @@ import torch
 
 import teacherlm_jax as tl
 from reference_models import tiny_bloom, torch_logits
-from teacherlm_jax.models.tensor_files import CheckpointError
+
+from teacherlm_jax.errors import CheckpointError
 
 IDS = np.array([[3, 3, 10, 20, 30, 40], [5, 6, 7, 8, 9, 11]])
 MASK = np.array([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])
@@ -222,3 +223,27 @@ def test_tokenizer_with_auto_map_and_builtin_class_loads_the_builtin(tmp_path):
     loaded = tl.load_tokenizer(tmp_path)
     assert type(loaded).__module__.startswith("transformers.")
     assert not marker.exists()
+
+
+def test_hub_id_out_of_reach_loads_from_the_hub_cache(monkeypatch, tmp_path):
+    """Offline, a hub id in the local hub cache still resolves, model and tokenizer (no retry that fails)."""
+    import huggingface_hub
+    from reference_models import tiny_tokenizer
+
+    commit = "0" * 40
+    repo = tmp_path / "hub" / "models--bigscience--bloom-560m"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    reference = tiny_bloom(repo / "snapshots" / commit)
+    tiny_tokenizer().save_pretrained(repo / "snapshots" / commit)
+
+    def unreachable(repo_id):
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(huggingface_hub, "list_repo_files", unreachable)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert_same_logits(tl.from_pretrained("bigscience/bloom-560m"), reference)
+    assert tl.load_tokenizer("bigscience/bloom-560m")("the cat")["input_ids"] == tiny_tokenizer()("the cat")["input_ids"]
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty"))
+    with pytest.raises(CheckpointError, match="not a local directory, and the hub download failed: no network"):
+        tl.from_pretrained("bigscience/bloom-560m")

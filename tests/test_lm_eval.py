@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from reference_models import tiny_bloom, tiny_opt
-from teacherlm_jax.data.byte_tokenizer import byte_tokenizer
+from teacherlm_jax.tokenizers import byte_tokenizer
 
 lm_eval = pytest.importorskip("lm_eval")
 DATA = Path(os.environ.get("TEACHERLM_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))

@@ -12,7 +12,7 @@ from configs import common
 from configs import train as train_config
 from configs.teacher.stages import TINY_MODEL
 from teacherlm_jax import main
-from teacherlm_jax.sharding import ConfigError
+from teacherlm_jax.errors import ConfigError
 from teacherlm_jax.train import loop
 from train_subprocess import REPO, jax_env, main_command
 

@@ -11,7 +11,7 @@ import uuid
 
 import pytest
 
-from teacherlm_jax.paths import append_text, local_dir, workdir_path, write_atomic, write_figure
+from teacherlm_jax.paths import append_text, local_copy, local_dir, workdir_path, write_atomic, write_figure
 from teacherlm_jax.workdir_lock import WorkdirLocked, workdir_lock
 
 
@@ -51,6 +51,20 @@ def test_writes_on_gcs(gcs_dir, tmp_path):
     assert (gcs_dir / "export" / "sub" / "w.bin").read_bytes() == b"\0\1\2"
     assert not local.exists()  # the staging folder is gone
     assert sorted(p.name for p in gcs_dir.iterdir()) == ["a.json", "export", "log.jsonl", "plot.png"]
+
+
+def test_local_copy_of_a_bucket_folder_is_reused_until_it_changes(gcs_dir, tmp_path):
+    write_atomic(gcs_dir / "ckpt" / "config.json", "{}")
+    write_atomic(gcs_dir / "ckpt" / "sub" / "w.bin", b"\0\1")
+    copy = local_copy(f"{gcs_dir}/ckpt", cache=tmp_path)
+    assert (copy / "sub" / "w.bin").read_bytes() == b"\0\1" and (copy / "config.json").read_text() == "{}"
+    (copy / "marker").write_text("kept while the bucket folder is unchanged")
+    assert local_copy(f"{gcs_dir}/ckpt", cache=tmp_path) == copy and (copy / "marker").exists()
+    write_atomic(gcs_dir / "ckpt" / "sub" / "w.bin", b"\0\1\2")  # rewritten in the bucket: fetched again
+    again = local_copy(f"{gcs_dir}/ckpt", cache=tmp_path)
+    assert (again / "sub" / "w.bin").read_bytes() == b"\0\1\2" and not (again / "marker").exists()
+    with pytest.raises(FileNotFoundError, match="no such folder, or no files"):
+        local_copy(f"{gcs_dir}/empty", cache=tmp_path)
 
 
 def test_cloud_workdir_lock(gcs_dir, caplog):

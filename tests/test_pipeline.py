@@ -24,7 +24,7 @@ from configs.teacher import pipeline as teacher_pipeline_configs  # noqa: E402
 from teacherlm_jax.pipeline.job import run  # noqa: E402
 from teacherlm_jax.pipeline.plan import build_plan, dependencies  # noqa: E402
 from teacherlm_jax.pipeline.state import RECORD  # noqa: E402
-from teacherlm_jax.sharding import ConfigError  # noqa: E402
+from teacherlm_jax.errors import ConfigError  # noqa: E402
 
 SPECIALS = dict(bos_token_id=1, eos_token_id=2, pad_token_id=3)
 
@@ -42,7 +42,7 @@ def _first_loss(run_dir: Path) -> float:
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory) -> dict[str, Path]:
     """A tiny BLOOM teacher and a tiny OPT student base in Hugging Face format, with the byte tokenizer."""
-    from teacherlm_jax.data.byte_tokenizer import byte_tokenizer
+    from teacherlm_jax.tokenizers import byte_tokenizer
 
     root = tmp_path_factory.mktemp("hf")
     out = {"teacher": root / "bloom", "student": root / "opt"}

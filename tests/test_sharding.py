@@ -6,9 +6,10 @@ import jax
 import pytest
 from flax import nnx
 
+from teacherlm_jax.errors import ConfigError
 from teacherlm_jax.models.bloom import Bloom, BloomConfig
 from teacherlm_jax.sharding import (
-    DEFAULT_RULES, ConfigError, batch_axes, initialize_distributed, logical_to_spec, make_mesh, mesh_from_config,
+    DEFAULT_RULES, batch_axes, initialize_distributed, logical_to_spec, make_mesh, mesh_from_config,
     mesh_shape, param_shardings, parse_rules,
 )
 

@@ -15,8 +15,8 @@ import teacherlm_jax as tl  # noqa: E402
 from configs import common  # noqa: E402
 from configs.student import finetune  # noqa: E402
 from teacherlm_jax.data import load_records  # noqa: E402
-from teacherlm_jax.data.byte_tokenizer import VOCAB_SIZE  # noqa: E402
-from teacherlm_jax.evaluate import evaluate_tasks  # noqa: E402
+from teacherlm_jax.eval.job import evaluate_tasks  # noqa: E402
+from teacherlm_jax.tokenizers import VOCAB_SIZE  # noqa: E402
 from teacherlm_jax.train.loop import train  # noqa: E402
 
 

@@ -1,5 +1,6 @@
-"""Chaining stages: a run's final params come back identical through `init_from` = its workdir
-(orbax, params only) or its Hugging Face export, and a second stage trains on from them.
+"""Chaining stages: a run's final params come back identical through `init_from` = its workdir (its
+hf_final export when complete, else orbax, params only) or its Hugging Face export, and a second stage trains
+on from them.
 Runs in a subprocess (`python tests/test_train_init_from.py WORKDIR`) for its fast-compile XLA flags."""
 from __future__ import annotations
 
@@ -22,9 +23,9 @@ if __name__ == "__main__":
     from flax import nnx
 
     from configs import train as train_config
+    from teacherlm_jax.init_from import resolve
     from teacherlm_jax.sharding import mesh_from_config
     from teacherlm_jax.train import train
-    from teacherlm_jax.train.builders import build_model
 
     root = Path(sys.argv[1])
     first = train_config.get_config("tiny")
@@ -34,9 +35,14 @@ if __name__ == "__main__":
     assert exported == root / "a" / "hf_final" and (exported / "model.safetensors").exists()
 
     mesh, rules = mesh_from_config(first)
-    final = nnx.state(build_model(dict(first.model, init_from=str(root / "a")), mesh, rules), nnx.Param)
-    from_hf = nnx.state(build_model(dict(first.model, init_from=str(exported)), mesh, rules), nnx.Param)
-    fresh = nnx.state(build_model(dict(first.model), mesh, rules, seed=first.seed), nnx.Param)
+    assert resolve(dict(first.model, init_from=str(root / "a"))).init_from == str(exported)  # its complete export
+    exported.rename(root / "a" / "hidden")  # without it: the run's latest Orbax checkpoint
+    run = resolve(dict(first.model, init_from=str(root / "a")))
+    assert run.from_run and run.init_from == str(root / "a")
+    final = nnx.state(run.build(mesh, rules), nnx.Param)
+    (root / "a" / "hidden").rename(exported)
+    from_hf = nnx.state(resolve(dict(first.model, init_from=str(exported))).build(mesh, rules), nnx.Param)
+    fresh = nnx.state(resolve(dict(first.model)).build(mesh, rules, seed=first.seed), nnx.Param)
     for a, b, c in zip(jax.tree.leaves(final), jax.tree.leaves(from_hf), jax.tree.leaves(fresh)):
         np.testing.assert_array_equal(a, b)
     assert any(not np.array_equal(a, c) for a, c in zip(jax.tree.leaves(final), jax.tree.leaves(fresh)))

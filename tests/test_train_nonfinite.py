@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from teacherlm_jax.sharding import ConfigError
+from teacherlm_jax.errors import ConfigError
 from teacherlm_jax.train.optim import make_optimizer
 from train_subprocess import REPO, jax_env, main_command
 

@@ -27,9 +27,9 @@ def check_params_split_by_rules(mesh, rules):
     from flax import nnx
 
     from teacherlm_jax.sharding import logical_to_spec
-    from teacherlm_jax.train.builders import build_model
+    from teacherlm_jax.init_from import resolve
 
-    model = build_model(MODEL, mesh, rules)
+    model = resolve(MODEL).build(mesh, rules)
     params = nnx.to_flat_state(nnx.state(model, nnx.Param))
     for path, variable in params:
         array = variable.get_value()
@@ -50,16 +50,17 @@ def run_steps(model: dict, mesh, rules, grad_accum: int, batches):
     import jax
     from flax import nnx
 
-    from teacherlm_jax.train.builders import abstract_model, load_params
-    from teacherlm_jax.train.data import global_batch
+    from teacherlm_jax.init_from import resolve
     from teacherlm_jax.sharding import param_shardings
+    from teacherlm_jax.train.data import global_batch
     from teacherlm_jax.train.optim import decay_mask, make_optimizer
     from teacherlm_jax.train.step import init_train_state, make_train_step, state_shardings
 
-    abstract = abstract_model(model)
+    source = resolve(model)
+    abstract = source.abstract()
     graphdef, _ = nnx.split(abstract, nnx.Param)
     tx, schedule = make_optimizer(OPT, 10, decay_mask(abstract))
-    params = load_params(model, abstract, mesh, rules)
+    params = source.load_params(abstract, mesh, rules)
     shardings = state_shardings(param_shardings(abstract, mesh, rules), jax.eval_shape(tx.init, params), mesh)
     step = make_train_step(graphdef, tx, schedule, mesh, rules, shardings, grad_accum)
     state, losses, norms = init_train_state(params, tx, shardings), [], []

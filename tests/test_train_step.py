@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from teacherlm_jax.errors import ConfigError
 from teacherlm_jax.models.bloom import Bloom, BloomConfig
-from teacherlm_jax.sharding import DEFAULT_RULES, ConfigError, make_mesh, parse_rules
+from teacherlm_jax.sharding import DEFAULT_RULES, make_mesh, parse_rules
 from teacherlm_jax.train.data import BatchIterator, SyntheticLM, global_batch
 from teacherlm_jax.train.optim import decay_mask, make_schedule
 from teacherlm_jax.train.step import token_sums

@@ -68,7 +68,7 @@ def test_second_training_refuses_naming_the_holder(holder, tmp_path):
 @pytest.mark.parametrize("holder", ["augment-0"], indirect=True)
 def test_augment_locks_per_process_index(holder, tmp_path):
     from teacherlm_jax.augment import run
-    from teacherlm_jax.sharding import ConfigError
+    from teacherlm_jax.errors import ConfigError
 
     with pytest.raises(WorkdirLocked, match=f"pid {holder.pid}"):
         run(augment_config_for(), str(tmp_path))

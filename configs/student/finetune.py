@@ -42,7 +42,6 @@ def get_config(arg: str | None = None):
         config.model = common.model("facebook/opt-350m", family="opt", dtype="bfloat16")
     else:
         config.model = common.model("bigscience/bloom-560m", dtype="bfloat16")
-    config.tokenizer = config.model.init_from
     config.batch_size = 64
     config.num_train_steps = 1590
     config.optimizer = common.optimizer(learning_rate=6e-6, schedule="constant", weight_decay=0.0,

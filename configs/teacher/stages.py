@@ -37,7 +37,6 @@ def teacher_stage(stage: str, *, fmt: str, datasets: tuple[str, ...], init_from:
     config.optimizer = common.optimizer(learning_rate=2e-5, schedule="cosine", warmup_steps=100,
                                         weight_decay=0.01, grad_clip_norm=1.0)
     config.model = common.model(init_from or "bigscience/bloom-560m", dtype="bfloat16", remat_policy="full")
-    config.tokenizer = "bigscience/bloom-560m"
     config.eval_every = 500
     if tiny:
         config.model = common.model(init_from, **TINY_MODEL)

@@ -151,7 +151,7 @@ for i, question in enumerate(questions):
 from pathlib import Path
 
 from teacherlm_jax.data import default_data_dir, eval_context, load_records
-from teacherlm_jax.evaluate import evaluate_records
+from teacherlm_jax.eval.job import evaluate_records
 
 data_dir = DATA_DIR or default_data_dir()
 if Path(data_dir, "mmlu_canonical_reformatted").is_dir():

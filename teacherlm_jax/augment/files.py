@@ -14,7 +14,8 @@ from typing import Any
 
 from etils import epath
 
-from teacherlm_jax.data.records import DataError, json_object, numbered_lines
+from teacherlm_jax.data.records import json_object, numbered_lines
+from teacherlm_jax.errors import DataError
 from teacherlm_jax.paths import workdir_path, write_atomic
 
 log = logging.getLogger(__name__)

@@ -14,14 +14,15 @@ import re
 from pathlib import Path
 from typing import Any
 
+from teacherlm_jax.init_from import MODEL_CONFIG, is_run_dir
+from teacherlm_jax.models.hf import resolve_checkpoint_dir
+
 HUB_BLOB = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 
 
 def checkpoint_files(checkpoint: Path) -> dict[str, Path]:
     """The files the teacher is loaded from, by name: a training run's latest checkpoint's params and
     architecture, else every file of the (Hugging Face) directory, hidden ones (caches) aside."""
-    from teacherlm_jax.train.builders import MODEL_CONFIG, is_run_dir
-
     if is_run_dir(checkpoint):
         steps = [int(p.name) for p in (checkpoint / "checkpoints").iterdir() if p.name.isdigit()]
         if not steps:
@@ -58,8 +59,6 @@ def fingerprint(files: dict[str, Path]) -> dict[str, Any]:
 def teacher_fingerprint(checkpoint: str | Path, tokenizer: str | Path | None = None) -> dict[str, Any]:
     """`fingerprint` of the checkpoint's files (a hub id: its cached download), plus the tokenizer's when it
     is a local directory of its own (the prompts' tokens depend on it)."""
-    from teacherlm_jax.models.hf import resolve_checkpoint_dir
-
     root = resolve_checkpoint_dir(checkpoint)
     files = checkpoint_files(root)
     if tokenizer is not None and Path(tokenizer).is_dir() and Path(tokenizer).resolve() != root.resolve():

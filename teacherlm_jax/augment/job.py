@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -21,41 +20,25 @@ from teacherlm_jax.augment.runner import DatasetWork, augment_datasets
 from teacherlm_jax.augment.settings import Sampling, Settings, require_int
 from teacherlm_jax.augment.summary import write_summary
 from teacherlm_jax.console import count, duration, report_summary
-from teacherlm_jax.data import REGISTRY, DataError, load_records
+from teacherlm_jax.data import REGISTRY, load_records
+from teacherlm_jax.data.specs import DatasetSpec
+from teacherlm_jax.errors import ConfigError, DataError
+from teacherlm_jax.init_from import resolve
 from teacherlm_jax.paths import workdir_path
-from teacherlm_jax.sharding import (DEFAULT_RULES, ConfigError, LogicalRules, initialize_distributed, make_mesh,
-                                    parse_rules)
+from teacherlm_jax.sharding import DEFAULT_RULES, LogicalRules, initialize_distributed, make_mesh, parse_rules
 from teacherlm_jax.workdir_lock import workdir_lock
 
 log = logging.getLogger(__name__)
 
 
-@dataclasses.dataclass(frozen=True)
-class DatasetSpec:
-    name: str  # output directory under augmented/
-    dataset: str  # registry name or .jsonl path, for load_records
-    split: str  # "" for a .jsonl file
-
-
 def resolve_dataset(spec: str) -> DatasetSpec:
-    """`name`, `name:split` (registry; default split train, or the only one) or a .jsonl path."""
-    if spec.endswith(".jsonl"):
-        if not Path(spec).is_file():
-            raise ValueError(f"{spec}: no such file")
-        return DatasetSpec(Path(spec).stem, spec, "")
-    name, sep, split = spec.partition(":")
-    if name not in REGISTRY:
+    """A dataset to augment: a registry name, optionally `name:split` (default split train, or the only one),
+    or a .jsonl path; its `name` is the output directory under augmented/ (`creak:dev` -> creak_dev)."""
+    dataset = DatasetSpec.parse(spec, default_split=None)
+    if not (dataset.registered or dataset.jsonl):
         raise ValueError(f"unknown dataset {spec!r}: expected a registry name ({sorted(REGISTRY)}), optionally "
                          f"'<name>:<split>', or a path ending .jsonl")
-    splits = REGISTRY[name].splits
-    if not sep:
-        if "train" not in splits and len(splits) > 1:
-            raise ValueError(f"{name!r} has no train split; name one: {[f'{name}:{s}' for s in splits]}")
-        split = "train" if "train" in splits else splits[0]
-    elif split not in splits:
-        raise ValueError(f"{spec!r}: {name} has splits {splits}")
-    # The output folder is the dataset's name; a split named explicitly joins it (`creak:dev` -> creak_dev).
-    return DatasetSpec(f"{name}_{split}" if sep else name, name, split)
+    return dataset.check()
 
 
 def settings_from_config(config: ml_collections.ConfigDict) -> tuple[Settings, list[DatasetSpec]]:
@@ -121,32 +104,22 @@ def local_mesh(config: ml_collections.ConfigDict) -> tuple[Mesh, tuple]:
 
 def load_teacher(config: ml_collections.ConfigDict, mesh: Mesh, rules: LogicalRules) -> tuple[nnx.Module, Any, dict]:
     """(model, tokenizer, teacher metadata) for `config.teacher` (see configs/augment.py)."""
-    from teacherlm_jax.evaluate import resolve_model
-    from teacherlm_jax.models.hf import load_tokenizer
-    from teacherlm_jax.train.builders import build_model
-
     init_from = config.teacher.get("init_from")
     if not init_from:
         raise ConfigError("config.teacher.init_from is required: a Hugging Face directory or hub id, or a "
                           "training run's workdir (e.g. the stage-3 teacher)")
-    try:  # the engine's resolution: a run dir becomes its hf_final export, family from the checkpoint
-        model_config, tokenizer_path = resolve_model(ml_collections.ConfigDict(
-            {"model": config.teacher.to_dict(), "tokenizer": config.get("tokenizer")}))
-    except ConfigError as e:
-        raise ConfigError(str(e).replace("config.model", "config.teacher")) from e
     # Listed layers: the decode layout shares their weights, so generation holds them once.
-    model = build_model({**model_config, "scan_layers": False}, mesh, rules, seed=config.seed).for_decoding()
-    tokenizer = load_tokenizer(tokenizer_path)
-    if len(tokenizer) > model.config.vocab_size:
-        raise ConfigError(f"config.tokenizer: {tokenizer_path} has {len(tokenizer)} tokens but the teacher's "
-                          f"vocabulary is {model.config.vocab_size}: they do not belong together")
+    source = resolve({**config.teacher.to_dict(), "scan_layers": False}, key="config.teacher")
+    tokenizer_path = source.tokenizer_path(config.get("tokenizer"))
+    tokenizer = source.load_tokenizer(tokenizer_path)
+    model = source.build(mesh, rules, seed=config.seed).for_decoding()
     started = time.perf_counter()
-    weights = teacher_fingerprint(model_config["init_from"], tokenizer_path)  # by content: a retrained teacher differs
-    log.info("teacher %s: fingerprint %s of %d files (%.2f GB) by %s in %.1fs", model_config["init_from"],
+    weights = teacher_fingerprint(source.init_from, tokenizer_path)  # by content: a retrained teacher differs
+    log.info("teacher %s: fingerprint %s of %d files (%.2f GB) by %s in %.1fs", source.init_from,
              weights["sha256"][:12], weights["files"], weights["bytes"] / 1e9, weights["method"],
              time.perf_counter() - started)
-    teacher = {"init_from": str(init_from), "checkpoint": str(model_config["init_from"]),
-               "model_type": model_config["family"], "dtype": model.config.dtype, "tokenizer": str(tokenizer_path),
+    teacher = {"init_from": str(init_from), "checkpoint": source.init_from,
+               "model_type": model.config.model_type, "dtype": model.config.dtype, "tokenizer": tokenizer_path,
                "weights": weights}
     return model, tokenizer, teacher
 
@@ -187,11 +160,11 @@ def _augment(config: ml_collections.ConfigDict, workdir: str, settings: Settings
     max_records = int(config.max_records)
     work = []
     for spec in datasets:  # before the teacher: bad data fails in seconds, not after a model load
-        records = load_records(spec.dataset, spec.split or "train", data_dir=config.get("data_dir"))
+        records = load_records(spec.source, spec.split, data_dir=config.get("data_dir"))
         if not records:
-            where = f"{spec.dataset}:{spec.split}" if spec.split else spec.dataset
+            where = f"{spec.source}:{spec.split}" if spec.split else spec.source
             raise DataError(where, f"0 records: nothing to augment for dataset {spec.name!r} (config.datasets)")
-        info = {"source": spec.dataset, "split": spec.split, "available": len(records), "max_records": max_records}
+        info = {"source": spec.source, "split": spec.split, "available": len(records), "max_records": max_records}
         work.append(DatasetWork(spec.name, records[:max_records] if max_records else records,
                                 workdir_path(workdir) / "augmented" / spec.name, info))
     mesh, rules = local_mesh(config)

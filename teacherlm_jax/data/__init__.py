@@ -6,10 +6,11 @@ from teacherlm_jax.data.formats import (KIND_PROMPTS, KINDS, answered_block, eva
                                         question_block, remove_duplicated_block, teacher_pair,
                                         teacher_prompt)
 from teacherlm_jax.data.pipeline import collate, make_batch_iterator
-from teacherlm_jax.data.records import DataError, InstructionRecord, LoadReport, Record, SkippedRow
+from teacherlm_jax.data.records import InstructionRecord, LoadReport, Record, SkippedRow
 from teacherlm_jax.data.registry import load_instructions, load_records
 from teacherlm_jax.data.sources import REGISTRY, default_data_dir
 from teacherlm_jax.data.tokenize import Example, encode, num_truncated
+from teacherlm_jax.errors import DataError
 
 __all__ = [
     "KINDS", "KIND_PROMPTS", "REGISTRY", "DataError", "Example", "InstructionRecord", "LoadReport",

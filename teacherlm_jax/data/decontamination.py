@@ -30,7 +30,8 @@ from etils import epath
 from teacherlm_jax.data.examples import TextPair
 from teacherlm_jax.data.records import Record
 from teacherlm_jax.data.registry import load_records
-from teacherlm_jax.data.sources import EVAL_SETS, REGISTRY
+from teacherlm_jax.data.sources import EVAL_SETS
+from teacherlm_jax.data.specs import DatasetSpec
 from teacherlm_jax.paths import workdir_path, write_atomic
 
 NS = (13, 8)
@@ -52,11 +53,9 @@ def eval_records(spec: str, data_dir: str | None = None) -> list[Record]:
     """An evaluation set as the eval job names it (`EVAL_SETS` aliases, `name:split`, a .jsonl path)."""
     if spec in EVAL_SETS:
         return load_records(*EVAL_SETS[spec], data_dir=data_dir)
-    name, sep, split = spec.partition(":")
-    if sep and name in REGISTRY:
-        return load_records(name, split, data_dir=data_dir)
-    if spec.endswith(".jsonl"):
-        return load_records(spec)
+    dataset = DatasetSpec.parse(spec)
+    if (dataset.registered and dataset.split_named) or dataset.jsonl:
+        return load_records(dataset.source, dataset.split, data_dir=data_dir)
     raise ValueError(f"config.data.decontaminate: unknown evaluation set {spec!r}; expected one of "
                      f"{sorted(EVAL_SETS)}, '<registry name>:<split>' or a .jsonl path")
 

@@ -34,7 +34,8 @@ from etils import epath
 from teacherlm_jax.data.formats import (KIND_PROMPTS, KINDS, finetune_cot_prompt, question_block,
                                         remove_duplicated_block, teacher_prompt)
 from teacherlm_jax.data.quality import failures, row_quality
-from teacherlm_jax.data.records import LETTERS, DataError, Record, json_object, numbered_lines
+from teacherlm_jax.data.records import LETTERS, Record, json_object, numbered_lines
+from teacherlm_jax.errors import DataError
 from teacherlm_jax.paths import workdir_path
 
 FORMATS = ("answer", *KINDS, "mixed")

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 from teacherlm_jax.data.generic import check_fields, record_from_row
-from teacherlm_jax.data.records import DataError, Row
+from teacherlm_jax.data.records import Row
+from teacherlm_jax.errors import DataError
 
 
 def is_saved_hf_dataset(path: str) -> bool:

@@ -15,19 +15,12 @@ from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from etils import epath
 
+from teacherlm_jax.errors import DataError
+
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-class DataError(ValueError):
-    """A malformed input row; the message starts with `file:line:`."""
-
-    def __init__(self, where: str, reason: str):
-        super().__init__(f"{where}: {reason}")
-        self.where = where
-        self.reason = reason
 
 
 def _check_text(name: str, value: Any, *, required: bool) -> None:

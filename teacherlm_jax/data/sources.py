@@ -28,8 +28,9 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from teacherlm_jax.data.formats import TRUE_FALSE, TRUE_FALSE_PREFIX, remove_duplicated_block
-from teacherlm_jax.data.records import LETTERS, DataError, Record, Row, collect, jsonl_rows, numbered_lines
+from teacherlm_jax.data.records import LETTERS, Record, Row, collect, jsonl_rows, numbered_lines
 from teacherlm_jax.data.synthetic import SPLITS as SYNTHETIC_SPLITS
+from teacherlm_jax.errors import DataError
 
 log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[2]

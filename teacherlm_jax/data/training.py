@@ -41,14 +41,11 @@ from teacherlm_jax.data.quality import REASONS, check_filter
 from teacherlm_jax.data.pipeline import make_batch_iterator
 from teacherlm_jax.data.records import LoadReport
 from teacherlm_jax.data.registry import load_instructions, load_records
-from teacherlm_jax.data.sources import REGISTRY
+from teacherlm_jax.data.specs import DatasetSpec
 from teacherlm_jax.data.tokenize import Example, encode, num_truncated
+from teacherlm_jax.errors import ConfigError
 
 log = logging.getLogger(__name__)
-
-
-class DataConfigError(ValueError):
-    """A `config.data` key with a value that cannot work; the message names the key."""
 
 
 def load_pairs(data: ml_collections.ConfigDict, report: LoadReport | None = None,
@@ -65,14 +62,14 @@ def pairs_by_dataset(data: ml_collections.ConfigDict, report: LoadReport | None 
     try:
         name = check_filter(data.get("filter", "none"))
     except ValueError as e:
-        raise DataConfigError(str(e)) from None
+        raise ConfigError(str(e)) from None
     if fmt not in (*FORMATS, "instruction"):
-        raise DataConfigError(f"config.data.format={fmt!r}; expected one of {(*FORMATS, 'instruction')}")
+        raise ConfigError(f"config.data.format={fmt!r}; expected one of {(*FORMATS, 'instruction')}")
     if style not in STYLES:
-        raise DataConfigError(f"config.data.style={style!r}; expected one of {STYLES}")
+        raise ConfigError(f"config.data.style={style!r}; expected one of {STYLES}")
     datasets = tuple(data.datasets)
     if not datasets:
-        raise DataConfigError("config.data.datasets is empty")
+        raise ConfigError("config.data.datasets is empty")
     skip = bool(data.get("skip_invalid", False))
     pairs: dict[str, list[TextPair]] = {}
     kinds_found: set[str] = set()
@@ -98,11 +95,9 @@ def pairs_by_dataset(data: ml_collections.ConfigDict, report: LoadReport | None 
                          ", ".join(f"{k}: {counts[k]}" for k in REASONS if counts[k]) or "none",
                          counts["cut_unknown"])
         else:
-            name, sep, split = spec.rpartition(":")
-            if not sep or name not in REGISTRY:  # `hf:...` / `tfds:...` / paths carry their own colons
-                name, split = spec, ""
-            records = load_records(name, split or data.get("split", "train"), skip_invalid=skip, report=report,
-                                   fields=None if name in REGISTRY else dict(data.get("fields") or {}) or None)
+            dataset = DatasetSpec.parse(spec, data.get("split", "train"))
+            records = load_records(dataset.source, dataset.split, skip_invalid=skip, report=report,
+                                   fields=None if dataset.registered else dict(data.get("fields") or {}) or None)
             items = [annotated(r) for r in records]
             if name != "none":
                 log.info("%s: not augment output; config.data.filter=%r applies to the teacher's texts only, "
@@ -116,7 +111,7 @@ def pairs_by_dataset(data: ml_collections.ConfigDict, report: LoadReport | None 
     if fmt == "mixed":
         absent = [k for k, ratio in dict(data.get("kind_ratios") or {}).items() if float(ratio) > 0 and k not in kinds_found]
         if absent:  # personalization would quietly teach the other kinds only
-            raise DataConfigError(f"config.data.kind_ratios asks for {absent}, but no record of config.data.datasets="
+            raise ConfigError(f"config.data.kind_ratios asks for {absent}, but no record of config.data.datasets="
                                   f"{datasets} has such a text: add a dataset with them (JSONL with "
                                   f"{'/'.join(absent)} fields) or set their ratio to 0")
     return pairs
@@ -125,11 +120,11 @@ def pairs_by_dataset(data: ml_collections.ConfigDict, report: LoadReport | None 
 def decontamination_report(train: dict[str, list[TextPair]], eval_sets: tuple[str, ...]) -> dict:
     """The n-gram overlap of the training examples with `config.data.decontaminate`'s evaluation sets."""
     if isinstance(eval_sets, str):
-        raise DataConfigError(f"config.data.decontaminate={eval_sets!r}; expected a tuple of evaluation sets")
+        raise ConfigError(f"config.data.decontaminate={eval_sets!r}; expected a tuple of evaluation sets")
     try:
         evals = {spec: eval_records(spec) for spec in eval_sets}
     except ValueError as e:
-        raise DataConfigError(str(e)) from None
+        raise ConfigError(str(e)) from None
     report = contamination(train, evals)
     for spec, by_n in report["eval_sets"].items():
         log.info("decontamination: %s: %s", spec, ", ".join(
@@ -160,11 +155,11 @@ def tokenize_pairs(pairs: list[TextPair], tokenizer, data: ml_collections.Config
     `max_positions` are cut. Cuts are counted and logged."""
     loss_on = data.get("loss_on", "all")
     if loss_on not in ("all", "target"):
-        raise DataConfigError(f"config.data.loss_on={loss_on!r}; expected 'all' or 'target'")
+        raise ConfigError(f"config.data.loss_on={loss_on!r}; expected 'all' or 'target'")
     limit = data.seq_len or max_positions
     if not limit:
-        raise DataConfigError("config.data.seq_len is unset, so it is derived from the data, which needs the "
-                              "model's max_position_embeddings (max_positions) to cap it; set config.data.seq_len")
+        raise ConfigError("config.data.seq_len is unset, so it is derived from the data, which needs the "
+                          "model's max_position_embeddings (max_positions) to cap it; set config.data.seq_len")
     examples = [encode(tokenizer, p.prompt, p.target, max_length=limit, loss_on=loss_on,
                        add_eos=bool(data.get("add_eos", False)), id=p.id) for p in pairs]
     seq_len = data.seq_len or derive_seq_len([len(e.input_ids) for e in examples], limit)
@@ -203,10 +198,11 @@ def make_records_iterator(config: ml_collections.ConfigDict, tokenizer, process_
     and its seq_len (derived from the data, capped at `max_positions`, when config.data.seq_len is unset)."""
     data = config.data
     if tokenizer is None:
-        raise DataConfigError("config.tokenizer: the records source needs a tokenizer (a checkpoint directory)")
+        raise ConfigError("config.tokenizer is required: the records source needs a tokenizer, and config.model "
+                          "has none (a new model, or a run that saved none); set config.tokenizer")
     fraction = float(data.get("eval_fraction", 0.0))
     if split == "eval" and not fraction:
-        raise DataConfigError("config.eval_every > 0 needs config.data.eval_fraction > 0 (held-out examples)")
+        raise ConfigError("config.eval_every > 0 needs config.data.eval_fraction > 0 (held-out examples)")
     datasets: dict = {}
     by_dataset = {spec: [p for p in pairs if in_eval_split(p.id, fraction) == (split == "eval")]
                   for spec, pairs in pairs_by_dataset(data, datasets_report=datasets).items()}
@@ -216,7 +212,7 @@ def make_records_iterator(config: ml_collections.ConfigDict, tokenizer, process_
         if split == "train" and data.get("decontaminate"):
             report[DECONTAMINATION] = decontamination_report(by_dataset, tuple(data.decontaminate))
     if not pairs:
-        raise DataConfigError(f"config.data: no {split} examples (datasets={tuple(data.datasets)}, "
+        raise ConfigError(f"config.data: no {split} examples (datasets={tuple(data.datasets)}, "
                               f"eval_fraction={fraction}, filter={data.get('filter', 'none')!r})")
     examples, seq_len = tokenize_pairs(pairs, tokenizer, data, max_positions)
     longest = max(len(e.input_ids) + e.truncated for e in examples)

@@ -1,2 +1,2 @@
-"""Multiple-choice evaluation pieces: scoring (log-likelihood), generative answers, task names, reports.
-The job and the library entry points (`evaluate_records`, `evaluate_tasks`) are in teacherlm_jax/evaluate.py."""
+"""Multiple-choice evaluation: the eval job and its library entry points (`evaluate_records`, `evaluate_tasks`)
+in job.py; its pieces: scoring (log-likelihood), generative answers, task names, reports."""

@@ -29,11 +29,10 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from teacherlm_jax.errors import ConfigError
 from teacherlm_jax.models.graph_key import GraphKey
 from teacherlm_jax.sample import CACHE_AXES, bucket_length
-from teacherlm_jax.sharding import (
-    ConfigError, LogicalRules, activation_sharding, batch_sharding, constrain, data_parallel_size,
-)
+from teacherlm_jax.sharding import LogicalRules, activation_sharding, batch_sharding, constrain, data_parallel_size
 
 SCORES = ("mean", "sum")
 # Prefill lengths: powers of two and their 1.5x from 16, so padding wastes at most a third.

@@ -10,13 +10,14 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from teacherlm_jax.data import REGISTRY, DataError, Record, load_records
+from teacherlm_jax.data import REGISTRY, Record, load_records
 from teacherlm_jax.data.sources import EVAL_SETS
+from teacherlm_jax.data.specs import DatasetSpec
+from teacherlm_jax.errors import DataError
 
 ALIASES = EVAL_SETS  # in the data layer: training runs' decontamination reports name eval sets the same way
 MMLU_SOURCES = ("mmlu", "mmlu_2020")
@@ -41,15 +42,13 @@ def resolve_task(spec: str) -> Task:
     if spec in ALIASES:
         dataset, split = ALIASES[spec]
         return Task(spec, dataset, split, dataset in MMLU_SOURCES)
-    if spec.endswith(".jsonl"):
-        if not Path(spec).is_file():
-            raise FileNotFoundError(f"config.tasks: {spec}: no such file")
-        return Task(Path(spec).stem, spec, "test", False)
-    name, sep, split = spec.partition(":")
-    if sep and name in REGISTRY:
-        if split not in REGISTRY[name].splits:
-            raise ValueError(f"config.tasks: {spec!r}: {name} has splits {REGISTRY[name].splits}")
-        return Task(f"{name}_{split}", name, split, name in MMLU_SOURCES)
+    dataset = DatasetSpec.parse(spec)
+    if dataset.jsonl or (dataset.registered and dataset.split_named):
+        try:
+            dataset.check()
+        except ValueError as e:
+            raise ValueError(f"config.tasks: {e}") from None
+        return Task(dataset.name, dataset.source, dataset.split, dataset.source in MMLU_SOURCES)
     raise ValueError(f"config.tasks: unknown task {spec!r}; expected one of {sorted(ALIASES)}, "
                      f"'<registry name>:<split>' with a name from {sorted(REGISTRY)}, or a .jsonl path")
 

@@ -18,6 +18,7 @@ from teacherlm_jax.models.layers import (
     KVCache, LayerNorm, Linear, ScanSpec, attend, attention_allowed, check_attention_mask, decoding_model,
     keys_values, make_block_stack, named_param, output_logits, resolve_dtype, run_block_stack, with_cache,
 )
+from teacherlm_jax.errors import ConfigError
 from teacherlm_jax.models.param_map import TensorSpec, config_from_hf, layer_norm, linear, same, transposed
 from teacherlm_jax.sharding import constrain
 
@@ -211,3 +212,25 @@ def hf_tensor_specs(config: BloomConfig) -> list[TensorSpec]:
     if not config.tie_word_embeddings:
         specs.append(transposed(("lm_head",), "lm_head.weight", in_base=False))
     return specs
+
+
+# BLOOM's published shapes (config.json on the hub): hidden_size, n_layer, n_head; vocab 250880.
+BLOOM_SHAPES: dict[str, tuple[int, int, int]] = {
+    "bloom-560m": (1024, 24, 16),
+    "bloom-1b1": (1536, 24, 16),
+    "bloom-1b7": (2048, 24, 16),
+    "bloom-3b": (2560, 30, 32),
+    "bloom-7b1": (4096, 30, 32),
+    "bloom": (14336, 70, 112),  # the 176B model
+}
+BLOOM_VOCAB = 250880
+
+
+def bloom_shape(name: str) -> dict[str, int]:
+    """Architecture keys of a BLOOM size by name (`bloom-7b1`, `bigscience/bloom-7b1`, `bloom-176b`)."""
+    key = name.removeprefix("bigscience/")
+    key = "bloom" if key == "bloom-176b" else key
+    if key not in BLOOM_SHAPES:
+        raise ConfigError(f"unknown BLOOM size {name!r}; known: {sorted(BLOOM_SHAPES)}")
+    hidden, layers, heads = BLOOM_SHAPES[key]
+    return dict(vocab_size=BLOOM_VOCAB, hidden_size=hidden, n_layer=layers, n_head=heads)

@@ -1,4 +1,4 @@
-"""Hugging Face checkpoints <-> our NNX models: `from_pretrained`, `save_pretrained`, `load_tokenizer`.
+"""Hugging Face checkpoints <-> our NNX models: `from_pretrained`, `save_pretrained` (tokenizers: teacherlm_jax.tokenizers).
 
 Import streams tensor by tensor: each parameter is built with `jax.make_array_from_callback`, which
 reads only the slices each local device holds, so a checkpoint is never held twice in host memory
@@ -20,10 +20,11 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, SingleDeviceSharding
 
+from teacherlm_jax.errors import CheckpointError
 from teacherlm_jax.models import bloom, opt
 from teacherlm_jax.models.layers import resolve_dtype
 from teacherlm_jax.models.param_map import TensorSpec
-from teacherlm_jax.models.tensor_files import CheckpointError, TensorSource, write_safetensors
+from teacherlm_jax.models.tensor_files import TensorSource, write_safetensors
 from teacherlm_jax.paths import is_url, local_copy
 from teacherlm_jax.sharding import LogicalRules, logical_to_spec
 
@@ -52,7 +53,8 @@ def family_of(model_or_config) -> ModelFamily:
 
 def resolve_checkpoint_dir(path_or_hub_id: str | os.PathLike) -> Path:
     """A local directory as is; a cloud URL (gs://) copied into a local cache (`paths.local_copy`: weights are
-    memory-mapped, tokenizers read local files); anything else is a hub id fetched through huggingface_hub."""
+    memory-mapped, tokenizers read local files); anything else is a hub id fetched through huggingface_hub, or,
+    when the hub cannot be reached (offline, HF_HUB_OFFLINE=1), its snapshot in the local hub cache."""
     if is_url(path_or_hub_id):
         try:
             return local_copy(path_or_hub_id)
@@ -72,7 +74,12 @@ def resolve_checkpoint_dir(path_or_hub_id: str | os.PathLike) -> Path:
         weights = "*.safetensors" if any(f.endswith(".safetensors") for f in files) else "*.bin"
         return Path(huggingface_hub.snapshot_download(name, allow_patterns=["*.json", "*.txt", "*.model", weights]))
     except Exception as e:  # network, auth and missing-repo errors all end here
-        raise CheckpointError(f"{name}: not a local directory, and the hub download failed: {e}") from e
+        try:
+            cached = Path(huggingface_hub.snapshot_download(name, local_files_only=True))
+        except Exception:
+            raise CheckpointError(f"{name}: not a local directory, and the hub download failed: {e}") from e
+        log.warning("%s: the hub is out of reach (%s); using its cached snapshot %s", name, e, cached)
+        return cached
 
 
 def read_hf_config(directory: Path) -> dict[str, Any]:
@@ -240,33 +247,3 @@ def save_pretrained(model: nnx.Module, out_dir: str | os.PathLike, *, dtype: str
     hf_config["dtype"] = str(np.dtype(resolve_dtype(dtype)))
     (out / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
     return out
-
-
-def load_tokenizer(path_or_hub_id: str | os.PathLike, *, padding_side: str = "left"):
-    """The checkpoint's own tokenizer (AutoTokenizer, never trust_remote_code), left-padding by default.
-
-    `builtin:bytes` is the project's byte-level tokenizer (tiny CPU configs and the demo).
-    """
-    from transformers import AutoTokenizer
-
-    from teacherlm_jax.data.byte_tokenizer import BUILTIN_NAME, byte_tokenizer
-
-    if str(path_or_hub_id) == BUILTIN_NAME:
-        tokenizer = byte_tokenizer()
-        tokenizer.padding_side = padding_side
-        return tokenizer
-    directory = resolve_checkpoint_dir(path_or_hub_id)
-    try:
-        # False, not the default None: None asks on a terminal, and a "y" runs the folder's .py files.
-        tokenizer = AutoTokenizer.from_pretrained(str(directory), padding_side=padding_side,
-                                                  trust_remote_code=False)
-    except ValueError as e:
-        if "trust_remote_code" not in str(e):
-            raise
-        raise ValueError(
-            f"{directory}: the tokenizer names its own code (`auto_map` in tokenizer_config.json or "
-            f"config.json) and no built-in transformers class; teacherlm_jax never runs a checkpoint's "
-            f"code: use a tokenizer whose `tokenizer_class` is a transformers class") from e
-    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer

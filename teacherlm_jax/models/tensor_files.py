@@ -15,14 +15,12 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
+from teacherlm_jax.errors import CheckpointError
+
 _SAFETENSORS_DTYPES = {
     "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
     "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
 }
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read; the message names the file and the reason."""
 
 
 class TensorSource:

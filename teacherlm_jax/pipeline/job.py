@@ -71,7 +71,7 @@ def run_step(step: Step, config: ml_collections.ConfigDict, out: epath.Path) -> 
 
         augment(config, os.fspath(out))
     elif step.job == "eval":
-        from teacherlm_jax.evaluate import run as evaluate
+        from teacherlm_jax.eval.job import run as evaluate
 
         evaluate(config, os.fspath(out))
     else:

@@ -28,7 +28,7 @@ from typing import Any
 import ml_collections
 
 from teacherlm_jax.data.formats import KINDS
-from teacherlm_jax.sharding import ConfigError
+from teacherlm_jax.errors import ConfigError
 
 REFERENCE = re.compile(r"^@([A-Za-z0-9_.\-/]+)$")
 STAGES = ("stage1", "stage2", "stage3")

@@ -17,7 +17,7 @@ from typing import Any
 import ml_collections
 
 from teacherlm_jax.pipeline.plan import REFERENCE, Step, split_reference
-from teacherlm_jax.sharding import ConfigError
+from teacherlm_jax.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ class _Checks:
 
     def model(self, step: Step, model: dict[str, Any]):
         """The architecture (e.g. BloomConfig) `model` resolves to; through the referenced step for `@step`."""
-        from teacherlm_jax.train.builders import model_config
+        from teacherlm_jax.init_from import resolve
 
         init_from = model.get("init_from")
         if _is_ref(init_from):
@@ -53,20 +53,23 @@ class _Checks:
         key = repr(sorted(model.items(), key=str))
         if key not in self._models:
             self._models[key] = self.check(step, "model.init_from" if init_from else "model",
-                                           lambda: model_config(model)[1])
+                                           lambda: resolve(model).config)
         return self._models[key]
 
     def tokenizer(self, step: Step, config: ml_collections.ConfigDict, model_key: str) -> None:
-        from teacherlm_jax.models.hf import load_tokenizer
+        """The tokenizer the step's job loads: config.tokenizer, else its init_from's (teacherlm_jax.init_from)."""
+        from teacherlm_jax.init_from import resolve
+        from teacherlm_jax.tokenizers import load_tokenizer
 
-        name = config.get("tokenizer") or config[model_key].get("init_from")
-        if _is_ref(name):
+        explicit, init_from = config.get("tokenizer"), config[model_key].get("init_from")
+        if _is_ref(explicit or init_from):
             return
-        if not name:
+        if not (explicit or init_from):
             self.problems.append(f"step {step.name}, config.{step.key}.tokenizer: no tokenizer, and no "
                                  f"{model_key}.init_from to take one from")
             return
-        self.check(step, "tokenizer", lambda: load_tokenizer(name))
+        self.check(step, "tokenizer", lambda: load_tokenizer(explicit or resolve(
+            config[model_key].to_dict(), key=f"config.{model_key}").tokenizer_path(None)))
 
 
 def _train(checks: _Checks, step: Step) -> None:
@@ -101,7 +104,7 @@ def _augment(checks: _Checks, step: Step) -> None:
         if not _is_ref(spec):
             def load(spec=spec):
                 d = resolve_dataset(spec)
-                if not load_records(d.dataset, d.split or "train", data_dir=config.get("data_dir")):
+                if not load_records(d.source, d.split, data_dir=config.get("data_dir")):
                     raise ValueError(f"{spec}: no records")
             checks.check(step, "datasets", load)
 

@@ -54,11 +54,6 @@ class DataStateRestore(ocp.args.CheckpointArgs):
     pass
 
 
-def abstract_like(tree, shardings):
-    """ShapeDtypeStructs carrying `shardings`: the restore target of `tree` (arrays or shapes)."""
-    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
-
-
 class Checkpointer:
     """Saves every `every` steps (and on demand), keeps the last `keep`, restores the latest."""
 
@@ -99,19 +94,6 @@ class Checkpointer:
         """Waits for pending asynchronous saves."""
         self.manager.wait_until_finished()
         self.manager.close()
-
-
-def restore_params(run_dir: str | os.PathLike, target: dict) -> dict:
-    """Params only from the latest checkpoint of another run (for `init_from`)."""
-    manager = ocp.CheckpointManager(workdir_path(run_dir) / "checkpoints", item_names=("params",),
-                                    options=ocp.CheckpointManagerOptions(read_only=True))
-    step = manager.latest_step()
-    if step is None:
-        raise FileNotFoundError(f"{run_dir}/checkpoints: no finished checkpoint to initialise from")
-    params = manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target)))["params"]
-    manager.close()
-    log.info("initialised params from %s step %d", run_dir, step)
-    return params
 
 
 class SigtermFlag:

@@ -15,7 +15,8 @@ import numpy as np
 from jax.sharding import Mesh
 
 from teacherlm_jax.data.quality import check_filter
-from teacherlm_jax.sharding import ConfigError, LogicalRules, batch_sharding
+from teacherlm_jax.errors import ConfigError
+from teacherlm_jax.sharding import LogicalRules, batch_sharding
 from teacherlm_jax.train.step import BATCH_KEYS
 
 

@@ -25,16 +25,18 @@ from jax.sharding import Mesh
 from teacherlm_jax.console import duration, report_summary
 from teacherlm_jax.data.decontamination import REPORT as DECONTAMINATION
 from teacherlm_jax.data.decontamination import write_report as write_decontamination
-from teacherlm_jax.models.hf import load_tokenizer, save_pretrained
+from teacherlm_jax.errors import ConfigError
+from teacherlm_jax.init_from import HF_EXPORT, ResolvedModel, resolve
+from teacherlm_jax.models.hf import save_pretrained
 from teacherlm_jax.paths import local_dir, workdir_path
-from teacherlm_jax.sharding import (
-    ConfigError, data_parallel_size, initialize_distributed, mesh_from_config, param_shardings,
-)
-from teacherlm_jax.train.builders import abstract_model, check_resumable, load_params, write_model_config
-from teacherlm_jax.train.checkpoint import Checkpointer, SigtermFlag, abstract_like
+from teacherlm_jax.sharding import (abstract_like, data_parallel_size, initialize_distributed, mesh_from_config,
+                                    param_shardings)
+from teacherlm_jax.tokenizers import load_tokenizer
+from teacherlm_jax.train.checkpoint import Checkpointer, SigtermFlag
 from teacherlm_jax.train.data import BatchIterator, global_batch, make_train_data
 from teacherlm_jax.train.metrics import MetricsWriter, StepTimer, flops_per_token, headline, plot_loss_curve
 from teacherlm_jax.train.optim import decay_mask, make_optimizer
+from teacherlm_jax.train.run_files import check_resumable, save_tokenizer, write_model_config
 from teacherlm_jax.train.step import (
     FINITE, TrainState, init_train_state, make_eval_step, make_train_step, state_shardings,
 )
@@ -42,7 +44,6 @@ from teacherlm_jax.workdir_lock import workdir_lock
 
 log = logging.getLogger(__name__)
 
-HF_EXPORT = "hf_final"
 DATA_REPORT = "data_report.json"  # what the records source read: datasets, examples, texts each filter dropped
 
 
@@ -104,8 +105,9 @@ def validate(config: ml_collections.ConfigDict, dp_size: int) -> None:
 @dataclasses.dataclass(frozen=True)
 class TrainSetup:
     """Everything the train step needs, built from config without allocating any parameter; shared by
-    `train` and the ahead-of-time check (`teacherlm_jax.compile`)."""
+    `train` and the ahead-of-time check (`teacherlm_jax.compile.job`)."""
 
+    model: ResolvedModel  # config.model resolved (teacherlm_jax.init_from)
     abstract: nnx.Module
     graphdef: nnx.GraphDef
     abstract_params: dict
@@ -122,15 +124,16 @@ class TrainSetup:
                           abstract_like(self.abstract_opt, self.shardings.opt_state))
 
 
-def train_setup(config: ml_collections.ConfigDict, mesh: Mesh, rules: tuple) -> TrainSetup:
-    """Model shapes, optimizer and shardings for `config` on `mesh`."""
-    abstract = abstract_model(config.model, config.seed)
+def train_setup(config: ml_collections.ConfigDict, mesh: Mesh, rules: tuple, *, weights: bool = True) -> TrainSetup:
+    """Model shapes, optimizer and shardings for `config` on `mesh`; `weights=False`: shapes only (`resolve`)."""
+    model = resolve(config.model, weights=weights)
+    abstract = model.abstract(config.seed)
     graphdef, abstract_state = nnx.split(abstract, nnx.Param)
     abstract_params = nnx.to_pure_dict(abstract_state)
     p_shardings = param_shardings(abstract, mesh, rules)
     tx, schedule = make_optimizer(config.optimizer, config.num_train_steps, decay_mask(abstract))
     abstract_opt = jax.eval_shape(tx.init, abstract_params)
-    return TrainSetup(abstract, graphdef, abstract_params, p_shardings, tx, schedule, abstract_opt,
+    return TrainSetup(model, abstract, graphdef, abstract_params, p_shardings, tx, schedule, abstract_opt,
                       state_shardings(p_shardings, abstract_opt, mesh))
 
 
@@ -159,7 +162,10 @@ def _train(config: ml_collections.ConfigDict, workdir: epath.Path) -> epath.Path
 
     model_cfg = abstract.config
     check_seq_len(config, model_cfg.max_position_embeddings)
-    tokenizer = load_tokenizer(config.tokenizer) if config.get("tokenizer") else None
+    tokenizer_path = config.get("tokenizer") or setup.model.tokenizer  # explicit, else init_from's
+    tokenizer = load_tokenizer(tokenizer_path) if tokenizer_path else None
+    if tokenizer is not None:
+        save_tokenizer(tokenizer, workdir)
     data_report: dict = {}
     data = make_train_data(config, tokenizer, jax.process_index(), jax.process_count(), report=data_report,
                            max_positions=model_cfg.max_position_embeddings)
@@ -182,7 +188,7 @@ def _train(config: ml_collections.ConfigDict, workdir: epath.Path) -> epath.Path
         data.set_state(data_state)
         log.info("resumed from %s/checkpoints step %d", workdir, start)
     else:
-        state = init_train_state(load_params(config.model, abstract, mesh, rules, config.seed), tx, shardings)
+        state = init_train_state(setup.model.load_params(abstract, mesh, rules, config.seed), tx, shardings)
     if jax.process_index() == 0:
         write_model_config(abstract, workdir)
 

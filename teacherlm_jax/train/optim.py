@@ -11,8 +11,8 @@ from collections.abc import Callable, Mapping
 import optax
 from flax import nnx
 
+from teacherlm_jax.errors import ConfigError
 from teacherlm_jax.models.layers import LayerNorm
-from teacherlm_jax.sharding import ConfigError
 
 SCHEDULES = ("constant", "linear", "cosine")
 

@@ -22,11 +22,12 @@ from flax import nnx
 from jax.sharding import AbstractMesh, Mesh, NamedSharding
 
 from teacherlm_jax.decode_slots import CACHE_AXES
+from teacherlm_jax.errors import ConfigError
+from teacherlm_jax.init_from import resolve
 from teacherlm_jax.sharding import (
-    ConfigError, LogicalRules, activation_sharding, batch_sharding, data_parallel_size, logical_to_spec,
-    param_shardings, replicated,
+    LogicalRules, activation_sharding, batch_sharding, data_parallel_size, logical_to_spec, param_shardings,
+    replicated,
 )
-from teacherlm_jax.train.builders import abstract_model
 
 # One step's logits (each layer's key/value buffer is sharded as the decode slots' CACHE_AXES).
 LOGITS_AXES = ("batch", "vocab")
@@ -62,7 +63,7 @@ def generation_shapes(model: dict[str, Any], slots: int, prompt_tokens: int,
     _require_positive("generation_batch_size", slots)
     _require_positive("generation_prompt_tokens", prompt_tokens)
     _require_positive("generation_max_new_tokens", max_new_tokens)
-    abstract = abstract_model(generation_model(model))
+    abstract = resolve(generation_model(model), weights=False).abstract()  # shapes only: nothing downloaded
     limit = abstract.config.max_position_embeddings
     if prompt_tokens + max_new_tokens > limit:  # the augment job's own limit on prompts
         raise ConfigError(f"config.generation_prompt_tokens + generation_max_new_tokens = "

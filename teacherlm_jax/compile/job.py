@@ -9,7 +9,7 @@ with `fake_devices=0` it compiles for the machine's own devices (exact numbers o
     python -m teacherlm_jax.main --config configs/compile.py:bloom-7b1 --workdir /tmp/aot \\
         --config.fake_devices=8 --config.mesh.fsdp=-1 --config.device_memory_gib=16
 
-It also sizes generation, the augment job's decode engine on the same mesh (`compile_generation`):
+It also sizes generation, the augment job's decode engine on the same mesh (`generation_memory.py`):
 per chip the teacher's weights in the compute dtype, the KV cache of `config.generation_batch_size`
 slots of `generation_prompt_tokens + generation_max_new_tokens - 1` positions and one step's logits,
 with a verdict for v5e (16 GiB) and v4 (32 GiB) chips, beside XLA's analysis of one compiled decode step.
@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -31,49 +30,16 @@ import ml_collections
 from jax.sharding import Mesh
 
 from teacherlm_jax import report_json
-from teacherlm_jax.compile_generation import CHIPS, GIB, decode_step_memory, generation_memory
+from teacherlm_jax.compile.generation_memory import CHIPS, GIB, decode_step_memory, generation_memory
 from teacherlm_jax.console import report_summary
+from teacherlm_jax.errors import ConfigError
 from teacherlm_jax.paths import workdir_path, write_atomic
-from teacherlm_jax.sharding import ConfigError, LogicalRules, batch_sharding, data_parallel_size, mesh_from_config
+from teacherlm_jax.sharding import LogicalRules, batch_sharding, data_parallel_size, mesh_from_config
 from teacherlm_jax.train.loop import TrainSetup, check_seq_len, train_setup, validate
 from teacherlm_jax.train.step import BATCH_KEYS, make_train_step
 
-# BLOOM's published shapes (config.json on the hub): hidden_size, n_layer, n_head; vocab 250880.
-BLOOM_SHAPES: dict[str, tuple[int, int, int]] = {
-    "bloom-560m": (1024, 24, 16),
-    "bloom-1b1": (1536, 24, 16),
-    "bloom-1b7": (2048, 24, 16),
-    "bloom-3b": (2560, 30, 32),
-    "bloom-7b1": (4096, 30, 32),
-    "bloom": (14336, 70, 112),  # the 176B model
-}
-BLOOM_VOCAB = 250880
 REPORT_JSON = "compile_report.json"
 REPORT_MD = "compile_report.md"
-
-
-def bloom_shape(name: str) -> dict[str, int]:
-    """Architecture keys of a BLOOM size by name (`bloom-7b1`, `bigscience/bloom-7b1`, `bloom-176b`)."""
-    key = name.removeprefix("bigscience/")
-    key = "bloom" if key == "bloom-176b" else key
-    if key not in BLOOM_SHAPES:
-        raise ConfigError(f"unknown BLOOM size {name!r}; known: {sorted(BLOOM_SHAPES)}")
-    hidden, layers, heads = BLOOM_SHAPES[key]
-    return dict(vocab_size=BLOOM_VOCAB, hidden_size=hidden, n_layer=layers, n_head=heads)
-
-
-def resolve_model(model: dict[str, Any]) -> dict[str, Any]:
-    """`config.model` with a hub BLOOM (`init_from=bigscience/bloom-7b1`, not a local directory) replaced
-    by its published shape, so the check needs no download; any other section is returned unchanged."""
-    init_from = model.get("init_from") or ""
-    if not init_from.startswith("bigscience/") or init_from.removeprefix("bigscience/") not in BLOOM_SHAPES \
-            or Path(init_from).exists():
-        return dict(model)
-    shape = bloom_shape(init_from)
-    for key, value in shape.items():
-        if model.get(key) is not None and model[key] != value:
-            raise ConfigError(f"config.model.{key}={model[key]!r} disagrees with {init_from} ({key}={value})")
-    return {**model, **shape, "init_from": None, "family": "bloom"}
 
 
 def use_fake_devices(count: int) -> None:
@@ -144,11 +110,9 @@ def dry_run(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """Compiles the configured training step without allocating it; returns the summary that `run` writes."""
     use_fake_devices(int(config.get("fake_devices", 0)))
     config = config.copy_and_resolve_references()
-    with config.unlocked():
-        config.model = ml_collections.ConfigDict(resolve_model(config.model.to_dict()))
     mesh, rules = mesh_from_config(config)
     validate(config, data_parallel_size(mesh, rules))
-    setup = train_setup(config, mesh, rules)
+    setup = train_setup(config, mesh, rules, weights=False)  # a hub BLOOM by its published shape: no download
     if config.data.seq_len is None:
         raise ConfigError("config.data.seq_len: the compile job needs an explicit length (no data to derive it from)")
     check_seq_len(config, setup.abstract.config.max_position_embeddings)

@@ -4,8 +4,9 @@ other jobs use (`evaluate_records`, `evaluate_tasks`).
     python -m teacherlm_jax.main --config configs/eval.py --workdir DIR \
         --config.model.init_from=CKPT --config.tasks="('mmlu','creak','/path/questions.jsonl')"
 
-CKPT is a Hugging Face directory or hub id, or a training run's workdir: its `hf_final` export (model
-and tokenizer) when there is one, else its latest checkpoint (then set `config.tokenizer`). Writes
+CKPT is a Hugging Face directory or hub id, or a training run's workdir: its `hf_final` export when there
+is one, else its latest checkpoint (teacherlm_jax/init_from.py); the tokenizer is CKPT's own (for a run,
+the one it trained with) unless `config.tokenizer` names another. Writes
 DIR/eval/<task>/predictions.jsonl, DIR/eval/metrics.json, DIR/eval/results.md, DIR/eval/accuracy.png
 (see teacherlm_jax/eval/). Scoring: teacherlm_jax/eval/scoring.py; generative mode:
 teacherlm_jax/eval/generative.py; task names: teacherlm_jax/eval/tasks.py.
@@ -16,7 +17,6 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any, Callable
 
 import jax
@@ -29,12 +29,14 @@ from jax.sharding import Mesh
 from teacherlm_jax.console import report_summary, terminal_bar
 from teacherlm_jax.data import Record, eval_context
 from teacherlm_jax.data.records import LETTERS
+from teacherlm_jax.errors import ConfigError
 from teacherlm_jax.eval.generative import generate_answers
 from teacherlm_jax.eval.report import Prediction, accuracy, task_metrics, write_predictions, write_report
 from teacherlm_jax.eval.scoring import SCORES, encode, loglik_choices
 from teacherlm_jax.eval.tasks import Task, load_task, resolve_tasks, subset
+from teacherlm_jax.init_from import resolve
 from teacherlm_jax.paths import workdir_path
-from teacherlm_jax.sharding import ConfigError, LogicalRules, initialize_distributed, mesh_from_config
+from teacherlm_jax.sharding import LogicalRules, initialize_distributed, mesh_from_config
 
 log = logging.getLogger(__name__)
 MODES = ("loglik", "generate")
@@ -79,7 +81,7 @@ def evaluate_records(model: nnx.Module, tokenizer, records: Sequence[Record], *,
     loglik: TeacherLM's context (`eval_context`, MMLU's when `mmlu`), each choice's letter scored as
     a separately tokenized continuation, `score` = mean | sum of its tokens' log-probs. generate:
     greedy Fine-tune-CoT generation, answer parsed from the text. With `mesh`, the model must already
-    be placed on it (`build_model`, or `from_pretrained(..., mesh=, rules=)`); `batch_size` is global.
+    be placed on it (`init_from.resolve(...).build`, or `from_pretrained(..., mesh=, rules=)`); `batch_size` is global.
     `max_length` (default: the model's max_position_embeddings) bounds model positions; longer
     contexts are cut on the left and marked `truncated`.
     """
@@ -144,26 +146,6 @@ def evaluate_tasks(model: nnx.Module, tokenizer, tasks: Sequence[str | Task], ou
     return metrics
 
 
-def resolve_model(config: ml_collections.ConfigDict) -> tuple[dict[str, Any], str]:
-    """(`config.model` as a dict for `build_model`, tokenizer path): a run dir becomes its `hf_final`
-    export (model and tokenizer) when it has one. `family: None` is read from the checkpoint there."""
-    from teacherlm_jax.train.builders import is_run_dir
-    from teacherlm_jax.train.loop import HF_EXPORT
-
-    model = config.model.to_dict()
-    init_from = model.get("init_from")
-    if not init_from:
-        raise ConfigError("config.model.init_from is required: a Hugging Face directory or hub id, or a "
-                          "training run's workdir")
-    if is_run_dir(init_from) and (Path(init_from) / HF_EXPORT / "config.json").is_file():
-        init_from = model["init_from"] = str(Path(init_from) / HF_EXPORT)
-    tokenizer = config.get("tokenizer") or init_from
-    if is_run_dir(tokenizer):
-        raise ConfigError(f"config.model.init_from={init_from!r} is a training run without a Hugging Face export "
-                          f"({HF_EXPORT}/), so it has no tokenizer: set config.tokenizer")
-    return model, tokenizer
-
-
 def check_finite_weights(model: nnx.Module, source: str) -> None:
     """Refuses a model with NaN/inf weights: its scores are NaN, yet an argmax over them still picks a
     choice, which reads as a plausible accuracy."""
@@ -178,9 +160,6 @@ def check_finite_weights(model: nnx.Module, source: str) -> None:
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:
     """Job entry: load the model onto the config's mesh, evaluate `config.tasks`, write WORKDIR/eval/."""
-    from teacherlm_jax.models.hf import load_tokenizer
-    from teacherlm_jax.train.builders import build_model
-
     initialize_distributed(config.get("distributed"))
     if config.mode not in MODES:
         raise ConfigError(f"config.mode={config.mode!r}; expected one of {MODES}")
@@ -190,19 +169,20 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
         raise ConfigError(f"config.batch_size={config.batch_size} must be >= 1")
     tasks = resolve_tasks(list(config.tasks))  # fail on a bad name before loading a model
     mesh, rules = mesh_from_config(config)
-    model_config, tokenizer_path = resolve_model(config)
-    model = build_model(model_config, mesh, rules, seed=config.seed)
-    check_finite_weights(model, model_config["init_from"])
-    tokenizer = load_tokenizer(tokenizer_path)
-    if len(tokenizer) > model.config.vocab_size:
-        raise ConfigError(f"tokenizer {tokenizer_path} has {len(tokenizer)} tokens but the model's vocabulary "
-                          f"is {model.config.vocab_size}: they do not belong together")
+    if not config.model.get("init_from"):
+        raise ConfigError("config.model.init_from is required: a Hugging Face directory or hub id, or a "
+                          "training run's workdir")
+    source = resolve(config.model)
+    tokenizer_path = source.tokenizer_path(config.get("tokenizer"))
+    tokenizer = source.load_tokenizer(tokenizer_path)
+    model = source.build(mesh, rules, seed=config.seed)
+    check_finite_weights(model, source.init_from)
     out = workdir_path(workdir) / "eval"
     metrics = evaluate_tasks(
         model, tokenizer, tasks, out, max_examples=int(config.max_examples),
         data_dir=config.get("data_dir"), mode=config.mode, score=config.score, batch_size=int(config.batch_size),
         max_length=int(config.max_length) or None, max_new_tokens=int(config.max_new_tokens), mesh=mesh,
-        rules=rules, settings={"model": model_config["init_from"], "tokenizer": str(tokenizer_path),
+        rules=rules, settings={"model": source.init_from, "tokenizer": tokenizer_path,
                                "batch_size": int(config.batch_size),
                                "max_length": int(config.max_length) or model.config.max_position_embeddings})
     report_summary("eval", {name: "n/a" if m["accuracy"] is None else f"accuracy {100 * m['accuracy']:.1f}%"
