@@ -93,6 +93,16 @@ def _train(checks: _Checks, step: Step) -> None:
                                f"model's {limit} positions (max_position_embeddings)")
 
 
+def _each_readable(checks: _Checks, step: Step, key: str, specs, read: Callable[[str], list]) -> None:
+    """Every spec of `specs` that is not an earlier step's output reads (`read`) to at least one record."""
+    for spec in specs:
+        if not _is_ref(spec):
+            def load(spec=spec):
+                if not read(spec):
+                    raise ValueError(f"{spec}: no records")
+            checks.check(step, key, load)
+
+
 def _augment(checks: _Checks, step: Step) -> None:
     from teacherlm_jax.augment import resolve_dataset
     from teacherlm_jax.data.registry import load_records
@@ -100,13 +110,8 @@ def _augment(checks: _Checks, step: Step) -> None:
     config = step.config
     checks.model(step, config.teacher.to_dict())
     checks.tokenizer(step, config, "teacher")
-    for spec in config.datasets:
-        if not _is_ref(spec):
-            def load(spec=spec):
-                d = resolve_dataset(spec)
-                if not load_records(d.source, d.split, data_dir=config.get("data_dir")):
-                    raise ValueError(f"{spec}: no records")
-            checks.check(step, "datasets", load)
+    _each_readable(checks, step, "datasets", config.datasets, lambda spec: load_records(
+        resolve_dataset(spec).source, resolve_dataset(spec).split, data_dir=config.get("data_dir")))
 
 
 def _eval(checks: _Checks, step: Step) -> None:
@@ -115,12 +120,8 @@ def _eval(checks: _Checks, step: Step) -> None:
     config = step.config
     checks.model(step, config.model.to_dict())
     checks.tokenizer(step, config, "model")
-    for spec in config.tasks:
-        if not _is_ref(spec):
-            def load(spec=spec):
-                if not load_task(resolve_task(spec), data_dir=config.get("data_dir")):
-                    raise ValueError(f"{spec}: no questions")
-            checks.check(step, "tasks", load)
+    _each_readable(checks, step, "tasks", config.tasks,
+                   lambda spec: load_task(resolve_task(spec), data_dir=config.get("data_dir")))
 
 
 CHECKS = {"train": _train, "augment": _augment, "eval": _eval}
