@@ -134,7 +134,7 @@ def test_killed_and_rerun_resumes_without_losing_or_repeating_steps(tmp_path, ch
     args = [sys.executable, "-m", "teacherlm_jax.main", "--config", "configs/teacher/pipeline.py:tiny", "--workdir", str(work),
             "--config.compilation_cache=False", f"--config.teacher.init_from={checkpoints['teacher']}",
             f"--config.tokenizer.init_from={checkpoints['teacher']}", "--config.teacher.stage2.num_train_steps=60",
-            "--config.teacher.stage2.checkpoint_every=10"]
+            "--config.teacher.stage2.checkpoint_every=10", "--config.teacher.stages=('stage1','stage2')"]
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     stage2 = work / "teacher" / "stage2"
@@ -147,13 +147,13 @@ def test_killed_and_rerun_resumes_without_losing_or_repeating_steps(tmp_path, ch
     stage1 = (work / "teacher" / "stage1" / RECORD).stat().st_mtime_ns
     done = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "pipeline done: steps 3 (2 run, 1 reused)" in done.stdout.splitlines()[-1]
+    assert "pipeline done: steps 2 (1 run, 1 reused)" in done.stdout.splitlines()[-1]
     assert (work / "teacher" / "stage1" / RECORD).stat().st_mtime_ns == stage1  # not rerun
     steps = [json.loads(line)["step"] for line in (stage2 / "metrics.jsonl").read_text().splitlines()
              if "loss" in json.loads(line)]
     assert steps == sorted(set(steps)) and steps[-1] == 60  # resumed: every logged step once
     assert [s["step"] for s in json.loads((work / "pipeline.json").read_text())["steps"]] == [
-        "teacher/stage1", "teacher/stage2", "teacher/stage3_cot"]
+        "teacher/stage1", "teacher/stage2"]
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> str:
@@ -274,11 +274,14 @@ def test_pipeline_on_a_cloud_workdir(gcs_bucket, checkpoints):
     """Every step's outputs, the records and the report in a bucket (a local GCS emulator); steps read the
     earlier steps' outputs from there."""
     config = _config(checkpoints)
-    config.teacher.stages = ("stage1", "stage3")
+    config.teacher.stages, config.teacher.evaluate = ("stage3",), ""
+    del config.students["answers_only"]
     work = f"{gcs_bucket}/pipeline"
     report = run(config, work)
     root = epath.Path(work)
-    for name in ("report.md", "report.json", "pipeline.json", "accuracy.png", "loss_curves.png",
+    assert [s["step"] for s in json.loads((root / "pipeline.json").read_text())["steps"]] == [
+        "teacher/stage3_cot", "augment/cot", "students/finetune_cot", "eval/finetune_cot"]
+    for name in ("report.md", "report.json", "accuracy.png", "loss_curves.png",
                  "teacher/stage3_cot/hf_final/config.json", "augment/cot/augmented/synthetic_student_train/summary.json",
                  "students/finetune_cot/checkpoints", "eval/finetune_cot/eval/metrics.json"):
         assert (root / name).exists(), name
