@@ -6,17 +6,19 @@
 
 Runs on `jax.devices()[0]` with random weights (no download) and prints one markdown table per part:
 1. decode: one bfloat16 decode step at bloom-560m, bloom-1b7 and bloom-7b1 shapes (vocab 250880), batch
-   1 and 16, timed as `generate` runs it (the model's `for_decoding()` layout in a jitted
-   `lax.while_loop` feeding back the argmax, the KV cache donated; (time(1 + n) - time(1)) / n, median
-   of 3), against the roofline (bytes of weights + bytes of KV cache) / peak memory bandwidth. The
+   1 and 16, timed as the augment engine and `generate` run it (`time_decode`: the decode slots' own round
+   program, sampling top-k 50, per-row cache columns; (time(1 + n) - time(1)) / n, median of 3), against
+   the roofline (bytes of weights + bytes of KV cache) / peak memory bandwidth. The
    bandwidth comes from PEAK_BANDWIDTH by `device_kind`, else from a large on-device copy. Target:
    >= 70% of the roofline at batch 1. A shape that does not fit the device is skipped, with the reason.
-2. augment: `teacherlm_jax.augment.augment_records` on CREAK dev (../shared/data or
+2. augment: `teacherlm_jax.augment.augment_records` on CREAK train (../shared/data or
    $TEACHERLM_DATA_DIR; byte-level tokenizer), kinds cot, fundamentals and mistakes, temperature 1,
-   top-k 50, stop at EOS, 128 new tokens at most, on a bloom-560m-shaped bfloat16 model whose texts
+   top-k 50, stop at EOS, 128 new tokens at most, at 64 and 256 slots, on bloom-560m- and bloom-1b7-shaped
+   bfloat16 models whose texts
    end at EOS with a geometric (long-tailed) length: its untied LM head gives EOS a constant logit,
    calibrated on the model's own logits so that EOS has probability ~1/32 per step under top-k 50
-   (mean ~31 tokens, ~2% of texts reach 128). Compilation is warmed up on the first records first.
+   (mean ~31 tokens, ~2% of texts reach 128). Compilation is warmed up on the first records first. The
+   host's share of the job's time: 1 - decode steps x the engine's own step / seconds.
 3. train: the trainer's own step (`make_train_step`: bfloat16 compute, float32 master weights,
    AdamW) at the bloom-1b7 shape, the largest batch x sequence (2048 first) and remat policy that
    fits the device's memory (XLA's memory analysis of the compiled step), MFU = (6N + 12 L H S) FLOPs
@@ -131,26 +133,27 @@ def nbytes(tree: Any) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- decode
-def time_decode(graphdef: nnx.GraphDef, state: nnx.State, cache: Any, batch: int, steps: int) -> float:
-    """Seconds per decode step, as `generate` runs them (see the module docstring)."""
-    def run(state, cache, token, mask, n):
-        def body(carry):
-            i, cache, token = carry
-            logits, cache = nnx.merge(graphdef, state)(token[:, None], mask, cache=cache)
-            return i + 1, cache, jnp.argmax(logits[:, -1], axis=-1).astype(jnp.int32)
-        return jax.lax.while_loop(lambda c: c[0] < n, body, (jnp.int32(0), cache, token))[1:]
+def time_decode(model: Bloom, batch: int, context: int, steps: int) -> float:
+    """Seconds per decode step of the engine's own round program (`DecodeSlots.run`: sampling at temperature 1,
+    top-k 50, per-row cache columns and keys, finished rows masked; no EOS, so every row runs): `batch` rows
+    whose prompts fill half of `context` cache columns, (time(1 + n) - time(1)) / n, median of 3."""
+    from teacherlm_jax.generation import DecodeSlots, RowSeeds, Sampler
 
-    run = jax.jit(run, donate_argnums=1)
-    mask = jnp.ones((batch, cache.max_length), jnp.int32)
-    token = jnp.full((batch,), 5, jnp.int32)
-    cache, token = jax.block_until_ready(run(state, cache, token, mask, 1))  # compiles
+    width = context // 2
+    slots = DecodeSlots(model, slots=batch, prompt_width=width, max_new_tokens=context - width + 1,
+                        sampler=Sampler(1.0, 50), eos_ids=np.array([], np.int32), pad_id=0)
+    ids = np.full((batch, width), 5, np.int32)
 
     def timed(n: int) -> float:
-        nonlocal cache, token
+        slots.reset()
+        slots.insert(ids, np.ones_like(ids), np.arange(batch)[:, None], RowSeeds.of(range(batch), [0] * batch,
+                                                                                      [0] * batch))
+        jax.block_until_ready(slots.state)
         start = time.perf_counter()
-        cache, token = jax.block_until_ready(run(state, cache, token, mask, n))
+        slots.run(n).result()
         return time.perf_counter() - start
 
+    timed(1 + steps)  # compiles
     return statistics.median((timed(1 + steps) - timed(1)) / steps for _ in range(3))
 
 
@@ -170,15 +173,11 @@ def decode_part(shapes: dict[str, dict[str, int]], batches: Sequence[int], conte
         if not fits:
             continue
         try:
-            model = random_bloom(config)
-            decoder = model.for_decoding()  # may be the model itself (on accelerators)
-            del model
-            graphdef, state = nnx.split(decoder)
-            del decoder
+            decoder = random_bloom(config).for_decoding()  # listed layers: the decode layout shares them
             for b in fits:
                 cache = abstract.init_cache(b, context)
                 cache_bytes = nbytes((cache.key, cache.value))
-                step = time_decode(graphdef, state, cache, b, steps)
+                step = time_decode(decoder, b, context, steps)
                 bound = (weights + cache_bytes) / bandwidth
                 target = ("met" if bound / step >= 0.7 else "not met") if b == 1 and judge else "-"
                 rows.append([name, b, context, f"{weights / GB:.2f}", f"{cache_bytes / GB:.3f}", f"{1e3 * step:.3f}",
@@ -188,7 +187,7 @@ def decode_part(shapes: dict[str, dict[str, int]], batches: Sequence[int], conte
             if not out_of_memory(e):
                 raise
             rows.append([name, "-", context, f"{weights / GB:.2f}", "-", "skipped", "-", "out of device memory", "-"])
-        state = None
+        decoder = None
         gc.collect()
     return table(["shape", "batch", "KV slots", "weights GB", "KV cache GB", "ms/step", "roofline ms",
                   "% of roofline", "target >= 70% (batch 1)"], rows)
@@ -235,43 +234,55 @@ def text_lengths(out_dir: Path) -> list[int]:
     return lengths
 
 
-def augment_part(shape: dict[str, int], num_records: int, batch: int, warmup: bool) -> str:
+def augment_part(shapes: dict[str, dict[str, int]], slot_counts: Sequence[int], split: str, num_records: int,
+                 warmup: bool) -> str:
+    """The augment job's `augment_records` for each shape and slot count; the host's share of the job is
+    1 - (decode steps x the engine's own step at that slot count) / the job's seconds (tail steps on fewer
+    slots cost less, so this share is a lower bound)."""
     from teacherlm_jax.augment import Sampling, Settings, augment_records
     from teacherlm_jax.data import KINDS, load_records, teacher_prompt
     from teacherlm_jax.tokenizers import byte_tokenizer
 
     tokenizer = byte_tokenizer()
-    records = load_records("creak", "dev")
+    records = load_records("creak", split)
     records = records[:num_records] if num_records else records
     ids = tokenizer([teacher_prompt(r, "cot") for r in records[:8]])["input_ids"]
     width = min(len(x) for x in ids)
-    model, c, p = eos_ending_model(shape, tokenizer.eos_token_id, np.array([x[-width:] for x in ids], np.int32))
-    settings = Settings(kinds=KINDS, sampling=Sampling(temperature=1.0, top_k=50, max_new_tokens=MAX_NEW_TOKENS),
-                        batch_size=batch, chunk_size=max(len(records), 1))
-    with tempfile.TemporaryDirectory() as tmp:
-        if warmup:  # compiles the engine's programs
-            augment_records(model, tokenizer, records[:batch], Path(tmp) / "warmup", settings, dataset="creak")
-        start = time.perf_counter()
-        stats = augment_records(model, tokenizer, records, Path(tmp) / "run", settings, dataset="creak")
-        wall = time.perf_counter() - start
-        lengths = text_lengths(Path(tmp) / "run")
-    seconds = stats.get("seconds") or wall
-    texts = stats["records"] * len(KINDS)
-    ended = f"{100 * np.mean(np.array(lengths) < MAX_NEW_TOKENS):.1f}%" if lengths else "n/a"
-    name = "bloom-560m" if shape["hidden_size"] == 1024 else f"tiny (hidden {shape['hidden_size']})"
-    note = (f"EOS logit {c:.3f}: p(EOS) = {p:.4f} per step (target {EOS_PROB:.4f}); "
-            f"{'after a warm-up run on ' + str(batch) + ' records' if warmup else 'compilation included'}; "
-            f"engine seconds {seconds:.1f}, wall {wall:.1f}")
-    engine = stats.get("engine") or {}
-    if engine.get("decode_steps"):
-        note += (f"; {engine['decode_steps']} decode steps ({1e3 * seconds / engine['decode_steps']:.2f} ms each, "
-                 f"prefill included), slots busy {100 * engine.get('slot_occupancy', math.nan):.0f}%")
-    return note + "\n\n" + table(
+    rows, notes = [], []
+    for name, shape in shapes.items():
+        model, c, p = eos_ending_model(shape, tokenizer.eos_token_id, np.array([x[-width:] for x in ids], np.int32))
+        decoder = model.for_decoding()
+        notes.append(f"{name}: EOS logit {c:.3f}, p(EOS) = {p:.4f} per step (target {EOS_PROB:.4f})")
+        for batch in slot_counts:
+            settings = Settings(kinds=KINDS, sampling=Sampling(temperature=1.0, top_k=50,
+                                                               max_new_tokens=MAX_NEW_TOKENS),
+                                batch_size=batch, chunk_size=max(len(records), 1))
+            with tempfile.TemporaryDirectory() as tmp:
+                if warmup:  # compiles the engine's programs
+                    augment_records(decoder, tokenizer, records[:batch], Path(tmp) / "warmup", settings,
+                                    dataset="creak")
+                start = time.perf_counter()
+                stats = augment_records(decoder, tokenizer, records, Path(tmp) / "run", settings, dataset="creak")
+                wall = time.perf_counter() - start
+                lengths = text_lengths(Path(tmp) / "run")
+            seconds = stats.get("seconds") or wall
+            engine = stats.get("engine") or {}
+            step = time_decode(decoder, batch, engine.get("prompt_width", 256) + MAX_NEW_TOKENS - 1, 16)
+            device = engine.get("decode_steps", 0) * step
+            texts = stats["records"] * len(KINDS)
+            rows.append([name, f"{stats['records']} x {len(KINDS)}", batch, stats["tokens"],
+                         f"{stats['tokens'] / max(texts, 1):.1f}",
+                         f"{100 * np.mean(np.array(lengths) < MAX_NEW_TOKENS):.1f}%" if lengths else "n/a",
+                         max(lengths) if lengths else "n/a", f"{seconds:.2f}", f"{stats['tokens'] / seconds:.1f}",
+                         f"{stats['records'] / seconds:.3f}", engine.get("rounds", "n/a"),
+                         engine.get("decode_steps", "n/a"), f"{1e3 * step:.2f}",
+                         f"{100 * max(0.0, 1 - device / seconds):.0f}%"])
+    notes.append(f"{'after a warm-up run on as many records as slots' if warmup else 'compilation included'}; "
+                 f"CREAK {split}")
+    return "; ".join(notes) + "\n\n" + table(
         ["model", "records x kinds", "batch slots", "generated tokens", "mean tokens/text", "ended at EOS",
-         "longest", "seconds", "tokens/s", "records/s"],
-        [[name, f"{stats['records']} x {len(KINDS)}", batch, stats["tokens"], f"{stats['tokens'] / max(texts, 1):.1f}",
-          ended, max(lengths) if lengths else "n/a", f"{seconds:.2f}", f"{stats['tokens'] / seconds:.1f}",
-          f"{stats['records'] / seconds:.3f}"]])
+         "longest", "seconds", "tokens/s", "records/s", "rounds", "decode steps", "engine step ms", "host share"],
+        rows)
 
 
 # ----------------------------------------------------------------------------------------------- train
@@ -351,7 +362,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--reduced", action="store_true", help="tiny shapes, few steps and records (CPU check)")
     parser.add_argument("--parts", default="decode,augment,train", help="comma-separated: decode, augment, train")
     parser.add_argument("--records", type=int, default=None,
-                        help="CREAK dev records for augment (default: all 1371; 6 with --reduced)")
+                        help="CREAK records for augment (default: all 10,174 of train; 6 of dev with --reduced)")
     args = parser.parse_args(argv)
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     unknown = sorted(set(parts) - {"decode", "augment", "train"})
@@ -373,9 +384,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     steps: dict[str, Callable[[], str]] = {
         "decode": lambda: decode_part({"tiny": TINY} if args.reduced else bloom, (1, 4) if args.reduced else (1, 16),
                                       256 if args.reduced else 512, 64, bandwidth, limit, not args.reduced),
-        "augment": lambda: augment_part(TINY if args.reduced else bloom["bloom-560m"],
+        "augment": lambda: augment_part({"tiny": TINY} if args.reduced else
+                                        {k: bloom[k] for k in ("bloom-560m", "bloom-1b7")},
+                                        (8,) if args.reduced else (64, 256), "dev" if args.reduced else "train",
                                         6 if args.records is None and args.reduced else args.records or 0,
-                                        8 if args.reduced else 64, warmup=not args.reduced),
+                                        warmup=not args.reduced),
         "train": lambda: train_part(TINY if args.reduced else bloom["bloom-1b7"],
                                     [(2, 128, "full")] if args.reduced else
                                     [(8, 2048, "dots_no_batch"), (8, 2048, "full"), (4, 2048, "full"),

@@ -28,15 +28,15 @@ from typing import Any
 
 import jax
 import lm_eval.models  # noqa: F401  (lm-eval's own backends, registered before ours)
-import numpy as np
 from lm_eval import utils as lm_utils
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 
+from teacherlm_jax.data.padding import left_pad, pad_token_id
 from teacherlm_jax.errors import ConfigError
 from teacherlm_jax.eval.scoring import Row, score_rows
+from teacherlm_jax.generation import generate
 from teacherlm_jax.init_from import resolve
-from teacherlm_jax.sample import generate
 from teacherlm_jax.sharding import DEFAULT_RULES, make_mesh, parse_rules
 
 log = logging.getLogger(__name__)
@@ -195,13 +195,10 @@ class TeacherLMJax(TemplateLM):
             for start in range(0, len(members), self.batch_size):
                 batch = members[start:start + self.batch_size]
                 prompts = [self.tok_encode(requests[i].args[0])[-(self.max_length - max_new):] for i in batch]
-                width = max(map(len, prompts))
-                pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-                ids = np.array([[pad] * (width - len(p)) + p for p in prompts], np.int32)
-                mask = np.array([[0] * (width - len(p)) + [1] * len(p) for p in prompts], np.int32)
+                ids, mask = left_pad(prompts, max(map(len, prompts)), pad_token_id(self.tokenizer, self.model.config))
                 result = generate(self.model, ids, mask, max_new_tokens=max_new, temperature=temperature,
                                   top_k=top_k, top_p=top_p, eos_token_id=self.eot_token_id, mesh=self.mesh,
-                                  rules=self.rules)
+                                  rules=self.rules, logprobs=False)
                 for i, tokens, length in zip(batch, result.tokens, result.lengths):
                     text = self.tokenizer.decode(tokens[:length], skip_special_tokens=False)
                     for stop in until:

@@ -20,9 +20,8 @@ from flax import nnx
 from reference_models import save_reference, tiny_bloom
 from teacherlm_jax import from_pretrained, generate
 from teacherlm_jax.augment import Sampling
-from teacherlm_jax.augment.engine import Engine, Prompt, prompt_width
-from teacherlm_jax.decode_slots import DecodeSlots, InsertShape, num_traces
-from teacherlm_jax.sample import Sampler
+from teacherlm_jax.generation import DecodeSlots, Engine, InsertShape, Prompt, RowSeeds, Sampler, num_traces, prompt_width
+from teacherlm_jax.generation.slots import Round, _run
 
 EOS, PAD, MAX_NEW = 2, 3, 12
 REPO = Path(__file__).resolve().parents[1]
@@ -121,15 +120,15 @@ def test_only_left_padding_goes_past_the_prompt_width(model):
     """A prefill's bucket may be wider than the slots' prompt width when the extra columns are padding."""
     slots = DecodeSlots(model.for_decoding(), slots=2, prompt_width=4, max_new_tokens=3, sampler=Sampler(),
                         eos_ids=np.array([], np.int32), pad_id=PAD)
-    keys = jax.random.split(jax.random.key(0), 2)
+    keys = RowSeeds.of([0, 1], [0, 0], [0, 0])
     ids = np.array([[PAD, PAD, 5, 6, 7, 8], [PAD, PAD, PAD, 9, 10, 11]])
     slots.insert(ids, (ids != PAD).astype(np.int32), np.array([[0], [1]]), keys)
-    slots.run(3, until_all=True)
+    slots.run(3).result()
     tokens, _, _ = slots.rows([0, 1])
     expected = generate(model, ids, (ids != PAD).astype(np.int32), max_new_tokens=3).tokens
     np.testing.assert_array_equal(tokens, expected)
     with pytest.raises(ValueError, match="only left padding"):
-        slots.insert(np.array([[4, 5, 6, 7, 8, 9]]), np.ones((1, 6), np.int32), np.array([[0]]), keys[:1])
+        slots.insert(np.array([[4, 5, 6, 7, 8, 9]]), np.ones((1, 6), np.int32), np.array([[0]]), RowSeeds.of([0], [0], [0]))
 
 
 def test_insert_programs_compiled_ahead_are_the_ones_called(model):
@@ -141,14 +140,14 @@ def test_insert_programs_compiled_ahead_are_the_ones_called(model):
     slots.join()
     traced = num_traces()
     ids = np.array([[PAD, 5, 6, 7], [PAD, PAD, 8, 9]])
-    slots.insert(ids, (ids != PAD).astype(np.int32), np.array([[0], [2]]), jax.random.split(jax.random.key(1), 2),
+    slots.insert(ids, (ids != PAD).astype(np.int32), np.array([[0], [2]]), RowSeeds.of([1, 1], [0, 0], [0, 1]),
                  prefix=(np.array([[PAD] + list(range(10, 18))]), np.array([[0] + [1] * 8])), parent=np.zeros(2))
     assert num_traces() == traced
 
 
 def test_engine_compiles_later_inserts_ahead(model, monkeypatch):
-    """Every insert after the first fill of a shared prefix, or of one or two prompts that share nothing (the
-    steady state), has its program compiled ahead (a prefill program can take seconds to compile on a GPU)."""
+    """Every insert of one unit after the first fill (one shared prefix and its rows, or one prompt that shares
+    nothing) has its program compiled ahead (a prefill program can take seconds to compile on a GPU)."""
     ahead, called = [], []
     compile_ahead, insert, run = DecodeSlots.compile_ahead, DecodeSlots.insert, DecodeSlots.run
 
@@ -156,23 +155,23 @@ def test_engine_compiles_later_inserts_ahead(model, monkeypatch):
         ahead.extend(inserts)
         return compile_ahead(self, slot_counts, inserts)
 
-    def record_insert(self, ids, mask, slot_ids, keys, prefix=None, parent=None):
+    def record_insert(self, ids, mask, slot_ids, seeds, prefix=None, parent=None):
         called.append(InsertShape.of(ids.shape, None if prefix is None else prefix[0].shape, 1))
-        return insert(self, ids, mask, slot_ids, keys, prefix=prefix, parent=parent)
+        return insert(self, ids, mask, slot_ids, seeds, prefix=prefix, parent=parent)
 
-    def record_run(self, max_steps, until_all):
+    def record_run(self, max_steps, stop_at_active=0):
         called.append("run")
-        return run(self, max_steps, until_all)
+        return run(self, max_steps, stop_at_active)
 
     monkeypatch.setattr(DecodeSlots, "compile_ahead", record_ahead)
     monkeypatch.setattr(DecodeSlots, "insert", record_insert)
     monkeypatch.setattr(DecodeSlots, "run", record_run)
     items = prompts(16, seed=2)
     out, _ = run_engine(model, items, Sampling(temperature=1.0, top_k=50, max_new_tokens=MAX_NEW), batch_size=4,
-                        refill=True)
+                        refill=True, inserts_ahead=True)
     assert len(out) == len(items)
     first_fill = set(called[:called.index("run")])
-    later = {s for s in called if s != "run" and s not in first_fill and (s.prefixes == 1 or s.rows <= 2)}
+    later = {s for s in called if s != "run" and s not in first_fill and s.prefixes == 1}
     assert later and later <= set(ahead)
 
 
@@ -201,7 +200,7 @@ TENSOR_SCRIPT = textwrap.dedent("""
     from jax.sharding import AxisType
     from teacherlm_jax import from_pretrained, generate
     from teacherlm_jax.augment import Sampling
-    from teacherlm_jax.augment.engine import Engine, Prompt
+    from teacherlm_jax.generation import Engine, Prompt
 
     rules = (("batch", ("data", "fsdp")), ("embed", "fsdp"), ("heads", "tensor"), ("mlp", "tensor"),
              ("vocab", "tensor"))
@@ -261,3 +260,115 @@ def test_tensor_parallel_generation_matches_one_device(tmp_path):
     for i, row in enumerate(results["one"]):
         (engine_row,) = results["one_engine"][str(i)]
         assert engine_row == row[:len(engine_row)] and (len(engine_row) == 10 or engine_row[-1] == EOS)
+
+
+OPT_MAX_NEW = 8
+
+
+@pytest.fixture(scope="module")
+def opt_model(tmp_path_factory):
+    """A tiny OPT teacher (learned positions) whose sampled rows end at EOS after a few tokens or run to
+    max_new_tokens: a slot whose row ended at max_new_tokens must not leave anything a later row reads."""
+    from reference_models import tiny_opt
+
+    model = tiny_opt(vocab_size=96, max_position_embeddings=128, pad_token_id=1, eos_token_id=EOS,
+                     tie_word_embeddings=False)
+    with torch.no_grad():
+        bias = model.model.decoder.final_layer_norm.bias
+        model.lm_head.weight[EOS] = 2.0 * bias / bias.norm() ** 2
+    directory = tmp_path_factory.mktemp("engine_opt_teacher")
+    model.save_pretrained(directory)
+    return from_pretrained(directory)
+
+
+def test_opt_teacher_rows_equal_generate_alone(opt_model):
+    """Two kinds per record (a shared-prefix unit waits while rows run), batch 3, rows ending at EOS and at
+    max_new_tokens: the continuous engine gives each row exactly what `generate` gives it alone."""
+    sampling = Sampling(temperature=1.0, top_k=50, max_new_tokens=OPT_MAX_NEW)
+    rng = np.random.default_rng(4)
+    items = []
+    for n in rng.integers(3, 30, 10):
+        question = rng.integers(4, 96, int(n)).tolist()
+        items += [Prompt(tuple(question + cue), int(rng.integers(0, 2**32)), len(question)) for cue in ([5, 6], [7])]
+    engine = Engine(opt_model.for_decoding(), batch_size=3, width=prompt_width(items, OPT_MAX_NEW, 128),
+                    sampling=sampling, eos_id=EOS, pad_id=1, refill=True)
+    out = {i: [s.tolist() for s in samples] for i, samples in engine.generate(enumerate(items))}
+    lengths = [len(s) for samples in out.values() for s in samples]
+    assert OPT_MAX_NEW in lengths and min(lengths) < OPT_MAX_NEW, lengths
+    for i, prompt in enumerate(items):
+        assert out[i] == alone(opt_model, prompt, sampling), f"prompt {i}"
+
+
+def test_engine_generates_again_after_its_tail_shrank(model):
+    """A second `generate` call on an engine whose last rows moved to fewer slots uses every slot again."""
+    sampling = Sampling(temperature=1.0, top_k=50, max_new_tokens=MAX_NEW)
+    first, second = prompts(16, seed=1), prompts(16, seed=5)
+    engine = Engine(model.for_decoding(), batch_size=16, width=prompt_width(first + second, MAX_NEW, 128),
+                    sampling=sampling, eos_id=EOS, pad_id=PAD, refill=True)
+    rows = lambda items: {i: [s.tolist() for s in samples] for i, samples in engine.generate(enumerate(items))}
+    assert len(rows(first)) == len(first) and engine.stats()["tail_slots"] == 4
+    again = rows(second)
+    assert sorted(again) == list(range(len(second))) and engine.stats()["tail_slots"] == 4
+    for i in (0, 5, len(second) - 1):
+        assert again[i] == alone(model, second[i], sampling), f"prompt {i}"
+
+
+def test_every_tail_slot_count_is_compiled_ahead(model, monkeypatch):
+    """64 slots whose last rows move to 16, then 4: each count's round program (and each move) is compiled
+    ahead, none inside the loop."""
+    ahead, used = set(), set()
+    compile_ahead, run = DecodeSlots.compile_ahead, DecodeSlots.run
+
+    def record_ahead(self, slot_counts, inserts=()):
+        ahead.update(slot_counts)
+        return compile_ahead(self, slot_counts, inserts)
+
+    def record_run(self, max_steps, stop_at_active=0):
+        used.add(self.slots)
+        return run(self, max_steps, stop_at_active)
+
+    monkeypatch.setattr(DecodeSlots, "compile_ahead", record_ahead)
+    monkeypatch.setattr(DecodeSlots, "run", record_run)
+    out, stats = run_engine(model, prompts(20, seed=6), Sampling(temperature=0.0, max_new_tokens=MAX_NEW),
+                            batch_size=64, refill=True)
+    assert used == {64, 16, 4} and used <= ahead, (used, ahead)
+    assert stats["tail_slots"] == 4 and len(out) > 40
+
+
+def test_rounds_run_many_steps_and_overlap_the_host(model, monkeypatch):
+    """A round runs until enough slots are free, not until the first row ends; the next round is dispatched
+    before the last round's rows are handed out (the host works while the device decodes)."""
+    events = []
+    run, result = DecodeSlots.run, Round.result
+    monkeypatch.setattr(DecodeSlots, "run", lambda self, *a: events.append("run") or run(self, *a))
+    monkeypatch.setattr(Round, "result", lambda self: events.append("result") or result(self))
+    sampling = Sampling(temperature=1.0, top_k=50, max_new_tokens=MAX_NEW)
+    items = prompts(16, seed=7)
+    engine = Engine(model.for_decoding(), batch_size=8, width=prompt_width(items, MAX_NEW, 128), sampling=sampling,
+                    eos_id=EOS, pad_id=PAD, refill=True, refill_fraction=0.5)
+    out = {}
+    for i, samples in engine.generate(enumerate(items)):
+        events.append("out")
+        out[i] = [s.tolist() for s in samples]
+    stats, events = engine.stats(), list(events)
+    assert out == run_engine(model, items, sampling, batch_size=8, refill=True)[0]  # another refill fraction
+    ended_per_round = stats["kept_tokens"] / stats["rounds"]
+    assert stats["rounds"] * 3 < stats["decode_steps"] and ended_per_round > 1, stats
+    last_result = max(i for i, e in enumerate(events) if e == "result")
+    for i, event in enumerate(events[:last_result]):
+        if event == "out":  # what came before it: a dispatch, never a read with nothing dispatched after it
+            assert [e for e in events[:i] if e != "out"][-1] == "run", " ".join(events)
+
+
+def test_decode_steps_compute_no_log_softmax_unless_asked(model):
+    """The per-step log-softmax (log-probs) is compiled in only for callers that ask for it."""
+    texts = {}
+    for logprobs in (False, True):
+        slots = DecodeSlots(model.for_decoding(), slots=2, prompt_width=4, max_new_tokens=3, sampler=Sampler(),
+                            eos_ids=np.array([EOS], np.int32), pad_id=PAD, logprobs=logprobs)
+        texts[logprobs] = _run.lower(slots.params, slots.state, slots.eos_ids, np.int32(3), np.int32(0),
+                                     sampler=slots.sampler, logprobs=logprobs, **slots._static()).as_text()
+        assert slots.state.logprobs.shape == (2, 3 if logprobs else 0)
+    assert "stablehlo.log " not in texts[False] and "stablehlo.log " in texts[True]
+    ids = np.array([[5, 9, 14, 3, 22, 7]])
+    assert generate(model, ids, np.ones_like(ids), max_new_tokens=3, logprobs=False).logprobs is None

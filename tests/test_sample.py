@@ -187,7 +187,7 @@ def test_greedy_sampler_is_argmax_and_filters_keep_it():
 
 
 def test_bucket_length():
-    assert [bucket_length(n) for n in (1, 16, 17, 100, 129)] == [16, 16, 32, 128, 256]
+    assert [bucket_length(n) for n in (1, 16, 17, 100, 129)] == [16, 16, 24, 128, 192]  # PROMPT_BUCKETS
     assert [bucket_length(n, (64, 256)) for n in (1, 64, 65, 300)] == [64, 64, 256, 300]
 
 

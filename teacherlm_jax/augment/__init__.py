@@ -3,8 +3,7 @@
     python -m teacherlm_jax.main --config configs/augment.py --workdir DIR \
         --config.teacher.init_from=TEACHER --config.datasets="('creak', 'strategyqa:dev', '/data/x.jsonl')"
 
-Modules: `job` (config -> run), `runner` (chunks -> engine -> parts), `engine` (continuous or static
-batching over decode slots), `chunks` (records <-> prompts and output records), `settings`, `files`
+Modules: `job` (config -> run), `runner` (chunks -> `teacherlm_jax.generation`'s engine -> parts), `chunks` (records <-> prompts and output records), `settings`, `files`
 (parts, manifest, atomic writes), `fingerprint` (the teacher's identity by content), `summary`
 (summary.json, lengths.png, the progress bar) and `export` (parquet shards and the dataset card).
 
@@ -21,9 +20,10 @@ named as `name:split`, the file stem for a .jsonl file) holds
   data/train-*-of-*.parquet,      the same records as a Hugging Face dataset, with a `quality` column, and its
   README.md                       dataset card rendered from the summary (`export`), written with it.
 
-Engine (`config.engine`): "continuous" (default) keeps `batch_size` prompts' decode slots busy: when a
-row ends (EOS or max_new_tokens) its slot takes the next prompt, whose prefill is written into that
-slot's cache, so decode steps approach generated tokens / slots. Prompts of every kind and dataset in
+Engine (`config.engine`, `teacherlm_jax.generation.scheduler`): "continuous" (default) keeps `batch_size`
+prompts' decode slots busy: the device decodes rounds of many steps, and between rounds the slots of rows
+that ended (EOS or max_new_tokens) take the next prompts, prefilled into those slots' cache rows in one
+call, so decode steps approach generated tokens / slots; the host writes parts while the next round runs. Prompts of every kind and dataset in
 this process's chunks feed the same slots. "static" decodes batches of `batch_size` prompts, each until
 its longest row ends. Continuous batching moves the job's last rows to fewer slots once no prompt
 waits (see `engine`). The teacher is loaded once, with listed layers that its decode layout shares

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from teacherlm_jax.augment.engine import Prompt
+from teacherlm_jax.generation.scheduler import Prompt
 from teacherlm_jax.augment.settings import Settings, prompt_seed
 from teacherlm_jax.data import KINDS, Record, teacher_prompt
 

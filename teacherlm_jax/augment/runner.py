@@ -21,13 +21,14 @@ from jax.sharding import Mesh
 
 from teacherlm_jax import report_json
 from teacherlm_jax.augment.chunks import Chunk, decode, make_chunk, output_records, record_inputs
-from teacherlm_jax.augment.engine import Engine, prompt_width
+from teacherlm_jax.generation.scheduler import Engine, prompt_width
 from teacherlm_jax.augment.files import RUNS, check_manifest, part_path, remove_temporary, stale_reason
 from teacherlm_jax.augment.settings import Settings
 from teacherlm_jax.augment.summary import progress
 from teacherlm_jax.data import Record
+from teacherlm_jax.data.padding import pad_token_id
 from teacherlm_jax.paths import workdir_path, write_atomic
-from teacherlm_jax.sample import decoding_layout
+from teacherlm_jax.generation import decoding_layout
 from teacherlm_jax.sharding import LogicalRules
 
 log = logging.getLogger(__name__)
@@ -103,7 +104,7 @@ def augment_datasets(model: nnx.Module, tokenizer, datasets: Sequence[DatasetWor
             sampling = settings.sampling
             eos_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else model.config.eos_token_id
             eos = {eos_id} if sampling.stop_at_eos and eos_id is not None else set()
-            pad_id = next((p for p in (tokenizer.pad_token_id, model.config.pad_token_id) if p is not None), 0)
+            pad_id = pad_token_id(tokenizer, model.config)
             width = prompt_width((p for chunk in pending for _, p in chunk.work), sampling.max_new_tokens,
                                  model.config.max_position_embeddings)
             engine = Engine(decoding_layout(model), batch_size=settings.batch_size, width=width, sampling=sampling,

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from teacherlm_jax.data import KINDS
-from teacherlm_jax.sample import Sampler
+from teacherlm_jax.generation.sampler import Sampler
 
 TRUNCATION = ("left", "skip")
 ENGINES = ("continuous", "static")

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import AbstractMesh, Mesh, NamedSharding
 
-from teacherlm_jax.decode_slots import CACHE_AXES
+from teacherlm_jax.generation.slots import CACHE_AXES
 from teacherlm_jax.errors import ConfigError
 from teacherlm_jax.init_from import resolve
 from teacherlm_jax.sharding import (

@@ -37,6 +37,7 @@ from teacherlm_jax.data.decontamination import contamination, eval_records
 from teacherlm_jax.data.examples import (FORMATS, STYLES, TextPair, annotated, build_pairs, filter_texts,
                                         is_augmented, read_augmented, skipped_kinds)
 from teacherlm_jax.data.formats import KINDS
+from teacherlm_jax.data.padding import pad_token_id
 from teacherlm_jax.data.quality import REASONS, check_filter
 from teacherlm_jax.data.pipeline import make_batch_iterator
 from teacherlm_jax.data.records import LoadReport
@@ -222,8 +223,7 @@ def make_records_iterator(config: ml_collections.ConfigDict, tokenizer, process_
              f", at most max_position_embeddings={max_positions}")
     if report is not None:
         report.update(seq_len=seq_len, longest_example=longest, truncated_examples=num_truncated(examples))
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     return RecordBatches(make_batch_iterator(
-        examples, batch_size=config.batch_size, seq_len=seq_len, pad_id=pad_id,
+        examples, batch_size=config.batch_size, seq_len=seq_len, pad_id=pad_token_id(tokenizer),
         seed=config.seed + (0 if split == "train" else 1), shuffle=split == "train", num_epochs=None,
         process_index=process_index, process_count=process_count), seq_len)

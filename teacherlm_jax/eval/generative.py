@@ -11,14 +11,14 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 
-import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
 from teacherlm_jax.data.formats import finetune_cot_prompt
+from teacherlm_jax.data.padding import left_pad, pad_token_id
 from teacherlm_jax.data.records import LETTERS, Record
 from teacherlm_jax.eval.scoring import encode
-from teacherlm_jax.sample import generate
+from teacherlm_jax.generation import generate
 from teacherlm_jax.sharding import LogicalRules
 
 ARROW = "-->"
@@ -83,20 +83,15 @@ def generate_answers(model: nnx.Module, tokenizer, records: Sequence[Record], *,
     prompts = encode(tokenizer, [prompt_fn(r) for r in records])
     truncated = [len(p) > limit for p in prompts]
     prompts = [p[-limit:] for p in prompts]
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad_id = pad_token_id(tokenizer, model.config)
     texts = [""] * len(records)
     order = sorted(range(len(records)), key=lambda i: len(prompts[i]), reverse=True)
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
         rows = [prompts[i] for i in chunk] + [prompts[chunk[-1]]] * (batch_size - len(chunk))
-        width = max(len(p) for p in rows)
-        ids = np.full((batch_size, width), pad_id, np.int32)
-        mask = np.zeros((batch_size, width), np.int32)
-        for b, p in enumerate(rows):
-            ids[b, width - len(p):] = p
-            mask[b, width - len(p):] = 1
+        ids, mask = left_pad(rows, max(len(p) for p in rows), pad_id)
         out = generate(model, ids, mask, max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id,
-                       mesh=mesh, rules=rules)
+                       mesh=mesh, rules=rules, logprobs=False)
         for b, i in enumerate(chunk):
             texts[i] = tokenizer.decode(out.tokens[b, :out.lengths[b]].tolist(), skip_special_tokens=True)
         if progress is not None:

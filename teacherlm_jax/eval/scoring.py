@@ -31,12 +31,14 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from teacherlm_jax.errors import ConfigError
 from teacherlm_jax.models.graph_key import GraphKey
-from teacherlm_jax.sample import CACHE_AXES, bucket_length
+from teacherlm_jax.data.padding import left_pad, pad_token_id
+from teacherlm_jax.generation.compiles import compiled_programs
+from teacherlm_jax.generation.sampler import PROMPT_BUCKETS, bucket_length
+from teacherlm_jax.generation.slots import CACHE_AXES
 from teacherlm_jax.sharding import LogicalRules, activation_sharding, batch_sharding, constrain, data_parallel_size
 
 SCORES = ("mean", "sum")
-# Prefill lengths: powers of two and their 1.5x from 16, so padding wastes at most a third.
-PREFILL_BUCKETS = tuple(sorted({b for p in range(4, 16) for b in (2**p, 3 * 2 ** (p - 1))}))
+PREFILL_BUCKETS = PROMPT_BUCKETS  # generation's buckets: powers of two and their 1.5x from 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,19 +106,11 @@ def _pad_batch(rows: list[Row], batch_size: int, max_length: int, pad_id: int) -
     longest = max(max(len(s) - steps for s in seqs), 0)
     width = max(longest, min(bucket_length(longest, PREFILL_BUCKETS), max_length - steps))
     num_choices = max(len(r.continuations) for r in rows)
-    prefill = np.full((batch_size, width), pad_id, np.int32)
-    prefill_mask = np.zeros((batch_size, width), np.int32)
-    step = np.full((batch_size, steps), pad_id, np.int32)
-    step_mask = np.zeros((batch_size, steps), np.int32)
+    prefill, prefill_mask = left_pad([s[:-steps] for s in seqs], width, pad_id)
+    step, step_mask = left_pad([s[-steps:] for s in seqs], steps, pad_id)
     targets = np.zeros((batch_size, steps, num_choices), np.int32)
     target_mask = np.zeros((batch_size, steps), np.float32)
-    for b, (row, seq) in enumerate(zip(rows, seqs)):
-        head, tail = seq[:-steps], seq[-steps:]
-        if head:
-            prefill[b, width - len(head):] = head
-            prefill_mask[b, width - len(head):] = 1
-        step[b, steps - len(tail):] = tail
-        step_mask[b, steps - len(tail):] = 1
+    for b, row in enumerate(rows):
         target_mask[b, steps - row.steps:] = 1
         for c, cont in enumerate(row.continuations):
             targets[b, steps - row.steps:, c] = cont
@@ -124,20 +118,15 @@ def _pad_batch(rows: list[Row], batch_size: int, max_length: int, pad_id: int) -
                 target_mask=target_mask)
 
 
-_traces = 0
-
-
 def num_traces() -> int:
-    """How many scoring programs this process has traced (each is a compile)."""
-    return _traces
+    """How many scoring programs this process has compiled (jax's compile events)."""
+    return compiled_programs(("_score_program",))
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "mesh", "rules"))
 def _score_program(state, prefill, prefill_mask, step, step_mask, targets, target_mask, *, graphdef, mesh, rules):
     """(sum of log p(target) over the step positions where `target_mask` is 1, whether every such
     target is the argmax there): [batch, choices] each."""
-    global _traces
-    _traces += 1
     with activation_sharding(mesh, rules) if mesh is not None else contextlib.nullcontext():
         model = graphdef.merge(state)
         batch, width = prefill.shape
@@ -180,7 +169,7 @@ def score_rows(model: nnx.Module, rows: Sequence[Row], *, batch_size: int, max_l
         raise ConfigError(f"batch_size={batch_size} is not divisible by the data-parallel size "
                           f"{data_parallel_size(mesh, rules or ())} (mesh axes the batch is split over)")
     rules = None if rules is None else tuple((n, tuple(a) if isinstance(a, list) else a) for n, a in rules)
-    pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
+    pad_id = pad_token_id(model_config=model.config)
     graphdef, state = nnx.split(model)
     graphdef = GraphKey(graphdef)
     order = sorted(range(len(rows)), key=lambda i: (step_bucket(rows[i].steps), len(rows[i].context)), reverse=True)

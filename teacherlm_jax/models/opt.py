@@ -205,8 +205,9 @@ class OPT(nnx.Module):
         # Positions as transformers counts them over the whole mask, then cut to this call's slots.
         mask = jnp.asarray(attention_mask).astype(jnp.int32)
         positions = jnp.cumsum(mask, axis=1) * mask - 1
+        # Clamped: a decode slot without a live row sits past the cache (its output is never used).
         positions = jnp.take_along_axis(positions, jnp.broadcast_to(query_slots(offset, length), (len(mask), length)),
-                                        axis=1)
+                                        axis=1, mode="clip")
         x = jnp.take(self.embed_tokens[...], input_ids, axis=0).astype(dtype)
         if self.project_in is not None:
             x = self.project_in(x)

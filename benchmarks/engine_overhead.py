@@ -1,0 +1,155 @@
+"""The engine's host overhead on CPU, where a small model's step costs what a large one's does on an accelerator.
+
+    python benchmarks/engine_overhead.py                    # this tree against ce4bea3, one run each
+    python benchmarks/engine_overhead.py --refill-fractions 0.0625,0.125,0.25,0.5 --baseline none   # a sweep
+
+A random BloomForCausalLM of hidden 256, 4 layers, 8 heads and 4096 tokens (float32; a 64-row decode step
+takes ~11 ms on the 2-core VM, as bloom-560m's takes a few ms on a GPU) with a byte-level tokenizer, its
+EOS logit calibrated for probability 1/32 per step under top-k 50 (benchmarks/eos_workload.py): TeacherLM's
+workload, `--records` CREAK train records x three kinds, temperature 1, top-k 50, rows ending at EOS with
+geometric lengths (mean ~32), max_new_tokens 128, batch_size 64, each kind's prompt sharing its record's
+prefix, prompts made by the augment job's own `make_chunk`.
+
+Each contender runs in its own process: the workload once to fill a compilation cache of its own, then
+again, timed (generation only: tokens / seconds of `Engine.generate`), with every program loaded from that
+cache or already compiled. The baseline is the engine at commit `--baseline` (default ce4bea3, before the
+generation package), checked out into a git worktree and run with the same script. In the same process as
+this tree's engine, the bare-step bound: `generate` at 64 rows, no EOS, logprobs off, (time(1 + n) -
+time(1)) / n per step, median of 3; bound = 64 rows / step. Prints a markdown table for docs/performance.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SLOTS = 64
+MAX_NEW_TOKENS = 128
+
+
+def worker(checkpoint: str, records: int, fractions: list[float], bound: bool) -> None:
+    """Runs in the tree on PYTHONPATH; prints one JSON line per run."""
+    import numpy as np
+
+    from teacherlm_jax import from_pretrained, generate
+    from teacherlm_jax.augment import Sampling, Settings
+    from teacherlm_jax.augment.chunks import make_chunk
+    from teacherlm_jax.augment.engine import Engine, prompt_width
+    from teacherlm_jax.data import load_records
+    from teacherlm_jax.tokenizers import load_tokenizer
+
+    tokenizer = load_tokenizer(checkpoint)
+    model = from_pretrained(checkpoint, scan_layers=False).for_decoding()
+    sampling = Sampling(temperature=1.0, top_k=50, max_new_tokens=MAX_NEW_TOKENS)
+    settings = Settings(sampling=sampling, batch_size=SLOTS, chunk_size=records)
+    limit = settings.prompt_limit(model.config.max_position_embeddings)
+    chunk = make_chunk(tokenizer, "creak", 0, load_records("creak", "train")[:records], settings, limit)
+    width = prompt_width((p for _, p in chunk.work), MAX_NEW_TOKENS, model.config.max_position_embeddings)
+
+    def run(fraction: float | None) -> dict:
+        kwargs = {} if fraction is None else {"refill_fraction": fraction}
+        engine = Engine(model, batch_size=SLOTS, width=width, sampling=sampling, eos_id=tokenizer.eos_token_id,
+                        pad_id=tokenizer.pad_token_id, refill=True, **kwargs)
+        start = time.perf_counter()
+        tokens = sum(len(s) for _, samples in engine.generate(chunk.work) for s in samples)
+        seconds = time.perf_counter() - start
+        return {"refill_fraction": fraction, "tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds,
+                **{k: v for k, v in engine.stats().items() if k != "engine"}}
+
+    for fraction in fractions or [None]:
+        run(fraction)  # fills the compilation cache (and this process's): the timed run compiles nothing
+        print(json.dumps(run(fraction)), flush=True)
+    if bound:
+        ids = np.array([p.ids[-32:] for _, p in chunk.work[:SLOTS]], np.int32)
+        step = lambda n: generate(model, ids, np.ones_like(ids), max_new_tokens=n, temperature=1.0, top_k=50,
+                                  eos_token_id=None, logprobs=False)
+        times = {}
+        for n in (1, 65):
+            step(n)
+            times[n] = statistics.median(_timed(lambda: step(n)) for _ in range(3))
+        seconds = (times[65] - times[1]) / 64
+        print(json.dumps({"bare_step_ms": 1000 * seconds, "bound_tokens_per_s": SLOTS / seconds}), flush=True)
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def contender(tree: Path, checkpoint: Path, cache: Path, records: int, fractions: list[float], bound: bool) -> list:
+    data = os.environ.get("TEACHERLM_DATA_DIR", str(REPO.parent / "shared" / "data"))  # the baseline's tree is elsewhere
+    env = {**os.environ, "PYTHONPATH": f"{tree}{os.pathsep}{Path(__file__).parent}", "JAX_PLATFORMS": "cpu",
+           "TEACHERLM_DATA_DIR": data,
+           "JAX_COMPILATION_CACHE_DIR": str(cache), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+           "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+    cmd = [sys.executable, __file__, "--worker", "--checkpoint", str(checkpoint), "--records", str(records),
+           "--refill-fractions", ",".join(map(str, fractions))] + (["--bound"] if bound else [])
+    proc = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"{tree} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+    return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--records", type=int, default=384)
+    parser.add_argument("--refill-fractions", default="", help="this tree's engine at these fractions (default: its own)")
+    parser.add_argument("--baseline", default="ce4bea3", help="a commit to run side by side, or none")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--checkpoint", help=argparse.SUPPRESS)
+    parser.add_argument("--bound", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    fractions = [float(f) for f in args.refill_fractions.split(",") if f]
+    if args.worker:
+        worker(args.checkpoint, args.records, fractions, args.bound)
+        return
+
+    from augment import save_checkpoint  # benchmarks/augment.py: the calibrated teacher
+
+    from teacherlm_jax.data import load_records, teacher_prompt
+
+    records = load_records("creak", "train")[:args.records]
+    texts = [teacher_prompt(r, kind) for kind in ("cot", "fundamentals", "mistakes") for r in records]
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        note = save_checkpoint(tmp / "model", "tiny", "teacherlm", texts)
+        results = {"this tree": contender(REPO, tmp / "model", tmp / "cache-new", args.records, fractions, True)}
+        if args.baseline != "none":
+            tree = tmp / "baseline"
+            subprocess.run(["git", "worktree", "add", "--detach", str(tree), args.baseline], cwd=REPO, check=True,
+                           capture_output=True)
+            try:
+                results[f"engine at {args.baseline}"] = contender(tree, tmp / "model", tmp / "cache-old",
+                                                                  args.records, [], False)
+            finally:
+                subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=REPO, check=True)
+
+    bound = next(r for r in results["this tree"] if "bound_tokens_per_s" in r)
+    load = os.getloadavg()
+    print(f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load average {load[0]:.2f} "
+          f"{load[1]:.2f} {load[2]:.2f}; {args.records} CREAK train records x 3 kinds, {SLOTS} slots, temperature 1, "
+          f"top-k 50, max_new_tokens {MAX_NEW_TOKENS}. {note}. Bare step at {SLOTS} rows: "
+          f"{bound['bare_step_ms']:.2f} ms, bound {bound['bound_tokens_per_s']:.0f} tokens/s.\n")
+    runs = [(name, r) for name, rs in results.items() for r in rs if "tokens" in r]
+    base = next((r for name, r in runs if name != "this tree"), None)
+    print("| engine | refill fraction | tokens | s | tokens/s | of the bound | vs baseline | rounds | decode steps "
+          "| slot occupancy |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name, r in runs:
+        versus = f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}x" if base else "-"
+        print(f"| {name} | {r['refill_fraction'] or 'default'} | {r['tokens']} | {r['seconds']:.1f} | "
+              f"{r['tokens_per_s']:.0f} | {100 * r['tokens_per_s'] / bound['bound_tokens_per_s']:.0f}% | {versus} | "
+              f"{r.get('rounds', '-')} | {r['decode_steps']} | {r['slot_occupancy']:.2f} |")
+
+
+if __name__ == "__main__":
+    main()

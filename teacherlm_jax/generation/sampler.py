@@ -1,0 +1,86 @@
+"""The sampler and the length buckets every job pads to (generation, scoring, the lm-eval backend, augment)."""
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Prompt (and prefill) widths: powers of two and 1.5x powers of two from 16, so that at most a third of a
+# padded width is padding while a dataset-scale job compiles a handful of programs.
+PROMPT_BUCKETS = tuple(sorted({b for p in range(4, 16) for b in (2 ** p, 3 * 2 ** (p - 1))}))
+# A prompt's own tokens after a shared prefix: TeacherLM's cues are short, and the same for every record.
+SUFFIX_BUCKETS = (1, 2, 3, *range(4, 65, 4), *(b for b in PROMPT_BUCKETS if b > 64))
+# Row and prefix counts of one prefill call: the same scheme from 1.
+COUNT_BUCKETS = tuple(sorted({1, 2, 3} | {b for p in range(2, 16) for b in (2 ** p, 3 * 2 ** (p - 1))}))
+
+
+def bucket_length(length: int, buckets: Sequence[int] | None = None) -> int:
+    """The smallest bucket >= `length` (default: PROMPT_BUCKETS); beyond the largest, the length itself."""
+    return min((b for b in (PROMPT_BUCKETS if buckets is None else buckets) if b >= length), default=length)
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampler:
+    """Picks the next token from logits: greedy at temperature 0, else temperature -> top-k -> top-p.
+
+    The order and the top-p rule are those of transformers' logits warpers: top-p keeps the most
+    likely tokens until their probability mass reaches `top_p` (always at least one). Top-k keeps
+    exactly `top_k` tokens (ties at the k-th logit are broken towards the lower token id, where
+    transformers keeps every tied token); `top_k` >= the vocabulary keeps all. Top-k and top-p always
+    keep the most likely token, so at temperature 0 they change nothing. Frozen and hashable: it is a
+    static argument of the compiled program.
+    """
+
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+    def __post_init__(self):
+        if not (isinstance(self.temperature, numbers.Real) and math.isfinite(self.temperature)
+                and self.temperature >= 0):
+            raise ValueError(f"temperature={self.temperature!r}; expected a finite number >= 0 (0 is greedy)")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, (int, np.integer)) or self.top_k < 0:
+            raise ValueError(f"top_k={self.top_k!r}; expected an integer >= 0 (0 turns top-k off)")
+        if not (isinstance(self.top_p, numbers.Real) and 0 < self.top_p <= 1):
+            raise ValueError(f"top_p={self.top_p!r}; expected a number in (0, 1] (1 turns top-p off)")
+        object.__setattr__(self, "temperature", float(self.temperature))
+        object.__setattr__(self, "top_k", int(self.top_k))
+        object.__setattr__(self, "top_p", float(self.top_p))
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    def candidates(self, logits: jax.Array) -> tuple[jax.Array, jax.Array | None]:
+        """Warped logits [..., n] of the candidate tokens and their ids (None: the whole vocabulary).
+
+        Removed tokens get -inf. With top-k only k candidates are kept, so top-p sorts k values, not
+        the vocabulary (the tokens top-k removed have probability 0 and change no cumulative sum).
+        """
+        x = logits.astype(jnp.float32) / (self.temperature or 1.0)
+        ids = None
+        vocab = x.shape[-1]
+        if 0 < self.top_k < vocab:
+            x, ids = jax.lax.top_k(x, self.top_k)  # sorted, largest first
+        if self.top_p < 1.0:
+            if ids is None:
+                x, ids = jax.lax.top_k(x, vocab)
+            probs = jax.nn.softmax(x, axis=-1)
+            mass_before = jnp.cumsum(probs, axis=-1) - probs
+            x = jnp.where(mass_before < self.top_p, x, -jnp.inf)
+        return x, ids
+
+    def __call__(self, logits: jax.Array, keys: jax.Array) -> jax.Array:
+        """Next tokens [rows] from logits [rows, vocab], one PRNG key per row (unused when greedy)."""
+        if self.greedy:
+            return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        x, ids = self.candidates(logits)
+        choice = jax.vmap(jax.random.categorical)(keys, x)
+        if ids is not None:
+            choice = jnp.take_along_axis(ids, choice[:, None], axis=-1)[:, 0]
+        return choice.astype(jnp.int32)

@@ -1,0 +1,303 @@
+"""The engine: a stream of prompts in, generated rows out, over `batch_size x num_samples` decode slots.
+
+  continuous (the default): rows that end (EOS or max_new_tokens) free their slots for the next prompts,
+    prefilled into those slots' cache rows, so decode steps approach generated tokens / slots.
+  static: a batch of prompts fills the slots and decodes until its longest row ends, then the next.
+
+Rounds, not steps. The device decodes a round of steps (`DecodeSlots.run`) and the host steps in only
+between rounds: a continuous round lasts until `refill_fraction` of the slots (at least the next unit's)
+are free, or `round_steps` steps have run; rows that end inside a round stay masked on the device and
+write no token. Between rounds the host reads the round's rows, inserts the next prompts into the freed
+slots in one prefill call, dispatches the next round, and only then turns the ended rows into results
+(the caller decodes and writes them) while the device decodes: host and device overlap, as in SGLang's
+and JetStream's overlap scheduling. The threshold trades idle slots against round trips: waiting for F
+free slots at p(end) per row per step idles about F / 2 slots a step, and a round trip costs R steps'
+worth of time, so the waste per freed slot, F / (2 slots p) + R / F, is least near F = slots sqrt(2 p R).
+Measured on the 2-core CPU with the benchmark's shape (benchmarks/engine_overhead.py: 64 slots, p = 1/32,
+R ~ 0.3 step) that is ~9 slots, and the sweep there put the best of 1/32 .. 1/2 at REFILL_FRACTION; on an
+accelerator, where R is several steps, a larger fraction pays (`refill_fraction`).
+
+Each prompt takes `num_samples` slots (rows), which share its prefill. Consecutive prompts that share
+a prefix (`Prompt.prefix`: TeacherLM's kinds of one record share the question and its answer) form a
+unit, inserted whole when its slots are free, whose prefix is prefilled once: for TeacherLM's three
+kinds that halves the prefill. Widths and counts are bucketed (`sampler`), so a job compiles a handful
+of prefill programs, most of them ahead, in background threads, from a simulation of the rounds. Once no
+prompt waits, the last rows move to a quarter of the slots or fewer, step by step (64 -> 16 -> 4 slots;
+not below TAIL_SLOTS), whose steps cost less; every slot count of that chain is compiled ahead. A row's
+tokens depend only on the model, its prompt (and its prefix split) and its key (see `slots`), so neither
+the engine, its rounds nor the batch size changes what is generated.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh
+
+from teacherlm_jax.data.padding import left_pad
+from teacherlm_jax.generation.sampler import COUNT_BUCKETS, PROMPT_BUCKETS, SUFFIX_BUCKETS, Sampler, bucket_length
+from teacherlm_jax.generation.slots import DecodeSlots, InsertShape, RowSeeds, RowsView, num_traces, slot_count
+from teacherlm_jax.sharding import LogicalRules
+
+BUCKETS = PROMPT_BUCKETS  # the name this module's users know
+# Once no prompt waits, the last rows move to a quarter of the slots (or fewer), never below this many:
+# on bloom-560m's shape on a 2-core CPU a step of 16 slots costs 218 ms, of 4 slots 119 ms, of 1 slot 94 ms.
+TAIL_SLOTS = 4
+# A continuous round ends once this fraction of the slots is free (see the module docstring).
+REFILL_FRACTION = 1 / 8
+
+
+@dataclasses.dataclass(frozen=True)
+class Prompt:
+    """One prompt to continue: its token ids (already cut to the limit), its own seed, and how many of
+    its leading tokens it shares with its neighbours in the stream (0: none), prefilled once for them."""
+
+    ids: Sequence[int]
+    seed: int
+    prefix: int = 0
+
+    def __post_init__(self):
+        if not 0 <= self.prefix < len(self.ids):
+            raise ValueError(f"prefix={self.prefix} must leave at least one of the prompt's {len(self.ids)} tokens")
+
+
+def _shared_widths(prefix: int, suffix: int) -> tuple[int, int]:
+    return bucket_length(prefix, PROMPT_BUCKETS), bucket_length(suffix, SUFFIX_BUCKETS)
+
+
+def prompt_width(prompts: Iterable[Prompt], max_new_tokens: int, max_positions: int) -> int:
+    """The slots' prompt width: room for every prompt, its shared prefix's bucket padding aside (a prefill's
+    left padding may go past it), so that every decode step attends over as few columns as it can."""
+    prompts = list(prompts)
+    longest = max((len(p.ids) for p in prompts), default=1)
+    if longest + max_new_tokens > max_positions:
+        raise ValueError(f"a prompt of {longest} tokens plus max_new_tokens={max_new_tokens} exceeds the model's "
+                         f"max_position_embeddings={max_positions}")
+    wanted = max((p.prefix + _shared_widths(p.prefix, len(p.ids) - p.prefix)[1] for p in prompts if p.prefix),
+                 default=1)
+    return max(longest, min(wanted, max_positions - max_new_tokens))
+
+
+@dataclasses.dataclass
+class _Call:
+    """One prefill call: prefixes, and rows that each continue one of them into `slots` [copies]."""
+
+    prefixes: list[Sequence[int]]
+    rows: list[tuple[Sequence[int], int, Prompt, list[int]]]  # (own tokens, prefix number, prompt, slots)
+
+
+class Engine:
+    """Generates `num_samples` rows per prompt on `batch_size * num_samples` slots of `model` (a decode layout).
+
+    `refill=True` is continuous batching, False static batches. `width` bounds every prompt's length.
+    `refill_fraction` and `round_steps` (default: max_new_tokens) end a continuous round (module docstring).
+    `inserts_ahead` compiles likely insert programs in the background (default: on accelerators only; on a
+    CPU the compiles would take the cores the decode steps run on, so programs compile when first needed).
+    """
+
+    def __init__(self, model: nnx.Module, *, batch_size: int, width: int, sampling: Any, eos_id: int | None,
+                 pad_id: int, refill: bool, mesh: Mesh | None = None, rules: LogicalRules | None = None,
+                 refill_fraction: float = REFILL_FRACTION, round_steps: int | None = None,
+                 inserts_ahead: bool | None = None):
+        if not 0 < refill_fraction <= 1:
+            raise ValueError(f"refill_fraction={refill_fraction!r}; expected a fraction of the slots in (0, 1]")
+        self.samples = sampling.num_samples
+        self.refill = refill
+        self.width = width
+        eos = [eos_id] if sampling.stop_at_eos and eos_id is not None else []
+        self.slots = DecodeSlots(
+            model, slots=slot_count(batch_size * self.samples, mesh, rules), prompt_width=width,
+            max_new_tokens=sampling.max_new_tokens,
+            sampler=Sampler(sampling.temperature, sampling.top_k, sampling.top_p), eos_ids=np.asarray(eos, np.int32),
+            pad_id=pad_id, mesh=mesh, rules=rules)
+        self.capacity = batch_size  # prompts at a time (idle slots that round up to the mesh stay idle)
+        self.usable = batch_size * self.samples
+        self.refill_rows = max(1, round(refill_fraction * self.usable))
+        self.round_steps = round_steps or sampling.max_new_tokens
+        self.traces = num_traces()
+        self.mesh, self.rules = mesh, rules
+        self.all_slots = self.slots.slots
+        self.ends_early = bool(eos)
+        platform = (mesh.devices.flat[0] if mesh is not None else jax.devices()[0]).platform
+        self.inserts_ahead = platform != "cpu" if inserts_ahead is None else inserts_ahead
+
+    def stats(self) -> dict[str, Any]:
+        """Counters since the engine was made (summary.json's `engine`)."""
+        s = self.slots
+        return {"engine": "continuous" if self.refill else "static", "slots": self.all_slots,
+                "tail_slots": s.slots, "prompt_width": self.width, "rounds": s.rounds,
+                "decode_steps": s.decode_steps, "slot_steps": s.slot_steps, "kept_tokens": s.kept_tokens,
+                "slot_occupancy": round(s.kept_tokens / max(1, s.slot_steps), 4),
+                "prefill_tokens": s.prefill_tokens, "compiled_programs": num_traces() - self.traces}
+
+    def generate(self, prompts: Iterable[tuple[Any, Prompt]]) -> Iterator[tuple[Any, list[np.ndarray]]]:
+        """(tag, the tokens of each sample, its ending EOS included) per tagged prompt, as its rows end."""
+        prompts = list(prompts)
+        self.slots.reset()  # every slot, none live (a previous call may have left the tail's few)
+        units = list(self._units(prompts))
+        self._compile_ahead(units)
+        next_unit = 0
+        owners: dict[int, tuple[int, int]] = {}  # slot -> (prompt number, sample)
+        waiting: dict[int, tuple[Any, list[np.ndarray | None]]] = {}  # prompt number -> (tag, samples)
+        ended: list[tuple[tuple[int, int], np.ndarray]] = []  # the last round's ended rows, not yet handed out
+        count, free = 0, list(range(self.usable))
+        while True:
+            if self.refill or not owners:
+                new = []
+                while next_unit < len(units) and len(units[next_unit]) * self.samples <= len(free):
+                    for tag, prompt in units[next_unit]:
+                        slots, free = free[:self.samples], free[self.samples:]
+                        waiting[count] = (tag, [None] * self.samples)
+                        owners.update({slot: (count, s) for s, slot in enumerate(slots)})
+                        new.append((prompt, slots))
+                        count += 1
+                    next_unit += 1
+                self._insert(new)
+            pending = self.slots.run(self.round_steps, self._stop_at(len(owners), units[next_unit:next_unit + 1]))\
+                if owners else None
+            yield from self._hand_out(ended, waiting)  # while the device decodes the round just dispatched
+            if pending is None:
+                self.slots.join()
+                return
+            view: RowsView = pending.result()
+            done = sorted(slot for slot in owners if not view.active[slot])
+            ended = [(owners.pop(slot), view.tokens[slot, :view.steps[slot]]) for slot in done]
+            free = sorted(free + done)
+            if next_unit == len(units) and self.refill:
+                owners = self._shrink(owners)
+                free = []
+
+    @staticmethod
+    def _hand_out(ended, waiting) -> Iterator[tuple[Any, list[np.ndarray]]]:
+        for (number, sample), tokens in ended:
+            tag, samples = waiting[number]
+            samples[sample] = tokens
+            if all(x is not None for x in samples):
+                del waiting[number]
+                yield tag, samples
+
+    def _stop_at(self, live: int, upcoming: list) -> int:
+        """Live rows at which the round ends: enough free slots for the next unit, or a smaller tail."""
+        if not self.refill:
+            return 0
+        if upcoming:
+            need = max(self.refill_rows, len(upcoming[0]) * self.samples)
+            return max(0, self.usable - need)
+        smaller = [s for s in self._tail_sizes() if s < self.slots.slots]
+        return smaller[0] if smaller else 0
+
+    def _tail_sizes(self) -> list[int]:
+        """The slot counts the last rows move through: a quarter at a time, down to TAIL_SLOTS."""
+        sizes = [self.all_slots]
+        while self.ends_early and self.refill:
+            quarter = slot_count(sizes[-1] // 4, self.mesh, self.rules)
+            if quarter < TAIL_SLOTS or quarter >= sizes[-1]:
+                break
+            sizes.append(quarter)
+        return sizes
+
+    def _shrink(self, owners: dict[int, tuple[int, int]]) -> dict[int, tuple[int, int]]:
+        """With no prompt left, moves the remaining rows to the fewest slots of the tail's chain they fit."""
+        fits = [s for s in self._tail_sizes() if len(owners) <= s < self.slots.slots]
+        if not owners or not fits:
+            return owners
+        keep = sorted(owners)
+        self.slots.shrink(keep, min(fits))
+        return {new: owners[old] for new, old in enumerate(keep)}
+
+    def _units(self, prompts: Iterable[tuple[Any, Prompt]]) -> Iterator[list[tuple[Any, Prompt]]]:
+        """Runs of consecutive prompts with the same shared prefix (at most `batch_size`); others alone."""
+        unit: list[tuple[Any, Prompt]] = []
+        for tag, prompt in prompts:
+            head = unit[0][1] if unit else None
+            if head is not None and not (prompt.prefix and prompt.prefix == head.prefix and len(unit) < self.capacity
+                                         and tuple(prompt.ids[:prompt.prefix]) == tuple(head.ids[:head.prefix])):
+                yield unit
+                unit = []
+            unit.append((tag, prompt))
+        if unit:
+            yield unit
+
+    def _insert(self, new: list[tuple[Prompt, list[int]]]) -> None:
+        for ids, mask, prefix, parent, slot_ids, seeds in self._calls_arrays(new):
+            self.slots.insert(ids, mask, slot_ids, seeds, prefix=prefix, parent=parent)
+
+    def _calls_arrays(self, new: list[tuple[Prompt, list[int]]]) -> list[tuple]:
+        return [arrays for call in self._calls(new) for arrays in self._arrays(call)]
+
+    def _calls(self, new: list[tuple[Prompt, list[int]]]) -> list[_Call]:
+        """One prefill call for the prompts that share nothing and one for the shared-prefix units (a job's
+        prompts are usually all one or the other: one call a round), each prefix once."""
+        lone = [(p, slots) for p, slots in new if not p.prefix]
+        calls = [_Call([p.ids[:-1] for p, _ in lone], [(p.ids[-1:], i, p, s) for i, (p, s) in enumerate(lone)])]
+        shared = _Call([], [])
+        for _, unit in itertools.groupby([(p, s) for p, s in new if p.prefix], key=lambda x: tuple(x[0].ids[:x[0].prefix])):
+            unit = list(unit)
+            shared.prefixes.append(unit[0][0].ids[:unit[0][0].prefix])
+            shared.rows += [(p.ids[p.prefix:], len(shared.prefixes) - 1, p, s) for p, s in unit]
+        calls.append(shared)
+        return [call for call in calls if call.rows]
+
+    def _widths(self, call: _Call) -> tuple[int, int] | None:
+        """(prefix width, own width) of a call, or None when its rows do not fit the slots in one call."""
+        longest = max(len(p) for p in call.prefixes)
+        own = max(len(ids) for ids, *_ in call.rows)
+        if own == 1:  # prompts that share nothing: the whole prompt's bucket, less the step's token
+            return min(bucket_length(longest + 1, PROMPT_BUCKETS), self.slots.length) - 1, 1
+        wp, ws = _shared_widths(longest, own)
+        if wp + ws > self.slots.length:
+            wp = longest
+        fits = all(len(call.prefixes[j]) + ws <= self.width for _, j, _, _ in call.rows) and wp + ws <= self.slots.length
+        return (wp, ws) if fits else None
+
+    def _arrays(self, call: _Call) -> Iterator[tuple]:
+        """(ids, mask, (prefix ids, prefix mask), parent, slot ids, seeds) of one call; rows and prefixes are
+        padded to COUNT_BUCKETS (padding rows go to no slot)."""
+        widths = self._widths(call)
+        if widths is None:  # rows whose prefix and the call's own width overflow: exact widths, one unit a call
+            for j in range(len(call.prefixes)):
+                rows = [r for r in call.rows if r[1] == j]
+                yield from self._arrays(_Call([call.prefixes[j]], [(ids, 0, p, s) for ids, _, p, s in rows]))
+            return
+        wp, ws = widths
+        k, m = bucket_length(len(call.prefixes), COUNT_BUCKETS), bucket_length(len(call.rows), COUNT_BUCKETS)
+        pad = self.slots.pad_id
+        prefix = left_pad(list(call.prefixes) + [()] * (k - len(call.prefixes)), wp, pad)
+        ids, mask = left_pad([ids for ids, *_ in call.rows] + [()] * (m - len(call.rows)), ws, pad)
+        parent = np.array([j for _, j, _, _ in call.rows] + [0] * (m - len(call.rows)), np.int32)
+        slot_ids = np.full((m, self.samples), self.slots.full_slots, np.int32)  # padding rows: no slot
+        slot_ids[:len(call.rows)] = [slots for *_, slots in call.rows]
+        prompts = [p for _, _, p, _ in call.rows] + [None] * (m - len(call.rows))
+        seeds = RowSeeds.of(np.repeat([0 if p is None else p.seed for p in prompts], self.samples),
+                            np.zeros(m * self.samples), np.tile(np.arange(self.samples), m))
+        yield ids, mask, prefix, parent, slot_ids, seeds
+
+    def _compile_ahead(self, units: list[list[tuple[Any, Prompt]]]) -> None:
+        """Compiles the round programs of every slot count of the tail, and the insert programs that rounds
+        after the first fill (which compiles its own) are likely to call, from a simulation in stream order:
+        rounds of one unit, of two consecutive units and of `refill_rows` slots. A round that inserts another
+        mix of widths compiles its program when it first comes (widths x counts is too many to compile all)."""
+        first, room = 0, self.capacity
+        while first < len(units) and len(units[first]) <= room:
+            room -= len(units[first])
+            first += 1
+        shapes = lambda group: [InsertShape.of(a[0].shape, a[2][0].shape, self.samples) for a in self._calls_arrays(
+            [(p, [0] * self.samples) for unit in group for _, p in unit])]
+        compiled_first = set(shapes(units[:first]))
+        rest = units[first:] if self.refill and self.inserts_ahead else []
+        rounds = [rest[i:i + 1] for i in range(len(rest))] + [rest[i:i + 2] for i in range(0, len(rest) - 1, 2)]
+        start = 0
+        while start < len(rest):
+            end, rows = start + 1, len(rest[start]) * self.samples
+            while end < len(rest) and rows + len(rest[end]) * self.samples <= self.refill_rows:
+                rows += len(rest[end]) * self.samples
+                end += 1
+            rounds.append(rest[start:end])
+            start = end
+        later = [shape for group in rounds for shape in shapes(group)]
+        self.slots.compile_ahead(self._tail_sizes(), [s for s in dict.fromkeys(later) if s not in compiled_first])

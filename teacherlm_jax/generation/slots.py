@@ -1,0 +1,445 @@
+"""Decode slots: one KV cache of `slots` rows, each row at its own step, and the programs that use it.
+
+`insert` prefills new prompts and writes their keys and values into chosen rows (slots); `run` dispatches a
+round of decode steps, one token per live row per step, inside a `lax.while_loop` that stops after
+`max_steps` or once at most `stop_at_active` rows are still live, and returns at once (jax dispatches
+asynchronously): the host reads the round's rows (`Round.result`) when it needs them, so it can prepare
+the next round while this one decodes. A row carries its own write position, attention mask, PRNG key
+and step count, and its token at step t is drawn with `fold_in(row_key, t)`: what a row generates depends
+only on the model, its prompt and its key, never on its slot, its slot mates or when it was inserted.
+
+Layout of a slot's cache row (prompt width P, L = P + max_new_tokens - 1 positions): a prompt of
+bucketed width w puts its first w - 1 tokens, left-padded, in columns [P - w, P - 1) (when w > P, its
+first w - P columns, padding, are not kept); its last token is the first step's input, written at
+column P - 1; generated token i is fed back at column P + i. The row's mask is 0 on padding and stale
+columns, so keys left there by the slot's previous row are never attended to, and BLOOM's ALiBi and
+OPT's positions (counted over the mask) are those of the row alone.
+
+A slot without a live row (never filled, or its row ended at EOS or at max_new_tokens) has its write
+column set to L, past the cache, and writes no token. Its steps still compute: OPT's position lookup
+clamps that column into its table (an index past it would read NaN in JAX, not fail), and its key and
+value land, clamped, in its own last column L - 1, finite and never read: a row inserted later attends
+only to columns up to its own write column, and writes column L - 1 itself before it reaches it. So a
+slot can idle for any number of steps and a prompt inserted later reads nothing it left. Every step attends over all L columns: reading only
+the filled columns would need a ragged kernel, and measured on XLA CPU the attention of a 64-row step of
+the benchmark's shape is a few percent of it at L = 256 (docs/performance.md), so P is kept as small as
+the prompts allow instead. `shrink` moves rows to a smaller cache (the end of a job), `compile_ahead`
+compiles programs in the background. JetStream's and MaxText's offline engines are the references.
+
+Arguments from the host are numpy arrays (jit places them replicated on the mesh), and what the host
+reads comes back replicated, so the same calls run on a mesh that spans processes.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import dataclasses
+import functools
+import math
+import os
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from teacherlm_jax.generation.compiles import compiled_programs
+from teacherlm_jax.generation.sampler import Sampler
+from teacherlm_jax.models.graph_key import GraphKey
+from teacherlm_jax.models.layers import KVCache
+from teacherlm_jax.sharding import LogicalRules, activation_sharding, logical_to_spec
+
+# Logical axes of each layer's key (and value) cache buffer.
+CACHE_AXES = ("batch", "heads", "length", "kv")
+# The jitted functions of this module, whose compiles `num_traces` counts.
+PROGRAMS = ("_insert", "_run", "_gather")
+
+
+def num_traces() -> int:
+    """How many generation programs (inserts, rounds, shrinks) this process has compiled so far."""
+    return compiled_programs(PROGRAMS)
+
+
+class InsertShape(NamedTuple):
+    """The shapes of one `insert` program: `prefixes` shared prefixes of width `prefix_width`, then `rows`
+    rows of `width` own tokens each (a prompt without a shared prefix: its tokens but the last are its
+    prefix), each row going to `copies` slots."""
+
+    prefixes: int
+    prefix_width: int
+    rows: int
+    width: int
+    copies: int
+
+    @staticmethod
+    def of(ids_shape: tuple[int, int], prefix_shape: tuple[int, int] | None, copies: int) -> InsertShape:
+        (m, w) = ids_shape
+        return InsertShape(m, w - 1, m, 1, copies) if prefix_shape is None else InsertShape(*prefix_shape, m, w, copies)
+
+
+class RowSeeds(NamedTuple):
+    """Each inserted row's key, `fold_in(fold_in(key(seed), offset), sample)`, as host arrays [rows]."""
+
+    seed: np.ndarray
+    offset: np.ndarray
+    sample: np.ndarray
+
+    @staticmethod
+    def of(seeds: Sequence[int], offsets: Sequence[int], samples: Sequence[int]) -> RowSeeds:
+        return RowSeeds(np.asarray(seeds, np.uint32), np.asarray(offsets, np.int32), np.asarray(samples, np.int32))
+
+
+class SlotState(NamedTuple):
+    """Everything a decode step reads and writes, one row per slot (donated through the programs)."""
+
+    cache: KVCache  # per layer [slots, heads, L, head_dim]; index [slots]: next write column (L: no live row)
+    mask: jax.Array  # int32 [slots, L]
+    token: jax.Array  # int32 [slots]: the next step's input
+    keys: jax.Array  # PRNG keys [slots]: the row's own key
+    steps: jax.Array  # int32 [slots]: tokens the row has generated (its length once it ends)
+    active: jax.Array  # bool [slots]: the slot holds a row that has not ended
+    tokens: jax.Array  # int32 [slots, max_new_tokens]: the row's tokens, pad after its end
+    logprobs: jax.Array  # float32 [slots, max_new_tokens], or [slots, 0] when not asked for
+
+
+class RowsView(NamedTuple):
+    """A round's end, as the host reads it: which slots are live, and every slot's tokens so far."""
+
+    active: np.ndarray  # bool [slots]
+    steps: np.ndarray  # int32 [slots]
+    tokens: np.ndarray  # int32 [slots, max_new_tokens]
+    logprobs: np.ndarray  # float32 [slots, max_new_tokens or 0]
+
+
+def row_keys(seeds: Any, offsets: Any, samples: Any) -> jax.Array:
+    """A row's key: `fold_in(fold_in(key(seed), offset), sample)` (what `generate` has always used)."""
+    fold = lambda s, o, i: jax.random.fold_in(jax.random.fold_in(jax.random.key(s), o), i)
+    return jax.vmap(fold)(jnp.asarray(seeds, jnp.uint32), jnp.asarray(offsets, jnp.int32),
+                          jnp.asarray(samples, jnp.int32))
+
+
+def slot_count(rows: int, mesh: Mesh | None, rules: LogicalRules | None) -> int:
+    """`rows` rounded up to a multiple of the mesh's data-parallel size (the extra slots stay idle)."""
+    axes = None if mesh is None else logical_to_spec(("batch",), rules or ())[0]
+    shards = 1 if axes is None else math.prod(mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes))
+    return -(-rows // shards) * shards
+
+
+@dataclasses.dataclass
+class Round:
+    """A dispatched round of decode steps; `result()` waits for it and reads its rows (once)."""
+
+    slots: DecodeSlots
+    outputs: tuple[jax.Array, ...]
+    count: int  # slots of the round
+    view: RowsView | None = None
+
+    def result(self) -> RowsView:
+        if self.view is None:
+            steps, kept, *rows = (np.asarray(x.addressable_data(0)) for x in self.outputs)
+            self.view = RowsView(*rows)
+            self.slots.decode_steps += int(steps)
+            self.slots.slot_steps += int(steps) * self.count
+            self.slots.kept_tokens += int(kept)
+            self.outputs = ()
+        return self.view
+
+
+@dataclasses.dataclass
+class DecodeSlots:
+    """`slots` decode rows over `model` (its decode layout: see `Model.for_decoding`) and their state.
+
+    `prompt_width` bounds the (bucketed) width of every prompt inserted; `eos_ids` end a row (empty:
+    rows always run `max_new_tokens`); `logprobs` also records log p(token) of each generated token (a
+    full-vocabulary log-softmax per step, skipped when not asked for). `mesh`/`rules` shard the slots over
+    the mesh axes of logical axis `batch` and the cache's heads as the model's; programs are compiled
+    once per shape.
+    """
+
+    model: nnx.Module
+    slots: int
+    prompt_width: int
+    max_new_tokens: int
+    sampler: Sampler
+    eos_ids: np.ndarray
+    pad_id: int
+    mesh: Mesh | None = None
+    rules: LogicalRules | None = None
+    logprobs: bool = False
+
+    def __post_init__(self):
+        self.rules = None if self.rules is None else tuple(
+            (name, tuple(axes) if isinstance(axes, list) else axes) for name, axes in self.rules)
+        graphdef, self.params = nnx.split(self.model)
+        self.graphdef = GraphKey(graphdef)
+        self.length = self.prompt_width + self.max_new_tokens - 1
+        self.eos_ids = (np.asarray(self.eos_ids, np.int32).reshape(-1) if len(self.eos_ids)
+                        else np.array([-1], np.int32))  # -1: no token ends a row
+        self.full_slots = self.slots
+        self.state = self._empty(self.slots)
+        self._compiling: list[concurrent.futures.Future] = []
+        self.decode_steps = 0  # steps run (each decodes every slot)
+        self.slot_steps = 0  # slots decoded, summed over steps
+        self.kept_tokens = 0  # slot-steps that produced a kept token (occupancy = kept / slot_steps)
+        self.prefill_tokens = 0  # tokens prefilled, padding included
+        self.rounds = 0  # rounds dispatched: host round trips
+
+    def _static(self) -> dict[str, Any]:
+        return dict(graphdef=self.graphdef, pad_id=self.pad_id, mesh=self.mesh, rules=self.rules)
+
+    def _empty(self, slots: int) -> SlotState:
+        return _empty_state(self.params, slots=slots, length=self.length, max_new=self.max_new_tokens,
+                            logprobs=self.logprobs, **self._static())
+
+    def reset(self, slots: int | None = None) -> None:
+        """Empty slots, `slots` of them (default: as many as the slots were made with, before any `shrink`)."""
+        self.slots = self.full_slots if slots is None else slots
+        self.state = self._empty(self.slots)
+
+    def _state_shapes(self, slots: int) -> SlotState:
+        return jax.eval_shape(lambda: self._empty(slots))
+
+    def compile_ahead(self, slot_counts: Sequence[int], inserts: Sequence[InsertShape] = ()) -> None:
+        """Compiles `run` for these slot counts, `shrink` from each to every smaller one, and `insert` for these
+        shapes (in this order, each wanted before the next) in background threads: XLA compiles a program on
+        one core, and a prefill program can take seconds to compile on a GPU, so compiling while other
+        programs run keeps compiles off the decode loop. Uses a quarter of the cores (one to four threads)."""
+        kwargs = dict(self._static(), sampler=self.sampler, logprobs=self.logprobs)
+        rows = lambda n, dtype: jax.ShapeDtypeStruct((n,), dtype)
+        counts = sorted(set(slot_counts), reverse=True)
+        tasks = []
+        for i, slots in enumerate(counts):
+            tasks.append(lambda s=slots: _run.lower(self.params, self._state_shapes(s), self.eos_ids, np.int32(0),
+                                                    np.int32(0), **kwargs).compile())
+            for smaller in counts[i + 1:]:
+                tasks.append(lambda s=slots, t=smaller: _gather.lower(
+                    self._state_shapes(s), rows(t, jnp.int32), rows(t, jnp.bool_), mesh=self.mesh,
+                    rules=self.rules).compile())
+        for shape in dict.fromkeys(inserts):
+            tasks.append(functools.partial(self._compile_insert, shape))
+        pool = concurrent.futures.ThreadPoolExecutor(max(1, min(4, (os.cpu_count() or 1) // 4)),
+                                                     thread_name_prefix="compile_ahead")
+        self._compiling += [pool.submit(task) for task in tasks]
+        pool.shutdown(wait=False)
+
+    def _compile_insert(self, shape: InsertShape) -> None:
+        ints = lambda *dims: jax.ShapeDtypeStruct(dims, jnp.int32)
+        n = shape.rows * shape.copies
+        seeds = RowSeeds(jax.ShapeDtypeStruct((n,), jnp.uint32), ints(n), ints(n))
+        _insert.lower(self.params, self._state_shapes(self.slots), ints(shape.prefixes, shape.prefix_width),
+                      ints(shape.prefixes, shape.prefix_width), ints(shape.rows, shape.width),
+                      ints(shape.rows, shape.width), ints(shape.rows), ints(n), seeds,
+                      prompt_width=self.prompt_width, copies=shape.copies, **self._static()).compile()
+
+    def join(self) -> None:
+        """Waits for `compile_ahead`'s threads (so that they do not outlive the job), raising their errors."""
+        futures, self._compiling = self._compiling, []
+        for future in futures:
+            future.result()
+
+    def insert(self, ids: np.ndarray, mask: np.ndarray, slot_ids: np.ndarray, seeds: RowSeeds,
+               prefix: tuple[np.ndarray, np.ndarray] | None = None, parent: np.ndarray | None = None) -> None:
+        """Prefills left-padded prompts into slots `slot_ids` [m, copies] (a row's copies share its
+        prefill); `seeds` [m * copies] are the rows' keys; a slot id of `slots` or more writes nowhere.
+
+        Without `prefix`, `ids`/`mask` [m, w] are whole prompts. With `prefix` = (ids, mask) [k, wp],
+        rows share prefixes: row j is `prefix[parent[j]]` followed by its own `ids[j]` (left-padded too),
+        and each prefix is prefilled once. Columns past `prompt_width` (wp + w may be up to the cache's
+        length, so that a prefill's bucket need not widen every slot) must be the prefixes' left padding.
+        """
+        ids, mask = np.asarray(ids, np.int32), np.asarray(mask, np.int32)
+        if prefix is None:  # all but the last token are a prefix of the row's own
+            prefix = (ids[:, :-1], mask[:, :-1])
+            ids, mask, parent = ids[:, -1:], mask[:, -1:], np.arange(len(ids))
+        (prefix_ids, prefix_mask), (m, width) = prefix, ids.shape
+        prefix_ids, prefix_mask = np.asarray(prefix_ids, np.int32), np.asarray(prefix_mask, np.int32)
+        parent = np.asarray(parent, np.int32)
+        row_mask = np.concatenate([prefix_mask[parent], mask], axis=1)
+        total = row_mask.shape[1]
+        if total > self.length or row_mask[:, :max(0, total - self.prompt_width)].any():
+            raise ValueError(f"prompts of width {total} (padding included) do not fit the slots' prompt_width="
+                             f"{self.prompt_width}: only left padding may go past it")
+        slot_ids = np.asarray(slot_ids, np.int32).reshape(m, -1)
+        self.state = _insert(self.params, self.state, prefix_ids, prefix_mask, ids, mask, parent,
+                             slot_ids.reshape(-1), RowSeeds(*(np.asarray(x) for x in seeds)),
+                             prompt_width=self.prompt_width, copies=slot_ids.shape[1], **self._static())
+        self.prefill_tokens += prefix_ids.size + m * (width - 1)
+
+    def run(self, max_steps: int, stop_at_active: int = 0) -> Round:
+        """Dispatches at most `max_steps` decode steps, ending once at most `stop_at_active` rows are live
+        (0: once every row has ended); returns without waiting for them."""
+        self.state, outputs = _run(self.params, self.state, self.eos_ids, np.int32(max_steps),
+                                   np.int32(stop_at_active), sampler=self.sampler, logprobs=self.logprobs,
+                                   **self._static())
+        self.rounds += 1
+        return Round(self, outputs, self.slots)
+
+    def shrink(self, keep: Sequence[int], slots: int) -> None:
+        """Moves the rows in slots `keep` to slots 0, 1, ... of `slots` (fewer) slots, the others idle.
+
+        For the end of a job, when no prompt waits: its last rows then decode in steps that cost less.
+        A row's tokens are the same wherever it decodes.
+        """
+        if not len(keep) <= slots <= self.slots:
+            raise ValueError(f"cannot move {len(keep)} rows of {self.slots} slots to {slots} slots")
+        index = np.zeros(slots, np.int32)
+        index[:len(keep)] = keep
+        self.state = _gather(self.state, index, np.arange(slots) < len(keep), mesh=self.mesh, rules=self.rules)
+        self.slots = slots
+
+    def rows(self, slot_ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(tokens, logprobs, lengths) of the rows in `slot_ids`, as host arrays (logprobs [n, 0] when the
+        slots do not record them)."""
+        state = _replicated((self.state.tokens, self.state.logprobs, self.state.steps), mesh=self.mesh)
+        index = np.asarray(slot_ids, np.int64)
+        return tuple(np.asarray(x.addressable_data(0))[index] for x in state)
+
+
+def _mesh_context(mesh: Mesh | None, rules) -> Any:
+    return activation_sharding(mesh, rules) if mesh is not None else contextlib.nullcontext()
+
+
+def _placed(state: SlotState, mesh: Mesh | None, rules) -> SlotState:
+    """The state laid out on the mesh: rows over the data axes, the caches' heads as the model's."""
+    if mesh is None:
+        return state
+    rows = logical_to_spec(("batch",), rules or ())[0]
+    cache_spec = logical_to_spec(CACHE_AXES, rules or ())
+
+    def place(x):
+        if x.ndim == len(CACHE_AXES):
+            spec = cache_spec
+        else:
+            spec = PartitionSpec(rows, *(None,) * (x.ndim - 1)) if x.ndim else PartitionSpec()
+        return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+
+    return jax.tree.map(place, state)
+
+
+def _replicated(arrays, *, mesh: Mesh | None):
+    """`arrays` as every process can read them: one full copy on each device (a copy, never donated)."""
+    if mesh is None:
+        return arrays
+    return _replicate(arrays, mesh=mesh)
+
+
+@functools.partial(jax.jit, static_argnames=("mesh",))
+def _replicate(arrays, *, mesh: Mesh):
+    return jax.lax.with_sharding_constraint(arrays, NamedSharding(mesh, PartitionSpec()))
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "slots", "length", "max_new", "logprobs", "pad_id", "mesh",
+                                             "rules"))
+def _empty_state(params, *, graphdef, slots, length, max_new, logprobs, pad_id, mesh, rules) -> SlotState:
+    """Slots holding no row, made on the mesh (where it spans processes, no process holds it all)."""
+    with _mesh_context(mesh, rules):
+        cache = graphdef.merge(params).init_cache(slots, length)
+        cache = cache.replace(index=jnp.full((slots,), length, jnp.int32))  # past the cache: no live row
+        zeros = lambda *shape: jnp.zeros(shape, jnp.int32)
+        return _placed(SlotState(cache, zeros(slots, length), zeros(slots), row_keys(*(zeros(slots),) * 3),
+                                 zeros(slots), jnp.zeros((slots,), bool), jnp.full((slots, max_new), pad_id, jnp.int32),
+                                 jnp.zeros((slots, max_new if logprobs else 0), jnp.float32)), mesh, rules)
+
+
+@functools.partial(jax.jit, static_argnames=("mesh", "rules"))
+def _gather(state: SlotState, index: jax.Array, live: jax.Array, *, mesh, rules) -> SlotState:
+    """Rows `index` of every slot array; rows where `live` is False hold no row."""
+    with _mesh_context(mesh, rules):
+        state = jax.tree.map(lambda x: x[index] if x.ndim else x, state)
+        cache = state.cache.replace(index=jnp.where(live, state.cache.index, state.mask.shape[1]))
+        return _placed(state._replace(cache=cache, active=state.active & live), mesh, rules)
+
+
+@functools.partial(jax.jit, donate_argnums=1,
+                   static_argnames=("graphdef", "prompt_width", "copies", "pad_id", "mesh", "rules"))
+def _insert(params, state: SlotState, prefix_ids, prefix_mask, ids, mask, parent, slot_ids, seeds: RowSeeds, *,
+            graphdef, prompt_width, copies, pad_id, mesh, rules) -> SlotState:
+    """Prefill the prefixes, then each row's own tokens but its last after its prefix, into caches of
+    their own widths; then scatter the rows into their slots, less any leading (padding) columns that
+    go past the slots' prompt width.
+
+    The prefills' logits are unused, so XLA drops them: no [rows, width, vocab] array is built.
+    """
+    with _mesh_context(mesh, rules):
+        (k, wp), (m, ws) = prefix_ids.shape, ids.shape
+        model = graphdef.merge(params)
+        drop = dict(mode="drop")  # slot ids past the last slot are padding rows
+        row_mask = jnp.concatenate([prefix_mask[parent], mask], axis=1)  # [m, wp + ws]
+        rows = None  # the rows' keys and values for their first wp + ws - 1 tokens
+        if wp:
+            _, rows = model(prefix_ids, prefix_mask, cache=model.init_cache(k, wp))
+            rows = KVCache(tuple(x[parent] for x in rows.key), tuple(x[parent] for x in rows.value), rows.index)
+        if ws > 1:
+            cache = model.init_cache(m, wp + ws - 1)
+            if rows is not None:
+                fill = lambda buf, x: buf.at[:, :, :wp].set(x)
+                cache = KVCache(tuple(map(fill, cache.key, rows.key)), tuple(map(fill, cache.value, rows.value)),
+                                jnp.int32(wp))
+            _, rows = model(ids[:, :-1], row_mask[:, :-1], cache=cache)
+        cache, width = state.cache, wp + ws
+        clip = max(0, width - prompt_width)  # leading columns past the slot's prompt width: padding only
+        if rows is not None:
+            first = prompt_width - width + clip
+            put = lambda buf, x: buf.at[slot_ids, :, first:first + width - 1 - clip].set(
+                jnp.repeat(x[:, :, clip:], copies, axis=0).astype(buf.dtype), **drop)
+            cache = KVCache(tuple(map(put, cache.key, rows.key)), tuple(map(put, cache.value, rows.value)), cache.index)
+        cache = cache.replace(index=cache.index.at[slot_ids].set(prompt_width - 1, **drop))
+        length = state.mask.shape[1]
+        row_mask = jnp.concatenate([jnp.zeros((m, prompt_width - width + clip), jnp.int32), row_mask[:, clip:],
+                                    jnp.ones((m, length - prompt_width), jnp.int32)], axis=1)
+        rep = lambda x: jnp.repeat(x, copies, axis=0)
+        n, logged = state.tokens.shape[1], state.logprobs.shape[1]
+        return _placed(SlotState(
+            cache, state.mask.at[slot_ids].set(rep(row_mask), **drop),
+            state.token.at[slot_ids].set(rep(ids[:, -1]), **drop),
+            state.keys.at[slot_ids].set(row_keys(*seeds), **drop),
+            state.steps.at[slot_ids].set(0, **drop), state.active.at[slot_ids].set(True, **drop),
+            state.tokens.at[slot_ids].set(jnp.full((m * copies, n), pad_id, jnp.int32), **drop),
+            state.logprobs.at[slot_ids].set(jnp.zeros((m * copies, logged), jnp.float32), **drop)), mesh, rules)
+
+
+@functools.partial(jax.jit, donate_argnums=1, static_argnames=("graphdef", "sampler", "logprobs", "pad_id", "mesh",
+                                                               "rules"))
+def _run(params, state: SlotState, eos_ids, max_steps, stop_at_active, *, graphdef, sampler, logprobs, pad_id, mesh,
+         rules):
+    """(state, (steps run, kept tokens, *RowsView replicated)) after decoding every live row until `max_steps`
+    steps, or until at most `stop_at_active` rows are live."""
+    del pad_id
+    with _mesh_context(mesh, rules):
+        slots, max_new = state.tokens.shape
+        length = state.mask.shape[1]
+        rows = jnp.arange(slots)
+
+        def cond(carry):
+            t, st, _ = carry
+            return (t < max_steps) & (jnp.sum(st.active) > stop_at_active)
+
+        def body(carry):
+            t, st, kept = carry
+            logits, cache = graphdef.merge(params)(st.token[:, None], st.mask, cache=st.cache)
+            logits = logits[:, -1]
+            token = sampler(logits, jax.vmap(jax.random.fold_in)(st.keys, st.steps))
+            live = st.active
+            column = jnp.where(live, st.steps, max_new)  # past the end: the write is dropped
+            tokens = st.tokens.at[rows, column].set(token, mode="drop")
+            logged = st.logprobs
+            if logprobs:
+                logprob = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), token[:, None], axis=-1)[:, 0]
+                logged = logged.at[rows, column].set(logprob, mode="drop")
+            steps = st.steps + live.astype(jnp.int32)
+            going = live & ~jnp.isin(token, eos_ids) & (steps < max_new)
+            # A row that ended (or was never live) sits at column `length`, past the cache (module docstring).
+            cache = cache.replace(index=jnp.where(going, st.cache.index + 1, length))
+            new = SlotState(cache, st.mask, jnp.where(going, token, st.token), st.keys, steps, going, tokens, logged)
+            return t + 1, _placed(new, mesh, rules), kept + jnp.sum(live)
+
+        t, state, kept = jax.lax.while_loop(cond, body, (jnp.int32(0), state, jnp.int32(0)))
+        view = (t, kept, state.active, state.steps, state.tokens, state.logprobs)
+        if mesh is not None:
+            view = jax.lax.with_sharding_constraint(view, NamedSharding(mesh, PartitionSpec()))
+        else:  # outputs of their own: the state is donated to the next round while the host reads these
+            view = jax.tree.map(jnp.copy, view)
+        return state, view
