@@ -66,6 +66,14 @@ def workdir_path(path: str | os.PathLike) -> epath.Path:
     return epath.Path(os.fspath(path))
 
 
+def check_workdir(path: str | os.PathLike) -> None:
+    """Refuses a local workdir that is a file (makedirs would say only `File exists`)."""
+    if not is_url(path) and os.path.exists(os.path.expanduser(os.fspath(path))) \
+            and not os.path.isdir(os.path.expanduser(os.fspath(path))):
+        raise NotADirectoryError(f"--workdir={path} is a file, not a folder: a workdir is a folder, absent or "
+                                 f"holding a run's outputs; name another path or move the file away")
+
+
 def write_atomic(path: epath.Path, data: str | bytes) -> None:
     """`data` (text as UTF-8) at `path`, all or nothing, whatever kills the process."""
     data = data.encode("utf-8") if isinstance(data, str) else data

@@ -210,10 +210,15 @@ def _student_datasets(config: ml_collections.ConfigDict, needed: tuple[str, ...]
     questions = tuple(config.augment.datasets) if config.get("augment") is not None else ()
     if not needed:
         return questions
-    outputs = []
-    for step in dict.fromkeys(augmented[k] for k in needed):  # one step may write several kinds
-        outputs += [f"@{step}/augmented/{output_name(d, resolve_dataset)}" for d in questions]
-    return tuple(outputs)
+    names = []
+    for i, dataset in enumerate(questions):
+        try:
+            names.append(output_name(dataset, resolve_dataset))
+        except ValueError as e:
+            raise ConfigError(f"config.augment.datasets[{i}]: {e}") from None
+    return tuple(f"@{step}/augmented/{name}"
+                 for step in dict.fromkeys(augmented[k] for k in needed)  # one step may write several kinds
+                 for name in names)
 
 
 def output_name(dataset: str, resolve) -> str:
