@@ -138,8 +138,9 @@ def parse_flags(argv: list[str], jobs: Mapping[str, str]) -> list[str]:
         fail(str(e) if spec is None else _parse_error(argv, spec, e))
 
 
-def run(main: Callable[[list[str]], Any], jobs: Mapping[str, str]) -> None:
-    """`app.run(main)` with `parse_flags`, and errors a person can fix as one message (exit 2)."""
+def guard(main: Callable[[list[str]], Any]) -> Callable[[list[str]], Any]:
+    """`main` with the errors a person can fix turned into one message and exit status 2 (unless verbose);
+    any other exception passes with its traceback."""
     def guarded(argv: list[str]) -> Any:
         try:
             return main(argv)
@@ -148,7 +149,12 @@ def run(main: Callable[[list[str]], Any], jobs: Mapping[str, str]) -> None:
                 raise
             fail(str(e))
 
-    app.run(guarded, flags_parser=lambda argv: parse_flags(argv, jobs))
+    return guarded
+
+
+def run(main: Callable[[list[str]], Any], jobs: Mapping[str, str]) -> None:
+    """`app.run(main)` with `parse_flags` and `guard`."""
+    app.run(guard(main), flags_parser=lambda argv: parse_flags(argv, jobs))
 
 
 def dry_run(config: ml_collections.ConfigDict, workdir: str) -> str:
