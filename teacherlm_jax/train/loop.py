@@ -147,7 +147,6 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> epat
     if not isinstance(data, BatchIterator):
         raise TypeError(f"make_train_data returned {type(data).__name__}, which lacks get_state/set_state/seq_len")
     with workdir_lock(workdir, f"train-{jax.process_index()}"):
-        write_config(config, workdir)
         return _train(config, workdir_path(workdir), mesh, rules, setup, tokenizer, data, data_report)
 
 
@@ -156,6 +155,9 @@ def _train(config: ml_collections.ConfigDict, workdir: epath.Path, mesh: Mesh, r
     abstract, graphdef, abstract_params = setup.abstract, setup.graphdef, setup.abstract_params
     p_shardings, tx, schedule, shardings = setup.param_shardings, setup.tx, setup.schedule, setup.shardings
     model_cfg = abstract.config
+    if (workdir / "checkpoints").exists():  # a resume of another model is refused before anything is written
+        check_resumable(abstract, workdir)
+    write_config(config, workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     if tokenizer is not None:
         save_tokenizer(tokenizer, workdir)
@@ -170,8 +172,7 @@ def _train(config: ml_collections.ConfigDict, workdir: epath.Path, mesh: Mesh, r
     ckpt = Checkpointer(workdir, every=config.checkpoint_every, keep=config.keep_checkpoints,
                         use_async=config.get("async_checkpoints", True))
     start = ckpt.latest_step() or 0
-    if start:  # our own checkpoint wins over init_from: this is a restart
-        check_resumable(abstract, workdir)
+    if start:  # our own checkpoint wins over init_from: this is a restart (checked resumable above)
         state, data_state = ckpt.restore(start, setup.abstract_state())
         data.set_state(data_state)
         log.info("resumed from %s/checkpoints step %d", workdir, start)
