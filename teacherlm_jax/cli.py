@@ -23,9 +23,11 @@ from absl import app, flags
 
 from teacherlm_jax.config_checks import has_key, unknown_key_message
 from teacherlm_jax.errors import CheckpointError, ConfigError, DataError
+from teacherlm_jax.paths import StorageUnreachable
 from teacherlm_jax.workdir_lock import WorkdirLocked
 
-USER_ERRORS = (ConfigError, DataError, CheckpointError, WorkdirLocked, NotADirectoryError, app.UsageError)
+USER_ERRORS = (ConfigError, DataError, CheckpointError, WorkdirLocked, NotADirectoryError, StorageUnreachable,
+               app.UsageError)
 HELP_FLAGS = ("--help", "-h", "--helpfull", "--helpshort", "-?")
 USAGE = ("usage: python -m teacherlm_jax.main --config FILE[:VARIANT] --workdir DIR [--config.KEY=VALUE ...] "
          "[--dry_run] [--verbose]")

@@ -65,12 +65,13 @@ def main(argv: list[str]) -> None:
     logging.getLogger().setLevel(logging.INFO)
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every file it writes at INFO
     config, workdir = _CONFIG.value, _WORKDIR.value
+    from teacherlm_jax.paths import check_workdir
+
+    check_workdir(workdir)  # a file, or a store that does not answer: refused in seconds
     job = resolve_job(config.job)
     from teacherlm_jax.config_checks import raise_all
-    from teacherlm_jax.paths import check_workdir
     from teacherlm_jax.sharding import initialize_distributed
 
-    check_workdir(workdir)
     initialize_distributed(config.get("distributed"))  # before any jax computation, for every job
     raise_all(_function(JOBS[config.job].validate)(config))
     if _DRY_RUN.value:
