@@ -90,6 +90,22 @@ def test_help_lists_jobs_configs_and_variants_and_each_variant_builds(tmp_path):
             assert module.get_config(variant or None).job in main.JOBS  # a variant that builds
 
 
+def test_every_shipped_config_variant_passes_its_jobs_checks():
+    """Except what a variant says it needs from you: the shared data has no fundamentals or mistakes."""
+    needs_input = {("configs/teacher/stage3_specialization.py", kind): "config.data.datasets=()"
+                   for kind in ("fundamentals", "mistakes")}
+    for path, (_, variants) in cli.config_files().items():
+        module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
+        for variant in variants:
+            config = module.get_config(variant or None)
+            problems = [str(p) for p in main._function(main.JOBS[config.job].validate)(config)]
+            expected = needs_input.get((path, variant))
+            if expected is None:
+                assert problems == [], (path, variant, problems)
+            else:
+                assert len(problems) == 1 and problems[0].startswith(expected), (path, variant, problems)
+
+
 def test_dry_run_prints_config_and_plan_and_writes_nothing(tmp_path):
     work = tmp_path / "work"
     proc = _main("configs/pipeline.py:tiny", work, "--dry_run")
