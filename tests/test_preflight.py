@@ -57,6 +57,13 @@ def test_the_configs_as_shipped_pass():
     assert not preflight.validate(config)
 
 
+def test_a_students_eval_mode_is_checked_under_its_key():
+    config = pipeline_configs.get_config("tiny")
+    config.students.finetune_cot.mode = "generative"
+    (problem,) = preflight.validate(config)
+    assert str(problem) == "config.students.finetune_cot.mode='generative'; expected one of ('loglik', 'generate')"
+
+
 def test_unknown_augment_dataset_names_the_key():
     config = pipeline_configs.get_config("tiny")
     config.augment.datasets = ("synthetic:student_train", "no_such_set")

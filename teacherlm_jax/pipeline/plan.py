@@ -189,7 +189,12 @@ def build_plan(config: ml_collections.ConfigDict) -> list[Step]:
             chosen = f"@teacher/{chosen}"
         if chosen:
             evaluated["teacher"] = (chosen, "loglik")
-        evaluated.update({name: (f"@students/{name}", student.mode) for name, student in students.items()})
+        from teacherlm_jax.eval.job import MODES
+
+        for name, student in students.items():
+            if student.mode not in MODES:
+                raise ConfigError(f"config.students.{name}.mode={student.mode!r}; expected one of {MODES}")
+            evaluated[name] = (f"@students/{name}", student.mode)
         for name, (model, mode) in evaluated.items():
             job = _copy(config.eval)
             job.model.init_from = model
