@@ -168,5 +168,6 @@ def dry_run(config: ml_collections.ConfigDict, workdir: str) -> str:
         from teacherlm_jax.paths import workdir_path
         from teacherlm_jax.pipeline.job import make_plan
 
-        text += f"\nsteps in {workdir} (step, job, action, why):\n" + make_plan(config, workdir_path(workdir)).describe()
+        plan = make_plan(config, workdir_path(workdir))
+        text += f"\nsteps in {workdir} (step, job, action, why):\n{plan.describe()}"
     return text

@@ -3,9 +3,10 @@ the first progress line).
 
 `write_config(config, workdir)` writes WORKDIR/config.json (process 0; local or gs://, through
 `teacherlm_jax.paths`). A rerun with the same config leaves the file alone; a rerun with a different one
-(a resume with other overrides) keeps the earlier file as `config.<UTC time of the rerun>.json` before writing its own, so
-a workdir shows every config that wrote to it. Every job calls it once its checks passed (a refused run writes
-nothing); a job that runs others as library calls (a pipeline's steps, each in its own sub-workdir) calls it for each of them.
+(a resume with other overrides) keeps the earlier file as `config.<UTC time of the rerun>.json` before writing
+its own, so a workdir shows every config that wrote to it. Every job calls it once its checks passed (a refused
+run writes nothing); a job that runs others as library calls (a pipeline's steps, each in its own sub-workdir)
+calls it for each of them.
 """
 from __future__ import annotations
 

@@ -13,7 +13,8 @@ DATASETS = {"cot": ("creak", "strategyqa", "gsm8k"), "fundamentals": (), "mistak
 
 VARIANTS = {"cot": "from stage 2, chain of thought only",
             "fundamentals": "fundamentals only (set config.data.datasets: JSONL with fundamentals)",
-            "mistakes": "common mistakes only (set config.data.datasets: JSONL with mistakes)", "cot,tiny": "a tiny BLOOM on the synthetic suite (CPU); with any kind"}
+            "mistakes": "common mistakes only (set config.data.datasets: JSONL with mistakes)",
+            "cot,tiny": "a tiny BLOOM on the synthetic suite (CPU); with any kind"}
 
 
 def get_config(arg: str | None = None):
