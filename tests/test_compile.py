@@ -113,7 +113,7 @@ def test_config_variants():
 
 
 @pytest.mark.parametrize("seq_len, message", [
-    (None, r"config.data.seq_len: the compile job needs an explicit length"),
+    (None, r"config.data.seq_len=None: synthetic_lm needs a length"),  # the train job's own check, run first
     (4096, r"config.data.seq_len=4096 must be in \[1, 2048\], the model's max_position_embeddings"),
 ])
 def test_seq_len_is_checked_against_the_model_positions_before_compiling(seq_len, message):
