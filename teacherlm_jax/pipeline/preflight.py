@@ -1,7 +1,8 @@
 """Fail before the hours, not after: every step's config is checked before the first step runs.
 
-Per step that will run: its datasets exist, are readable and give examples of the format it trains
-(a stage-3 `fundamentals` teacher on data with no fundamentals fails here, not after stages 1 and 2;
+Per step that will run: its job's own config checks (the job's `validate`: every number, range, name and mode
+it checks when it starts, reported under the step's key), then its datasets exist, are readable and give
+examples of the format it trains (a stage-3 `fundamentals` teacher on data with no fundamentals fails here, not after stages 1 and 2;
 stage 2's `kind_ratios` naming a kind no dataset has fails too, see `data.training.pairs_by_dataset`);
 its `init_from` and tokenizer resolve (a Hugging Face directory, a hub id, a run's workdir; a reference to
 an earlier step is checked through that step's model); its sequence length fits the model's positions;
@@ -72,7 +73,6 @@ class _Checks:
             return
         self.check(step, "tokenizer", lambda: load_tokenizer(explicit or resolve(
             config[model_key].to_dict(), key=f"config.{model_key}").tokenizer_path(None)))
-
 
     def validate(self, step: Step, problems: list[ConfigError]) -> None:
         """A job's own config problems (its `validate`), each under the step's key in the pipeline config."""
