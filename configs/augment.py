@@ -27,6 +27,10 @@ def sampling(temperature: float = 1.0, top_k: int = 50, top_p: float = 1.0, max_
                                           stop_at_eos=stop_at_eos, seed=seed))
 
 
+VARIANTS = {"": "TeacherLM's settings: sampling at temperature 1, top-k 50, every kind, whole datasets",
+            "tiny": "a CPU smoke run: 16 records, 16 new tokens, batch 4 (set the teacher and datasets)"}
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = common.base("augment")
     config.teacher = common.model(None, family=None)  # family None: the checkpoint's model_type

@@ -29,6 +29,11 @@ from configs import train as train_config
 from teacherlm_jax.models.bloom import BLOOM_SHAPES, bloom_shape
 
 
+VARIANTS = {"": "bloom-560m's training step", "bloom-1b1": "bloom-1b1", "bloom-1b7": "bloom-1b7",
+            "bloom-3b": "bloom-3b", "bloom-7b1": "bloom-7b1", "bloom": "bloom (176B)",
+            "tiny": "the train config's tiny model (tests)"}
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     size = arg or "bloom-560m"
     if size == "tiny":

@@ -14,6 +14,9 @@ import ml_collections
 from configs import common
 
 
+VARIANTS = {"": "bloom-560m on TeacherLM's test sets (mmlu, creak, ecqa, strategyqa); set model.init_from"}
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if arg:
         raise ValueError(f"configs/eval.py takes no variant, got {arg!r}; override keys instead")

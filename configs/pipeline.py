@@ -63,6 +63,10 @@ def student(train: ml_collections.ConfigDict, mode: str) -> ml_collections.Confi
     return ml_collections.ConfigDict({"train": train, "mode": mode})
 
 
+VARIANTS = {"": "bloom-560m teacher and students on the shared datasets (cot only; docs/pipeline.md)",
+            "tiny": "a tiny BLOOM on the synthetic suite with the byte tokenizer: the whole recipe in about a minute"}
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     words = parse_variant(arg)
     tiny = "tiny" in words

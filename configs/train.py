@@ -33,6 +33,11 @@ def data(source: str = "synthetic_lm", *, seq_len: int | None = None, loss_on: s
                                           decontaminate=tuple(decontaminate), fields={}, **kwargs))
 
 
+# Variant (after `:`) -> what it is; "" is the file alone. Listed by `--help`; tests build each.
+VARIANTS = {"": "bloom-560m from the hub, constant LR 6e-6 (TeacherLM's student recipe), bfloat16 compute",
+            "tiny": "a tiny BLOOM from scratch on a synthetic dataset: about a minute on one CPU (tests)"}
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = common.base("train")
     config.model = common.model("bigscience/bloom-560m", dtype="bfloat16")

@@ -23,6 +23,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,6 +33,16 @@ from etils import epath
 SCHEMES = ("gs", "s3", "az")
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _COPY_CHUNK = 64 * 1024 * 1024
+STORAGE_TIMEOUT_S = 15.0  # a listing answers in well under a second; the client's own retries take minutes
+AUTHENTICATE = {
+    "gs": "authenticate with `gcloud auth application-default login`, or set GOOGLE_APPLICATION_CREDENTIALS to a "
+          "service-account key file (on a TPU VM or GCE: the VM's service account needs access to the bucket); "
+          "check the bucket name and the network",
+    "s3": "set AWS credentials (`aws configure`, or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY); check the bucket "
+          "name and the network",
+    "az": "authenticate with `az login`, or set AZURE_STORAGE_CONNECTION_STRING; check the container name and the "
+          "network",
+}
 
 
 def url_scheme(path: str | os.PathLike) -> str | None:
@@ -64,6 +75,46 @@ def workdir_path(path: str | os.PathLike) -> epath.Path:
     # part, a checkpoint Orbax wrote from its own threads) would stay unseen: always ask the store.
     fsspec.config.conf.setdefault(scheme, {})["use_listings_cache"] = False
     return epath.Path(os.fspath(path))
+
+
+class StorageUnreachable(ConnectionError):
+    """A cloud workdir whose store cannot be reached or authenticated."""
+
+
+def check_workdir(path: str | os.PathLike, timeout: float = STORAGE_TIMEOUT_S) -> None:
+    """Refuses, before a job starts, a local workdir that is a file (makedirs would say only `File exists`) and a
+    URL whose store does not answer within `timeout` seconds (its client would retry for minutes, or wait on
+    a credentials lookup), saying how to authenticate."""
+    if is_url(path):
+        check_reachable(workdir_path(path), timeout)
+        return
+    local = os.path.expanduser(os.fspath(path))
+    if os.path.exists(local) and not os.path.isdir(local):
+        raise NotADirectoryError(f"--workdir={path} is a file, not a folder: a workdir is a folder, absent or "
+                                 f"holding a run's outputs; name another path or move the file away")
+
+
+def check_reachable(url: epath.Path, timeout: float = STORAGE_TIMEOUT_S) -> None:
+    """Raises StorageUnreachable unless the store behind `url` answers one request within `timeout` seconds."""
+    outcome: dict[str, BaseException] = {}
+
+    def probe() -> None:
+        try:
+            url.exists()  # one request: reaches the store and authenticates
+        except BaseException as e:  # noqa: BLE001 (reported below, whatever the client raised)
+            outcome["error"] = e
+
+    thread = threading.Thread(target=probe, daemon=True)  # a hung client must not keep the process alive
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        cause = f"no answer within {timeout:g} s"
+    elif "error" in outcome:
+        cause = f"{type(outcome['error']).__name__}: {str(outcome['error']).splitlines()[0][:300]}"
+    else:
+        return
+    raise StorageUnreachable(f"{url}: cannot reach or authenticate to the store ({cause}); "
+                             f"{AUTHENTICATE[url_scheme(url)]}")
 
 
 def write_atomic(path: epath.Path, data: str | bytes) -> None:

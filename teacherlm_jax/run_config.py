@@ -3,13 +3,15 @@ the first progress line).
 
 `write_config(config, workdir)` writes WORKDIR/config.json (process 0; local or gs://, through
 `teacherlm_jax.paths`). A rerun with the same config leaves the file alone; a rerun with a different one
-(a resume with other overrides) keeps the earlier file as `config.<UTC time of the rerun>.json` before writing its own, so
-a workdir shows every config that wrote to it. `main` calls it for every job; a job that runs others as
-library calls (a pipeline's steps, each in its own sub-workdir) calls it for each of them.
+(a resume with other overrides) keeps the earlier file as `config.<UTC time of the rerun>.json` before writing
+its own, so a workdir shows every config that wrote to it. Every job calls it once its checks passed (a refused
+run writes nothing); a job that runs others as library calls (a pipeline's steps, each in its own sub-workdir)
+calls it for each of them.
 """
 from __future__ import annotations
 
 import datetime
+import logging
 import os
 
 import jax
@@ -18,6 +20,7 @@ from etils import epath
 
 from teacherlm_jax.paths import workdir_path, write_atomic
 
+log = logging.getLogger(__name__)
 CONFIG_FILE = "config.json"
 
 
@@ -34,6 +37,7 @@ def write_config(config: ml_collections.ConfigDict, workdir: str | os.PathLike) 
     if jax.distributed.is_initialized() and jax.process_index() != 0:
         return path
     text = config_json(config)
+    log.info("its full config: %s", path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists():
         earlier = path.read_text()

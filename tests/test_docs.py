@@ -12,10 +12,12 @@ from pathlib import Path
 import ml_collections
 import pytest
 
+from teacherlm_jax.cli import config_files
+from teacherlm_jax.config_checks import dotted_keys, has_key
+
 ROOT = Path(__file__).resolve().parents[1]
-# Docs whose commands and links are checked (the ones written for users of the jobs).
-DOCS = [ROOT / "README.md", *(ROOT / "docs" / name for name in (
-    "getting_started.md", "reproducing.md", "troubleshooting.md", "configs.md", "pipeline.md", "demo.md"))]
+# Docs whose commands, keys, config files and links are checked: all of them.
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 
 @pytest.fixture(scope="module")
@@ -66,12 +68,7 @@ def _commands(text: str) -> list[list[str]]:
 
 
 def _has_key(config: ml_collections.ConfigDict, key: str) -> bool:
-    node = config
-    for part in key.split("."):
-        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
-            return False
-        node = node[part]
-    return True
+    return has_key(config, key)
 
 
 def _load(spec: str) -> ml_collections.ConfigDict:
@@ -111,3 +108,31 @@ def test_relative_links_resolve(doc):
             continue
         path = (doc.parent / target.split("#")[0]).resolve()
         assert path.exists(), f"{doc.relative_to(ROOT)}: link {target} points nowhere"
+
+
+@pytest.fixture(scope="module")
+def every_key() -> set[str]:
+    """The keys of every variant of every config file."""
+    keys = set()
+    for path, (_, variants) in config_files().items():
+        for variant in variants:
+            keys.update(dotted_keys(_load(f"{path}:{variant}" if variant else path)))
+    return keys
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
+def test_every_named_config_file_and_override_key_exists(doc, every_key):
+    """A `--config.X` in prose (outside a command that names its config) is a key of some config; a
+    `configs/...py` named anywhere is a file (a placeholder such as configs/X.py aside)."""
+    text = doc.read_text(encoding="utf-8")
+    for path in set(re.findall(r"\bconfigs/[\w/]+\.py", text)):
+        if not re.search(r"/[A-Z]+\.py$", path):
+            assert (ROOT / path).is_file(), f"{doc.name}: {path} does not exist"
+    for key in set(re.findall(r"--config\.([a-z_][\w.]*[\w])", text)):
+        if not set(key.split(".")) & {"key", "step"}:  # placeholders: --config.key=value, --config.<step>.<key>
+            assert key in every_key, f"{doc.name}: --config.{key} is a key of no config"
+
+
+def test_an_unknown_key_in_prose_is_caught(every_key):
+    assert "students.finetune_cot.train.optimizer.learning_rate" in every_key
+    assert "students.finetune_cot.train.learning_rate" not in every_key

@@ -83,3 +83,56 @@ def test_cloud_workdir_lock(gcs_dir, caplog):
             pass
     assert "(host tpu-vm-7, pid 12, started 2026-01-01T00:00:00; a cloud workdir is locked per machine only" \
         in caplog.text
+
+
+def test_an_unreachable_cloud_workdir_fails_in_seconds_saying_how_to_authenticate(tmp_path):
+    """The store stopped (nothing listens on its port): gcsfs alone retries for over half a minute; the job is
+    refused within 30 s, exit status 2, naming the URL and how to authenticate. Nothing is written."""
+    import socket
+    import subprocess
+    import time
+
+    from train_subprocess import REPO, jax_env, main_command
+
+    with socket.socket() as s:  # a port nothing listens on: the emulator stopped
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = jax_env(STORAGE_EMULATOR_HOST=f"http://127.0.0.1:{port}", GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT="false")
+    started = time.perf_counter()
+    proc = subprocess.run(main_command("configs/train.py:tiny", "gs://teacherlm-test/run"), cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=60)
+    seconds = time.perf_counter() - started
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert seconds < 30, seconds
+    assert "error: gs://teacherlm-test/run: cannot reach or authenticate to the store" in proc.stderr
+    assert "gcloud auth application-default login" in proc.stderr and "GOOGLE_APPLICATION_CREDENTIALS" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_store_that_answers_with_an_error_or_not_at_all_is_refused(tmp_path):
+    """The probe's two ways to fail, without a network: the client raises (credentials refused), or it hangs."""
+    import threading
+
+    from teacherlm_jax.paths import StorageUnreachable, check_reachable
+
+    class Store:
+        def __init__(self, exists):
+            self.exists = exists
+
+        def __fspath__(self):
+            return "gs://bucket/run"
+
+        def __str__(self):
+            return "gs://bucket/run"
+
+    def refused():
+        raise PermissionError("401 Anonymous caller does not have storage.objects.list access")
+
+    with pytest.raises(StorageUnreachable, match=r"gs://bucket/run: .*\(PermissionError: 401 Anonymous caller.*"
+                                                 r"gcloud auth application-default login"):
+        check_reachable(Store(refused), timeout=5)
+    never = threading.Event()
+    with pytest.raises(StorageUnreachable, match=r"no answer within 0.5 s"):
+        check_reachable(Store(never.wait), timeout=0.5)
+    never.set()
+    check_reachable(Store(lambda: False), timeout=5)  # an answer, even "absent", is a reachable store

@@ -19,11 +19,11 @@ OPT = dict(learning_rate=1e-3, schedule="cosine", warmup_steps=10, end_lr_fracti
 
 @pytest.mark.parametrize("key, value", [
     ("learning_rate", math.nan), ("learning_rate", -1e-3), ("learning_rate", math.inf),
-    ("warmup_steps", 101), ("end_lr_fraction", 1.5), ("weight_decay", -0.1), ("grad_clip_norm", math.nan),
+    ("warmup_steps", 2.5), ("end_lr_fraction", 1.5), ("weight_decay", -0.1), ("grad_clip_norm", math.nan),
     ("b1", 1.0), ("b2", -0.1), ("eps", 0.0),
 ])
 def test_bad_optimizer_numbers_are_refused_naming_the_key(key, value):
-    with pytest.raises(ConfigError, match=rf"config\.optimizer\.{key}={value!r} must be"):
+    with pytest.raises(ConfigError, match=rf"config\.optimizer\.{key}={value!r}: expected a finite number"):
         make_optimizer(dict(OPT, **{key: value}), 100, mask={})
 
 

@@ -115,3 +115,4 @@ def test_resuming_with_another_architecture_names_the_differing_fields(tmp_path)
     assert "config.model differs from the model of the run in" in proc.stderr, proc.stderr[-3000:]
     assert "hidden_size: workdir 32, config 64" in proc.stderr
     assert "orbax" not in proc.stderr.lower()  # stopped before any restore
+    assert sorted(p.name for p in tmp_path.glob("config*.json")) == ["config.json"]  # the refused config not written

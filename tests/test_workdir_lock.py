@@ -20,6 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # configs/ is imported from the repository root, as main does
     sys.path.insert(0, str(REPO))
 from configs import augment as augment_config  # noqa: E402
+from configs import train as train_config  # noqa: E402
 
 # Holds `name` on `workdir` with this checkout's lock module, says so, waits.
 HOLDER = """
@@ -48,10 +49,25 @@ def holder(request, tmp_path):
     proc.wait()
 
 
-def augment_config_for(**overrides) -> ml_collections.ConfigDict:
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory) -> Path:
+    """A tiny BLOOM teacher in Hugging Face format with the byte tokenizer."""
+    from reference_models import tiny_bloom
+    from teacherlm_jax.tokenizers import byte_tokenizer
+
+    path = tmp_path_factory.mktemp("teacher")
+    tiny_bloom(path, vocab_size=260, hidden_size=64, n_head=4, bos_token_id=1, eos_token_id=2, pad_token_id=3)
+    byte_tokenizer().save_pretrained(str(path))
+    return path
+
+
+def augment_config_for(teacher: Path, **overrides) -> ml_collections.ConfigDict:
     config = augment_config.get_config("tiny")
-    config.datasets = ("creak",)
-    config.update(overrides)
+    config.teacher.init_from = str(teacher)
+    config.datasets = ("synthetic:student_train",)
+    config.kinds = ("cot",)
+    config.update(max_records=4, chunk_size=2, **overrides)
+    config.sampling.max_new_tokens = 2
     return config
 
 
@@ -62,18 +78,18 @@ def test_second_training_refuses_naming_the_holder(holder, tmp_path):
     holder_text = f"host {socket.gethostname()}, pid {holder.pid}, started "
     with pytest.raises(WorkdirLocked, match=re.escape(f"{tmp_path}/.lock-train-0: {tmp_path} is in use by "
                                                       f"another run ({holder_text}")):
-        train(ml_collections.ConfigDict({}), tmp_path)  # refused before the config is even read
+        train(train_config.get_config("tiny"), tmp_path)  # refused once its checks pass, before it writes
 
 
 @pytest.mark.parametrize("holder", ["augment-0"], indirect=True)
-def test_augment_locks_per_process_index(holder, tmp_path):
+def test_augment_locks_per_process_index(holder, tmp_path, teacher):
     from teacherlm_jax.augment import run
-    from teacherlm_jax.errors import ConfigError
 
     with pytest.raises(WorkdirLocked, match=f"pid {holder.pid}"):
-        run(augment_config_for(), str(tmp_path))
-    with pytest.raises(ConfigError, match="config.teacher.init_from is required"):  # past the lock
-        run(augment_config_for(process_index=1, process_count=2), str(tmp_path))
+        run(augment_config_for(teacher), str(tmp_path))
+    run(augment_config_for(teacher, process_index=1, process_count=2), str(tmp_path))  # its own lock
+    parts = sorted(p.name for p in (tmp_path / "augmented" / "synthetic_student_train").glob("part-*.jsonl"))
+    assert parts == ["part-00001-of-00002.jsonl"]  # chunk 1 is process 1's
 
 
 def test_killed_holder_is_taken_over_and_release_empties_the_lock(tmp_path, caplog):

@@ -28,6 +28,14 @@ FORMAT = {"text": "answer", "manual": "cot", "cot": "cot", "fundamentals": "fund
 AUGMENTED = ("runs/augment/augmented/creak",)
 
 
+# Examples of VARIANT (one content word, plus ftcot / opt / tiny); listed by `--help`, tests build each.
+VARIANTS = {"text": "question and answer only", "manual": "plus the dataset's own rationale",
+            "cot": "plus the teacher's chain of thought (fundamentals, mistakes: those kinds)",
+            "mixed": "every teacher kind, each as its own example",
+            "cot,ftcot": "Fine-tune-CoT's layout (rationale, then the answer; loss on the completion)",
+            "text,opt": "an OPT student (facebook/opt-350m)", "cot,tiny": "a tiny BLOOM on the synthetic suite (CPU)"}
+
+
 def get_config(arg: str | None = None):
     words = parse_variant(arg, ("ftcot", "opt"), one_of=CONTENTS)
     (content,) = words & set(CONTENTS)

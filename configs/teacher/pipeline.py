@@ -12,6 +12,10 @@ before any stage trains).
 from configs import pipeline
 
 
+VARIANTS = {"": "the three bloom-560m teacher stages of configs/pipeline.py",
+            "tiny": "the same with a tiny BLOOM on the synthetic suite (tests)"}
+
+
 def get_config(arg: str | None = None):
     config = pipeline.get_config(arg)
     config.title = "TeacherLM teacher stages"

@@ -7,6 +7,10 @@ default trains the answer of every multiple-choice dataset at hand (`Q: ... A: T
 from configs.teacher.stages import parse_variant, teacher_stage
 
 
+VARIANTS = {"": "bloom-560m, the answers of the shared multiple-choice datasets",
+            "tiny": "a tiny BLOOM on the synthetic suite (CPU)"}
+
+
 def get_config(arg: str | None = None):
     words = parse_variant(arg)
     return teacher_stage("stage1_multitask", fmt="answer", datasets=("creak", "strategyqa", "ecqa"),

@@ -11,6 +11,9 @@ from configs.teacher.stages import parse_variant, teacher_stage
 STAGE1 = "runs/teacher/stage1_multitask"
 
 
+VARIANTS = {"": "from stage 1, the three kinds mixed 1:1:1", "tiny": "a tiny BLOOM on the synthetic suite (CPU)"}
+
+
 def get_config(arg: str | None = None):
     words = parse_variant(arg)
     config = teacher_stage("stage2_personalization", fmt="mixed", datasets=("creak", "strategyqa", "gsm8k"),

@@ -11,6 +11,12 @@ STAGE2 = "runs/teacher/stage2_personalization"
 DATASETS = {"cot": ("creak", "strategyqa", "gsm8k"), "fundamentals": (), "mistakes": ()}
 
 
+VARIANTS = {"cot": "from stage 2, chain of thought only",
+            "fundamentals": "fundamentals only (set config.data.datasets: JSONL with fundamentals)",
+            "mistakes": "common mistakes only (set config.data.datasets: JSONL with mistakes)",
+            "cot,tiny": "a tiny BLOOM on the synthetic suite (CPU); with any kind"}
+
+
 def get_config(arg: str | None = None):
     words = parse_variant(arg, one_of=KINDS)
     (kind,) = words & set(KINDS)

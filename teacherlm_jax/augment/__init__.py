@@ -69,9 +69,9 @@ skipped), `prompts` {kind: full prompt}, `prompt_tokens` {kind: tokens before tr
 `teacherlm_jax.data.examples.read_augmented` reads it back for student training, from the parts or the
 parquet shards alike.
 """
-from teacherlm_jax.augment.job import resolve_dataset, run, settings_from_config
+from teacherlm_jax.augment.job import read_settings, resolve_dataset, run, settings_from_config, validate
 from teacherlm_jax.augment.runner import DatasetWork, augment_datasets, augment_records
 from teacherlm_jax.augment.settings import Sampling, Settings, prompt_seed
 
 __all__ = ["DatasetWork", "Sampling", "Settings", "augment_datasets", "augment_records",
-           "prompt_seed", "resolve_dataset", "run", "settings_from_config"]
+           "prompt_seed", "read_settings", "resolve_dataset", "run", "settings_from_config", "validate"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -17,7 +18,8 @@ from jax.sharding import Mesh
 from teacherlm_jax.augment.files import missing_parts
 from teacherlm_jax.augment.fingerprint import teacher_fingerprint
 from teacherlm_jax.augment.runner import DatasetWork, augment_datasets
-from teacherlm_jax.augment.settings import Sampling, Settings, require_int
+from teacherlm_jax.augment.settings import Sampling, Settings
+from teacherlm_jax.config_checks import Problems, raise_all
 from teacherlm_jax.augment.summary import write_summary
 from teacherlm_jax.console import count, duration, report_summary
 from teacherlm_jax.data import REGISTRY, load_records
@@ -25,6 +27,7 @@ from teacherlm_jax.data.specs import DatasetSpec
 from teacherlm_jax.errors import ConfigError, DataError
 from teacherlm_jax.init_from import resolve
 from teacherlm_jax.paths import workdir_path
+from teacherlm_jax.run_config import write_config
 from teacherlm_jax.sharding import DEFAULT_RULES, LogicalRules, initialize_distributed, make_mesh, parse_rules
 from teacherlm_jax.workdir_lock import workdir_lock
 
@@ -42,42 +45,48 @@ def resolve_dataset(spec: str) -> DatasetSpec:
 
 
 def settings_from_config(config: ml_collections.ConfigDict) -> tuple[Settings, list[DatasetSpec]]:
-    """Validated settings and datasets; errors name the config key."""
-    sampling = dict(config.sampling)
-    unknown = sorted(set(sampling) - {f.name for f in dataclasses.fields(Sampling)})
-    if unknown:
-        raise ConfigError(f"config.sampling: unknown keys {unknown}; known: {[f.name for f in dataclasses.fields(Sampling)]}")
-    try:
-        sampling = Sampling(**sampling)
-    except ValueError as e:
-        raise ConfigError(f"config.sampling.{e}") from e
-    try:
-        settings = Settings(kinds=tuple(config.kinds), sampling=sampling, batch_size=config.batch_size,
-                            chunk_size=config.chunk_size, max_prompt_tokens=config.max_prompt_tokens,
-                            truncation=config.truncation, engine=config.get("engine", "continuous"))
-    except ValueError as e:
-        raise ConfigError(f"config.{e}") from e
-    _require_config_int("max_records", config.max_records, 0)
-    if isinstance(config.datasets, str) or not config.datasets:
-        raise ConfigError(f"config.datasets={config.datasets!r}; expected a non-empty tuple of dataset names or paths")
-    datasets = []
-    for i, spec in enumerate(config.datasets):
-        try:
-            datasets.append(resolve_dataset(spec))
-        except ValueError as e:
-            raise ConfigError(f"config.datasets[{i}]: {e}") from e
-    names = [d.name for d in datasets]
-    repeated = sorted({n for n in names if names.count(n) > 1})
-    if repeated:
-        raise ConfigError(f"config.datasets: {repeated} named more than once (outputs would collide)")
+    """Validated settings and datasets; errors name the config key (all of them: `validate`)."""
+    settings, datasets, problems = read_settings(config)
+    raise_all(problems)
     return settings, datasets
 
 
-def _require_config_int(key: str, value: Any, minimum: int) -> None:
-    try:
-        require_int(key, value, minimum)
-    except ValueError as e:
-        raise ConfigError(f"config.{e}") from e
+def validate(config: ml_collections.ConfigDict, *,
+             produced: Callable[[str], bool] = lambda spec: False) -> list[ConfigError]:
+    """Every problem of an augment config, each naming its key. `produced(spec)`: a dataset another job writes
+    before this one runs (a pipeline step's output), whose file is not looked for."""
+    return read_settings(config, produced)[2]
+
+
+def read_settings(config: ml_collections.ConfigDict, produced: Callable[[str], bool] = lambda spec: False
+                  ) -> tuple[Settings | None, list[DatasetSpec], list[ConfigError]]:
+    """(settings, datasets, every problem found): `validate`'s, with what it read."""
+    problems = Problems(config)
+    fields = [f.name for f in dataclasses.fields(Sampling)]
+    unknown = sorted(set(config.sampling) - set(fields))
+    sampling = None
+    if unknown:
+        problems.add("sampling", f"unknown keys {unknown}; known: {fields}")
+    else:
+        sampling = problems.check("sampling", lambda: Sampling(**dict(config.sampling)), sep=".")
+    settings = problems.check("", lambda: Settings(
+        kinds=tuple(config.kinds), sampling=sampling or Sampling(), batch_size=config.batch_size,
+        chunk_size=config.chunk_size, max_prompt_tokens=config.max_prompt_tokens, truncation=config.truncation,
+        engine=config.get("engine", "continuous")), sep="")
+    problems.integer("max_records", 0)
+    datasets: list[DatasetSpec] = []
+    if isinstance(config.datasets, str) or not config.datasets:
+        problems.add("datasets", "expected a non-empty tuple of dataset names or paths")
+    else:
+        for i, spec in enumerate(config.datasets):
+            dataset = DatasetSpec.parse(spec) if produced(spec) else \
+                problems.check(f"datasets[{i}]", lambda spec=spec: resolve_dataset(spec))
+            datasets += [dataset] if dataset is not None else []
+    names = [d.name for d in datasets]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        problems.add("datasets", f"{repeated} named more than once (outputs would collide)")
+    return settings, datasets, problems.errors
 
 
 def processes(config: ml_collections.ConfigDict) -> tuple[int, int]:
@@ -87,7 +96,8 @@ def processes(config: ml_collections.ConfigDict) -> tuple[int, int]:
         return jax.process_index(), jax.process_count()
     if index is None or count is None:
         raise ConfigError("config.process_index and config.process_count are set together (or neither)")
-    _require_config_int("process_count", count, 1)
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ConfigError(f"config.process_count={count!r}; expected an integer >= 1")
     if not 0 <= index < count:
         raise ConfigError(f"config.process_index={index!r}; expected 0 <= index < process_count={count}")
     if jax.process_count() > 1 and (index, count) != (jax.process_index(), jax.process_count()):
@@ -144,22 +154,40 @@ def _finish(out_dir: epath.Path, dataset: str) -> None:
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """Job entry (`config.job = "augment"`)."""
+    """Job entry (`config.job = "augment"`). Everything is checked, the data read and the teacher loaded before
+    the workdir is touched: a refused run leaves it as it found it."""
     initialize_distributed(config.get("distributed"))
+    start = time.perf_counter()
     settings, datasets = settings_from_config(config)  # fail on bad keys before loading a model
     process_index, process_count = processes(config)
+    work = _read_datasets(config, workdir, datasets)  # before the teacher: bad data fails in seconds
+    mesh, rules = local_mesh(config)
+    model, tokenizer, teacher = load_teacher(config, mesh, rules)
     # Processes may share the workdir; a second run of the same process's chunks (whose temporary files
     # this one removes at start) refuses.
     with workdir_lock(workdir, f"augment-{process_index}"):
-        _augment(config, workdir, settings, datasets, process_index, process_count)
+        write_config(config, workdir)
+        stats = augment_datasets(model, tokenizer, work, settings, teacher=teacher, process_index=process_index,
+                                 process_count=process_count, mesh=mesh, rules=rules)
+        for item in work:
+            s = stats[item.name]
+            engine = s["engine"] or {}
+            log.info("%s: this run generated %d records (%d tokens) in %.1fs; engine %s: %s decode steps, slot "
+                     "occupancy %s, %s prefill tokens, %d compiled programs", item.name, s["records"], s["tokens"],
+                     s["seconds"], settings.engine, engine.get("decode_steps", 0), engine.get("slot_occupancy"),
+                     engine.get("prefill_tokens", 0), s["compiled_programs"])
+            _finish(item.out_dir, item.name)
+        kinds = f"{len(settings.kinds)} kind{'s' * (len(settings.kinds) > 1)} ({', '.join(settings.kinds)})"
+    written = {item.name: f"{stats[item.name]['records']} records x {kinds} written this run, "
+                          f"{count(stats[item.name]['tokens'])} tokens" for item in work}
+    report_summary("augment", {**written, "in": duration(time.perf_counter() - start)},
+                   {item.name: item.out_dir for item in work})
 
 
-def _augment(config: ml_collections.ConfigDict, workdir: str, settings: Settings, datasets: list[DatasetSpec],
-             process_index: int, process_count: int) -> None:
-    start = time.perf_counter()
+def _read_datasets(config: ml_collections.ConfigDict, workdir: str, datasets: list[DatasetSpec]) -> list[DatasetWork]:
     max_records = int(config.max_records)
     work = []
-    for spec in datasets:  # before the teacher: bad data fails in seconds, not after a model load
+    for spec in datasets:
         records = load_records(spec.source, spec.split, data_dir=config.get("data_dir"))
         if not records:
             where = f"{spec.source}:{spec.split}" if spec.split else spec.source
@@ -167,20 +195,4 @@ def _augment(config: ml_collections.ConfigDict, workdir: str, settings: Settings
         info = {"source": spec.source, "split": spec.split, "available": len(records), "max_records": max_records}
         work.append(DatasetWork(spec.name, records[:max_records] if max_records else records,
                                 workdir_path(workdir) / "augmented" / spec.name, info))
-    mesh, rules = local_mesh(config)
-    model, tokenizer, teacher = load_teacher(config, mesh, rules)
-    stats = augment_datasets(model, tokenizer, work, settings, teacher=teacher, process_index=process_index,
-                             process_count=process_count, mesh=mesh, rules=rules)
-    for item in work:
-        s = stats[item.name]
-        engine = s["engine"] or {}
-        log.info("%s: this run generated %d records (%d tokens) in %.1fs; engine %s: %s decode steps, slot "
-                 "occupancy %s, %s prefill tokens, %d compiled programs", item.name, s["records"], s["tokens"],
-                 s["seconds"], settings.engine, engine.get("decode_steps", 0), engine.get("slot_occupancy"),
-                 engine.get("prefill_tokens", 0), s["compiled_programs"])
-        _finish(item.out_dir, item.name)
-    kinds = f"{len(settings.kinds)} kind{'s' * (len(settings.kinds) > 1)} ({', '.join(settings.kinds)})"
-    report_summary("augment", {**{item.name: f"{stats[item.name]['records']} records x {kinds} written this run, "
-                                             f"{count(stats[item.name]['tokens'])} tokens" for item in work},
-                               "in": duration(time.perf_counter() - start)},
-                   {item.name: item.out_dir for item in work})
+    return work

@@ -31,11 +31,14 @@ from jax.sharding import Mesh
 
 from teacherlm_jax import report_json
 from teacherlm_jax.compile.generation_memory import CHIPS, GIB, decode_step_memory, generation_memory
+from teacherlm_jax.config_checks import raise_all
 from teacherlm_jax.console import report_summary
 from teacherlm_jax.errors import ConfigError
 from teacherlm_jax.paths import workdir_path, write_atomic
+from teacherlm_jax.run_config import write_config
 from teacherlm_jax.sharding import LogicalRules, batch_sharding, data_parallel_size, mesh_from_config
-from teacherlm_jax.train.loop import TrainSetup, check_seq_len, train_setup, validate
+from teacherlm_jax.train.checks import validate
+from teacherlm_jax.train.loop import TrainSetup, check_seq_len, train_setup
 from teacherlm_jax.train.step import BATCH_KEYS, make_train_step
 
 REPORT_JSON = "compile_report.json"
@@ -111,7 +114,7 @@ def dry_run(config: ml_collections.ConfigDict) -> dict[str, Any]:
     use_fake_devices(int(config.get("fake_devices", 0)))
     config = config.copy_and_resolve_references()
     mesh, rules = mesh_from_config(config)
-    validate(config, data_parallel_size(mesh, rules))
+    raise_all(validate(config, dp_size=data_parallel_size(mesh, rules)))
     setup = train_setup(config, mesh, rules, weights=False)  # a hub BLOOM by its published shape: no download
     if config.data.seq_len is None:
         raise ConfigError("config.data.seq_len: the compile job needs an explicit length (no data to derive it from)")
@@ -240,6 +243,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
     """Job entry (`config.job = "compile"`)."""
     summary = dry_run(config)
     out = workdir_path(workdir)
+    write_config(config, out)
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / REPORT_JSON, report_json.dumps(summary, indent=2) + "\n")
     text = format_report(summary)

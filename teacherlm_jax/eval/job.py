@@ -26,6 +26,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
+from teacherlm_jax.config_checks import Problems, raise_all
 from teacherlm_jax.console import report_summary, terminal_bar
 from teacherlm_jax.data import Record, eval_context
 from teacherlm_jax.data.records import LETTERS
@@ -36,6 +37,7 @@ from teacherlm_jax.eval.scoring import SCORES, encode, loglik_choices
 from teacherlm_jax.eval.tasks import Task, load_task, resolve_tasks, subset
 from teacherlm_jax.init_from import resolve
 from teacherlm_jax.paths import workdir_path
+from teacherlm_jax.run_config import write_config
 from teacherlm_jax.sharding import LogicalRules, initialize_distributed, mesh_from_config
 
 log = logging.getLogger(__name__)
@@ -158,25 +160,42 @@ def check_finite_weights(model: nnx.Module, source: str) -> None:
                                  f"{', '.join(bad[:3])}); the checkpoint comes from a diverged or broken run")
 
 
+def validate(config: ml_collections.ConfigDict, *,
+             produced: Callable[[str], bool] = lambda spec: False) -> list[ConfigError]:
+    """Every problem of an eval config, each naming its key (checked before a model loads). `produced(spec)`:
+    a task file another job writes before this one runs (a pipeline step's output), not looked for."""
+    problems = Problems(config)
+    problems.choice("mode", MODES)
+    problems.choice("score", SCORES)
+    problems.integer("batch_size", 1)
+    for key, minimum in (("max_examples", 0), ("max_length", 0), ("max_new_tokens", 1)):
+        problems.integer(key, minimum)
+    if not config.model.get("init_from"):
+        problems.add("model.init_from", "required: a Hugging Face directory or hub id, or a training run's workdir")
+    if isinstance(config.tasks, str):
+        problems.add("tasks", "expected a tuple of task names or paths")
+        return problems.errors
+    own = [t for t in config.tasks if not produced(t)]
+    if own or not config.tasks:
+        try:
+            resolve_tasks(own)
+        except ValueError as e:  # its messages name config.tasks
+            problems.errors.append(ConfigError(str(e)))
+    return problems.errors
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:
     """Job entry: load the model onto the config's mesh, evaluate `config.tasks`, write WORKDIR/eval/."""
     initialize_distributed(config.get("distributed"))
-    if config.mode not in MODES:
-        raise ConfigError(f"config.mode={config.mode!r}; expected one of {MODES}")
-    if config.score not in SCORES:
-        raise ConfigError(f"config.score={config.score!r}; expected one of {SCORES}")
-    if int(config.batch_size) < 1:
-        raise ConfigError(f"config.batch_size={config.batch_size} must be >= 1")
-    tasks = resolve_tasks(list(config.tasks))  # fail on a bad name before loading a model
+    raise_all(validate(config))  # a bad name or number fails before a model loads
+    tasks = resolve_tasks(list(config.tasks))
     mesh, rules = mesh_from_config(config)
-    if not config.model.get("init_from"):
-        raise ConfigError("config.model.init_from is required: a Hugging Face directory or hub id, or a "
-                          "training run's workdir")
     source = resolve(config.model)
     tokenizer_path = source.tokenizer_path(config.get("tokenizer"))
     tokenizer = source.load_tokenizer(tokenizer_path)
     model = source.build(mesh, rules, seed=config.seed)
     check_finite_weights(model, source.init_from)
+    write_config(config, workdir)
     out = workdir_path(workdir) / "eval"
     metrics = evaluate_tasks(
         model, tokenizer, tasks, out, max_examples=int(config.max_examples),

@@ -12,6 +12,7 @@ WORKDIR/report.md and report.json (`report`) the results.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -86,26 +87,67 @@ def _barrier(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Job entry: checks every step, runs those whose output is missing or stale, writes the report."""
-    from teacherlm_jax.pipeline.report import write_report
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """The steps with their fingerprints, and what a run would do with each: (action, why) with action
+    run | reuse | resume | rerun. Made by reading the workdir only."""
 
-    work = workdir_path(workdir)
-    work.mkdir(parents=True, exist_ok=True)
+    steps: list[Step]
+    digests: dict[str, str]
+    upstream: dict[str, dict[str, str]]
+    files: dict[str, dict[str, list]]
+    hashes: state.FileHashes
+    actions: dict[str, tuple[str, str]]
+
+    @property
+    def to_run(self) -> list[Step]:
+        return [s for s in self.steps if self.actions[s.name][0] != "reuse"]
+
+    def describe(self) -> str:
+        """One line per step: name, job, action, why."""
+        width = max(len(s.name) for s in self.steps)
+        return "\n".join(f"{s.name:<{width}}  {s.job:<9} {self.actions[s.name][0]:<6}  {self.actions[s.name][1]}"
+                         for s in self.steps)
+
+
+def make_plan(config: ml_collections.ConfigDict, work: epath.Path) -> Plan:
+    """The pipeline's steps and what to do with each, from `config` and what `work` holds (nothing written)."""
     steps = build_plan(config)
     digests: dict[str, str] = {}
     upstream: dict[str, dict[str, str]] = {}
     files: dict[str, dict[str, list]] = {}
+    actions: dict[str, tuple[str, str]] = {}
     hashes = state.FileHashes(work)
     for step in steps:
         upstream[step.name] = {d: digests[d] for d in dependencies(step, steps)}
         files[step.name] = state.external_files(step, hashes)
         digests[step.name] = state.fingerprint(step, upstream[step.name], files[step.name])
-    if jax.process_index() == 0:
-        hashes.save()
-    to_run = [s for s in steps if not state.is_done(work / s.name, digests[s.name])]
+        record = state.read_record(work / step.name)
+        if record is None:
+            actions[step.name] = ("run", "not run yet")
+        elif record["fingerprint"] != digests[step.name]:
+            actions[step.name] = ("rerun", state.why_changed(record, step, upstream[step.name], files[step.name]))
+        elif record["state"] == "done":
+            actions[step.name] = ("reuse", "done, unchanged")
+        else:
+            actions[step.name] = ("resume", f"stopped while {record['state']}, unchanged")
+    return Plan(steps, digests, upstream, files, hashes, actions)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Job entry: checks every step, runs those whose output is missing or stale, writes the report. A run
+    refused by the checks has written nothing."""
+    from teacherlm_jax.pipeline.report import write_report
+
+    work = workdir_path(workdir)
+    plan = make_plan(config, work)
+    steps, digests, upstream, files = plan.steps, plan.digests, plan.upstream, plan.files
+    to_run = plan.to_run
     preflight(steps, {s.name for s in to_run})
     if jax.process_index() == 0:
+        work.mkdir(parents=True, exist_ok=True)
+        plan.hashes.save()
+        write_config(config, work)
         write_atomic(work / PLAN, json.dumps({"steps": [
             {"step": s.name, "job": s.job, "fingerprint": digests[s.name], "after": dependencies(s, steps),
              "reused": s not in to_run} for s in steps]}, indent=2) + "\n")

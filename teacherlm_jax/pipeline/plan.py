@@ -189,7 +189,12 @@ def build_plan(config: ml_collections.ConfigDict) -> list[Step]:
             chosen = f"@teacher/{chosen}"
         if chosen:
             evaluated["teacher"] = (chosen, "loglik")
-        evaluated.update({name: (f"@students/{name}", student.mode) for name, student in students.items()})
+        from teacherlm_jax.eval.job import MODES
+
+        for name, student in students.items():
+            if student.mode not in MODES:
+                raise ConfigError(f"config.students.{name}.mode={student.mode!r}; expected one of {MODES}")
+            evaluated[name] = (f"@students/{name}", student.mode)
         for name, (model, mode) in evaluated.items():
             job = _copy(config.eval)
             job.model.init_from = model
@@ -210,10 +215,15 @@ def _student_datasets(config: ml_collections.ConfigDict, needed: tuple[str, ...]
     questions = tuple(config.augment.datasets) if config.get("augment") is not None else ()
     if not needed:
         return questions
-    outputs = []
-    for step in dict.fromkeys(augmented[k] for k in needed):  # one step may write several kinds
-        outputs += [f"@{step}/augmented/{output_name(d, resolve_dataset)}" for d in questions]
-    return tuple(outputs)
+    names = []
+    for i, dataset in enumerate(questions):
+        try:
+            names.append(output_name(dataset, resolve_dataset))
+        except ValueError as e:
+            raise ConfigError(f"config.augment.datasets[{i}]: {e}") from None
+    return tuple(f"@{step}/augmented/{name}"
+                 for step in dict.fromkeys(augmented[k] for k in needed)  # one step may write several kinds
+                 for name in names)
 
 
 def output_name(dataset: str, resolve) -> str:

@@ -100,12 +100,6 @@ def changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
             for k in sorted(set(before) | set(after)) if before.get(k) != after.get(k)]
 
 
-def is_done(step_dir: epath.Path, digest: str) -> bool:
-    """Whether the step's output in `step_dir` is complete and made from the same fingerprint."""
-    record = read_record(step_dir)
-    return record is not None and record["fingerprint"] == digest and record["state"] == "done"
-
-
 def why_changed(record: dict[str, Any], step: Step, upstream: dict[str, str], files: dict[str, list]) -> str:
     """What differs from the run that made the folder: config keys, earlier steps, files read."""
     reasons = changes(record["config"], fingerprint_config(step))

@@ -22,6 +22,7 @@ from etils import epath
 from flax import nnx
 from jax.sharding import Mesh
 
+from teacherlm_jax.config_checks import raise_all
 from teacherlm_jax.console import duration, report_summary
 from teacherlm_jax.data.decontamination import REPORT as DECONTAMINATION
 from teacherlm_jax.data.decontamination import write_report as write_decontamination
@@ -29,10 +30,12 @@ from teacherlm_jax.errors import ConfigError
 from teacherlm_jax.init_from import HF_EXPORT, ResolvedModel, resolve
 from teacherlm_jax.models.hf import save_pretrained
 from teacherlm_jax.paths import local_dir, workdir_path
+from teacherlm_jax.run_config import write_config
 from teacherlm_jax.sharding import (abstract_like, data_parallel_size, initialize_distributed, mesh_from_config,
                                     param_shardings)
 from teacherlm_jax.tokenizers import load_tokenizer
 from teacherlm_jax.train.checkpoint import Checkpointer, SigtermFlag
+from teacherlm_jax.train.checks import validate
 from teacherlm_jax.train.data import BatchIterator, global_batch, make_train_data
 from teacherlm_jax.train.metrics import MetricsWriter, StepTimer, flops_per_token, headline, plot_loss_curve
 from teacherlm_jax.train.optim import decay_mask, make_optimizer
@@ -84,24 +87,6 @@ def check_seq_len(config: ml_collections.ConfigDict, max_positions: int) -> None
                           f"longest example's length")
 
 
-def validate(config: ml_collections.ConfigDict, dp_size: int) -> None:
-    for key in ("num_train_steps", "log_every", "checkpoint_every", "keep_checkpoints", "grad_accum_steps",
-                "batch_size"):
-        if int(config[key]) < 1:
-            raise ConfigError(f"config.{key}={config[key]} must be >= 1")
-    if config.eval_every < 0 or (config.eval_every and config.eval_steps < 1):
-        raise ConfigError(f"config.eval_every={config.eval_every}, eval_steps={config.eval_steps}: "
-                          f"eval_every >= 0 (0 = off) and eval_steps >= 1")
-    rows = dp_size * config.grad_accum_steps
-    if config.batch_size % rows:
-        raise ConfigError(f"config.batch_size={config.batch_size} is not divisible by the data-parallel size "
-                          f"{dp_size} (mesh axes the batch is split over) x grad_accum_steps="
-                          f"{config.grad_accum_steps}")
-    if config.batch_size % jax.process_count():
-        raise ConfigError(f"config.batch_size={config.batch_size} is not divisible by the "
-                          f"{jax.process_count()} processes")
-
-
 @dataclasses.dataclass(frozen=True)
 class TrainSetup:
     """Everything the train step needs, built from config without allocating any parameter; shared by
@@ -147,34 +132,39 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> epat
     (checked at each logged step, each eval and before each save) stop it with NonFiniteError, nothing of them saved.
     """
     initialize_distributed(config.get("distributed"))
-    with workdir_lock(workdir, f"train-{jax.process_index()}"):
-        return _train(config, workdir_path(workdir))
-
-
-def _train(config: ml_collections.ConfigDict, workdir: epath.Path) -> epath.Path | None:
     mesh, rules = mesh_from_config(config)
-    validate(config, data_parallel_size(mesh, rules))
-    workdir.mkdir(parents=True, exist_ok=True)
-
+    raise_all(validate(config, dp_size=data_parallel_size(mesh, rules), process_count=jax.process_count()))
+    # Everything the config decides is checked, the model resolved and the data read before the workdir is
+    # touched: a refused run leaves it as it found it.
     setup = train_setup(config, mesh, rules)
-    abstract, graphdef, abstract_params = setup.abstract, setup.graphdef, setup.abstract_params
-    p_shardings, tx, schedule, shardings = setup.param_shardings, setup.tx, setup.schedule, setup.shardings
-
-    model_cfg = abstract.config
+    model_cfg = setup.abstract.config
     check_seq_len(config, model_cfg.max_position_embeddings)
     tokenizer_path = config.get("tokenizer") or setup.model.tokenizer  # explicit, else init_from's
     tokenizer = load_tokenizer(tokenizer_path) if tokenizer_path else None
-    if tokenizer is not None:
-        save_tokenizer(tokenizer, workdir)
     data_report: dict = {}
     data = make_train_data(config, tokenizer, jax.process_index(), jax.process_count(), report=data_report,
                            max_positions=model_cfg.max_position_embeddings)
+    if not isinstance(data, BatchIterator):
+        raise TypeError(f"make_train_data returned {type(data).__name__}, which lacks get_state/set_state/seq_len")
+    with workdir_lock(workdir, f"train-{jax.process_index()}"):
+        return _train(config, workdir_path(workdir), mesh, rules, setup, tokenizer, data, data_report)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: epath.Path, mesh: Mesh, rules: tuple, setup: TrainSetup,
+           tokenizer, data: BatchIterator, data_report: dict) -> epath.Path | None:
+    abstract, graphdef, abstract_params = setup.abstract, setup.graphdef, setup.abstract_params
+    p_shardings, tx, schedule, shardings = setup.param_shardings, setup.tx, setup.schedule, setup.shardings
+    model_cfg = abstract.config
+    if (workdir / "checkpoints").exists():  # a resume of another model is refused before anything is written
+        check_resumable(abstract, workdir)
+    write_config(config, workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    if tokenizer is not None:
+        save_tokenizer(tokenizer, workdir)
     if data_report and jax.process_index() == 0:
         if DECONTAMINATION in data_report:  # config.data.decontaminate: its own report files
             write_decontamination(data_report.pop(DECONTAMINATION), workdir)
         (workdir / DATA_REPORT).write_text(json.dumps(data_report, indent=2) + "\n")
-    if not isinstance(data, BatchIterator):
-        raise TypeError(f"make_train_data returned {type(data).__name__}, which lacks get_state/set_state/seq_len")
     seq_len = data.seq_len
     if config.data.seq_len != seq_len:  # derived from the data: the eval stream pads to the same length
         config = config.copy_and_resolve_references()
@@ -182,8 +172,7 @@ def _train(config: ml_collections.ConfigDict, workdir: epath.Path) -> epath.Path
     ckpt = Checkpointer(workdir, every=config.checkpoint_every, keep=config.keep_checkpoints,
                         use_async=config.get("async_checkpoints", True))
     start = ckpt.latest_step() or 0
-    if start:  # our own checkpoint wins over init_from: this is a restart
-        check_resumable(abstract, workdir)
+    if start:  # our own checkpoint wins over init_from: this is a restart (checked resumable above)
         state, data_state = ckpt.restore(start, setup.abstract_state())
         data.set_state(data_state)
         log.info("resumed from %s/checkpoints step %d", workdir, start)
