@@ -12,8 +12,8 @@ import portpicker
 from train_subprocess import REPO, jax_env, main_command
 
 # A four-step recipe small enough for two processes on two cores: a fresh tiny teacher specialized at once,
-# its augmentation, one student and its evaluation. The student is scored by log-likelihood: generate mode
-# stops at DecodeSlots' device_put of a sharding over both processes' devices (not addressable here).
+# its augmentation, one student and its evaluation (Fine-tune-CoT's generate mode: decode slots sharded across
+# both processes).
 CONFIG = '''
 from configs import pipeline
 
@@ -24,7 +24,6 @@ def get_config():
     config.teacher.stages, config.teacher.evaluate = ("stage3",), ""
     config.teacher.stage3.model.init_from = None
     del config.students["answers_only"]
-    config.students.finetune_cot.mode = "loglik"
     for train in (config.teacher.stage3, config.students.finetune_cot.train):
         train.num_train_steps, train.checkpoint_every, train.log_every = 2, 2, 1
         train.data.seq_len = 128
