@@ -350,14 +350,14 @@ def test_rounds_run_many_steps_and_overlap_the_host(model, monkeypatch):
     for i, samples in engine.generate(enumerate(items)):
         events.append("out")
         out[i] = [s.tolist() for s in samples]
-    stats, events = engine.stats(), list(events)
+    stats, order = engine.stats(), list(events)
     assert out == run_engine(model, items, sampling, batch_size=8, refill=True)[0]  # another refill fraction
     ended_per_round = stats["kept_tokens"] / stats["rounds"]
     assert stats["rounds"] * 3 < stats["decode_steps"] and ended_per_round > 1, stats
-    last_result = max(i for i, e in enumerate(events) if e == "result")
-    for i, event in enumerate(events[:last_result]):
+    last_result = max(i for i, e in enumerate(order) if e == "result")
+    for i, event in enumerate(order[:last_result]):
         if event == "out":  # what came before it: a dispatch, never a read with nothing dispatched after it
-            assert [e for e in events[:i] if e != "out"][-1] == "run", " ".join(events)
+            assert [e for e in order[:i] if e != "out"][-1] == "run", " ".join(order)
 
 
 def test_decode_steps_compute_no_log_softmax_unless_asked(model):
