@@ -38,7 +38,7 @@ from teacherlm_jax.train.metrics import MetricsWriter, StepTimer, flops_per_toke
 from teacherlm_jax.train.optim import decay_mask, make_optimizer
 from teacherlm_jax.train.run_files import check_resumable, save_tokenizer, write_model_config
 from teacherlm_jax.train.step import (
-    FINITE, TrainState, init_train_state, make_eval_step, make_train_step, state_shardings,
+    FINITE, LOSS_CHUNK, TrainState, init_train_state, make_eval_step, make_train_step, state_shardings,
 )
 from teacherlm_jax.workdir_lock import workdir_lock
 
@@ -89,6 +89,9 @@ def validate(config: ml_collections.ConfigDict, dp_size: int) -> None:
                 "batch_size"):
         if int(config[key]) < 1:
             raise ConfigError(f"config.{key}={config[key]} must be >= 1")
+    if loss_chunk(config) < 0:
+        raise ConfigError(f"config.loss_chunk={loss_chunk(config)} must be >= 0 (0: the loss over all positions "
+                          f"at once)")
     if config.eval_every < 0 or (config.eval_every and config.eval_steps < 1):
         raise ConfigError(f"config.eval_every={config.eval_every}, eval_steps={config.eval_steps}: "
                           f"eval_every >= 0 (0 = off) and eval_steps >= 1")
@@ -100,6 +103,11 @@ def validate(config: ml_collections.ConfigDict, dp_size: int) -> None:
     if config.batch_size % jax.process_count():
         raise ConfigError(f"config.batch_size={config.batch_size} is not divisible by the "
                           f"{jax.process_count()} processes")
+
+
+def loss_chunk(config: ml_collections.ConfigDict) -> int:
+    """config.loss_chunk: positions the loss's head runs on at once (configs written before it: the default)."""
+    return int(config.get("loss_chunk", LOSS_CHUNK))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,8 +200,9 @@ def _train(config: ml_collections.ConfigDict, workdir: epath.Path) -> epath.Path
     if jax.process_index() == 0:
         write_model_config(abstract, workdir)
 
-    train_step = make_train_step(graphdef, tx, schedule, mesh, rules, shardings, config.grad_accum_steps)
-    eval_step = make_eval_step(graphdef, mesh, rules, p_shardings)
+    train_step = make_train_step(graphdef, tx, schedule, mesh, rules, shardings, config.grad_accum_steps,
+                                 loss_chunk(config))
+    eval_step = make_eval_step(graphdef, mesh, rules, p_shardings, loss_chunk(config))
     num_params = sum(math.prod(x.shape) for x in jax.tree.leaves(abstract_params))
     tokens_per_step = config.batch_size * seq_len
     timer = StepTimer(tokens_per_step, tokens_per_step * flops_per_token(
