@@ -133,7 +133,8 @@ _TRAIN = {
     "grad_accum_steps": "Microbatches per optimizer step (a scan), to fit a large batch in less memory.",
     "loss_chunk": "Sequence positions whose logits the loss computes at once: the step holds ~3 float32 "
                   "[rows, loss_chunk, vocab] arrays, never the whole [rows, seq_len, vocab] logits; the gradient "
-                  "is made chunk by chunk in the forward pass (no extra head pass). 0: all positions at once.",
+                  "is made chunk by chunk in the forward pass (no extra head pass). 0, or rows no longer than it: all "
+                  "positions at once.",
     "num_train_steps": "Optimizer steps in total (a resumed run continues to this number).",
     "log_every": "Write loss, learning rate, gradient norm and throughput to metrics.jsonl/TensorBoard every N "
                  "steps.",

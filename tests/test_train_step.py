@@ -79,7 +79,7 @@ def test_chunked_loss_gives_the_whole_sequence_loss_and_gradients(family):
     whole, whole_grads = loss_and_grads(model, batch, 0)
     assert whole["tokens"] == loss_mask[:, 1:].sum() and whole["correct"] >= 8
     scale = max(np.abs(g).max() for g in jax.tree.leaves(whole_grads))  # k_proj's bias has a zero gradient: noise
-    for chunk in (1, 4, 13, 64):  # one position, chunks that do not divide 13, the whole row, more than it
+    for chunk in (1, 4, 6, 12):  # one position a chunk, chunks that do not divide 13 (the last one padded)
         sums, grads = loss_and_grads(model, batch, chunk)
         assert (sums["tokens"], sums["correct"]) == (whole["tokens"], whole["correct"]), chunk
         np.testing.assert_allclose(sums["loss_sum"], whole["loss_sum"], rtol=1e-6)
