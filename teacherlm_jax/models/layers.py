@@ -150,10 +150,13 @@ def keys_values(k: jax.Array, v: jax.Array, cache_k: jax.Array | None, cache_v: 
 # How `attend` computes attention (the models' `attention_impl` config key):
 #   einsum  two einsums with the scores materialized; the reference (CPU, TPU, every decode step)
 #   xla     jax.nn.dot_product_attention's XLA implementation: the same work, through the fused path's inputs
-#   cudnn   cuDNN's flash attention (GPU, bfloat16/float16): scores never materialized in memory
+#   cudnn   cuDNN's flash attention (GPU, bfloat16/float16): no float32 scores or probabilities in memory; ALiBi
+#           and the masks go in as one [b, h, q, k] bias in the compute dtype (the public API takes no slopes;
+#           cuDNN's own ALiBi mask is reachable only through jax._src, and counts positions without padding)
 #   auto    cudnn on a GPU in a half-precision dtype, else einsum.
-# On TPU there is no fused kernel for BLOOM: Pallas' splash and flash attention kernels take masks and logit
-# soft-capping, not an additive per-head bias such as ALiBi, so `auto` stays on einsum there.
+# On TPU no fused kernel takes ALiBi: Pallas' splash attention takes masks, segment ids, sinks and a logit
+# soft-cap but no additive bias; its older flash attention takes a whole [b, h, q, k] bias, as cuDNN here,
+# but lives in jax.experimental (the project imports no experimental jax). So `auto` stays on einsum there.
 ATTENTION_IMPLS = ("auto", "einsum", "xla", "cudnn")
 HALF_DTYPES = (jnp.bfloat16, jnp.float16)
 
