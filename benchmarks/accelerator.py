@@ -2,6 +2,7 @@
 
     python benchmarks/accelerator.py                       # on the GPU/TPU machine: under 8 minutes
     python benchmarks/accelerator.py --parts decode,train  # some parts only
+    python benchmarks/accelerator.py --parts train --train-shapes bloom-1b7,bloom-7b1 --attention-impl einsum
     JAX_PLATFORMS=cpu python benchmarks/accelerator.py --reduced   # tiny shapes: a CPU check in ~1 minute
 
 Runs on `jax.devices()[0]` with random weights (no download) and prints one markdown table per part:
@@ -20,7 +21,9 @@ Runs on `jax.devices()[0]` with random weights (no download) and prints one mark
    (mean ~31 tokens, ~2% of texts reach 128). Compilation is warmed up on the first records first. The
    host's share of the job's time: 1 - decode steps x the engine's own step / seconds.
 3. train: the trainer's own step (`make_train_step`: bfloat16 compute, float32 master weights,
-   AdamW) at the bloom-1b7 shape, the largest batch x sequence (2048 first) and remat policy that
+   AdamW; attention by `--attention-impl`, default auto = cuDNN flash attention on a GPU; the loss
+   `--loss-chunk` positions at a time) at the `--train-shapes` (default bloom-1b7), the largest batch x
+   sequence (2048 first) and remat policy that
    fits the device's memory (XLA's memory analysis of the compiled step), MFU = (6N + 12 L H S) FLOPs
    per token x tokens / step time / the device's bf16 peak (`teacherlm_jax.train.metrics`). Target:
    >= 40% MFU.
@@ -48,6 +51,7 @@ from flax import nnx  # noqa: E402
 
 from teacherlm_jax.models.bloom import Bloom, BloomConfig  # noqa: E402
 from teacherlm_jax.train.metrics import flops_per_token, peak_flops  # noqa: E402
+from teacherlm_jax.train.step import LOSS_CHUNK  # noqa: E402
 from eos_workload import EOS_PROB, MAX_NEW_TOKENS, eos_probability, solve_eos_logit  # noqa: E402
 
 BLOOM = {"bloom-560m": (1024, 24, 16), "bloom-1b7": (2048, 24, 16), "bloom-7b1": (4096, 30, 32)}
@@ -287,23 +291,25 @@ def augment_part(shapes: dict[str, dict[str, int]], slot_counts: Sequence[int], 
 
 # ----------------------------------------------------------------------------------------------- train
 def train_part(shape: dict[str, int], plans: Sequence[tuple[int, int, str]], iters: int, peak: float | None,
-               limit: int | None) -> str:
+               limit: int | None, attention: str, loss_chunk: int) -> str:
     from teacherlm_jax.sharding import DEFAULT_RULES, batch_sharding, make_mesh, param_shardings, parse_rules
     from teacherlm_jax.init_from import resolve
     from teacherlm_jax.train.optim import decay_mask, make_optimizer
     from teacherlm_jax.train.step import BATCH_KEYS, init_train_state, make_train_step, state_shardings
 
-    header = ["shape", "params", "batch x seq", "remat", "step s", "tokens/s", "model TFLOP/s", "peak TFLOP/s", "MFU",
+    header = ["shape", "params", "batch x seq", "remat", "attention", "loss_chunk", "step s", "tokens/s",
+              "model TFLOP/s", "peak TFLOP/s", "MFU",
               "target >= 40%"]
     name = next((k for k, v in BLOOM.items() if (shape["hidden_size"], shape["n_layer"]) == v[:2]), "tiny")
     mesh = make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
     rules = parse_rules(DEFAULT_RULES, mesh)
-    spec = dict(family="bloom", **shape, dtype="bfloat16", param_dtype="float32", scan_layers=True)
+    spec = dict(family="bloom", **shape, dtype="bfloat16", param_dtype="float32", scan_layers=True,
+                attention_impl=attention)
     abstract = resolve({**spec, "remat_policy": "full"}).abstract()
     num_params = sum(math.prod(x.shape) for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
     size = f"{num_params / 1e9:.2f}B" if num_params >= 1e8 else f"{num_params / 1e6:.2f}M"
     if limit is not None and 16 * num_params > 0.9 * limit:
-        return table(header, [[name, size, "-", "-", "skipped", "-", "-", "-",
+        return table(header, [[name, size, "-", "-", attention, str(loss_chunk), "skipped", "-", "-", "-",
                                f"train state {16 * num_params / GB:.1f} GB > {limit / GB:.1f} GB", "-"]])
     tx, schedule = make_optimizer(OPT, 1000, decay_mask(abstract))
     params = resolve(spec).load_params(abstract, mesh, rules)
@@ -313,12 +319,13 @@ def train_part(shape: dict[str, int], plans: Sequence[tuple[int, int, str]], ite
     saved = {"none": 16, "dots": 12, "dots_no_batch": 9, "full": 2}  # rough bf16 activations per layer, x seq x h
     chosen, reasons = None, []
     for rows, seq, remat in plans:
-        estimate = 16 * num_params + rows * seq * (3 * vocab * 4 + layers * h * 2 * saved[remat])
+        loss_rows = rows * (min(seq, loss_chunk) if loss_chunk else seq)  # positions the loss holds at once
+        estimate = 16 * num_params + 3 * vocab * 4 * loss_rows + rows * seq * layers * h * 2 * saved[remat]
         if limit is not None and estimate > 0.9 * limit:
             reasons.append(f"{rows}x{seq} {remat}: ~{estimate / GB:.0f} GB estimated")
             continue
         graphdef = nnx.split(resolve({**spec, "remat_policy": remat}).abstract(), nnx.Param)[0]
-        step = make_train_step(graphdef, tx, schedule, mesh, rules, shardings)
+        step = make_train_step(graphdef, tx, schedule, mesh, rules, shardings, loss_chunk=loss_chunk)
         ids = np.random.RandomState(0).randint(0, vocab, (rows, seq)).astype(np.int32)
         batch = {k: jax.device_put(ids if k == "input_ids" else np.ones_like(ids), batch_sharding(mesh, rules))
                  for k in BATCH_KEYS}
@@ -333,7 +340,7 @@ def train_part(shape: dict[str, int], plans: Sequence[tuple[int, int, str]], ite
         chosen = (rows, seq, remat, compiled, batch)
         break
     if chosen is None:
-        return table(header, [[name, size, "-", "-", "skipped", "-", "-", "-",
+        return table(header, [[name, size, "-", "-", attention, str(loss_chunk), "skipped", "-", "-", "-",
                                "no plan fits: " + "; ".join(reasons), "-"]])
     rows, seq, remat, compiled, batch = chosen
     state, metrics = compiled(state, batch)
@@ -351,7 +358,7 @@ def train_part(shape: dict[str, int], plans: Sequence[tuple[int, int, str]], ite
     tokens = rows * seq
     achieved = tokens * flops_per_token(num_params, layers, h, seq) / seconds
     mfu = achieved / peak if peak else None
-    return table(header, [[name, size, f"{rows} x {seq}", remat, f"{seconds:.4f}",
+    return table(header, [[name, size, f"{rows} x {seq}", remat, attention, str(loss_chunk), f"{seconds:.4f}",
                            f"{tokens / seconds:,.0f}", f"{achieved / 1e12:.3f}",
                            f"{peak / 1e12:.0f}" if peak else "n/a", f"{100 * mfu:.1f}%" if mfu else "n/a",
                            ("met" if mfu >= 0.4 else "not met") if mfu else "-"]])
@@ -361,6 +368,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reduced", action="store_true", help="tiny shapes, few steps and records (CPU check)")
     parser.add_argument("--parts", default="decode,augment,train", help="comma-separated: decode, augment, train")
+    parser.add_argument("--train-shapes", default="bloom-1b7", help=f"comma-separated, of {sorted(BLOOM)}")
+    parser.add_argument("--attention-impl", default="auto", help="train: model.attention_impl (auto: cudnn on a GPU)")
+    parser.add_argument("--loss-chunk", type=int, default=None, help="train: config.loss_chunk (default: the "
+                        "trainer's; 0: the logits of all positions at once)")
     parser.add_argument("--records", type=int, default=None,
                         help="CREAK records for augment (default: all 10,174 of train; 6 of dev with --reduced)")
     args = parser.parse_args(argv)
@@ -368,6 +379,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     unknown = sorted(set(parts) - {"decode", "augment", "train"})
     if unknown:
         parser.error(f"--parts: unknown {unknown}")
+    train_shapes = [s.strip() for s in args.train_shapes.split(",") if s.strip()]
+    if sorted(set(train_shapes) - set(BLOOM)):
+        parser.error(f"--train-shapes: unknown {sorted(set(train_shapes) - set(BLOOM))}; known {sorted(BLOOM)}")
+    loss_chunk = LOSS_CHUNK if args.loss_chunk is None else args.loss_chunk
     device = jax.devices()[0]
     limit = memory_limit(device)
     measured = measured_bandwidth(2 ** 26 if args.reduced else 2 ** 30 if device.platform != "cpu" else 2 ** 28)
@@ -389,11 +404,13 @@ def main(argv: Sequence[str] | None = None) -> None:
                                         (8,) if args.reduced else (64, 256), "dev" if args.reduced else "train",
                                         6 if args.records is None and args.reduced else args.records or 0,
                                         warmup=not args.reduced),
-        "train": lambda: train_part(TINY if args.reduced else bloom["bloom-1b7"],
-                                    [(2, 128, "full")] if args.reduced else
-                                    [(8, 2048, "dots_no_batch"), (8, 2048, "full"), (4, 2048, "full"),
-                                     (2, 2048, "full"), (1, 2048, "full"), (1, 1024, "full"), (1, 512, "full")],
-                                    2 if args.reduced else 5, peak, limit),
+        "train": lambda: "\n\n".join(
+            train_part(TINY if args.reduced else bloom[name],
+                       [(2, 128, "full")] if args.reduced else
+                       [(8, 2048, "dots_no_batch"), (8, 2048, "full"), (4, 2048, "full"),
+                        (2, 2048, "full"), (1, 2048, "full"), (1, 1024, "full"), (1, 512, "full")],
+                       2 if args.reduced else 5, peak, limit, args.attention_impl, loss_chunk)
+            for name in (["tiny"] if args.reduced else train_shapes)),
     }
     titles = {"decode": "Decode step against the memory-bandwidth roofline (bfloat16; target >= 70% at batch 1)",
               "augment": "Augment engine on TeacherLM's workload (3 kinds, temperature 1, top-k 50, EOS, 128 new "

@@ -14,8 +14,10 @@ Each contender runs in its own process: the workload once to fill a compilation 
 again, timed (generation only: tokens / seconds of `Engine.generate`), with every program loaded from that
 cache or already compiled. The baseline is the engine at commit `--baseline` (default ce4bea3, before the
 generation package), checked out into a git worktree and run with the same script. In the same process as
-this tree's engine, the bare-step bound: `generate` at 64 rows, no EOS, logprobs off, (time(1 + n) -
-time(1)) / n per step, median of 3; bound = 64 rows / step. Prints a markdown table for docs/performance.md.
+this tree's engine, the bare-step bound: the decode step `generate` and the engine run (`DecodeSlots.run`),
+64 rows of the workload's prompts at the job's cache width, no EOS, (time(1 + n) - time(1)) / n per step,
+median of 3; bound = 64 rows / step. The bound leaves out the prefill, which is real work (the prompts are
+~190 byte-level tokens, the texts ~32). Prints a markdown table for docs/performance.md.
 """
 from __future__ import annotations
 
@@ -39,7 +41,7 @@ def worker(checkpoint: str, records: int, fractions: list[float], bound: bool) -
     """Runs in the tree on PYTHONPATH; prints one JSON line per run."""
     import numpy as np
 
-    from teacherlm_jax import from_pretrained, generate
+    from teacherlm_jax import from_pretrained
     from teacherlm_jax.augment import Sampling, Settings
     from teacherlm_jax.augment.chunks import make_chunk
     from teacherlm_jax.augment.engine import Engine, prompt_width
@@ -67,15 +69,23 @@ def worker(checkpoint: str, records: int, fractions: list[float], bound: bool) -
     for fraction in fractions or [None]:
         run(fraction)  # fills the compilation cache (and this process's): the timed run compiles nothing
         print(json.dumps(run(fraction)), flush=True)
-    if bound:
-        ids = np.array([p.ids[-32:] for _, p in chunk.work[:SLOTS]], np.int32)
-        step = lambda n: generate(model, ids, np.ones_like(ids), max_new_tokens=n, temperature=1.0, top_k=50,
-                                  eos_token_id=None, logprobs=False)
-        times = {}
-        for n in (1, 65):
-            step(n)
-            times[n] = statistics.median(_timed(lambda: step(n)) for _ in range(3))
-        seconds = (times[65] - times[1]) / 64
+    if bound:  # the engine's own round program at the job's cache width, every row running (no EOS)
+        from teacherlm_jax.data.padding import left_pad
+        from teacherlm_jax.generation import DecodeSlots, RowSeeds, Sampler
+
+        slots = DecodeSlots(model, slots=SLOTS, prompt_width=width, max_new_tokens=MAX_NEW_TOKENS,
+                            sampler=Sampler(1.0, 50), eos_ids=np.array([], np.int32), pad_id=tokenizer.pad_token_id)
+        ids, mask = left_pad([p.ids for _, p in chunk.work[:SLOTS]], width, tokenizer.pad_token_id)
+        seeds = RowSeeds.of(range(SLOTS), [0] * SLOTS, [0] * SLOTS)
+
+        def steps(n: int) -> float:
+            slots.reset()
+            slots.insert(ids, mask, np.arange(SLOTS)[:, None], seeds)
+            slots.run(0).result()  # the prefill, outside the timing
+            return _timed(lambda: slots.run(n).result())
+
+        steps(1), steps(65)
+        seconds = statistics.median((steps(65) - steps(1)) / 64 for _ in range(3))
         print(json.dumps({"bare_step_ms": 1000 * seconds, "bound_tokens_per_s": SLOTS / seconds}), flush=True)
 
 

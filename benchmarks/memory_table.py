@@ -3,6 +3,7 @@
     python benchmarks/memory_table.py                  # estimates (seconds, no compilation)
     python benchmarks/memory_table.py --aot            # plus the compile job on fake CPU devices, one
                                                        # process per row (under a minute each)
+    python benchmarks/memory_table.py --aot --sizes bloom-1b7,bloom-7b1   # only those sizes' rows
 
 Parameters, optimizer state and gradients are exact: the model's own shapes and the trainer's sharding
 rules (`param_shardings`) on an abstract mesh of the row's size. Activations are an estimate of what
@@ -11,7 +12,10 @@ s tokens, h hidden, a heads, V vocabulary, t tensor-parallel size, L layers):
   saved per layer   full: r·s·h·2 (the layer input) | dots_no_batch: r·s·(2h + 7h/t)·2 |
                     dots: r·s·(2h + 8h/t)·2 + r·a·s²·4/t | none: r·s·(4h + 12h/t)·2 + r·a·s²·10/t
   one layer rebuilt in the backward pass: the `none` figure, once (remat policies other than none)
-  loss over the vocabulary: 3 float32 [r, s, V/t] arrays (logits, log-softmax, their gradient)
+  loss over the vocabulary, c = loss_chunk positions at a time (teacherlm_jax/train/step.py): 3 float32
+                    [r, c, V/t] arrays (logits, log-softmax, their gradient) and the head's float32
+                    gradient accumulated over the chunks, 4·V·h/t; loss_chunk 0 or >= s (all at once): 3
+                    float32 [r, s, V/t] arrays
   gathered weights: the embedding in bfloat16 plus its float32 gradient before reduce-scatter,
                     (2 + 4)·V·h/t, and two layers' weights in bfloat16 (FSDP's prefetch)
 --aot adds XLA's own per-device figure (`teacherlm_jax.compile.job`) for comparison; CPU numbers are
@@ -36,6 +40,7 @@ from teacherlm_jax.compile.job import REPORT_JSON
 from teacherlm_jax.init_from import resolve
 from teacherlm_jax.models.bloom import bloom_shape
 from teacherlm_jax.sharding import DEFAULT_RULES, MESH_AXES, param_shardings, parse_rules
+from teacherlm_jax.train.step import LOSS_CHUNK
 
 REPO = Path(__file__).resolve().parents[1]  # the compile job's configs/ are relative to it
 GIB = 2 ** 30
@@ -54,6 +59,7 @@ class Row:
     seq_len: int = 2048
     remat: str = "full"
     grad_accum: int = 1
+    loss_chunk: int = LOSS_CHUNK
 
     @property
     def chips(self) -> int:
@@ -62,8 +68,10 @@ class Row:
 
 ROWS = (
     Row("bloom-560m", remat="none"), Row("bloom-560m"), Row("bloom-560m", rows=4),
-    Row("bloom-1b1"), Row("bloom-1b7"), Row("bloom-3b"), Row("bloom-3b", rows=4, remat="dots_no_batch"),
-    Row("bloom-7b1"), Row("bloom-7b1", fsdp=4, tensor=2, rows=2), Row("bloom-7b1", fsdp=16), Row("bloom-7b1", fsdp=4),
+    Row("bloom-1b1"), Row("bloom-1b7", loss_chunk=0), Row("bloom-1b7"), Row("bloom-1b7", rows=2),
+    Row("bloom-1b7", rows=4), Row("bloom-1b7", rows=8), Row("bloom-3b"), Row("bloom-3b", rows=4, remat="dots_no_batch"),
+    Row("bloom-7b1", loss_chunk=0), Row("bloom-7b1"), Row("bloom-7b1", rows=2), Row("bloom-7b1", rows=4),
+    Row("bloom-7b1", fsdp=4, tensor=2, rows=2), Row("bloom-7b1", fsdp=16), Row("bloom-7b1", fsdp=4),
     Row("bloom", fsdp=32, tensor=8), Row("bloom", fsdp=64, tensor=8),
 )
 
@@ -88,7 +96,8 @@ def activation_bytes(row: Row) -> int:
     saved = {"none": whole, "full": r * s * h * c, "dots_no_batch": r * s * (2 * h + 7 * h / t) * c,
              "dots": r * s * (2 * h + 8 * h / t) * c + r * a * s * s * 4 / t}[row.remat]
     rebuilt = 0 if row.remat == "none" else whole
-    loss = 3 * 4 * r * s * vocab / t
+    loss = 3 * 4 * r * s * vocab / t if not 0 < row.loss_chunk < s else \
+        3 * 4 * r * row.loss_chunk * vocab / t + 4 * vocab * h / t
     gathered = (c + 4) * vocab * h / t + 2 * c * 12 * h * h / t
     return int(layers * saved + rebuilt + loss + gathered)
 
@@ -109,7 +118,7 @@ def aot(row: Row) -> dict:
                f"--config.mesh.fsdp={row.fsdp}", f"--config.mesh.tensor={row.tensor}",
                f"--config.batch_size={row.rows * row.data * row.fsdp * row.grad_accum}",
                f"--config.grad_accum_steps={row.grad_accum}", f"--config.data.seq_len={row.seq_len}",
-               f"--config.model.remat_policy={row.remat}"]
+               f"--config.model.remat_policy={row.remat}", f"--config.loss_chunk={row.loss_chunk}"]
         proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
         if proc.returncode:
             raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
@@ -117,7 +126,7 @@ def aot(row: Row) -> dict:
 
 
 def table(rows: tuple[Row, ...], aot_max_devices: int) -> str:
-    head = ["model", "params", "mesh (data x fsdp x tensor)", "chips", "rows x seq / chip", "remat",
+    head = ["model", "params", "mesh (data x fsdp x tensor)", "chips", "rows x seq / chip", "remat", "loss_chunk",
             "parameters", "Adam state", "gradients", "activations (est.)", "total (est.)"]
     if aot_max_devices:
         head.append("AOT peak, CPU")
@@ -126,7 +135,7 @@ def table(rows: tuple[Row, ...], aot_max_devices: int) -> str:
     for row in rows:
         e = estimate(row)
         cells = [row.size, f"{e['count'] / 1e9:.2f}B", f"{row.data} x {row.fsdp} x {row.tensor}", str(row.chips),
-                 f"{row.rows} x {row.seq_len}", row.remat]
+                 f"{row.rows} x {row.seq_len}", row.remat, str(row.loss_chunk)]
         cells += [f"{e[k] / GIB:.2f}" for k in ("params", "optimizer", "gradients", "activations", "total")]
         need = e["total"]
         if aot_max_devices:
@@ -143,10 +152,13 @@ def main() -> None:
     parser.add_argument("--aot", action="store_true", help="also compile each row on fake CPU devices")
     parser.add_argument("--aot-max-devices", type=int, default=512, help="compile only rows with at most this "
                         "many chips (each row is a process; 512 fake devices compile in about a minute)")
+    parser.add_argument("--sizes", default="", help="comma-separated BLOOM sizes whose rows to show (default: all)")
     args = parser.parse_args()
+    sizes = set(filter(None, args.sizes.split(",")))
+    rows = tuple(row for row in ROWS if not sizes or row.size in sizes)
     print(f"GiB per chip; bfloat16 compute, float32 master weights, AdamW; 'fits' = the estimated total (or the "
           f"AOT peak, if larger) <= {HEADROOM:.0%} of the chip's memory.\n")
-    print(table(ROWS, args.aot_max_devices if args.aot else 0), end="")
+    print(table(rows, args.aot_max_devices if args.aot else 0), end="")
 
 
 if __name__ == "__main__":

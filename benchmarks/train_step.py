@@ -3,11 +3,13 @@
     python benchmarks/train_step.py                          # bloom-560m shape, float32, batch 2 x 64
     python benchmarks/train_step.py --shape tiny --batch 8 --length 128 --iters 20
     python benchmarks/train_step.py --dtype bfloat16         # on a GPU/TPU: also prints MFU
+    python benchmarks/train_step.py --skip-torch --loss-chunk 0   # the loss over all positions at once
 
 Both sides start from the same random BloomForCausalLM and take the same steps: full-sequence
 next-token loss, global-norm clipping at 1.0, AdamW (lr 1e-5, no weight decay), one batch. Ours is
-the engine's jitted step (`teacherlm_jax.train.step`) on one device. Prints a markdown row for
-docs/performance.md ("Training step").
+the engine's jitted step (`teacherlm_jax.train.step`) on one device, its loss `--loss-chunk` positions at a
+time, attention by `--attention-impl`. Prints a markdown row for docs/performance.md ("Training step") with
+the step's peak memory from XLA's analysis of the compiled step (`teacherlm_jax.compile.job.peak_bytes`).
 """
 from __future__ import annotations
 
@@ -24,10 +26,11 @@ from flax import nnx
 from transformers import BloomConfig, BloomForCausalLM
 
 import teacherlm_jax as tl
+from teacherlm_jax.compile.job import human_bytes, peak_bytes
 from teacherlm_jax.sharding import DEFAULT_RULES, make_mesh, param_shardings, parse_rules
 from teacherlm_jax.train.metrics import flops_per_token, peak_flops
 from teacherlm_jax.train.optim import decay_mask, make_optimizer
-from teacherlm_jax.train.step import init_train_state, make_train_step, state_shardings
+from teacherlm_jax.train.step import LOSS_CHUNK, init_train_state, make_train_step, state_shardings
 
 SHAPES = {
     "bloom-560m": dict(vocab_size=250880, hidden_size=1024, n_layer=24, n_head=16),
@@ -63,20 +66,24 @@ def torch_seconds(reference: BloomForCausalLM, ids: np.ndarray, iters: int) -> t
     return timed(step, iters)
 
 
-def jax_seconds(directory: str, ids: np.ndarray, iters: int, dtype: str, remat: str) -> tuple[float, list[float], int]:
+def jax_seconds(directory: str, ids: np.ndarray, iters: int, dtype: str, remat: str, loss_chunk: int,
+                attention: str) -> tuple[float, list[float], int, int]:
+    """(seconds per step, losses, parameter count, peak bytes of the compiled step)."""
     mesh = make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
     rules = parse_rules(DEFAULT_RULES, mesh)
-    model = tl.from_pretrained(directory, dtype=dtype, remat_policy=remat, mesh=mesh, rules=rules)
+    model = tl.from_pretrained(directory, dtype=dtype, remat_policy=remat, attention_impl=attention, mesh=mesh,
+                               rules=rules)
     graphdef, state = nnx.split(model, nnx.Param)
     params = nnx.to_pure_dict(state)
     num_params = sum(x.size for x in jax.tree.leaves(params))
     tx, schedule = make_optimizer(OPT, 1000, decay_mask(model))
     shardings = state_shardings(param_shardings(model, mesh, rules), jax.eval_shape(tx.init, params), mesh)
     del model, state
-    train_step = make_train_step(graphdef, tx, schedule, mesh, rules, shardings)
+    train_step = make_train_step(graphdef, tx, schedule, mesh, rules, shardings, loss_chunk=loss_chunk)
     train_state = init_train_state(params, tx, shardings)
     batch = {"input_ids": ids.astype(np.int32), "attention_mask": np.ones_like(ids, np.int32),
              "loss_mask": np.ones_like(ids, np.int32)}
+    peak = peak_bytes(train_step.lower(train_state, batch).compile())[0]
     box = [train_state]
 
     def step() -> float:
@@ -84,7 +91,7 @@ def jax_seconds(directory: str, ids: np.ndarray, iters: int, dtype: str, remat: 
         return float(metrics["loss"])  # waits for the step
 
     seconds, losses = timed(step, iters)
-    return seconds, losses, num_params
+    return seconds, losses, num_params, peak
 
 
 def main() -> None:
@@ -96,6 +103,9 @@ def main() -> None:
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                         help="teacherlm_jax compute dtype (torch always runs float32)")
     parser.add_argument("--remat", default="none", help="teacherlm_jax remat_policy")
+    parser.add_argument("--loss-chunk", type=int, default=LOSS_CHUNK,
+                        help="teacherlm_jax config.loss_chunk: positions per chunk of the loss (0: all at once)")
+    parser.add_argument("--attention-impl", default="auto", help="teacherlm_jax model.attention_impl")
     parser.add_argument("--skip-torch", action="store_true", help="only time teacherlm_jax (e.g. on a TPU)")
     args = parser.parse_args()
 
@@ -111,7 +121,8 @@ def main() -> None:
             torch_s, torch_losses = torch_seconds(reference, ids, args.iters)
         del reference
         gc.collect()  # one model's weights and optimizer state in memory at a time
-        jax_s, jax_losses, num_params = jax_seconds(directory, ids, args.iters, args.dtype, args.remat)
+        jax_s, jax_losses, num_params, peak_memory = jax_seconds(directory, ids, args.iters, args.dtype, args.remat,
+                                                          args.loss_chunk, args.attention_impl)
 
     device = jax.devices()[0]
     peak = peak_flops(device)
@@ -120,12 +131,13 @@ def main() -> None:
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
           f"jax {jax.__version__} on {device.device_kind}, torch {torch.__version__}")
     print(f"first losses: jax {jax_losses[:3]}, torch {torch_losses[:3] if torch_losses else 'skipped'}")
-    print("| shape | batch x len | dtype | teacherlm_jax tok/s | transformers+torch tok/s | ratio | MFU |")
-    print("|---|---|---|---|---|---|---|")
+    print("| shape | batch x len | dtype | loss_chunk | teacherlm_jax tok/s | transformers+torch tok/s | ratio | MFU | "
+          "peak memory (XLA) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     torch_col = f"{tokens / torch_s:,.0f}" if torch_s else "-"
     ratio = f"{torch_s / jax_s:.2f}x" if torch_s else "-"
-    print(f"| {args.shape} | {args.batch} x {args.length} | {args.dtype} | {tokens / jax_s:,.0f} | {torch_col} | "
-          f"{ratio} | {mfu} |")
+    print(f"| {args.shape} | {args.batch} x {args.length} | {args.dtype} | {args.loss_chunk} | {tokens / jax_s:,.0f} | "
+          f"{torch_col} | {ratio} | {mfu} | {human_bytes(peak_memory)} |")
 
 
 if __name__ == "__main__":

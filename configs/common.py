@@ -28,13 +28,14 @@ def optional(value, field_type: type):
 
 def model(init_from: str | None = None, *, family: str | None = "bloom", dtype: str = "float32",
           param_dtype: str = "float32", scan_layers: bool = True, remat_policy: str = "none",
-          **architecture) -> ml_collections.ConfigDict:
+          attention_impl: str = "auto", **architecture) -> ml_collections.ConfigDict:
     """A model: `init_from` (Hugging Face dir/hub id, or a training run's workdir: params only) or,
     with init_from=None, a fresh one from `architecture` (BloomConfig fields such as hidden_size).
     With init_from, architecture fields given here must agree with the checkpoint's."""
     return ml_collections.ConfigDict(dict(init_from=optional(init_from, str), family=optional(family, str),
                                           dtype=dtype, param_dtype=param_dtype,
-                                          scan_layers=scan_layers, remat_policy=remat_policy, **architecture))
+                                          scan_layers=scan_layers, remat_policy=remat_policy,
+                                          attention_impl=attention_impl, **architecture))
 
 
 def optimizer(learning_rate: float = 1e-4, schedule: str = "cosine", warmup_steps: int = 0,

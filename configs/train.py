@@ -45,6 +45,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data = data(seq_len=2048, vocab=1024)  # a runnable placeholder until real datasets are wired in
     config.batch_size = 64  # global, over all processes and devices
     config.grad_accum_steps = 1  # microbatches per step (a scan): batch_size must divide evenly
+    # Sequence positions whose logits the loss computes at once (teacherlm_jax/train/step.py): the step never
+    # holds [rows, seq_len, vocab] float32 logits, only ~3 arrays of [rows, loss_chunk, vocab]; 0 (or rows no longer
+    # than loss_chunk): all at once.
+    config.loss_chunk = 256
     config.num_train_steps = 1000
     config.optimizer = common.optimizer(learning_rate=6e-6, schedule="constant", grad_clip_norm=1.0)
     config.log_every = 10

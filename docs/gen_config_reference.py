@@ -50,6 +50,10 @@ _MODEL = {
     "model.remat_policy": "Activation rematerialization per layer: `none`, `full` (recompute the layer in the "
                           "backward pass), `dots`, `dots_no_batch` (save only matmul outputs). Trades compute "
                           "for memory; see docs/troubleshooting.md.",
+    "model.attention_impl": "Attention without a KV cache (training, scoring): `einsum` (the reference: scores "
+                            "materialized), `xla` (jax.nn.dot_product_attention's XLA path), `cudnn` (cuDNN flash "
+                            "attention, GPU, bfloat16/float16) or `auto` (cudnn on a GPU in half precision, else "
+                            "einsum; TPU has no fused kernel taking ALiBi). Decoding with a cache is always einsum.",
     "model.vocab_size": "Architecture (new model): embedding rows; at least the tokenizer's size.",
     "model.hidden_size": "Architecture (new model): width.",
     "model.n_layer": "Architecture (new model): number of decoder blocks.",
@@ -127,6 +131,10 @@ _TRAIN = {
     "batch_size": "Global batch in rows, over all processes and devices; divisible by the data-parallel size "
                   "x grad_accum_steps.",
     "grad_accum_steps": "Microbatches per optimizer step (a scan), to fit a large batch in less memory.",
+    "loss_chunk": "Sequence positions whose logits the loss computes at once: the step holds ~3 float32 "
+                  "[rows, loss_chunk, vocab] arrays, never the whole [rows, seq_len, vocab] logits; the gradient "
+                  "is made chunk by chunk in the forward pass (no extra head pass). 0, or rows no longer than it: all "
+                  "positions at once.",
     "num_train_steps": "Optimizer steps in total (a resumed run continues to this number).",
     "log_every": "Write loss, learning rate, gradient norm and throughput to metrics.jsonl/TensorBoard every N "
                  "steps.",
@@ -176,7 +184,7 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
     "augment": {
         **{key.replace("model.", "teacher."): text for key, text in _MODEL.items()
            if key.removeprefix("model.") in ("init_from", "family", "dtype", "param_dtype", "scan_layers",
-                                              "remat_policy")},
+                                              "remat_policy", "attention_impl")},
         "teacher.init_from": "Required: the teacher, a Hugging Face directory or hub id, or a training run's "
                              "workdir (e.g. the stage-3 teacher's).",
         "teacher.scan_layers": "Not used for generation: the job loads the teacher with listed layers, whose "

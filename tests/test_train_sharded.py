@@ -1,6 +1,7 @@
 """On 8 fake CPU devices: parameters are split as the rules say; train steps on a 2x2x2 mesh, with
-and without gradient accumulation, equal the same steps on one device; bfloat16 compute trains with
-float32 parameters and optimizer state.
+and without gradient accumulation, with the loss in chunks of the sequence (its vocabulary split over
+`tensor`), equal the same steps on one device; bfloat16 compute trains with float32 parameters and
+optimizer state.
 
 The checks run in a subprocess (`python tests/test_train_sharded.py`) because the fake device count
 must be set before jax starts, and pytest's process has started jax already.
@@ -46,7 +47,7 @@ def check_params_split_by_rules(mesh, rules):
     assert jax.device_count() == 8
 
 
-def run_steps(model: dict, mesh, rules, grad_accum: int, batches):
+def run_steps(model: dict, mesh, rules, grad_accum: int, batches, loss_chunk: int | None = None):
     import jax
     from flax import nnx
 
@@ -54,7 +55,7 @@ def run_steps(model: dict, mesh, rules, grad_accum: int, batches):
     from teacherlm_jax.sharding import param_shardings
     from teacherlm_jax.train.data import global_batch
     from teacherlm_jax.train.optim import decay_mask, make_optimizer
-    from teacherlm_jax.train.step import init_train_state, make_train_step, state_shardings
+    from teacherlm_jax.train.step import LOSS_CHUNK, init_train_state, make_train_step, state_shardings
 
     source = resolve(model)
     abstract = source.abstract()
@@ -62,7 +63,8 @@ def run_steps(model: dict, mesh, rules, grad_accum: int, batches):
     tx, schedule = make_optimizer(OPT, 10, decay_mask(abstract))
     params = source.load_params(abstract, mesh, rules)
     shardings = state_shardings(param_shardings(abstract, mesh, rules), jax.eval_shape(tx.init, params), mesh)
-    step = make_train_step(graphdef, tx, schedule, mesh, rules, shardings, grad_accum)
+    step = make_train_step(graphdef, tx, schedule, mesh, rules, shardings, grad_accum,
+                           LOSS_CHUNK if loss_chunk is None else loss_chunk)
     state, losses, norms = init_train_state(params, tx, shardings), [], []
     for batch in batches:
         state, metrics = step(state, global_batch(batch, mesh, rules, 8, 16))
@@ -82,8 +84,10 @@ def check_step_matches_one_device(mesh8, rules8):
     batches = [next(data) for _ in range(3)]
     mesh1 = make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
     losses1, norms1, state1 = run_steps(MODEL, mesh1, parse_rules(DEFAULT_RULES, mesh1), 1, batches)
-    for accum in (1, 2):  # rows differ in length: microbatches hold different token counts
-        losses8, norms8, state8 = run_steps(MODEL, mesh8, rules8, accum, batches)
+    # Rows differ in length: microbatches hold different token counts. 16 positions fit one default chunk
+    # (the whole-sequence loss); loss_chunk=5 runs the chunked loss (4 chunks, the last padded).
+    for accum, chunk in ((1, None), (2, None), (2, 5)):
+        losses8, norms8, state8 = run_steps(MODEL, mesh8, rules8, accum, batches, chunk)
         np.testing.assert_allclose(losses8, losses1, rtol=1e-5)
         np.testing.assert_allclose(norms8, norms1, rtol=1e-5)
         for a, b in zip(jax.tree.leaves(state8.params), jax.tree.leaves(state1.params)):

@@ -1,5 +1,5 @@
-"""Pieces of the train step on one device: masked next-token loss, data contract, optimizer parts.
-(Whole steps, gradient accumulation and bfloat16 compute: tests/test_train_sharded.py.)"""
+"""Pieces of the train step on one device: masked next-token loss (whole and in chunks of the sequence), data
+contract, optimizer parts. (Whole steps, gradient accumulation and bfloat16 compute: tests/test_train_sharded.py.)"""
 from __future__ import annotations
 
 import json
@@ -12,10 +12,13 @@ from flax import nnx
 
 from teacherlm_jax.errors import ConfigError
 from teacherlm_jax.models.bloom import Bloom, BloomConfig
+from teacherlm_jax.models.opt import OPT as OPTModel
+from teacherlm_jax.models.opt import OPTConfig
 from teacherlm_jax.sharding import DEFAULT_RULES, make_mesh, parse_rules
 from teacherlm_jax.train.data import BatchIterator, SyntheticLM, global_batch
 from teacherlm_jax.train.optim import decay_mask, make_schedule
-from teacherlm_jax.train.step import token_sums
+from teacherlm_jax.train.loop import validate
+from teacherlm_jax.train.step import _forward_sums, token_sums
 
 CFG = dict(vocab_size=40, hidden_size=16, n_layer=2, n_head=2, bos_token_id=None, eos_token_id=None,
            pad_token_id=0)
@@ -39,6 +42,78 @@ def test_token_sums_scores_next_tokens_under_loss_mask():
     assert sums["tokens"] == mask[:, 1:].sum() == 5
     np.testing.assert_allclose(sums["loss_sum"], expected_loss, rtol=1e-5)
     assert sums["correct"] == expected_correct
+
+
+MODELS = {  # vocab -> a small model with random weights (large enough that the argmax is often right)
+    "bloom_tied": lambda vocab: Bloom(BloomConfig(**{**CFG, "vocab_size": vocab}, initializer_range=0.3),
+                                      rngs=nnx.Rngs(0)),
+    "opt_untied": lambda vocab: OPTModel(OPTConfig(vocab_size=vocab, hidden_size=16, num_hidden_layers=2, ffn_dim=32,
+                                                   num_attention_heads=2, tie_word_embeddings=False, init_std=0.3),
+                                         rngs=nnx.Rngs(0)),
+}
+
+
+def loss_and_grads(model: nnx.Module, batch: dict, chunk: int) -> tuple[dict, dict]:
+    """The train step's token sums and the gradient of loss_sum, the head `chunk` positions at a time (0: whole)."""
+    graphdef, params = nnx.split(model, nnx.Param)
+
+    def loss(p):
+        sums = _forward_sums(graphdef, p, batch, chunk)
+        return sums["loss_sum"], sums
+
+    (_, sums), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+    return jax.device_get(sums), jax.device_get(grads)
+
+
+@pytest.mark.parametrize("family", sorted(MODELS))
+def test_chunked_loss_gives_the_whole_sequence_loss_and_gradients(family):
+    ids = np.random.default_rng(1).integers(4, 40, size=(3, 13)).astype(np.int32)
+    attention = np.ones_like(ids)
+    attention[1, :5] = 0  # left padding
+    loss_mask = attention.copy()
+    loss_mask[2, :9] = 0  # completion only
+    model = MODELS[family](40)
+    for t in range(0, ids.shape[1] - 1, 2):  # every other token the model's argmax: `correct` counts hits
+        ids[:, t + 1] = np.argmax(np.asarray(model(ids, attention))[:, t], axis=-1)
+    batch = {"input_ids": ids, "attention_mask": attention, "loss_mask": loss_mask}
+    whole, whole_grads = loss_and_grads(model, batch, 0)
+    assert whole["tokens"] == loss_mask[:, 1:].sum() and whole["correct"] >= 8
+    scale = max(np.abs(g).max() for g in jax.tree.leaves(whole_grads))  # k_proj's bias has a zero gradient: noise
+    for chunk in (1, 4, 6, 12):  # one position a chunk, chunks that do not divide 13 (the last one padded)
+        sums, grads = loss_and_grads(model, batch, chunk)
+        assert (sums["tokens"], sums["correct"]) == (whole["tokens"], whole["correct"]), chunk
+        np.testing.assert_allclose(sums["loss_sum"], whole["loss_sum"], rtol=1e-6)
+        for (path, g), g0 in zip(jax.tree_util.tree_leaves_with_path(grads), jax.tree.leaves(whole_grads)):
+            np.testing.assert_allclose(g, g0, rtol=1e-4, atol=1e-6 * scale,
+                                       err_msg=f"chunk {chunk} {jax.tree_util.keystr(path)}")
+
+
+@pytest.mark.parametrize("family", sorted(MODELS))
+def test_chunked_loss_memory_does_not_grow_with_the_whole_logits(family):
+    """XLA's own accounting of the compiled gradient when the vocabulary doubles: whole, the temporaries grow by
+    more than two float32 copies of the added [batch, length, vocab] logits; in chunks of 16 positions, by less
+    than half of one (the chunk's arrays and the head's gradient)."""
+    batch_size, length = 2, 256
+    ids = jax.ShapeDtypeStruct((batch_size, length), jnp.int32)
+    batch = {"input_ids": ids, "attention_mask": ids, "loss_mask": ids}
+    temp = {}
+    for vocab in (4096, 8192):
+        graphdef, params = nnx.split(nnx.eval_shape(lambda: MODELS[family](vocab)), nnx.Param)
+        for chunk in (0, 16):
+            grad = jax.jit(jax.grad(lambda p, b: _forward_sums(graphdef, p, b, chunk)["loss_sum"]))
+            temp[vocab, chunk] = grad.lower(params, batch).compile().memory_analysis().temp_size_in_bytes
+    added_logits = batch_size * length * 4096 * 4
+    assert temp[8192, 0] - temp[4096, 0] > 2 * added_logits, temp
+    assert temp[8192, 16] - temp[4096, 16] < added_logits / 2, temp
+
+
+def test_a_negative_loss_chunk_is_refused():
+    from configs import train as train_config
+
+    config = train_config.get_config("tiny")
+    config.loss_chunk = -1
+    with pytest.raises(ConfigError, match=r"config.loss_chunk=-1 must be >= 0"):
+        validate(config, 1)
 
 
 def test_synthetic_data_splits_global_batches_by_process_and_resumes():

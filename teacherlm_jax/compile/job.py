@@ -38,7 +38,7 @@ from teacherlm_jax.paths import workdir_path, write_atomic
 from teacherlm_jax.run_config import write_config
 from teacherlm_jax.sharding import LogicalRules, batch_sharding, data_parallel_size, mesh_from_config
 from teacherlm_jax.train.checks import validate
-from teacherlm_jax.train.loop import TrainSetup, check_seq_len, train_setup
+from teacherlm_jax.train.loop import TrainSetup, check_seq_len, loss_chunk, train_setup
 from teacherlm_jax.train.step import BATCH_KEYS, make_train_step
 
 REPORT_JSON = "compile_report.json"
@@ -93,20 +93,25 @@ class MemoryReport:
     peak: int
 
 
-def memory_report(compiled: jax.stages.Compiled, setup: TrainSetup, batch: dict) -> MemoryReport:
-    """Per-device bytes. `peak` = arguments + outputs - aliased + temp + code: everything the step holds
-    when its temporaries are at their high-water mark (XLA's own `peak_memory_in_bytes` is not used: on
-    CPU it leaves out the temporaries of the loops' bodies)."""
+def peak_bytes(compiled: jax.stages.Compiled) -> tuple[int, Any]:
+    """(peak bytes per device, XLA's memory analysis) of a compiled program. Peak = arguments + outputs -
+    aliased + temp + code: everything it holds when its temporaries are at their high-water mark (XLA's own
+    `peak_memory_in_bytes` is not used: on CPU it leaves out the temporaries of the loops' bodies)."""
     stats = compiled.memory_analysis()
     if stats is None:
         raise RuntimeError(f"{jax.devices()[0].platform} gives no memory analysis of compiled programs")
+    return (stats.argument_size_in_bytes + stats.output_size_in_bytes - stats.alias_size_in_bytes
+            + stats.temp_size_in_bytes + stats.generated_code_size_in_bytes), stats
+
+
+def memory_report(compiled: jax.stages.Compiled, setup: TrainSetup, batch: dict) -> MemoryReport:
+    """Per-device bytes (`peak_bytes`)."""
+    peak, stats = peak_bytes(compiled)
     state = setup.abstract_state()
-    arguments, outputs = stats.argument_size_in_bytes, stats.output_size_in_bytes
-    aliased, temp, code = stats.alias_size_in_bytes, stats.temp_size_in_bytes, stats.generated_code_size_in_bytes
-    peak = arguments + outputs - aliased + temp + code
     return MemoryReport(params=shard_bytes(state.params), optimizer=shard_bytes(state.opt_state),
-                        batch=shard_bytes(batch), arguments=arguments, outputs=outputs, aliased=aliased,
-                        temp=temp, generated_code=code, peak=peak)
+                        batch=shard_bytes(batch), arguments=stats.argument_size_in_bytes,
+                        outputs=stats.output_size_in_bytes, aliased=stats.alias_size_in_bytes,
+                        temp=stats.temp_size_in_bytes, generated_code=stats.generated_code_size_in_bytes, peak=peak)
 
 
 def dry_run(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -121,7 +126,7 @@ def dry_run(config: ml_collections.ConfigDict) -> dict[str, Any]:
     check_seq_len(config, setup.abstract.config.max_position_embeddings)
     generation = generation_report(config, mesh, rules)  # before the long compile: its config errors come first
     step = make_train_step(setup.graphdef, setup.tx, setup.schedule, mesh, rules, setup.shardings,
-                           config.grad_accum_steps)
+                           config.grad_accum_steps, loss_chunk(config))
     batch = abstract_batch(config, mesh, rules)
     start = time.perf_counter()
     compiled = step.lower(setup.abstract_state(), batch).compile()
@@ -140,6 +145,7 @@ def dry_run(config: ml_collections.ConfigDict) -> dict[str, Any]:
         "batch_size": int(config.batch_size),
         "seq_len": int(config.data.seq_len),
         "grad_accum_steps": int(config.grad_accum_steps),
+        "loss_chunk": loss_chunk(config),
         "rows_per_device_per_microbatch": int(config.batch_size) // data_parallel_size(mesh, rules)
         // int(config.grad_accum_steps),
         "compile_seconds": round(seconds, 2),
@@ -184,7 +190,7 @@ def format_report(summary: dict[str, Any]) -> str:
         f"- mesh {summary['mesh']} on {summary['devices']} {summary['platform']} devices ({summary['device_kind']})",
         f"- batch {summary['batch_size']} x {summary['seq_len']} tokens, grad_accum_steps "
         f"{summary['grad_accum_steps']}: {summary['rows_per_device_per_microbatch']} row(s) per device per "
-        f"microbatch; compiled in {summary['compile_seconds']} s",
+        f"microbatch; loss_chunk {summary['loss_chunk']}; compiled in {summary['compile_seconds']} s",
         "",
         "| per device | size | bytes |",
         "|---|---|---|",

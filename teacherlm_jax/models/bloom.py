@@ -14,11 +14,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from teacherlm_jax.models.layers import (
-    KVCache, LayerNorm, Linear, ScanSpec, attend, attention_allowed, check_attention_mask, decoding_model,
-    keys_values, make_block_stack, named_param, output_logits, resolve_dtype, run_block_stack, with_cache,
-)
 from teacherlm_jax.errors import ConfigError
+from teacherlm_jax.models.causal_lm import CausalLM
+from teacherlm_jax.models.layers import (
+    KVCache, LayerNorm, Linear, ScanSpec, attend, attention_allowed, attention_impl, check_attention_impl,
+    check_attention_mask, decoding_model, keys_values, make_block_stack, named_param, resolve_dtype, run_block_stack,
+)
 from teacherlm_jax.models.param_map import TensorSpec, config_from_hf, layer_norm, linear, same, transposed
 from teacherlm_jax.sharding import constrain
 
@@ -45,6 +46,7 @@ class BloomConfig:
     param_dtype: str = "float32"
     scan_layers: bool = True
     remat_policy: str = "none"
+    attention_impl: str = "auto"  # layers.ATTENTION_IMPLS: auto | einsum | xla | cudnn
 
     model_type = "bloom"
 
@@ -53,6 +55,7 @@ class BloomConfig:
             raise ValueError(f"hidden_size={self.hidden_size} is not divisible by n_head={self.n_head}")
         ScanSpec(self.scan_layers, self.remat_policy)  # validates remat_policy
         resolve_dtype(self.dtype), resolve_dtype(self.param_dtype)
+        check_attention_impl(self.attention_impl, self.dtype)
 
     @property
     def head_dim(self) -> int:
@@ -123,8 +126,9 @@ class BloomBlock(nnx.Module):
         ln = self.input_layernorm(x)
         qkv = constrain(self.query_key_value(ln), ("batch", "length", "heads", None, "kv"))
         q, k, v = qkv[:, :, :, 0], qkv[:, :, :, 1], qkv[:, :, :, 2]
+        impl = attention_impl(self.config.attention_impl, dtype, cached=cache_k is not None)
         k, v, cache_k, cache_v = keys_values(k, v, cache_k, cache_v, index)
-        context = attend(q, k, v, allowed, bias, dtype)
+        context = attend(q, k, v, allowed, bias, dtype, impl=impl)
         attn_out = self.dense(context) + (ln if post_ln else x)
         ln2 = self.post_attention_layernorm(attn_out)
         hidden = constrain(jax.nn.gelu(self.dense_h_to_4h(ln2), approximate=True), ("batch", "length", "mlp"))
@@ -132,7 +136,7 @@ class BloomBlock(nnx.Module):
         return constrain(out, ("batch", "length", "embed")), cache_k, cache_v
 
 
-class Bloom(nnx.Module):
+class Bloom(CausalLM):
     """BloomForCausalLM: `model(input_ids, attention_mask=None)` -> float32 logits [batch, length, vocab]."""
 
     def __init__(self, config: BloomConfig, *, rngs: nnx.Rngs):
@@ -159,14 +163,8 @@ class Bloom(nnx.Module):
         scanned stack's weights; a model loaded with scan_layers=False keeps sharing its own."""
         return decoding_model(self, "h")
 
-    def __call__(
-        self, input_ids: jax.Array, attention_mask: jax.Array | None = None, *, cache: KVCache | None = None
-    ) -> jax.Array | tuple[jax.Array, KVCache]:
-        """Logits for `input_ids`; with `cache`, also the updated cache.
-
-        Without a cache `attention_mask` is [batch, length]; with one it covers all cache slots
-        [batch, cache.max_length]: 1 where a real token is or will be written, 0 for padding.
-        """
+    def final_hidden(self, input_ids: jax.Array, attention_mask: jax.Array | None,
+                     cache: KVCache | None) -> tuple[jax.Array, KVCache | None]:
         c = self.config
         dtype = resolve_dtype(c.dtype)
         length = input_ids.shape[1]
@@ -182,11 +180,10 @@ class Bloom(nnx.Module):
             return block(h, bias, allowed, ck, cv, offset)
 
         x, new_cache = run_block_stack(self.h, x, layer, cache, ScanSpec(c.scan_layers, c.remat_policy))
-        x = self.ln_f(x)
-        head = None if self.lm_head is None else self.lm_head[...]
-        step = getattr(self, "decode_layout", False) and length == 1  # a decode step
-        logits = output_logits(x, self.word_embeddings[...], head, dtype, vocab_major=step)
-        return with_cache(logits, new_cache, cache, length)
+        return self.ln_f(x), new_cache
+
+    def output_head(self) -> jax.Array:
+        return self.word_embeddings[...].T if self.lm_head is None else self.lm_head[...]
 
 
 def _check_length(length: int, config: BloomConfig) -> None:

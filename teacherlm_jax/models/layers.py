@@ -150,6 +150,40 @@ def keys_values(k: jax.Array, v: jax.Array, cache_k: jax.Array | None, cache_v: 
     return cache_k, cache_v, cache_k, cache_v
 
 
+# How `attend` computes attention (the models' `attention_impl` config key):
+#   einsum  two einsums with the scores materialized; the reference (CPU, TPU, every decode step)
+#   xla     jax.nn.dot_product_attention's XLA implementation: the same work, through the fused path's inputs
+#   cudnn   cuDNN's flash attention (GPU, bfloat16/float16): no float32 scores or probabilities in memory; ALiBi
+#           and the masks go in as one [b, h, q, k] bias in the compute dtype (the public API takes no slopes;
+#           cuDNN's own ALiBi mask is reachable only through jax._src, and counts positions without padding)
+#   auto    cudnn on a GPU in a half-precision dtype, else einsum.
+# On TPU no fused kernel takes ALiBi: Pallas' splash attention takes masks, segment ids, sinks and a logit
+# soft-cap but no additive bias; its older flash attention takes a whole [b, h, q, k] bias, as cuDNN here,
+# but lives in jax.experimental (the project imports no experimental jax). So `auto` stays on einsum there.
+ATTENTION_IMPLS = ("auto", "einsum", "xla", "cudnn")
+HALF_DTYPES = (jnp.bfloat16, jnp.float16)
+
+
+def check_attention_impl(impl: str, dtype: str | jnp.dtype) -> None:
+    """Refuses what cannot run: an unknown name, cuDNN in a dtype its kernel lacks (float32)."""
+    if impl not in ATTENTION_IMPLS:
+        raise ValueError(f"attention_impl={impl!r}; expected one of {list(ATTENTION_IMPLS)}")
+    if impl == "cudnn" and resolve_dtype(dtype) not in HALF_DTYPES:
+        raise ValueError(f"attention_impl='cudnn' needs dtype bfloat16 or float16 (cuDNN's flash attention has "
+                         f"no float32 kernel); got dtype={jnp.dtype(resolve_dtype(dtype)).name}")
+
+
+def attention_impl(impl: str, dtype, cached: bool) -> str:
+    """The implementation a layer runs for config value `impl`. With a KV cache (prefill and decode steps)
+    always einsum: decode steps are bound by reading the cache, not by the scores, and the cache's
+    per-row slots (`keys_values`) give queries and keys different lengths, which the fused path does not take."""
+    if cached:
+        return "einsum"
+    if impl == "auto":
+        return "cudnn" if jax.default_backend() == "gpu" and jnp.dtype(dtype) in HALF_DTYPES else "einsum"
+    return impl
+
+
 def attend(
     q: jax.Array,
     k: jax.Array,
@@ -158,12 +192,19 @@ def attend(
     bias: jax.Array | None,
     dtype,
     scale: float | None = None,
+    impl: str = "einsum",
 ) -> jax.Array:
     """Softmax attention with scores and softmax in float32, probabilities cast back to `dtype`.
 
     q: [b, q, h, d]; k, v: [b, h, k, d]; allowed: bool [b, 1, q, k]; bias: [b, h, 1 or q, k] or None.
     `scale` multiplies the scores, 1/sqrt(head_dim) by default (1.0 for models that scale q themselves).
+    `impl` (see ATTENTION_IMPLS; resolve 'auto' with `attention_impl`): einsum is the reference; xla and
+    cudnn go through `jax.nn.dot_product_attention` (`fused_attend`).
     """
+    if impl in ("xla", "cudnn"):
+        return fused_attend(q, k, v, allowed, bias, dtype, scale, impl)
+    if impl != "einsum":
+        raise ValueError(f"attend: impl={impl!r}; expected einsum, xla or cudnn")
     if scale is None:
         scale = 1.0 / jnp.sqrt(jnp.float32(q.shape[-1]))
     scores = jnp.einsum("bqhd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
@@ -173,6 +214,31 @@ def attend(
     scores = jnp.where(allowed, scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
     return jnp.einsum("bhqk,bhkd->bqhd", probs, v.astype(dtype))
+
+
+def fused_attend(q: jax.Array, k: jax.Array, v: jax.Array, allowed: jax.Array, bias: jax.Array | None, dtype,
+                 scale: float | None, impl: str) -> jax.Array:
+    """`attend` through `jax.nn.dot_product_attention(implementation=impl)`, queries at the keys' slots (no cache).
+
+    cuDNN takes the bias as [b, h, q, k] in the inputs' dtype. A per-key bias [b, h, 1, k] (ALiBi's
+    slope * key position) is therefore shifted, row by row, by its value at the query's own slot:
+    softmax does not change under a per-row constant, and the shifted bias, slope * (key - query
+    position), is small where attention looks (nearby keys), so bfloat16 keeps it to ~3 digits where
+    slope * position (up to 2047 * 0.7) would round to steps of 8. Both implementations get the same
+    inputs, so the XLA one checks on CPU what cuDNN is given.
+    """
+    q_len, k_len = q.shape[1], k.shape[2]
+    if q_len != k_len:
+        raise ValueError(f"fused attention takes queries at the keys' slots (no cache); got {q_len} queries, "
+                         f"{k_len} keys")
+    if bias is not None and bias.shape[-2] == 1:
+        bias = bias - jnp.swapaxes(bias, -1, -2)  # [b, h, q, k]: bias[key] - bias[query's own slot]
+    if bias is not None:
+        bias = constrain(bias.astype(dtype), ("batch", "heads", "length", None))
+    k, v = (x.transpose(0, 2, 1, 3).astype(dtype) for x in (k, v))  # [b, k, h, d], as the kernel takes them
+    scale = None if scale is None else float(scale)
+    return jax.nn.dot_product_attention(q.astype(dtype), k, v, bias=bias, mask=allowed, scale=scale,
+                                        implementation=impl)
 
 
 def check_attention_mask(input_ids: jax.Array, attention_mask: jax.Array | None,
@@ -210,16 +276,15 @@ def attention_allowed(attention_mask: jax.Array, q_len: int, offset: jax.Array |
 VOCAB_MAJOR_ROWS = 64
 
 
-def output_logits(x: jax.Array, embedding: jax.Array, lm_head: jax.Array | None, dtype,
-                  vocab_major: bool = False) -> jax.Array:
-    """Float32 logits [batch, length, vocab] through the tied embedding (`lm_head` None) or a head [embed, vocab].
+def output_logits(x: jax.Array, head: jax.Array, dtype, vocab_major: bool = False) -> jax.Array:
+    """Float32 logits [batch, length, vocab] of hidden states x through `head` [embed, vocab] (a tied
+    embedding transposed, or an untied lm_head).
 
     `vocab_major` (a decode layout's one-token steps) computes the product as [vocab, rows] and
     transposes it behind a barrier, so that XLA keeps that layout: on XLA CPU the dot of 16 rows with
     bloom-560m's 250880-row embedding takes 54 ms so against 102 ms as [rows, vocab] (64 rows: 212 vs
     255 ms; 256 rows: slower, hence VOCAB_MAJOR_ROWS). The sums agree up to rounding.
     """
-    head = embedding.T if lm_head is None else lm_head
     batch, length, _ = x.shape
     if vocab_major and batch * length <= VOCAB_MAJOR_ROWS:
         by_vocab = jnp.einsum("ev,re->vr", head.astype(dtype), x.reshape(batch * length, -1),

@@ -14,10 +14,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from teacherlm_jax.models.causal_lm import CausalLM
 from teacherlm_jax.models.layers import (
-    KVCache, LayerNorm, Linear, ScanSpec, attend, attention_allowed, check_attention_mask, decoding_model,
-    keys_values, make_block_stack, named_param, output_logits, query_slots, resolve_dtype, run_block_stack,
-    with_cache,
+    KVCache, LayerNorm, Linear, ScanSpec, attend, attention_allowed, attention_impl, check_attention_impl,
+    check_attention_mask, decoding_model, keys_values, make_block_stack, named_param, query_slots, resolve_dtype,
+    run_block_stack,
 )
 from teacherlm_jax.models.param_map import TensorSpec, config_from_hf, layer_norm, linear, same, transposed
 from teacherlm_jax.sharding import constrain
@@ -65,6 +66,7 @@ class OPTConfig:
     param_dtype: str = "float32"
     scan_layers: bool = True
     remat_policy: str = "none"
+    attention_impl: str = "auto"  # layers.ATTENTION_IMPLS: auto | einsum | xla | cudnn
 
     model_type = "opt"
 
@@ -80,6 +82,7 @@ class OPTConfig:
                              "supported; no published OPT checkpoint uses it")
         ScanSpec(self.scan_layers, self.remat_policy)  # validates remat_policy
         resolve_dtype(self.dtype), resolve_dtype(self.param_dtype)
+        check_attention_impl(self.attention_impl, self.dtype)
 
     @property
     def head_dim(self) -> int:
@@ -141,8 +144,10 @@ class OPTBlock(nnx.Module):
         q = constrain(self.q_proj(h) * c.head_dim ** -0.5, heads)
         k = constrain(self.k_proj(h), heads)
         v = constrain(self.v_proj(h), heads)
+        dtype = resolve_dtype(c.dtype)
+        impl = attention_impl(c.attention_impl, dtype, cached=cache_k is not None)
         k, v, cache_k, cache_v = keys_values(k, v, cache_k, cache_v, index)
-        context = attend(q, k, v, allowed, None, resolve_dtype(c.dtype), scale=1.0)
+        context = attend(q, k, v, allowed, None, dtype, scale=1.0, impl=impl)
         x = x + self.out_proj(context)
         if not pre_ln:
             x = self.self_attn_layer_norm(x)
@@ -154,7 +159,7 @@ class OPTBlock(nnx.Module):
         return constrain(x, ("batch", "length", "embed")), cache_k, cache_v
 
 
-class OPT(nnx.Module):
+class OPT(CausalLM):
     """OPTForCausalLM: `model(input_ids, attention_mask=None)` -> float32 logits [batch, length, vocab]."""
 
     def __init__(self, config: OPTConfig, *, rngs: nnx.Rngs):
@@ -188,14 +193,8 @@ class OPT(nnx.Module):
         scanned stack's weights; a model loaded with scan_layers=False keeps sharing its own."""
         return decoding_model(self, "layers")
 
-    def __call__(
-        self, input_ids: jax.Array, attention_mask: jax.Array | None = None, *, cache: KVCache | None = None
-    ) -> jax.Array | tuple[jax.Array, KVCache]:
-        """Logits for `input_ids`; with `cache`, also the updated cache.
-
-        Without a cache `attention_mask` is [batch, length]; with one it covers all cache slots
-        [batch, cache.max_length]: 1 where a real token is or will be written, 0 for padding.
-        """
+    def final_hidden(self, input_ids: jax.Array, attention_mask: jax.Array | None,
+                     cache: KVCache | None) -> tuple[jax.Array, KVCache | None]:
         c = self.config
         dtype = resolve_dtype(c.dtype)
         length = input_ids.shape[1]
@@ -223,10 +222,10 @@ class OPT(nnx.Module):
             x = self.final_layer_norm(x)
         if self.project_out is not None:
             x = self.project_out(x)
-        head = None if self.lm_head is None else self.lm_head[...]
-        step = getattr(self, "decode_layout", False) and length == 1  # a decode step
-        logits = output_logits(x, self.embed_tokens[...], head, dtype, vocab_major=step)
-        return with_cache(logits, new_cache, cache, length)
+        return x, new_cache
+
+    def output_head(self) -> jax.Array:
+        return self.embed_tokens[...].T if self.lm_head is None else self.lm_head[...]
 
 
 def _check_length(length: int, config: OPTConfig) -> None:

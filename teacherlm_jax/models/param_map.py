@@ -64,7 +64,7 @@ def layer_norm(path: Sequence[str], hf_prefix: str) -> list[TensorSpec]:
     return [same((*path, "weight"), f"{hf_prefix}.weight"), same((*path, "bias"), f"{hf_prefix}.bias")]
 
 
-RUN_FIELDS = ("dtype", "param_dtype", "scan_layers", "remat_policy")
+RUN_FIELDS = ("dtype", "param_dtype", "scan_layers", "remat_policy", "attention_impl")
 
 
 def config_from_hf(cls: type, hf: dict, aliases: dict[str, tuple[str, ...]], overrides: dict):

@@ -27,6 +27,8 @@ def validate(config: ml_collections.ConfigDict, *, dp_size: int = 1, process_cou
     positive = {key: problems.integer(key, 1) for key in POSITIVE}
     if problems.integer("eval_every", 0) and config.eval_every:
         problems.integer("eval_steps", 1)
+    if "loss_chunk" in config:  # positions of the loss's head at once; 0: all (configs before it: the default)
+        problems.integer("loss_chunk", 0)
     problems.errors += optim.validate(config.optimizer)
     if positive["batch_size"] and positive["grad_accum_steps"]:
         rows = dp_size * config.grad_accum_steps

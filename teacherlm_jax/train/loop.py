@@ -41,7 +41,7 @@ from teacherlm_jax.train.metrics import MetricsWriter, StepTimer, flops_per_toke
 from teacherlm_jax.train.optim import decay_mask, make_optimizer
 from teacherlm_jax.train.run_files import check_resumable, save_tokenizer, write_model_config
 from teacherlm_jax.train.step import (
-    FINITE, TrainState, init_train_state, make_eval_step, make_train_step, state_shardings,
+    FINITE, LOSS_CHUNK, TrainState, init_train_state, make_eval_step, make_train_step, state_shardings,
 )
 from teacherlm_jax.workdir_lock import workdir_lock
 
@@ -85,6 +85,11 @@ def check_seq_len(config: ml_collections.ConfigDict, max_positions: int) -> None
         raise ConfigError(f"config.data.seq_len={seq_len} must be in [1, {max_positions}], the model's "
                           f"max_position_embeddings (config.model); with data.source 'records', unset it to take the "
                           f"longest example's length")
+
+
+def loss_chunk(config: ml_collections.ConfigDict) -> int:
+    """config.loss_chunk: positions the loss's head runs on at once (configs written before it: the default)."""
+    return int(config.get("loss_chunk", LOSS_CHUNK))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,8 +186,9 @@ def _train(config: ml_collections.ConfigDict, workdir: epath.Path, mesh: Mesh, r
     if jax.process_index() == 0:
         write_model_config(abstract, workdir)
 
-    train_step = make_train_step(graphdef, tx, schedule, mesh, rules, shardings, config.grad_accum_steps)
-    eval_step = make_eval_step(graphdef, mesh, rules, p_shardings)
+    train_step = make_train_step(graphdef, tx, schedule, mesh, rules, shardings, config.grad_accum_steps,
+                                 loss_chunk(config))
+    eval_step = make_eval_step(graphdef, mesh, rules, p_shardings, loss_chunk(config))
     num_params = sum(math.prod(x.shape) for x in jax.tree.leaves(abstract_params))
     tokens_per_step = config.batch_size * seq_len
     timer = StepTimer(tokens_per_step, tokens_per_step * flops_per_token(
