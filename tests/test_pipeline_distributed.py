@@ -1,10 +1,12 @@
 """The pipeline under `jax.distributed` with two processes on localhost (CPU, gloo, one device each): every step
 runs in both, its records, reports and checkpoints are written once (process 0 keeps the records, behind
-barriers), and a rerun of both reuses every step."""
+barriers), a rerun of both reuses every step, and a step killed in one process resumes."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import portpicker
@@ -84,3 +86,40 @@ def test_two_processes_write_every_record_once_and_a_rerun_reuses_every_step(tmp
     assert all(s["reused"] for s in _json(work / "pipeline.json")["steps"])
     assert {step: (work / step / "pipeline_step.json").stat().st_mtime_ns for step in STEPS} == mtimes
     assert _json(work / "report.json")["students"] == report["students"]
+
+
+def test_a_step_killed_in_one_process_resumes(tmp_path):
+    """SIGKILL one process inside the student's training (the other is stopped too, as a preempted slice's
+    would be), then rerun both: the teacher and the augmentation are reused, the student resumes from its
+    checkpoint, and every training step is logged once."""
+    config, work = tmp_path / "killed.py", tmp_path / "work"
+    head, tail = CONFIG.rsplit("    return config\n", 1)
+    config.write_text(head + "    config.students.finetune_cot.train.update(num_train_steps=40, checkpoint_every=5)\n"
+                      "    return config\n" + tail)
+    port = portpicker.pick_unused_port()
+    procs = [subprocess.Popen(
+        main_command(str(config), work, f"--config.distributed.coordinator_address=localhost:{port}",
+                     "--config.distributed.num_processes=2", f"--config.distributed.process_id={i}"),
+        cwd=REPO, env=jax_env(devices=1, JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo"),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for i in range(2)]
+    student = work / "students" / "finetune_cot"
+    deadline = time.time() + 300
+    while not list((student / "checkpoints").glob("[0-9]*")) and procs[1].poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    procs[1].send_signal(signal.SIGKILL)
+    procs[1].wait()
+    try:
+        procs[0].wait(timeout=20)  # its collectives fail, or it waits on them: stopped either way
+    except subprocess.TimeoutExpired:
+        procs[0].send_signal(signal.SIGKILL)
+        procs[0].wait()
+    assert _json(student / "pipeline_step.json")["state"] == "running"
+    reused = {step: (work / step / "pipeline_step.json").stat().st_mtime_ns for step in STEPS[:2]}
+
+    outputs = _run_both(config, work)
+    assert "pipeline done: steps 4 (2 run, 2 reused)" in outputs[0][0], outputs[0][0][-2000:]
+    assert {step: (work / step / "pipeline_step.json").stat().st_mtime_ns for step in STEPS[:2]} == reused
+    steps = [json.loads(line)["step"] for line in (student / "metrics.jsonl").read_text().splitlines()
+             if "loss" in json.loads(line)]
+    assert steps == list(range(1, 41))  # resumed: every step logged once
+    assert all(_json(work / step / "pipeline_step.json")["state"] == "done" for step in STEPS)

@@ -13,9 +13,10 @@ slots in one prefill call, dispatches the next round, and only then turns the en
 and JetStream's overlap scheduling. The threshold trades idle slots against round trips: waiting for F
 free slots at p(end) per row per step idles about F / 2 slots a step, and a round trip costs R steps'
 worth of time, so the waste per freed slot, F / (2 slots p) + R / F, is least near F = slots sqrt(2 p R).
-Measured on the 2-core CPU with the benchmark's shape (benchmarks/engine_overhead.py: 64 slots, p = 1/32,
-R ~ 0.3 step) that is ~9 slots, and the sweep there put the best of 1/32 .. 1/2 at REFILL_FRACTION; on an
-accelerator, where R is several steps, a larger fraction pays (`refill_fraction`).
+Measured on the 2-core CPU (benchmarks/engine_overhead.py: 64 slots, p = 1/32, 384 CREAK records x 3 kinds,
+2026-12-06): refill fractions 1/16, 1/8, 1/4, 1/2 gave 1664, 1702, 1613, 1310 tokens/s in 295, 147, 73, 39
+rounds, hence REFILL_FRACTION = 1/8 (~5 steps a round). On an accelerator, where a round trip costs several
+steps (R large), the formula asks for a larger fraction (`refill_fraction`, `round_steps`).
 
 Each prompt takes `num_samples` slots (rows), which share its prefill. Consecutive prompts that share
 a prefix (`Prompt.prefix`: TeacherLM's kinds of one record share the question and its answer) form a
