@@ -9,9 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
-import portpicker
-
-from train_subprocess import REPO, jax_env, main_command
+from train_subprocess import launch_processes
 
 # A four-step recipe small enough for two processes on two cores: a fresh tiny teacher specialized at once,
 # its augmentation, one student and its evaluation (Fine-tune-CoT's generate mode: decode slots sharded across
@@ -38,12 +36,7 @@ STEPS = ["teacher/stage3_cot", "augment/cot", "students/finetune_cot", "eval/fin
 
 
 def _run_both(config: Path, work: Path) -> list[tuple[str, str]]:
-    port = portpicker.pick_unused_port()
-    procs = [subprocess.Popen(
-        main_command(str(config), work, f"--config.distributed.coordinator_address=localhost:{port}",
-                     "--config.distributed.num_processes=2", f"--config.distributed.process_id={i}"),
-        cwd=REPO, env=jax_env(devices=1, JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo"),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    procs = launch_processes(str(config), work)
     outputs = [p.communicate(timeout=300) for p in procs]
     for p, (out, err) in zip(procs, outputs):
         assert p.returncode == 0, f"{out[-2000:]}\n{err[-5000:]}"
@@ -96,12 +89,7 @@ def test_a_step_killed_in_one_process_resumes(tmp_path):
     head, tail = CONFIG.rsplit("    return config\n", 1)
     config.write_text(head + "    config.students.finetune_cot.train.update(num_train_steps=40, checkpoint_every=5)\n"
                       "    return config\n" + tail)
-    port = portpicker.pick_unused_port()
-    procs = [subprocess.Popen(
-        main_command(str(config), work, f"--config.distributed.coordinator_address=localhost:{port}",
-                     "--config.distributed.num_processes=2", f"--config.distributed.process_id={i}"),
-        cwd=REPO, env=jax_env(devices=1, JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo"),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for i in range(2)]
+    procs = launch_processes(str(config), work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     student = work / "students" / "finetune_cot"
     deadline = time.time() + 300
     while not list((student / "checkpoints").glob("[0-9]*")) and procs[1].poll() is None and time.time() < deadline:

@@ -4,11 +4,8 @@ checkpoints hold every process's data position, and the collective HF export wor
 from __future__ import annotations
 
 import json
-import subprocess
 
-import portpicker
-
-from train_subprocess import REPO, jax_env, main_command, run_checked
+from train_subprocess import jax_env, launch_processes, main_command, run_checked
 
 OVERRIDES = ["--config.num_train_steps=6", "--config.log_every=1", "--config.checkpoint_every=3", "--config.eval_every=0",
              "--config.mesh.data=2", "--config.mesh.fsdp=-1", "--config.plot=False",
@@ -20,14 +17,8 @@ def _losses(workdir) -> list[tuple[int, float]]:
 
 
 def test_two_processes_train_and_checkpoint_like_one(tmp_path):
-    port = portpicker.pick_unused_port()
     work = tmp_path / "two"
-    procs = [subprocess.Popen(
-        main_command("configs/train.py:tiny", work, *OVERRIDES,
-                     f"--config.distributed.coordinator_address=localhost:{port}",
-                     "--config.distributed.num_processes=2", f"--config.distributed.process_id={i}"),
-        cwd=REPO, env=jax_env(devices=2, JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo"),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    procs = launch_processes("configs/train.py:tiny", work, *OVERRIDES, devices=2)
     outputs = [p.communicate(timeout=300) for p in procs]
     for p, (out, err) in zip(procs, outputs):
         assert p.returncode == 0, f"{out[-2000:]}\n{err[-5000:]}"

@@ -32,3 +32,18 @@ def run_checked(cmd: list[str], env: dict[str, str], timeout: float = 300) -> su
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"{cmd} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     return proc
+
+
+def launch_processes(config: str, workdir: Path, *overrides: str, processes: int = 2, devices: int = 1,
+                     **popen) -> list[subprocess.Popen]:
+    """`processes` jax processes of one job under jax.distributed on localhost (gloo collectives), each with
+    `devices` fake CPU devices; `popen` goes to each Popen (default: text pipes)."""
+    import portpicker
+
+    port = portpicker.pick_unused_port()
+    popen = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True, **popen}
+    return [subprocess.Popen(
+        main_command(config, workdir, *overrides, f"--config.distributed.coordinator_address=localhost:{port}",
+                     f"--config.distributed.num_processes={processes}", f"--config.distributed.process_id={i}"),
+        cwd=REPO, env=jax_env(devices=devices, JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo"), **popen)
+        for i in range(processes)]
