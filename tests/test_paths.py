@@ -85,12 +85,12 @@ def test_cloud_workdir_lock(gcs_dir, caplog):
         in caplog.text
 
 
-def test_an_unreachable_cloud_workdir_fails_in_seconds_saying_how_to_authenticate(tmp_path):
+def test_an_unreachable_cloud_workdir_is_refused_saying_how_to_authenticate(tmp_path):
     """The store stopped (nothing listens on its port): gcsfs alone retries for over half a minute; the job is
-    refused within 30 s, exit status 2, naming the URL and how to authenticate. Nothing is written."""
+    refused by the bounded probe (`check_reachable`, whose bound the next test checks without a network), exit
+    status 2, naming the URL and how to authenticate. Nothing is written."""
     import socket
     import subprocess
-    import time
 
     from train_subprocess import REPO, jax_env, main_command
 
@@ -98,12 +98,9 @@ def test_an_unreachable_cloud_workdir_fails_in_seconds_saying_how_to_authenticat
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = jax_env(STORAGE_EMULATOR_HOST=f"http://127.0.0.1:{port}", GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT="false")
-    started = time.perf_counter()
     proc = subprocess.run(main_command("configs/train.py:tiny", "gs://teacherlm-test/run"), cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=60)
-    seconds = time.perf_counter() - started
+                          capture_output=True, text=True, timeout=120)  # a hang guard, not a speed check
     assert proc.returncode == 2, proc.stderr[-3000:]
-    assert seconds < 30, seconds
     assert "error: gs://teacherlm-test/run: cannot reach or authenticate to the store" in proc.stderr
     assert "gcloud auth application-default login" in proc.stderr and "GOOGLE_APPLICATION_CREDENTIALS" in proc.stderr
     assert "Traceback" not in proc.stderr
