@@ -1,6 +1,6 @@
-"""MMLU scoring wall time: the eval job against an lm-evaluation-harness-style transformers loop.
+"""MMLU scoring wall time: the eval job against lm-evaluation-harness's own `hf` backend, equal work.
 
-    python benchmarks/eval.py                           # bloom-560m shape, 50 MMLU test questions
+    python benchmarks/eval.py                           # bloom-560m shape, 48 MMLU test questions
     python benchmarks/eval.py --shape tiny --questions 20
 
 Both sides score the same real MMLU questions (canonical test set from the shared data folder, evenly
@@ -8,10 +8,12 @@ spaced as the job's `max_examples` picks them) with TeacherLM's MMLU context and
 continuations, on the same random BloomForCausalLM. There is no BLOOM tokenizer here, so a byte-level
 BPE is trained in-process on the questions' text and saved with the checkpoint; both sides load it.
 
-- ours: `python -m teacherlm_jax.main --config configs/eval.py` (batched, jitted, one forward per
-  question, float32);
-- reference: transformers+torch float32, batch 1, one forward per question and choice, each over
-  context + continuation tokenized separately (lm-evaluation-harness's `_loglikelihood_tokens`).
+- ours: `python -m teacherlm_jax.main --config configs/eval.py` (batched, jitted, float32);
+- reference: `lm_eval.simple_evaluate` with the `hf` backend (transformers+torch, float32, the same batch
+  size) on a task of the same contexts and letters (`target_delimiter` "": the continuation is the letter
+  as our job tokenizes it), its task index limited to that task (`include_defaults=False`, so the reference
+  does not pay for indexing lm-eval's ~14,000 task files). lm-eval scores a context's single-token letters
+  with one forward, as our job does.
 
 Each side is one subprocess, timed whole (import, load, compile, score, write). One run each. Prints a
 markdown table for docs/performance.md plus the agreement of the two sides' scores.
@@ -28,6 +30,10 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
+from bpe import train_tokenizer
+
 REPO = Path(__file__).resolve().parents[1]
 SHAPES = {
     "bloom-560m": dict(vocab_size=250880, hidden_size=1024, n_layer=24, n_head=16),
@@ -35,42 +41,29 @@ SHAPES = {
 }
 
 REFERENCE = r'''
-import json, sys, time
-import torch
-from transformers import AutoTokenizer, BloomForCausalLM
+import json, sys
+import lm_eval
+from lm_eval.tasks import TaskManager
 
-checkpoint, questions, out = sys.argv[1:4]
-tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-model = BloomForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
-encode = lambda s: tokenizer.encode(s, add_special_tokens=False)
-results = []
-for q in json.load(open(questions)):
-    context = encode(q["context"])
-    scores = []
-    for letter in "ABCD"[:q["num_choices"]]:
-        cont = encode(letter)
-        inp = (context + cont)[-2049:][:-1]
-        with torch.no_grad():
-            logits = model(torch.tensor([inp])).logits[0]
-        logprobs = torch.log_softmax(logits.float(), dim=-1)[len(inp) - len(cont):]
-        scores.append(float(logprobs.gather(1, torch.tensor(cont)[:, None]).sum()) / len(cont))
-    results.append({"id": q["id"], "scores": scores, "prediction": max(range(len(scores)), key=scores.__getitem__)})
-json.dump(results, open(out, "w"))
+checkpoint, tasks, batch, out = sys.argv[1:5]
+result = lm_eval.simple_evaluate(
+    model="hf", model_args=f"pretrained={checkpoint},batch_size={batch},max_length=2048,device=cpu,dtype=float32",
+    tasks=["tl_eval_mmlu"], log_samples=True, task_manager=TaskManager(include_path=tasks, include_defaults=False))
+samples = sorted(result["samples"]["tl_eval_mmlu"], key=lambda s: s["doc_id"])
+json.dump([{"id": s["doc"]["id"], "scores": [r[0][0] for r in s["resps"]],
+            "prediction": max(range(len(s["resps"])), key=lambda i: s["resps"][i][0][0])} for s in samples],
+          open(out, "w"))
 '''
 
 
-def train_tokenizer(texts: list[str], vocab_size: int):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    backend.train_from_iterator(texts, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
-                                   pad_token="<pad>", padding_side="left")
+def task_yaml(directory: Path, questions: list[dict]) -> None:
+    """An lm-eval task over `questions` (their contexts and letters as the eval job builds them)."""
+    data = directory / "questions.jsonl"
+    data.write_text("".join(json.dumps(q) + "\n" for q in questions))
+    directory.joinpath("tl_eval_mmlu.yaml").write_text(yaml.safe_dump(dict(
+        task="tl_eval_mmlu", dataset_path="json", dataset_kwargs={"data_files": {"test": str(data)}},
+        test_split="test", output_type="multiple_choice", doc_to_text="{{context}}", doc_to_choice="{{letters}}",
+        doc_to_target="{{answer}}", target_delimiter="", metric_list=[{"metric": "acc"}])))
 
 
 def timed(cmd: list[str], env: dict[str, str]) -> float:
@@ -85,7 +78,7 @@ def timed(cmd: list[str], env: dict[str, str]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", choices=sorted(SHAPES), default="bloom-560m")
-    parser.add_argument("--questions", type=int, default=50)
+    parser.add_argument("--questions", type=int, default=48)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--tokenizer-vocab", type=int, default=8192)
     args = parser.parse_args()
@@ -107,9 +100,10 @@ def main() -> None:
         torch.manual_seed(0)
         BloomForCausalLM(BloomConfig(**SHAPES[args.shape])).eval().save_pretrained(checkpoint)
         tokenizer.save_pretrained(checkpoint)
-        questions = [{"id": r.id, "context": eval_context(r, mmlu=True), "num_choices": len(r.choices)}
-                     for r in chosen]
-        (tmp / "questions.json").write_text(json.dumps(questions))
+        questions = [{"id": r.id, "context": eval_context(r, mmlu=True), "letters": list("ABCD"[:len(r.choices)]),
+                      "answer": r.answer} for r in chosen]
+        (tmp / "tasks").mkdir()
+        task_yaml(tmp / "tasks", questions)
         (tmp / "reference.py").write_text(REFERENCE)
         lengths = [len(tokenizer.encode(q["context"], add_special_tokens=False)) for q in questions]
 
@@ -117,8 +111,8 @@ def main() -> None:
                       "--workdir", str(tmp / "run"), f"--config.model.init_from={checkpoint}",
                       "--config.tasks=('mmlu',)", f"--config.max_examples={args.questions}",
                       f"--config.batch_size={args.batch_size}"], env)
-        reference = timed([sys.executable, str(tmp / "reference.py"), str(checkpoint), str(tmp / "questions.json"),
-                           str(tmp / "reference.json")], env)
+        reference = timed([sys.executable, str(tmp / "reference.py"), str(checkpoint), str(tmp / "tasks"),
+                           str(args.batch_size), str(tmp / "reference.json")], env)
         ours_preds = [json.loads(line) for line in (tmp / "run" / "eval" / "mmlu" / "predictions.jsonl").open()]
         ref_preds = json.loads((tmp / "reference.json").read_text())
 
@@ -136,9 +130,8 @@ def main() -> None:
           f"(mean {sum(lengths) / n:.0f})\n")
     print("| side | how | wall s (whole process) | s / question |")
     print("|---|---|---|---|")
-    print(f"| teacherlm_jax eval job | batch {args.batch_size}, 1 forward / question, jit | {ours:.1f} | "
-          f"{ours / n:.3f} |")
-    print(f"| transformers+torch (lm-eval style) | batch 1, 1 forward / question x choice | {reference:.1f} | "
+    print(f"| teacherlm_jax eval job | batch {args.batch_size}, jit | {ours:.1f} | {ours / n:.3f} |")
+    print(f"| lm-eval `hf` backend (transformers+torch) | batch {args.batch_size} | {reference:.1f} | "
           f"{reference / n:.3f} |")
     print(f"\nspeed-up: {reference / ours:.2f}x; predictions agree on {100 * agree:.0f}%, "
           f"max |score difference| {diff:.2e}")

@@ -1,13 +1,18 @@
 """lm-evaluation-harness: the `teacherlm_jax` backend beside lm-eval's own `hf` backend, same batch size.
 
-    python benchmarks/lm_eval_backend.py                      # bloom-560m shape, 32 MMLU questions, batch 8
+    python benchmarks/lm_eval_backend.py                      # bloom-560m shape, 48 MMLU questions, batch 8
+    python benchmarks/lm_eval_backend.py --fewshot 5          # five-shot
+    python benchmarks/lm_eval_backend.py --tokenizer byte --questions 16
     python benchmarks/lm_eval_backend.py --shape tiny --questions 16
 
-A random BloomForCausalLM (float32) and a byte-level tokenizer are saved once; each backend then runs
+A random BloomForCausalLM (float32) and a tokenizer (default: a byte-level BPE of 8192 tokens trained on the
+task's questions, `bpe.py`; `byte`: one token per byte) are saved once; each backend then runs
 `lm_eval.simple_evaluate` on a local MMLU-format task (the first --questions questions of
-../shared/data's MMLU astronomy test, four letters scored by log-likelihood) in its own subprocess,
-timed whole (imports, loading, compiling included). Prints a markdown table, the accuracies (they must
-agree) and the largest log-likelihood difference.
+../shared/data's MMLU astronomy test, lm-eval's MMLU template, four letters scored by log-likelihood,
+--fewshot examples drawn by lm-eval from the same split) in its own subprocess, timed whole (imports,
+loading, compiling included). Both backends index the task folder only (`include_defaults=False`: lm-eval's
+~14,000 task files would add the same half-minute or more to both). Prints a markdown table, the accuracies
+(they must agree) and the largest log-likelihood difference.
 """
 from __future__ import annotations
 
@@ -38,7 +43,8 @@ args = f"pretrained={sys.argv[2]},batch_size={sys.argv[4]},max_length=2048"
 if sys.argv[1] == "hf":
     args += ",device=cpu,dtype=float32"
 out = lm_eval.simple_evaluate(model=sys.argv[1], model_args=args, tasks=["tl_mmlu_letters"], limit=int(sys.argv[6]),
-                              log_samples=True, task_manager=TaskManager(include_path=sys.argv[3]))
+                              num_fewshot=int(sys.argv[7]), log_samples=True,
+                              task_manager=TaskManager(include_path=sys.argv[3], include_defaults=False))
 print(json.dumps({"acc": out["results"]["tl_mmlu_letters"]["acc,none"],
                   "ll": [r[0][0] for s in out["samples"]["tl_mmlu_letters"] for r in s["resps"]]}))
 """
@@ -47,18 +53,22 @@ print(json.dumps({"acc": out["results"]["tl_mmlu_letters"]["acc,none"],
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", choices=sorted(SHAPES), default="bloom-560m")
-    parser.add_argument("--questions", type=int, default=32)
+    parser.add_argument("--questions", type=int, default=48)
     parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--fewshot", type=int, default=0)
+    parser.add_argument("--tokenizer", choices=["bpe", "byte"], default="bpe")
     args = parser.parse_args()
 
+    from bpe import train_tokenizer
     from reference_models import tiny_bloom
-    from test_lm_eval import task_yamls
+    from test_lm_eval import MMLU, task_yamls
 
     from teacherlm_jax.tokenizers import byte_tokenizer
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        tokenizer = byte_tokenizer()
+        vocab = 8192 if args.shape == "bloom-560m" else 4096
+        tokenizer = byte_tokenizer() if args.tokenizer == "byte" else train_tokenizer([MMLU.read_text()], vocab)
         tiny_bloom(tmp / "model", vocab_size=250880 if args.shape == "bloom-560m" else 4096,
                    pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
                    bos_token_id=tokenizer.bos_token_id, **SHAPES[args.shape])
@@ -70,7 +80,8 @@ def main() -> None:
         for backend in ("teacherlm_jax", "hf"):
             start = time.perf_counter()
             proc = subprocess.run([sys.executable, "-c", WORKER, backend, str(tmp / "model"), str(tmp), str(args.batch),
-                                   str(REPO / "tests"), str(args.questions)], env=env, capture_output=True, text=True)
+                                   str(REPO / "tests"), str(args.questions), str(args.fewshot)], env=env,
+                                  capture_output=True, text=True)
             seconds = time.perf_counter() - start
             if proc.returncode:
                 raise SystemExit(f"{backend} failed:\n{proc.stderr[-4000:]}")
@@ -78,7 +89,8 @@ def main() -> None:
             print(f"{backend}: {seconds:.1f} s", file=sys.stderr)
     load = os.getloadavg()
     print(f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load average {load[0]:.2f}; "
-          f"{args.shape}, float32; {args.questions} MMLU questions x 4 letters; batch {args.batch}\n")
+          f"{args.shape}, float32; {args.questions} MMLU questions x 4 letters, {args.fewshot}-shot; "
+          f"{args.tokenizer} tokenizer ({len(tokenizer)} tokens); batch {args.batch}\n")
     print("| backend | wall s (whole process) | accuracy | speedup |\n|---|---|---|---|")
     for backend, (seconds, out) in results.items():
         print(f"| {backend} | {seconds:.1f} | {out['acc']:.4f} | {results['hf'][0] / seconds:.2f}x |")

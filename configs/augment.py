@@ -53,6 +53,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.process_index = ml_collections.FieldReference(None, field_type=int)
     config.process_count = ml_collections.FieldReference(None, field_type=int)
     config.mesh = common.mesh(data=-1, fsdp=1)  # over each process's local devices; generation is data parallel
+    # "process": each process its own chunks on its own devices; "global": one mesh over every process's devices
+    # (a teacher larger than a host's memory), every process decoding every chunk together, process 0 writing.
+    config.mesh_scope = "process"
 
     if arg == "tiny":
         config.datasets = ("creak",)

@@ -216,6 +216,9 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
         "process_index": "For processes started independently (no jax.distributed): this process's index; "
                          "None: jax's.",
         "process_count": "With process_index: how many processes share the work; None: jax's.",
+        "mesh_scope": "`process`: `mesh` over each process's own devices, each process generating its own chunks "
+                      "(waits on no other); `global`: one mesh over every process's devices, for a teacher larger "
+                      "than a host, every process decoding every chunk together and process 0 writing.",
     },
     "pipeline": {
         "title": "The report's heading.",

@@ -131,18 +131,27 @@ def test_only_left_padding_goes_past_the_prompt_width(model):
         slots.insert(np.array([[4, 5, 6, 7, 8, 9]]), np.ones((1, 6), np.int32), np.array([[0]]), RowSeeds.of([0], [0], [0]))
 
 
-def test_insert_programs_compiled_ahead_are_the_ones_called(model):
-    """An insert program compiled in the background is the one a later insert of that shape runs (no trace)."""
-    slots = DecodeSlots(model.for_decoding(), slots=3, prompt_width=13, max_new_tokens=3, sampler=Sampler(),
-                        eos_ids=np.array([], np.int32), pad_id=PAD)
+def programs_ahead_then_called(model, mesh=None, rules=None) -> int:
+    """Programs compiled by the calls after `compile_ahead` compiled theirs (insert, round, shrink, round)."""
+    slots = DecodeSlots(model, slots=8, prompt_width=13, max_new_tokens=3, sampler=Sampler(),
+                        eos_ids=np.array([EOS], np.int32), pad_id=PAD, mesh=mesh, rules=rules)
     shape = InsertShape(prefixes=1, prefix_width=9, rows=2, width=4, copies=1)
-    slots.compile_ahead([], [shape])
+    slots.compile_ahead([8, 4], [shape])
     slots.join()
-    traced = num_traces()
+    compiled = num_traces()
     ids = np.array([[PAD, 5, 6, 7], [PAD, PAD, 8, 9]])
     slots.insert(ids, (ids != PAD).astype(np.int32), np.array([[0], [2]]), RowSeeds.of([1, 1], [0, 0], [0, 1]),
                  prefix=(np.array([[PAD] + list(range(10, 18))]), np.array([[0] + [1] * 8])), parent=np.zeros(2))
-    assert num_traces() == traced
+    slots.run(2).result()
+    slots.shrink([0, 2], 4)
+    slots.run(2).result()
+    return num_traces() - compiled
+
+
+def test_programs_compiled_ahead_are_the_ones_called(model):
+    """The insert, round and shrink programs compiled in the background are the ones later calls run: none
+    is compiled again (a program compiled for other input shardings than the call's would be)."""
+    assert programs_ahead_then_called(model.for_decoding()) == 0
 
 
 def test_engine_compiles_later_inserts_ahead(model, monkeypatch):
@@ -228,6 +237,9 @@ TENSOR_SCRIPT = textwrap.dedent("""
         results[f"tensor{tensor}"] = generate(model, ids, mask, max_new_tokens=10, mesh=mesh, rules=rules).tokens.tolist()
         results[f"tensor{tensor}_engine"] = engine_rows(model, mesh)
     results["tensor2_tail"] = engine_rows(model, mesh, batch_size=16)  # the last rows move to 4 sharded slots
+    sys.path.insert(0, sys.argv[3])
+    from test_engine import programs_ahead_then_called
+    results["compiled_again"] = programs_ahead_then_called(model, mesh, rules)
     print(json.dumps(results))
 """)
 
@@ -246,7 +258,7 @@ def test_tensor_parallel_generation_matches_one_device(tmp_path):
     items = [rng.integers(4, 96, int(n)).tolist() for n in (5, 17, 2, 30, 9)]
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu",
            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, "-c", TENSOR_SCRIPT, str(tmp_path), json.dumps(items)], env=env,
+    proc = subprocess.run([sys.executable, "-c", TENSOR_SCRIPT, str(tmp_path), json.dumps(items), str(Path(__file__).parent)], env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     results = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -255,6 +267,7 @@ def test_tensor_parallel_generation_matches_one_device(tmp_path):
         assert results[f"tensor{tensor}"] == results["one"]
         assert results[f"tensor{tensor}_engine"] == results["one_engine"]
     assert results["tensor2_tail"] == results["one_engine"]
+    assert results["compiled_again"] == 0  # on the mesh too, the programs compiled ahead are the ones run
     # The engine's rows are `generate`'s, cut after their EOS; some end before 10 tokens.
     assert len({len(row) for (row,) in results["one_engine"].values()}) > 1, results["one_engine"]
     for i, row in enumerate(results["one"]):

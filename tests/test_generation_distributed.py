@@ -1,6 +1,7 @@
 """Generation with its state sharded across two jax processes (localhost, CPU gloo collectives, 2 fake devices
-each, a data 2 x tensor 2 mesh): `generate`, the continuous engine, eval's generate mode and the lm-eval
-backend's `generate_until` give what one process with the same mesh of 4 devices gives."""
+each, a data 2 x tensor 2 mesh): `generate`, the continuous engine, eval's generate mode, the lm-eval
+backend's `generate_until` and the augment job on a global mesh (`mesh_scope="global"`) give what one process
+with the same mesh of 4 devices gives."""
 from __future__ import annotations
 
 import json
@@ -8,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import portpicker
 import torch
 
@@ -18,7 +20,7 @@ EOS, PAD = 2, 3
 WORDS = tuple(f"w{i}" for i in range(60))
 
 SCRIPT = textwrap.dedent("""
-    import json, sys
+    import glob, json, sys
     from teacherlm_jax.sharding import initialize_distributed
 
     checkpoint, processes, process_id, port = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
@@ -67,7 +69,27 @@ SCRIPT = textwrap.dedent("""
     lm = TeacherLMJax(pretrained=checkpoint, batch_size=4, max_gen_toks=8, mesh="data:2;tensor:2")
     results["lm_eval"] = lm.generate_until([Request(f"w{i} w{2 * i} w9", {"until": ["w7"], "max_gen_toks": 6})
                                             for i in range(6)])
+
+    from configs import augment as augment_configs
+    from teacherlm_jax.augment.job import run as augment
+
+    config = augment_configs.get_config()
+    config.teacher.init_from = checkpoint
+    config.datasets = (f"{checkpoint}/questions.jsonl",)
+    config.kinds = ("cot", "mistakes")
+    config.sampling = augment_configs.sampling(top_k=20, max_new_tokens=8)
+    config.batch_size, config.chunk_size = 2, 3
+    config.mesh.data, config.mesh.tensor = 2, 2
+    config.mesh_scope = "global"  # one mesh over both processes: they decode every chunk together
+    out = f"{checkpoint}-augment-{processes}"  # beside the teacher: files inside its folder are its fingerprint
+    augment(config, out)
+    augment(config, out)  # every part written: no process decodes anything
     if jax.process_index() == 0:
+        parts = sorted(glob.glob(f"{out}/augmented/questions/part-*.jsonl"))
+        rows = [json.loads(line) for part in parts for line in open(part)]
+        results["augment"] = [[row["id"], row["cot"], row["mistakes"]] for row in rows]
+        runs = [json.load(open(path)) for path in glob.glob(f"{out}/augmented/questions/runs/*.json")]
+        results["augment_runs"] = sorted(run["chunks_generated"] for run in runs)
         print("RESULTS " + json.dumps(results))
 """)
 
@@ -80,6 +102,10 @@ def test_generation_across_two_processes_equals_one(tmp_path):
         model.lm_head.weight[EOS] = 1.5 * bias / bias.norm() ** 2
     model.save_pretrained(tmp_path)
     tiny_tokenizer(WORDS).save_pretrained(tmp_path)
+    rng = np.random.default_rng(1)
+    (tmp_path / "questions.jsonl").write_text("".join(json.dumps({
+        "id": f"q{i}", "question": " ".join(rng.choice(WORDS, int(rng.integers(2, 9)))), "choices": ["w1", "w2 w3"],
+        "answer": i % 2}) + "\n" for i in range(7)))
 
     def launch(processes: int, devices: int, port: int) -> list[subprocess.Popen]:
         env = jax_env(devices=devices, JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo")
@@ -96,4 +122,6 @@ def test_generation_across_two_processes_equals_one(tmp_path):
         results.append(json.loads(line[len("RESULTS "):]))
     two, one = results
     assert len(set(one["lengths"])) > 1 and len(one["engine"]) == 24 and len(one["lm_eval"]) == 6
+    assert [row[0] for row in one["augment"]] == [f"q{i}" for i in range(7)]  # every record, in 3 parts
+    assert one["augment_runs"] == [0, 3]  # the rerun found every part written (with two processes too: two == one)
     assert two == one

@@ -48,7 +48,8 @@ start (`teacherlm_jax.workdir_lock`).
 Processes: chunk c belongs to process c % process_count (`config.process_index`/`process_count`, by
 default jax's). Each process generates its chunks on a mesh of its own local devices (data parallel
 over slots, tensor parallel over heads/mlp/vocab for teachers larger than a chip), so processes never
-wait on each other. The summary is written once all parts exist: after a barrier by process 0 under
+wait on each other. A teacher larger than a host takes `config.mesh_scope="global"`: one mesh over every
+process's devices, every process decoding every chunk together, process 0 alone writing. The summary is written once all parts exist: after a barrier by process 0 under
 jax.distributed, else (processes started independently, e.g. `--config.process_index=1
 --config.process_count=2`) by each process that finishes and finds every part written.
 

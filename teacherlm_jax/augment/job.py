@@ -3,6 +3,7 @@
 dataset to one engine (`runner.augment_datasets`) and writes each dataset's summary."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -74,6 +75,12 @@ def read_settings(config: ml_collections.ConfigDict, produced: Callable[[str], b
         chunk_size=config.chunk_size, max_prompt_tokens=config.max_prompt_tokens, truncation=config.truncation,
         engine=config.get("engine", "continuous")), sep="")
     problems.integer("max_records", 0)
+    scope = config.get("mesh_scope", "process")
+    if scope not in MESH_SCOPES:
+        problems.add("mesh_scope", f"{scope!r}; expected one of {MESH_SCOPES}")
+    elif scope == "global" and (config.get("process_index") is not None or config.get("process_count") is not None):
+        problems.add("mesh_scope", "'global' has every jax process decode every chunk together; leave "
+                                   "config.process_index/process_count unset")
     datasets: list[DatasetSpec] = []
     if isinstance(config.datasets, str) or not config.datasets:
         problems.add("datasets", "expected a non-empty tuple of dataset names or paths")
@@ -106,9 +113,15 @@ def processes(config: ml_collections.ConfigDict) -> tuple[int, int]:
     return index, count
 
 
-def local_mesh(config: ml_collections.ConfigDict) -> tuple[Mesh, tuple]:
-    """`config.mesh` over this process's devices only: each process generates its own chunks."""
-    mesh = make_mesh({k: v for k, v in dict(config.mesh).items() if k != "rules"}, jax.local_devices())
+MESH_SCOPES = ("process", "global")
+
+
+def generation_mesh(config: ml_collections.ConfigDict) -> tuple[Mesh, tuple]:
+    """`config.mesh` over this process's devices (`mesh_scope` "process": each process generates its own
+    chunks, waiting on no other), or over every process's ("global": one teacher larger than a host, every
+    process decoding every chunk together)."""
+    devices = jax.devices() if config.get("mesh_scope", "process") == "global" else jax.local_devices()
+    mesh = make_mesh({k: v for k, v in dict(config.mesh).items() if k != "rules"}, devices)
     return mesh, parse_rules(config.rules if config.get("rules") is not None else DEFAULT_RULES, mesh)
 
 
@@ -159,16 +172,19 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
     initialize_distributed(config.get("distributed"))
     start = time.perf_counter()
     settings, datasets = settings_from_config(config)  # fail on bad keys before loading a model
-    process_index, process_count = processes(config)
+    shared = config.get("mesh_scope", "process") == "global"
+    process_index, process_count = (0, 1) if shared else processes(config)
     work = _read_datasets(config, workdir, datasets)  # before the teacher: bad data fails in seconds
-    mesh, rules = local_mesh(config)
+    mesh, rules = generation_mesh(config)
     model, tokenizer, teacher = load_teacher(config, mesh, rules)
     # Processes may share the workdir; a second run of the same process's chunks (whose temporary files
-    # this one removes at start) refuses.
-    with workdir_lock(workdir, f"augment-{process_index}"):
-        write_config(config, workdir)
+    # this one removes at start) refuses. On a global mesh only jax process 0 writes.
+    writes = not shared or jax.process_index() == 0
+    with workdir_lock(workdir, f"augment-{process_index}") if writes else contextlib.nullcontext():
+        if writes:
+            write_config(config, workdir)
         stats = augment_datasets(model, tokenizer, work, settings, teacher=teacher, process_index=process_index,
-                                 process_count=process_count, mesh=mesh, rules=rules)
+                                 process_count=process_count, mesh=mesh, rules=rules, shared=shared)
         for item in work:
             s = stats[item.name]
             engine = s["engine"] or {}

@@ -15,6 +15,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import jax
+import numpy as np
 from etils import epath
 from flax import nnx
 from jax.sharding import Mesh
@@ -57,25 +59,34 @@ class _Plan:
 def augment_records(model: nnx.Module, tokenizer, records: Sequence[Record], out_dir: str | os.PathLike,
                     settings: Settings = Settings(), *, dataset: str, info: dict[str, Any] | None = None,
                     teacher: dict[str, Any] | None = None, process_index: int = 0, process_count: int = 1,
-                    mesh: Mesh | None = None, rules: LogicalRules | None = None) -> dict[str, Any]:
+                    mesh: Mesh | None = None, rules: LogicalRules | None = None, shared: bool = False
+                    ) -> dict[str, Any]:
     """Generates this process's missing parts of `records` into `out_dir`; returns this run's statistics
     (also written to out_dir/runs/). `dataset` names the output and keys the seeds; `info` (source,
     split, ...) and `teacher` go into the manifest and, for `teacher`, every output record."""
     work = DatasetWork(dataset, records, workdir_path(out_dir), dict(info or {}))
     return augment_datasets(model, tokenizer, [work], settings, teacher=teacher, process_index=process_index,
-                            process_count=process_count, mesh=mesh, rules=rules)[dataset]
+                            process_count=process_count, mesh=mesh, rules=rules, shared=shared)[dataset]
 
 
 def augment_datasets(model: nnx.Module, tokenizer, datasets: Sequence[DatasetWork], settings: Settings = Settings(),
                      *, teacher: dict[str, Any] | None = None, process_index: int = 0, process_count: int = 1,
-                     mesh: Mesh | None = None, rules: LogicalRules | None = None) -> dict[str, dict[str, Any]]:
+                     mesh: Mesh | None = None, rules: LogicalRules | None = None, shared: bool = False
+                     ) -> dict[str, dict[str, Any]]:
     """`augment_records` for several datasets whose prompts share one engine's slots; statistics per dataset.
 
     `model` is generated with in its decode layout (`decoding_layout`: made here unless it is one).
+    `shared`: every jax process runs this call on one global `mesh` (a teacher larger than a host), with
+    process_index 0 of process_count 1: they generate every chunk together. Only jax process 0 reads and
+    writes the output; the others decode the parts it finds missing (broadcast), so the workdir need not be
+    shared.
     """
     limit = settings.prompt_limit(model.config.max_position_embeddings)
     teacher = dict(teacher or {})
-    plans = [_plan(work, settings, limit, teacher, process_index, process_count) for work in datasets]
+    writer = not shared or jax.process_index() == 0
+    plans = [_plan(work, settings, limit, teacher, process_index, process_count, writer) for work in datasets]
+    if shared:
+        _share_todo(plans)
     pending = [make_chunk(tokenizer, plan.work.name, c, plan.chunks[c], settings, limit)
                for plan in plans for c in plan.todo]
     by_name = {plan.work.name: plan for plan in plans}
@@ -93,10 +104,11 @@ def augment_datasets(model: nnx.Module, tokenizer, datasets: Sequence[DatasetWor
         left[chunk.dataset] -= 1
         if not left[chunk.dataset]:  # before the last part: whoever then finds every part written finds these stats
             stats[chunk.dataset] = _save_stats(plan, process_index, process_count, time.perf_counter() - start,
-                                               engine)
-        rows = output_records(chunk, settings, limit, teacher)
-        write_atomic(part_path(plan.work.out_dir, chunk.index, len(plan.chunks)),
-                     "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+                                               engine, writer)
+        if writer:
+            rows = output_records(chunk, settings, limit, teacher)
+            write_atomic(part_path(plan.work.out_dir, chunk.index, len(plan.chunks)),
+                         "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
         update(len(chunk.records), chunk.tokens, _engine_status(engine))
 
     with progress(total, done, ", ".join(by_name)) as update:
@@ -121,17 +133,35 @@ def augment_datasets(model: nnx.Module, tokenizer, datasets: Sequence[DatasetWor
                     finish(chunk, update)
     for name, plan in by_name.items():
         if name not in stats:
-            stats[name] = _save_stats(plan, process_index, process_count, time.perf_counter() - start, engine)
+            stats[name] = _save_stats(plan, process_index, process_count, time.perf_counter() - start, engine,
+                                      writer)
     return stats
 
 
+def _share_todo(plans: list[_Plan]) -> None:
+    """Process 0's missing parts, for every process (which then decode the same chunks in the same order)."""
+    from jax.experimental import multihost_utils  # no public broadcast across processes
+
+    offsets = np.cumsum([0] + [len(plan.chunks) for plan in plans])
+    missing = np.zeros(offsets[-1], np.int32)
+    for plan, offset in zip(plans, offsets):
+        missing[[offset + c for c in plan.todo]] = 1
+    missing = np.asarray(multihost_utils.broadcast_one_to_all(missing))
+    for plan, offset in zip(plans, offsets):
+        plan.todo = [c for c in plan.mine if missing[offset + c]]
+
+
 def _plan(work: DatasetWork, settings: Settings, limit: int, teacher: dict[str, Any], process_index: int,
-          process_count: int) -> _Plan:
+          process_count: int, writer: bool = True) -> _Plan:
     """The dataset's chunks, checked against the manifest, and which of this process's parts are missing or
-    stale (written from other inputs: deleted here, with the reason in the log, so none is ever mixed in)."""
-    (work.out_dir / RUNS).mkdir(parents=True, exist_ok=True)
+    stale (written from other inputs: deleted here, with the reason in the log, so none is ever mixed in).
+    A process that does not write (`augment_datasets`'s `shared`) reads nothing: process 0 tells it what to do."""
     size = settings.chunk_size
     chunks = [work.records[i:i + size] for i in range(0, len(work.records), size)]
+    mine = list(range(process_index, len(chunks), process_count))
+    if not writer:
+        return _Plan(work, chunks, mine, mine)
+    (work.out_dir / RUNS).mkdir(parents=True, exist_ok=True)
     inputs = [[record_inputs(r, settings, teacher) for r in chunk] for chunk in chunks]
     records = [{k: v for k, v in i.items() if k not in ("teacher", "sampling")} for chunk in inputs for i in chunk]
     changed = check_manifest(work.out_dir, {
@@ -142,7 +172,6 @@ def _plan(work: DatasetWork, settings: Settings, limit: int, teacher: dict[str, 
         "max_prompt_tokens": limit, "teacher": teacher}, inputs=("records_sha256", "sampling", "teacher"))
     if changed:
         log.info("%s: inputs changed since its parts were written: %s", work.name, "; ".join(changed))
-    mine = list(range(process_index, len(chunks), process_count))
     remove_temporary(work.out_dir, mine, len(chunks))  # a killed run's (parts are renamed whole, never half-written)
     reasons = {c: stale_reason(part_path(work.out_dir, c, len(chunks)), inputs[c]) for c in mine}
     stale: dict[str, list[int]] = {}
@@ -160,7 +189,7 @@ def _plan(work: DatasetWork, settings: Settings, limit: int, teacher: dict[str, 
 
 
 def _save_stats(plan: _Plan, process_index: int, process_count: int, seconds: float,
-                engine: Engine | None) -> dict[str, Any]:
+                engine: Engine | None, writer: bool = True) -> dict[str, Any]:
     """This run's figures for one dataset, in out_dir/runs/ (summary.json's throughput reads them)."""
     stats = {"process_index": process_index, "process_count": process_count,
              "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(plan.started)),
@@ -169,8 +198,9 @@ def _save_stats(plan: _Plan, process_index: int, process_count: int, seconds: fl
              "seconds": round(seconds, 3) if plan.todo else 0.0,
              "compiled_programs": engine.stats()["compiled_programs"] if engine and plan.todo else 0,
              "engine": engine.stats() if engine and plan.todo else None}
-    path = plan.work.out_dir / RUNS / f"{process_index}-{time.time_ns()}.json"
-    write_atomic(path, report_json.dumps(stats, indent=2) + "\n")
+    if writer:
+        path = plan.work.out_dir / RUNS / f"{process_index}-{time.time_ns()}.json"
+        write_atomic(path, report_json.dumps(stats, indent=2) + "\n")
     return stats
 
 

@@ -181,6 +181,7 @@ class DecodeSlots:
         self.full_slots = self.slots
         self.state = self._empty(self.slots)
         self._compiling: list[concurrent.futures.Future] = []
+        self._ahead: dict[tuple, concurrent.futures.Future] = {}  # program -> its compile, in a background thread
         self.decode_steps = 0  # steps run (each decodes every slot)
         self.slot_steps = 0  # slots decoded, summed over steps
         self.kept_tokens = 0  # slot-steps that produced a kept token (occupancy = kept / slot_steps)
@@ -191,8 +192,10 @@ class DecodeSlots:
         return dict(graphdef=self.graphdef, pad_id=self.pad_id, mesh=self.mesh, rules=self.rules)
 
     def _empty(self, slots: int) -> SlotState:
-        return _empty_state(self.params, slots=slots, length=self.length, max_new=self.max_new_tokens,
-                            logprobs=self.logprobs, **self._static())
+        state = _empty_state(self.params, slots=slots, length=self.length, max_new=self.max_new_tokens,
+                             logprobs=self.logprobs, **self._static())
+        # Committed to its device, as every program's output from it is: one input layout, one program each.
+        return state if self.mesh is not None else jax.device_put(state, jax.tree.leaves(self.params)[0].sharding)
 
     def reset(self, slots: int | None = None) -> None:
         """Empty slots, `slots` of them (default: as many as the slots were made with, before any `shrink`)."""
@@ -200,7 +203,12 @@ class DecodeSlots:
         self.state = self._empty(self.slots)
 
     def _state_shapes(self, slots: int) -> SlotState:
-        return jax.eval_shape(lambda: self._empty(slots))
+        """The state of `slots` slots as a real one is laid out, shardings included: a program compiled
+        ahead for other input shardings than the call's would not be the one the call runs."""
+        empty = _empty_state.lower(self.params, slots=slots, length=self.length, max_new=self.max_new_tokens,
+                                   logprobs=self.logprobs, **self._static()).compile()
+        return jax.tree.map(lambda info, sharding: jax.ShapeDtypeStruct(info.shape, info.dtype, sharding=sharding),
+                            empty.out_info, empty.output_shardings)
 
     def compile_ahead(self, slot_counts: Sequence[int], inserts: Sequence[InsertShape] = ()) -> None:
         """Compiles `run` for these slot counts, `shrink` from each to every smaller one, and `insert` for these
@@ -210,20 +218,29 @@ class DecodeSlots:
         kwargs = dict(self._static(), sampler=self.sampler, logprobs=self.logprobs)
         rows = lambda n, dtype: jax.ShapeDtypeStruct((n,), dtype)
         counts = sorted(set(slot_counts), reverse=True)
-        tasks = []
+        tasks = {}
         for i, slots in enumerate(counts):
-            tasks.append(lambda s=slots: _run.lower(self.params, self._state_shapes(s), self.eos_ids, np.int32(0),
-                                                    np.int32(0), **kwargs).compile())
+            tasks["run", slots] = lambda s=slots: _run.lower(self.params, self._state_shapes(s), self.eos_ids,
+                                                             np.int32(0), np.int32(0), **kwargs).compile()
             for smaller in counts[i + 1:]:
-                tasks.append(lambda s=slots, t=smaller: _gather.lower(
+                tasks["gather", slots, smaller] = lambda s=slots, t=smaller: _gather.lower(
                     self._state_shapes(s), rows(t, jnp.int32), rows(t, jnp.bool_), mesh=self.mesh,
-                    rules=self.rules).compile())
-        for shape in dict.fromkeys(inserts):
-            tasks.append(functools.partial(self._compile_insert, shape))
+                    rules=self.rules).compile()
+        for shape in inserts:
+            tasks["insert", shape] = functools.partial(self._compile_insert, shape)
         pool = concurrent.futures.ThreadPoolExecutor(max(1, min(4, (os.cpu_count() or 1) // 4)),
                                                      thread_name_prefix="compile_ahead")
-        self._compiling += [pool.submit(task) for task in tasks]
+        for key, task in tasks.items():
+            if key not in self._ahead:
+                self._ahead[key] = pool.submit(task)
+                self._compiling.append(self._ahead[key])
         pool.shutdown(wait=False)
+
+    def _wait_ahead(self, *key) -> None:
+        """Waits for this program's compile if one is under way ahead (a call now would compile it again)."""
+        future = self._ahead.get(key)
+        if future is not None:
+            future.result()
 
     def _compile_insert(self, shape: InsertShape) -> None:
         ints = lambda *dims: jax.ShapeDtypeStruct(dims, jnp.int32)
@@ -263,6 +280,7 @@ class DecodeSlots:
             raise ValueError(f"prompts of width {total} (padding included) do not fit the slots' prompt_width="
                              f"{self.prompt_width}: only left padding may go past it")
         slot_ids = np.asarray(slot_ids, np.int32).reshape(m, -1)
+        self._wait_ahead("insert", InsertShape(*prefix_ids.shape, m, width, slot_ids.shape[1]))
         self.state = _insert(self.params, self.state, prefix_ids, prefix_mask, ids, mask, parent,
                              slot_ids.reshape(-1), RowSeeds(*(np.asarray(x) for x in seeds)),
                              prompt_width=self.prompt_width, copies=slot_ids.shape[1], **self._static())
@@ -271,6 +289,7 @@ class DecodeSlots:
     def run(self, max_steps: int, stop_at_active: int = 0) -> Round:
         """Dispatches at most `max_steps` decode steps, ending once at most `stop_at_active` rows are live
         (0: once every row has ended); returns without waiting for them."""
+        self._wait_ahead("run", self.slots)
         self.state, outputs = _run(self.params, self.state, self.eos_ids, np.int32(max_steps),
                                    np.int32(stop_at_active), sampler=self.sampler, logprobs=self.logprobs,
                                    **self._static())
@@ -287,6 +306,7 @@ class DecodeSlots:
             raise ValueError(f"cannot move {len(keep)} rows of {self.slots} slots to {slots} slots")
         index = np.zeros(slots, np.int32)
         index[:len(keep)] = keep
+        self._wait_ahead("gather", self.slots, slots)
         self.state = _gather(self.state, index, np.arange(slots) < len(keep), mesh=self.mesh, rules=self.rules)
         self.slots = slots
 
@@ -437,6 +457,7 @@ def _run(params, state: SlotState, eos_ids, max_steps, stop_at_active, *, graphd
             return t + 1, _placed(new, mesh, rules), kept + jnp.sum(live)
 
         t, state, kept = jax.lax.while_loop(cond, body, (jnp.int32(0), state, jnp.int32(0)))
+        state = _placed(state, mesh, rules)  # as every program leaves it: one layout, one compiled program each
         view = (t, kept, state.active, state.steps, state.tokens, state.logprobs)
         if mesh is not None:
             view = jax.lax.with_sharding_constraint(view, NamedSharding(mesh, PartitionSpec()))

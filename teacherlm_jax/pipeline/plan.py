@@ -34,7 +34,7 @@ REFERENCE = re.compile(r"^@([A-Za-z0-9_.\-/]+)$")
 STAGES = ("stage1", "stage2", "stage3")
 JOBS = ("suite", "tokenizer", "train", "augment", "eval")
 # Keys that say how a step runs, not what it computes: left out of its fingerprint.
-HOW_TO_RUN = ("distributed", "mesh", "rules", "process_index", "process_count")
+HOW_TO_RUN = ("distributed", "mesh", "mesh_scope", "rules", "process_index", "process_count")
 # A fresh model's architecture keys are dropped when the pipeline starts a run from a checkpoint (whose
 # architecture and family it is); these say how to run it and are kept.
 MODEL_RUN_KEYS = ("dtype", "param_dtype", "scan_layers", "remat_policy")
