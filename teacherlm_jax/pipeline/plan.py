@@ -246,10 +246,15 @@ def _sampled_augments(config: ml_collections.ConfigDict, name: str, needed: tupl
         job = _copy(by_step[source].config)
         job.sampling.update(sampling)
         job.kinds = tuple(k for k in job.kinds if k in needed)
-        step = Step(f"{source}-{name}", "augment", job, f"students.{name}.sampling")
+        step = Step(f"{source}-{name}", "augment", job, "augment")  # checks name the key of augment it failed
         steps.append(step)
         reads.update({k: step.name for k in job.kinds if k in needed})
     return reads
+
+
+def students_own_augment(step: Step) -> bool:
+    """Whether `step` is a student's own augment step (`augment/<kind>-<student>`, its `sampling`)."""
+    return step.job == "augment" and "-" in step.name
 
 
 def _student_datasets(config: ml_collections.ConfigDict, needed: tuple[str, ...],

@@ -20,7 +20,7 @@ from etils import epath
 from teacherlm_jax import report_json
 from teacherlm_jax.paths import write_atomic, write_figure
 from teacherlm_jax.pipeline import ablation
-from teacherlm_jax.pipeline.plan import Step
+from teacherlm_jax.pipeline.plan import Step, students_own_augment
 
 ANSWER_PHRASE = "So the answer is {}."
 BASELINE = "answers_only"
@@ -144,7 +144,7 @@ def write_report(config: ml_collections.ConfigDict, steps: list[Step], work: epa
     best = max(augmented_students, key=augmented_students.get) if augmented_students else None
     outputs: dict[str, list[epath.Path]] = {}
     for step in steps:
-        if step.job == "augment" and step.key == "augment":  # a student's own sampling: not the teacher's texts
+        if step.job == "augment" and not students_own_augment(step):  # the teacher's texts the report describes
             for kind in step.config.kinds:
                 outputs.setdefault(kind, []).extend(p for p in sorted((work / step.name / "augmented").iterdir())
                                                     if p.is_dir())
