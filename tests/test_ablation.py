@@ -125,6 +125,10 @@ def test_bad_config_names_the_key():
     config.students.finetune_cot_n4.sampling.num_sample = 4
     with pytest.raises(ConfigError, match=r"config.students.finetune_cot_n4.sampling: unknown keys \['num_sample'\]"):
         build_plan(config)
+    config = ablation_configs.get_config("tiny")
+    config.students.answers_only.sampling = {"num_samples": 2}
+    with pytest.raises(ConfigError, match="config.students.answers_only.sampling: its data.format='answer'"):
+        build_plan(config)
 
 
 def test_variants():

@@ -59,6 +59,8 @@ def section(predictions: dict[str, dict[str, list[dict]]]) -> dict[str, Any]:
     mean over seeds}} from each eval run's predictions {run: {task: rows}}."""
     runs = student_runs(list(predictions))
     runs = {n: runs[n] for n in sorted(runs, key=lambda n: n != BASELINE)}  # the baseline first, then config order
+    if not runs:
+        return {"ablation": {}, "ablation_per_family": {}}
     correct = {student: {seed: _correct(predictions[run]) for seed, run in sorted(seeds.items())}
                for student, seeds in runs.items()}
     questions = sorted(set.intersection(*(set(c) for seeds in correct.values() for c in seeds.values())))

@@ -181,7 +181,10 @@ def build_plan(config: ml_collections.ConfigDict) -> list[Step]:
                               f"texts, which no augment step writes (config.teacher.kinds={kinds}, "
                               f"config.teacher.stages={stages}, config.augment.datasets)")
         reads = augmented
-        if student.get("sampling") and needed:
+        if student.get("sampling"):
+            if not needed:
+                raise ConfigError(f"config.students.{name}.sampling: its data.format={fmt!r} reads no teacher "
+                                  f"texts to sample; remove it")
             reads = _sampled_augments(config, name, needed, augmented, steps)
         datasets = _student_datasets(config, needed, reads)
         own_init = student.train.model.get("init_from")

@@ -168,7 +168,8 @@ def write_report(config: ml_collections.ConfigDict, steps: list[Step], work: epa
     mean_chance = sum(chance.values()) / len(chance) if chance else None
     if config.get("seeds") is not None:  # an ablation: students over seeds, with intervals
         report.update(ablation.section(predictions))
-        ablation.chart(report["ablation"], mean_chance, work / "ablation.png")
+        if report["ablation"]:
+            ablation.chart(report["ablation"], mean_chance, work / "ablation.png")
     write_atomic(work / "report.json", report_json.dumps(report, indent=2) + "\n")
     runs = {s.name: work / s.name for s in steps if s.job == "train" and (work / s.name / "metrics.jsonl").exists()}
     if runs:
@@ -177,7 +178,7 @@ def write_report(config: ml_collections.ConfigDict, steps: list[Step], work: epa
         _accuracy_chart(accuracy, tasks, chance, work / "accuracy.png")
     figures = [name for name in ("loss_curves.png", "accuracy.png") if (work / name).exists()]
     text = _markdown(config, report, samples(outputs), figures)
-    if "ablation" in report:
+    if report.get("ablation"):
         title, rest = text.split("\n", 1)
         text = "\n".join([title, "", *ablation.markdown(report, mean_chance)]) + rest
     write_atomic(work / "report.md", text)
