@@ -58,7 +58,7 @@ def section(predictions: dict[str, dict[str, list[dict]]]) -> dict[str, Any]:
     """report.json's `ablation` {student: stats} and `ablation_per_family` {student: {family: accuracy, the
     mean over seeds}} from each eval run's predictions {run: {task: rows}}."""
     runs = student_runs(list(predictions))
-    runs = {n: runs[n] for n in sorted(runs, key=lambda n: n != BASELINE)}  # the baseline first, then config order
+    runs = {n: runs[n] for n in sorted(runs, key=lambda n: n != BASELINE)}  # the baseline first, then by name
     if not runs:
         return {"ablation": {}, "ablation_per_family": {}}
     correct = {student: {seed: _correct(predictions[run]) for seed, run in sorted(seeds.items())}
@@ -141,17 +141,17 @@ def chart(ablation: dict[str, Any], chance: float | None, out: epath.Path) -> No
     plt = pyplot()
     names = list(ablation)
     fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(names)), 4))
-    means = [ablation[n]["accuracy_mean"] for n in names]
-    bars = ax.bar(range(len(names)), means, yerr=[ablation[n]["accuracy_std"] for n in names], capsize=4,
-                  color="tab:blue", alpha=0.7)
-    ax.bar_label(bars, fmt="%.3f", fontsize=7, label_type="center")
+    means, stds = [ablation[n]["accuracy_mean"] for n in names], [ablation[n]["accuracy_std"] for n in names]
+    ax.bar(range(len(names)), means, yerr=stds, capsize=4, color="tab:blue", alpha=0.7)
     for i, n in enumerate(names):
-        ax.plot([i] * len(ablation[n]["seeds"]), list(ablation[n]["seeds"].values()), "k.", markersize=5)
+        seeds = list(ablation[n]["seeds"].values())
+        ax.plot([i] * len(seeds), seeds, "k.", markersize=5)
+        ax.text(i, max([means[i] + stds[i], *seeds]) + 0.02, f"{means[i]:.3f}", ha="center", fontsize=7)
     if chance is not None:
         ax.axhline(chance, color="red", linestyle="--", linewidth=1)
     ax.set_xticks(range(len(names)), names, rotation=20, ha="right")
-    ax.set(ylabel="accuracy (bars: mean ± std over seeds; dots: seeds; red: chance)", ylim=(0, 1),
-           title="Ablation at equal compute")
+    ax.set(ylabel="accuracy", ylim=(0, 1),
+           title="Ablation at equal compute: mean ± std over seeds (dots: seeds, red: chance)")
     fig.tight_layout()
     write_figure(fig, out, dpi=100)
     plt.close(fig)
