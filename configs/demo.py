@@ -62,6 +62,21 @@ def _stage(model: ml_collections.ConfigDict, fmt: str, *, steps: int, batch_size
     return config
 
 
+STUDENT_STEPS = 900
+
+
+def student_for(model: ml_collections.ConfigDict, fmt: str, style: str = "teacherlm", mode: str = "loglik", *,
+                steps: int, seq_len: int, batch_size: int = 16) -> ml_collections.ConfigDict:
+    """A demo student (`students.<name>`): Fine-tune-CoT's style is trained on the completion and ends with
+    EOS (generative eval stops there); TeacherLM's on the whole text."""
+    finetune_cot = style == "finetune_cot"
+    train = _stage(model, fmt, steps=steps, batch_size=batch_size, seq_len=seq_len, learning_rate=3e-3, style=style,
+                   loss_on="target" if finetune_cot else "all", add_eos=finetune_cot, seed=1)
+    # The overlap of its training examples with the test set: the student's decontamination.md.
+    train.data.decontaminate = ("@suite/test.jsonl",)
+    return student(train, mode)
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if arg not in (None, *VARIANTS):
         raise ValueError(f"configs/demo.py: unknown variant {arg!r}; known: {[v for v in VARIANTS if v]}")
@@ -108,16 +123,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     # Students: the same model, steps, batch and sequence length (equal compute); what differs is the text.
     student_model = _model(size)
-    student_steps = 900
 
     def student_config(fmt: str, style: str = "teacherlm", mode: str = "loglik") -> ml_collections.ConfigDict:
-        finetune_cot = style == "finetune_cot"
-        train = _stage(student_model, fmt, steps=student_steps, batch_size=16, seq_len=seq_len["students"],
-                       learning_rate=3e-3, style=style, loss_on="target" if finetune_cot else "all",
-                       add_eos=finetune_cot, seed=1)
-        # The overlap of its training examples with the test set: the student's decontamination.md.
-        train.data.decontaminate = ("@suite/test.jsonl",)
-        return student(train, mode)
+        return student_for(student_model, fmt, style, mode, steps=STUDENT_STEPS, seq_len=seq_len["students"])
 
     config.students = ml_collections.ConfigDict(dict(
         answers_only=student_config("answer"),  # TeacherLM's `text` student

@@ -18,7 +18,10 @@ Keys beside the steps:
   student_base        the model students start from unless their own model.init_from is set
   tokenizer.init_from one tokenizer for every step (default: each step's model's own)
   tokenizer.vocab_size with a `suite` (configs/demo.py): a tokenizer trained on the suite, for every step
-  students.<name>     {train: a training config, mode: how its evaluation scores it (loglik | generate)}
+  students.<name>     {train: a training config, mode: how its evaluation scores it (loglik | generate)}, and
+                      optionally sampling: overrides of augment.sampling for its own augment step
+  seeds               (optional) training seeds: one run per student and seed, with mean, std and intervals
+                      in the report (configs/ablation.py, docs/ablation.md)
 
 Variants:
   (none)  bloom-560m teacher and students on the shared datasets; stage 2 and 3 on chain of thought only

@@ -35,6 +35,7 @@ FILES: dict[str, tuple[str | None, ...]] = {
     "configs/student/finetune.py": ("cot", "text", "manual", "fundamentals", "mistakes", "mixed", "cot,ftcot",
                                     "cot,opt", "cot,tiny"),
     "configs/demo.py": (None, "full", "tiny"),
+    "configs/ablation.py": (None, "answer_first", "tiny"),
     "configs/compile.py": (None, "tiny", "bloom-1b1", "bloom-1b7", "bloom-3b", "bloom-7b1", "bloom"),
 }
 
@@ -149,6 +150,15 @@ _TRAIN = {
     "stage": "Teacher stage name (informational: logged and kept with the run).",
     "student": "Student variant (`text`, `manual`, `cot`, ...; informational).",
 }
+ABLATION = {  # configs/ablation.py's students (the kind students in the rationale-first layout unless answer_first)
+    "cot": "Ablation student on the cot teacher's (greedy) texts.",
+    "fundamentals": "Ablation student on the fundamentals teacher's texts.",
+    "mistakes": "Ablation student on the common-mistakes teacher's texts.",
+    "all_kinds": "Ablation student on all three kinds, each its own example, 1:1:1 (TeacherLM's multi-kind student).",
+    "finetune_cot_n1": "Fine-tune-CoT student on one sampled chain of thought per question.",
+    "finetune_cot_n4": "Fine-tune-CoT student on four sampled chains of thought per question, each its own example.",
+}
+
 DESCRIPTIONS: dict[str, dict[str, str]] = {
     "train": _TRAIN,
     "compile": {
@@ -257,13 +267,21 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
                 "mode set per model).",
         **{f"students.{name}.mode": "Evaluation: `loglik` (letter log-likelihood) or `generate` (Fine-tune-CoT "
                                     "generation, answer parsed)."
-           for name in ("answers_only", "teacherlm_cot", "teacherlm_mixed", "finetune_cot")},
+           for name in ("answers_only", "teacherlm_cot", "teacherlm_mixed", "finetune_cot", *ABLATION)},
         **{f"students.{name}.train": text for name, text in {
             "answers_only": "Student on questions and answers only (TeacherLM's `text` student).",
             "teacherlm_cot": "Student on the teacher prompt + the teacher's chain of thought (TeacherLM layout).",
             "teacherlm_mixed": "Student on every teacher kind, each as its own example.",
             "finetune_cot": "Student on Fine-tune-CoT's layout: rationale, then ` --> X`.",
+            **ABLATION,
         }.items()},
+        **{f"students.finetune_cot_n{n}.sampling": f"This student's own augment step (`augment/cot-finetune_cot_n{n}`):"
+                                                   f" overrides of augment.sampling, here {n} sample(s) per question "
+                                                   "at temperature 0.7, each its own example."
+           for n in (1, 4)},
+        "seeds": "Training seeds: each student trains once per seed (`students/<name>/seed<k>`, its `seed` = k: "
+                 "the data order), evaluated per seed; the report gives mean, std and bootstrap intervals "
+                 "(docs/ablation.md). Absent: one run per student.",
     },
 }
 for _job in DESCRIPTIONS:

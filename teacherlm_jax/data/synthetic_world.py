@@ -10,6 +10,15 @@ TeacherLM's claim in miniature: the rationale is what transfers (to a model smal
 on a laptop CPU in minutes, unlike the arithmetic families of `synthetic.py`, whose rationales need
 copying numbers and names out of the question, which such a model does not learn in that time).
 
+Each record's gold texts carry information its answer does not, each kind its own (docs/ablation.md):
+  cot           the two facts chained to the answer: "Ann's pet is Rex. Rex is brown. So the answer is brown."
+  fundamentals  the facts the question needs, as background: "The color belongs to the pet, not the
+                person. Ann's pet is Rex. Rex is brown."
+  mistakes      the confusable facts, those of a similar person (one who lives in the same town, for a pet
+                question; who has the same pet, for a town question) whose pet (town) differs in the asked
+                attribute, then the right link: "A common mistake is to answer for Bob: Bob's pet is Mimi.
+                Mimi is black, which gives black. But Ann's pet is Rex."
+
 The world (`build_world(seed)`): 48 people, 8 pets and 8 towns; every person has one pet and lives
 in one town (6 people per pet and per town); pets and towns have six attributes each, every value
 shared by 2 of the 8. Families (`WORLD_FAMILIES`, one per attribute) ask one attribute: `pet_kind`,
@@ -128,18 +137,22 @@ def _record(world: World, name: str, person: str, rng: random.Random) -> dict:
     link = _LINK[relation.thing].format(person=person, thing=thing)
     fact = relation.fact.format(thing=thing, value=value)
     attribute = relation.attribute
-    # The typical mistake: the attribute of another pet (town), one with a different value.
-    others = [t for t, v in world.attributes[name].items() if t != thing and v != value]
-    other = rng.choice(sorted(others))
+    # The confusable facts: a similar person (sharing the other thing: same town for a pet question, same pet
+    # for a town question) whose pet (town) differs in the asked attribute, and that pet's (town's) value.
+    other_thing = "town" if relation.thing == "pet" else "pet"
+    differs = [p for p, t in sorted(world.has[relation.thing].items()) if world.attributes[name][t] != value]
+    similar = [p for p in differs if world.has[other_thing][p] == world.has[other_thing][person]]
+    neighbor = rng.choice(similar or differs)
+    other = world.has[relation.thing][neighbor]
     wrong = world.attributes[name][other]
     return {
         "question": relation.question.format(person=person), "choices": list(relation.values),
         "answer": relation.values.index(value), "subject": name,
         "cot": f"{link} {fact} So the answer is {value}.",
-        "fundamentals": f"The {attribute} is a fact about the {relation.thing}, not the person: first find "
-                        f"which {relation.thing} it is. {link}",
-        "mistakes": f"A common mistake is to give the {attribute} of another {relation.thing}, such as {other}, "
-                    f"which gives {wrong}; but {link} {fact}",
+        "fundamentals": f"The {attribute} belongs to the {relation.thing}, not the person. {link} {fact}",
+        "mistakes": f"A common mistake is to answer for {neighbor}: "
+                    f"{_LINK[relation.thing].format(person=neighbor, thing=other)} "
+                    f"{relation.fact.format(thing=other, value=wrong)[:-1]}, which gives {wrong}. But {link}",
     }
 
 

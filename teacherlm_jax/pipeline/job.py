@@ -182,8 +182,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     if not primary:
         return {}
     report = write_report(config, steps, work, timings={s.name: timings.get(s.name, 0.0) for s in steps})
-    numbers = {"steps": f"{len(steps)} ({len(to_run)} run, {len(steps) - len(to_run)} reused)",
-               **{name: f"{100 * accuracy:.1f}%" for name, accuracy in report["students"].items()}}
+    numbers = {"steps": f"{len(steps)} ({len(to_run)} run, {len(steps) - len(to_run)} reused)"}
+    if "ablation" in report:  # one line per student, over its seeds
+        numbers.update({name: f"{100 * s['accuracy_mean']:.1f}% ± {100 * s['accuracy_std']:.1f} over "
+                              f"{len(s['seeds'])} seeds" for name, s in report["ablation"].items()})
+    else:
+        numbers.update({name: f"{100 * accuracy:.1f}%" for name, accuracy in report["students"].items()})
     if report["gain"] is not None:
         numbers["gain"] = f"{report['best_augmented']} {100 * report['gain']:+.1f} points over answers_only"
     report_summary("pipeline", numbers, {"report": work / "report.md", "steps": work / PLAN})

@@ -12,11 +12,15 @@ depends on the steps it references; the pipeline fills in the references that ch
                                         before stage 3
     augment/<kind> | augment/all        config.augment on its datasets, by each stage-3 teacher for its kind,
                                         or (no stage 3) by the last teacher for every kind
+    augment/<kind>-<student>            a student with its own `sampling` (overrides of config.augment.sampling,
+                                        e.g. Fine-tune-CoT's several samples at temperature > 0): the same
+                                        augmentation with those settings, for the kinds that student reads
     students/<name>                     config.students.<name>.train; its datasets default to the augment
                                         output its format needs (answers-only: the augmented questions);
-                                        its model to config.student_base
+                                        its model to config.student_base. With config.seeds (training seeds),
+                                        one run per seed, `students/<name>/seed<k>` (config `seed` = k)
     eval/teacher, eval/<student>        config.eval on config.eval.tasks, for config.teacher.evaluate and
-                                        each student (in its `mode`)
+                                        each student run (in its `mode`): `eval/<name>[/seed<k>]`
 """
 from __future__ import annotations
 
@@ -166,6 +170,8 @@ def build_plan(config: ml_collections.ConfigDict) -> list[Step]:
 
     students = config.get("students") or {}
     base = config.get("student_base")
+    seeds = _seeds(config)
+    runs: dict[str, tuple[str, str]] = {}  # student run (its name in eval/, reports) -> (student, eval mode)
     for name, student in students.items():
         fmt = student.train.data.format
         needed = kinds if fmt == "mixed" else (fmt,) if fmt in KINDS else ()
@@ -174,10 +180,21 @@ def build_plan(config: ml_collections.ConfigDict) -> list[Step]:
             raise ConfigError(f"config.students.{name}.train.data.format={fmt!r} needs the teacher's {missing} "
                               f"texts, which no augment step writes (config.teacher.kinds={kinds}, "
                               f"config.teacher.stages={stages}, config.augment.datasets)")
-        datasets = _student_datasets(config, needed, augmented)
+        reads = augmented
+        if student.get("sampling"):
+            if not needed:
+                raise ConfigError(f"config.students.{name}.sampling: its data.format={fmt!r} reads no teacher "
+                                  f"texts to sample; remove it")
+            reads = _sampled_augments(config, name, needed, augmented, steps)
+        datasets = _student_datasets(config, needed, reads)
         own_init = student.train.model.get("init_from")
-        steps.append(_train_step(f"students/{name}", f"students.{name}.train", student.train,
-                                 init_from=None if own_init else base, tokenizer=tokenizer, datasets=datasets))
+        for run in [name] if seeds is None else [f"{name}/seed{seed}" for seed in seeds]:
+            step = _train_step(f"students/{run}", f"students.{name}.train", student.train,
+                               init_from=None if own_init else base, tokenizer=tokenizer, datasets=datasets)
+            if seeds is not None:
+                step.config.seed = int(run.rsplit("seed", 1)[1])
+            steps.append(step)
+            runs[run] = (name, student.mode)
 
     if config.get("eval") is not None and tuple(config.eval.tasks):
         evaluated = {}
@@ -191,10 +208,10 @@ def build_plan(config: ml_collections.ConfigDict) -> list[Step]:
             evaluated["teacher"] = (chosen, "loglik")
         from teacherlm_jax.eval.job import MODES
 
-        for name, student in students.items():
-            if student.mode not in MODES:
-                raise ConfigError(f"config.students.{name}.mode={student.mode!r}; expected one of {MODES}")
-            evaluated[name] = (f"@students/{name}", student.mode)
+        for run, (name, mode) in runs.items():
+            if mode not in MODES:
+                raise ConfigError(f"config.students.{name}.mode={mode!r}; expected one of {MODES}")
+            evaluated[run] = (f"@students/{run}", mode)
         for name, (model, mode) in evaluated.items():
             job = _copy(config.eval)
             job.model.init_from = model
@@ -204,6 +221,43 @@ def build_plan(config: ml_collections.ConfigDict) -> list[Step]:
             steps.append(Step(f"eval/{name}", "eval", job, "eval", mode=mode))
     check_references(steps)
     return steps
+
+
+def _seeds(config: ml_collections.ConfigDict) -> tuple[int, ...] | None:
+    """config.seeds: the students' training seeds (one run each), or None (one run, its own config.seed)."""
+    seeds = config.get("seeds")
+    if seeds is None:
+        return None
+    seeds = tuple(seeds)
+    if not seeds or len(set(seeds)) != len(seeds) or not all(isinstance(s, int) and s >= 0 for s in seeds):
+        raise ConfigError(f"config.seeds={seeds}: expected distinct integers >= 0 (or None: one run per student)")
+    return seeds
+
+
+def _sampled_augments(config: ml_collections.ConfigDict, name: str, needed: tuple[str, ...],
+                      augmented: dict[str, str], steps: list[Step]) -> dict[str, str]:
+    """Adds the augment steps of a student with its own `sampling`: for each augment step writing a kind it
+    reads, the same job with config.augment.sampling overridden; returns {kind: step} for that student."""
+    sampling = config.students[name].sampling.to_dict()
+    unknown = sorted(set(sampling) - set(config.augment.sampling))
+    if unknown:
+        raise ConfigError(f"config.students.{name}.sampling: unknown keys {unknown}; "
+                          f"expected keys of config.augment.sampling {sorted(config.augment.sampling)}")
+    by_step = {s.name: s for s in steps}
+    reads: dict[str, str] = {}
+    for source in dict.fromkeys(augmented[k] for k in needed):
+        job = _copy(by_step[source].config)
+        job.sampling.update(sampling)
+        job.kinds = tuple(k for k in job.kinds if k in needed)
+        step = Step(f"{source}-{name}", "augment", job, "augment")  # checks name the key of augment it failed
+        steps.append(step)
+        reads.update({k: step.name for k in job.kinds if k in needed})
+    return reads
+
+
+def students_own_augment(step: Step) -> bool:
+    """Whether `step` is a student's own augment step (`augment/<kind>-<student>`, its `sampling`)."""
+    return step.job == "augment" and "-" in step.name
 
 
 def _student_datasets(config: ml_collections.ConfigDict, needed: tuple[str, ...],

@@ -6,7 +6,8 @@ mean over tasks}, `teacher` (the evaluated teacher's, likewise; None without one
 (MMLU's subjects, the suite's families; a task without subjects counts as one), `augmentation` {kind: records,
 the summary's quality counts and, where the data has gold texts (the demo's suite), how often the teacher's
 text equals the gold one (`exact`) and, for cot, ends on the right answer (`answer`)}, `eval_modes`, `timings`
-(seconds per step) and `total_seconds`.
+(seconds per step) and `total_seconds`. With `config.seeds` (an ablation, configs/ablation.py) also `ablation`
+and `ablation_per_family` (teacherlm_jax/pipeline/ablation.py), first in report.md, and ablation.png.
 """
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from etils import epath
 
 from teacherlm_jax import report_json
 from teacherlm_jax.paths import write_atomic, write_figure
-from teacherlm_jax.pipeline.plan import Step
+from teacherlm_jax.pipeline import ablation
+from teacherlm_jax.pipeline.plan import Step, students_own_augment
 
 ANSWER_PHRASE = "So the answer is {}."
 BASELINE = "answers_only"
@@ -77,7 +79,7 @@ def samples(outputs: dict[str, list[epath.Path]], per_subject_count: int = 1, li
     return chosen
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -87,7 +89,7 @@ def _pyplot():
 
 
 def _loss_curves(runs: dict[str, epath.Path], out: epath.Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     fig, (teacher_ax, student_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
     for name, run_dir in runs.items():
         rows = [r for r in _read_jsonl(run_dir / "metrics.jsonl") if "loss" in r]
@@ -104,7 +106,7 @@ def _loss_curves(runs: dict[str, epath.Path], out: epath.Path) -> None:
 
 def _accuracy_chart(accuracy: dict[str, dict[str, float]], tasks: list[str], chance: dict[str, float],
                     out: epath.Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(8, 1.2 * len(accuracy) * len(tasks)), 4))
     names, width = list(accuracy), 0.8 / len(tasks)
     for t, task in enumerate(tasks):
@@ -142,7 +144,7 @@ def write_report(config: ml_collections.ConfigDict, steps: list[Step], work: epa
     best = max(augmented_students, key=augmented_students.get) if augmented_students else None
     outputs: dict[str, list[epath.Path]] = {}
     for step in steps:
-        if step.job == "augment":
+        if step.job == "augment" and not students_own_augment(step):  # the teacher's texts the report describes
             for kind in step.config.kinds:
                 outputs.setdefault(kind, []).extend(p for p in sorted((work / step.name / "augmented").iterdir())
                                                     if p.is_dir())
@@ -163,6 +165,11 @@ def write_report(config: ml_collections.ConfigDict, steps: list[Step], work: epa
         "timings": timings,
         "total_seconds": round(sum(timings.values()), 1),
     }
+    mean_chance = sum(chance.values()) / len(chance) if chance else None
+    if config.get("seeds") is not None:  # an ablation: students over seeds, with intervals
+        report.update(ablation.section(predictions))
+        if report["ablation"]:
+            ablation.chart(report["ablation"], mean_chance, work / "ablation.png")
     write_atomic(work / "report.json", report_json.dumps(report, indent=2) + "\n")
     runs = {s.name: work / s.name for s in steps if s.job == "train" and (work / s.name / "metrics.jsonl").exists()}
     if runs:
@@ -170,7 +177,11 @@ def write_report(config: ml_collections.ConfigDict, steps: list[Step], work: epa
     if accuracy and tasks:
         _accuracy_chart(accuracy, tasks, chance, work / "accuracy.png")
     figures = [name for name in ("loss_curves.png", "accuracy.png") if (work / name).exists()]
-    write_atomic(work / "report.md", _markdown(config, report, samples(outputs), figures))
+    text = _markdown(config, report, samples(outputs), figures)
+    if report.get("ablation"):
+        title, rest = text.split("\n", 1)
+        text = "\n".join([title, "", *ablation.markdown(report, mean_chance)]) + rest
+    write_atomic(work / "report.md", text)
     return report
 
 
