@@ -3,7 +3,9 @@ TeacherLM's MMLU contexts reach the model, a model rigged to answer B scores the
 the generative parser, and the job end to end through `teacherlm_jax.main`."""
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import os
 import subprocess
 import sys
@@ -130,6 +132,38 @@ def test_same_shapes_compile_once(model, tokenizer):
     contexts, continuations = choice_tokens(tokenizer, records(4, seed=2))
     scoring.loglik_choices(model, contexts, continuations, batch_size=4, max_length=66)
     assert scoring.num_traces() == before  # same buckets: no new program
+
+
+def test_planned_widths_pad_least_within_the_program_budget():
+    """A run of n batches compiles at most ceil(sqrt(n)) prefill widths; each batch gets at least its own
+    width; among plans within the budget, the one with the fewest padded columns (brute force on small runs)."""
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        n = int(rng.integers(1, 9))
+        own = sorted(rng.choice([16, 24, 32, 48, 64, 96, 128, 192], n).tolist(), reverse=True)
+        planned = scoring.plan_widths(own)
+        budget = math.ceil(math.sqrt(n))
+        assert len(planned) == n and all(p >= w for p, w in zip(planned, own))
+        assert len(set(planned)) <= max(budget, 1)
+        best = min(sum(max(own[i:j]) * (j - i) for i, j in zip((0, *cuts), (*cuts, n)))
+                   for k in range(budget) for cuts in itertools.combinations(range(1, n), k))
+        assert sum(planned) == best, (own, planned)
+        if len(set(own)) <= budget:
+            assert planned == own
+
+
+def test_a_short_run_compiles_few_programs(model, tokenizer):
+    """Five batches of five different prefill buckets compile three scoring programs, not five, and score
+    what one batch at a time does."""
+    lengths = [150, 100, 60, 40, 20]
+    contexts = [[5 + (i * 7 + j) % 80 for j in range(n)] for i, n in enumerate(lengths)]
+    continuations = [[[10], [11], [12]] for _ in lengths]
+    before = scoring.num_traces()
+    result = scoring.loglik_choices(model, contexts, continuations, batch_size=1, max_length=200)
+    assert scoring.num_traces() - before <= 3
+    for q in (0, 4):
+        alone = scoring.loglik_choices(model, contexts[q:q + 1], continuations[q:q + 1], batch_size=1, max_length=200)
+        np.testing.assert_allclose(result.scores[q], alone.scores[0], rtol=1e-5, atol=1e-5)
 
 
 def test_mmlu_context_reaches_the_model(tokenizer):

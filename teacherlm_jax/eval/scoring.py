@@ -13,6 +13,9 @@ context position. Otherwise each choice is its own row.
 
 Shapes are fixed per batch: `batch_size` rows (the last batch padded with copies), the prefill padded
 on the left to a length bucket, the step to a power of two, so a dataset compiles a handful of programs.
+A short run pays for each program's compile more than for padding, so a run of n batches of one step width
+compiles at most ceil(sqrt(n)) prefill widths (`plan_widths`): batches share the widths that pad the
+fewest columns. A long run keeps every bucket (a full MMLU run has ~1,750 batches of 8).
 Contexts too long for `max_length` model positions are cut on the left (lm-evaluation-harness keeps
 the last `max_length + 1` tokens of context + continuation) and reported as truncated.
 """
@@ -21,6 +24,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import itertools
+import math
 from collections.abc import Callable, Sequence
 
 import jax
@@ -96,15 +101,53 @@ def make_rows(contexts: Sequence[Sequence[int]], continuations: Sequence[Sequenc
     return rows
 
 
-def _pad_batch(rows: list[Row], batch_size: int, max_length: int, pad_id: int) -> dict[str, np.ndarray]:
-    """Each row's input is context + continuation minus its last token; its last `steps` tokens
-    (left-padded when shorter) form the step, the rest the left-padded prefill. Aligning rows on
-    the right keeps prefill + step within max_length."""
-    rows = rows + [rows[-1]] * (batch_size - len(rows))  # copies; their results are dropped
+def _widths(rows: list[Row], max_length: int) -> tuple[int, int]:
+    """(step width, prefill width) of a batch: the step a power of two, the prefill its longest row's bucket."""
     steps = min(step_bucket(max(r.steps for r in rows)), max_length)
+    longest = max(max(len(r.context) + r.steps - 1 - steps for r in rows), 0)
+    return steps, max(longest, min(bucket_length(longest, PREFILL_BUCKETS), max_length - steps))
+
+
+def plan_widths(widths: Sequence[int]) -> list[int]:
+    """The prefill width of each of a run's batches (their own `widths`, in run order, one step width): at
+    most ceil(sqrt(len(widths))) distinct widths, each batch padded to the widest of its run of consecutive
+    batches, the runs chosen for the fewest padded columns (batches come longest first)."""
+    widths = list(widths)
+    programs = math.isqrt(max(len(widths) - 1, 0)) + 1
+    if len(set(widths)) <= programs:
+        return widths
+    groups = [(w, len(list(run))) for w, run in itertools.groupby(widths)]  # runs of equal widths
+    # cost[p][j]: the fewest columns for groups[:j] in p segments; a segment takes its widest group's width
+    inf = float("inf")
+    cost = [[inf] * (len(groups) + 1) for _ in range(programs + 1)]
+    back = [[0] * (len(groups) + 1) for _ in range(programs + 1)]
+    cost[0][0] = 0
+    for p in range(1, programs + 1):
+        for j in range(1, len(groups) + 1):
+            widest, count = 0, 0
+            for i in range(j - 1, -1, -1):  # the segment groups[i:j]
+                widest, count = max(widest, groups[i][0]), count + groups[i][1]
+                if cost[p - 1][i] + widest * count < cost[p][j]:
+                    cost[p][j], back[p][j] = cost[p - 1][i] + widest * count, i
+    p = min(range(1, programs + 1), key=lambda q: cost[q][len(groups)])
+    planned, j = [], len(groups)
+    while j:
+        i = back[p][j]
+        widest = max(w for w, _ in groups[i:j])
+        planned[:0] = [widest] * sum(n for _, n in groups[i:j])
+        j, p = i, p - 1
+    return planned
+
+
+def _pad_batch(rows: list[Row], batch_size: int, max_length: int, pad_id: int,
+               width: int | None = None) -> dict[str, np.ndarray]:
+    """Each row's input is context + continuation minus its last token; its last `steps` tokens
+    (left-padded when shorter) form the step, the rest the left-padded prefill (`width`: the batch's
+    own, unless planned wider). Aligning rows on the right keeps prefill + step within max_length."""
+    rows = rows + [rows[-1]] * (batch_size - len(rows))  # copies; their results are dropped
+    steps, own = _widths(rows, max_length)
+    width = own if width is None else width
     seqs = [r.context + r.continuations[0][:-1] for r in rows]
-    longest = max(max(len(s) - steps for s in seqs), 0)
-    width = max(longest, min(bucket_length(longest, PREFILL_BUCKETS), max_length - steps))
     num_choices = max(len(r.continuations) for r in rows)
     prefill, prefill_mask = left_pad([s[:-steps] for s in seqs], width, pad_id)
     step, step_mask = left_pad([s[-steps:] for s in seqs], steps, pad_id)
@@ -188,7 +231,7 @@ def score_rows(model: nnx.Module, rows: Sequence[Row], *, batch_size: int, max_l
         if progress is not None:
             progress(len(chunk))
 
-    start, pending = 0, None
+    chunks, start = [], 0
     while start < len(order):
         # A batch holds one step width: single-token rows are never padded to a multi-token width.
         steps = step_bucket(rows[order[start]].steps)
@@ -196,13 +239,19 @@ def score_rows(model: nnx.Module, rows: Sequence[Row], *, batch_size: int, max_l
         while len(chunk) < batch_size and start + len(chunk) < len(order) \
                 and step_bucket(rows[order[start + len(chunk)]].steps) == steps:
             chunk.append(order[start + len(chunk)])
-        arrays = _pad_batch([rows[i] for i in chunk], batch_size, max_length, int(pad_id))
+        chunks.append(chunk)
+        start += len(chunk)
+    own = [_widths([rows[i] for i in chunk], max_length) for chunk in chunks]
+    planned = [width for _, group in itertools.groupby(own, key=lambda w: w[0])
+               for width in plan_widths([w for _, w in group])]
+    pending = None
+    for chunk, width in zip(chunks, planned):
+        arrays = _pad_batch([rows[i] for i in chunk], batch_size, max_length, int(pad_id), width)
         sums = _score_program(state, *(_put(arrays[k], mesh, rules) for k in _INPUTS),
                               graphdef=graphdef, mesh=mesh, rules=rules)
         if pending is not None:  # read the previous batch while this one runs (dispatch is asynchronous)
             collect(*pending)
         pending = (chunk, sums)
-        start += len(chunk)
     if pending is not None:
         collect(*pending)
     return out  # type: ignore[return-value]
