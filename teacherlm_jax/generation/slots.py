@@ -194,8 +194,12 @@ class DecodeSlots:
     def _empty(self, slots: int) -> SlotState:
         state = _empty_state(self.params, slots=slots, length=self.length, max_new=self.max_new_tokens,
                              logprobs=self.logprobs, **self._static())
-        # Committed to its device, as every program's output from it is: one input layout, one program each.
-        return state if self.mesh is not None else jax.device_put(state, jax.tree.leaves(self.params)[0].sharding)
+        # Committed to the parameters' device, as every program's output from it is: one input layout, one
+        # program each (on a mesh, `_placed` lays it out).
+        devices = jax.tree.leaves(self.params)[0].sharding.device_set
+        if self.mesh is not None or len(devices) != 1:
+            return state
+        return jax.device_put(state, jax.sharding.SingleDeviceSharding(next(iter(devices))))
 
     def reset(self, slots: int | None = None) -> None:
         """Empty slots, `slots` of them (default: as many as the slots were made with, before any `shrink`)."""
