@@ -131,7 +131,9 @@ class TeacherLMJax(TemplateLM):
                               disable_tqdm: bool = False, **kwargs: Any) -> list[tuple[float, bool]]:
         """(sum of log p(continuation | context), whether the continuation is greedy) per request."""
         rows, where = [], []  # where[i]: (row, position in the row) of request i
-        shared: dict[tuple[int, ...], int] = {}  # a context of one-token continuations -> its row
+        # lm-eval's `hf` backend groups requests by context + continuation[:-1] and scores a group with one
+        # forward; here such a group is one row (the continuations differ only in their last token).
+        shared: dict[tuple[tuple[int, ...], tuple[int, ...]], int] = {}
         for _, whole, continuation in requests:
             continuation = tuple(continuation)
             keep = self.max_length + 1 - len(continuation)  # lm-eval keeps the last max_length + 1 tokens
@@ -139,14 +141,14 @@ class TeacherLMJax(TemplateLM):
                 raise ValueError(f"a continuation of {len(continuation)} tokens does not fit max_length="
                                  f"{self.max_length}")
             context = tuple(whole[-keep:])
-            if len(continuation) == 1 and context in shared:
-                row = rows[shared[context]]
-                rows[shared[context]] = Row(row.question, row.choices + (len(row.choices),), row.context,
-                                            row.continuations + (continuation,), row.truncated)
-                where.append((shared[context], len(row.choices)))
+            key = (context, continuation[:-1])
+            if key in shared:
+                row = rows[shared[key]]
+                rows[shared[key]] = Row(row.question, row.choices + (len(row.choices),), row.context,
+                                        row.continuations + (continuation,), row.truncated)
+                where.append((shared[key], len(row.choices)))
                 continue
-            if len(continuation) == 1:
-                shared[context] = len(rows)
+            shared[key] = len(rows)
             where.append((len(rows), 0))
             rows.append(Row(len(rows), (0,), context, (continuation,), len(whole) > keep))
         scored = score_rows(self.model, rows, batch_size=self.batch_size, max_length=self.max_length,

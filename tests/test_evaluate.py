@@ -120,18 +120,59 @@ def test_multi_token_choices_match_torch(checkpoint, model, tokenizer, score):
     assert result.truncated[2] and not result.truncated[1]
 
 
-def test_one_row_per_question_for_single_token_choices():
-    rows = scoring.make_rows([[5, 6, 7], [8]], [[[1], [2], [3]], [[1, 2], [3]]], max_length=16)
-    assert [(r.question, r.choices) for r in rows] == [(0, (0, 1, 2)), (1, (0,)), (1, (1,))]
+def test_one_row_per_group_of_choices_equal_but_for_their_last_token():
+    rows = scoring.make_rows([[5, 6, 7], [8], [9]], [[[1], [2], [3]], [[1, 2], [3]], [[4, 1], [4, 2], [5, 1]]],
+                             max_length=16)
+    assert [(r.question, r.choices) for r in rows] == [(0, (0, 1, 2)), (1, (0,)), (1, (1,)), (2, (0, 1)), (2, (2,))]
+    assert rows[3].tokens == (9, 4) and rows[3].continuations == ((4, 1), (4, 2))
 
 
-def test_same_shapes_compile_once(model, tokenizer):
-    contexts, continuations = choice_tokens(tokenizer, records(4, seed=1))
-    scoring.loglik_choices(model, contexts, continuations, batch_size=4, max_length=66)
-    before = scoring.num_traces()
-    contexts, continuations = choice_tokens(tokenizer, records(4, seed=2))
-    scoring.loglik_choices(model, contexts, continuations, batch_size=4, max_length=66)
-    assert scoring.num_traces() == before  # same buckets: no new program
+def test_shared_prefix_choices_match_torch(checkpoint, model, tokenizer):
+    """Byte-level " A" / " B": two tokens each, the space shared, scored from one row."""
+    contexts = scoring.encode(tokenizer, ["Q: the cat sat on the mat. Answer:", "Q: sun?"])
+    continuations = [scoring.encode(tokenizer, [" A", " B", " C"]), scoring.encode(tokenizer, [" yes", " no"])]
+    assert len(scoring.make_rows(contexts, continuations, 64)) == 3
+    result = scoring.loglik_choices(model, contexts, continuations, score="sum", batch_size=2, max_length=64)
+    expected = torch_scores(checkpoint[1], contexts, continuations, score="sum", max_length=64)
+    for got, want in zip(result.scores, expected):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_batches_hold_every_row_once_within_their_width():
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        lengths = rng.integers(1, 200, int(rng.integers(1, 80))).tolist()
+        sequences = int(rng.integers(1, 9))
+        batches = scoring.plan_batches(lengths, sequences, max_length=256, hidden_size=64)
+        assert sorted(i for _, batch in batches for seq in batch for i in seq) == list(range(len(lengths)))
+        for width, batch in batches:
+            assert len(batch) <= sequences and all(sum(lengths[i] for i in seq) <= width <= 256 for seq in batch)
+            assert width % scoring.WIDTH_STEP == 0 or width == 256
+        widths = [width for width, _ in batches]
+        assert widths == sorted(widths, reverse=True)  # longest first
+        own = scoring._fill(lengths, sequences, 256, allowed=None)  # every batch at its own width
+        assert len(set(widths)) <= math.isqrt(max(len(own) - 1, 0)) + 1  # programs: ceil(sqrt(own batches))
+        # first fit decreasing: a row left for a later batch fits no gap of an earlier one's sequences
+        for k, (width, batch) in enumerate(batches):
+            gaps = [width - sum(lengths[i] for i in seq) for seq in batch]
+            later = [lengths[i] for _, b in batches[k + 1:] for seq in b for i in seq]
+            if len(batch) == sequences and later:
+                assert min(later) > max(gaps)
+    with pytest.raises(ValueError, match="does not fit max_length"):
+        scoring.plan_batches([5, 9], 2, max_length=8, hidden_size=64)
+
+
+def test_long_rows_are_not_packed_wider_than_they_need():
+    """Five-shot MMLU's long rows (here 450-587 tokens: no two share a sequence of their own width): each
+    batch about as wide as its longest row; zero-shot's (35-164): a few batches of one width."""
+    lengths = list(range(450, 588, 3))
+    batches = scoring.plan_batches(lengths, 8, max_length=2048, hidden_size=1024)
+    assert batches[0][0] == -(-587 // scoring.WIDTH_STEP) * scoring.WIDTH_STEP and batches[-1][0] < batches[0][0]
+    assert sum(8 * width for width, _ in batches) < 1.25 * sum(lengths)
+    lengths = list(range(35, 165, 3))
+    batches = scoring.plan_batches(lengths, 8, max_length=2048, hidden_size=1024)
+    assert len({width for width, _ in batches}) == 1
+    assert sum(8 * width for width, _ in batches) < 1.1 * sum(lengths)
 
 
 def test_planned_widths_pad_least_within_the_program_budget():
@@ -152,18 +193,21 @@ def test_planned_widths_pad_least_within_the_program_budget():
             assert planned == own
 
 
-def test_a_short_run_compiles_few_programs(model, tokenizer):
-    """Five batches of five different prefill buckets compile three scoring programs, not five, and score
-    what one batch at a time does."""
-    lengths = [150, 100, 60, 40, 20]
+def test_a_run_compiles_few_programs_and_scores_as_rows_alone(model, tokenizer):
+    """Rows of very different lengths over seven batches: at most ceil(sqrt(7)) scoring programs, and each
+    question's scores those it gets scored alone."""
+    lengths = [150, 100, 60, 40, 20, 9, 3]
     contexts = [[5 + (i * 7 + j) % 80 for j in range(n)] for i, n in enumerate(lengths)]
-    continuations = [[[10], [11], [12]] for _ in lengths]
+    continuations = [[[10], [11], [12]] if i % 2 else [[10, 11], [12]] for i in range(len(lengths))]
     before = scoring.num_traces()
     result = scoring.loglik_choices(model, contexts, continuations, batch_size=1, max_length=200)
-    assert scoring.num_traces() - before <= 3
-    for q in (0, 4):
+    assert 1 <= scoring.num_traces() - before <= 3
+    for q in (0, 4, 5, 6):
         alone = scoring.loglik_choices(model, contexts[q:q + 1], continuations[q:q + 1], batch_size=1, max_length=200)
         np.testing.assert_allclose(result.scores[q], alone.scores[0], rtol=1e-5, atol=1e-5)
+    before = scoring.num_traces()
+    scoring.loglik_choices(model, contexts, continuations, batch_size=1, max_length=200)
+    assert scoring.num_traces() == before  # the same run again: no new program
 
 
 def test_mmlu_context_reaches_the_model(tokenizer):

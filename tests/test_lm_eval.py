@@ -94,8 +94,8 @@ def test_results_equal_the_hf_backend(checkpoint, tmp_path):
             for x, y in zip(a["resps"], b["resps"]):
                 if task == "tl_creak_generate":
                     assert x == y
-                elif task == "tl_creak_rolling":
-                    np.testing.assert_allclose(x[0], y[0], atol=1e-4)
+                elif task == "tl_creak_rolling":  # a sum of a whole text's float32 log-probs (~-800): its
+                    np.testing.assert_allclose(x[0], y[0], rtol=2e-6, atol=1e-4)  # last digits follow the order
                 else:  # (log-likelihood, greedy)
                     np.testing.assert_allclose(x[0][0], y[0][0], atol=1e-4)
                     assert bool(x[0][1]) == bool(y[0][1])

@@ -4,23 +4,21 @@ Each choice's continuation (its letter, for TeacherLM's tasks) is tokenized sepa
 context and appended to it, as lm-evaluation-harness does; a choice's score is the mean (or sum) of
 its continuation tokens' log-probabilities, the prediction the argmax (first on ties).
 
-One model input ("row") is context + continuation minus its last token, run in two calls over a KV
-cache: a prefill of all but its last `steps` tokens (its logits are unused, so XLA never builds the
-[batch, length, vocab] array), then a step over the last `steps` tokens, whose logits score the
-continuation. When every continuation of a question is one token (letters, the usual case) a single
-row with one step scores all its choices: the log-probs of the choices' tokens are gathered at the last
-context position. Otherwise each choice is its own row.
+One model input ("row") is context + continuation minus its last token. Choices whose continuations
+differ only in their last token (one-token letters; " A" and " B" in byte-level tokens) share a row:
+lm-evaluation-harness's `hf` backend groups them the same way (`context + continuation[:-1]`). Only the
+positions that predict a continuation token go through the output head, so no [batch, length, vocab]
+array is ever built, and they go through it a chunk at a time.
 
-Shapes are fixed per batch: `batch_size` rows (the last batch padded with copies), the prefill padded
-on the left to a length bucket, the step to a power of two, so a dataset compiles a handful of programs.
-A short run pays for each program's compile more than for padding, so a run of n batches of one step width
-compiles at most ceil(sqrt(n)) prefill widths (`plan_widths`): batches share the widths that pad the
-fewest columns. A long run keeps every bucket (a full MMLU run has ~1,750 batches of 8).
+Rows are packed, several to a sequence, each attending only to itself at its own positions (`segment_ids`;
+tests/test_packed_sequences.py): one row per sequence, padded to a length bucket, left a third of a short
+run's columns padding. Batches, their widths and how many programs a run compiles: `plan_batches`.
 Contexts too long for `max_length` model positions are cut on the left (lm-evaluation-harness keeps
 the last `max_length + 1` tokens of context + continuation) and reported as truncated.
 """
 from __future__ import annotations
 
+import bisect
 import contextlib
 import dataclasses
 import functools
@@ -36,20 +34,20 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from teacherlm_jax.errors import ConfigError
 from teacherlm_jax.models.graph_key import GraphKey
-from teacherlm_jax.data.padding import left_pad, pad_token_id
+from teacherlm_jax.data.padding import pad_token_id
 from teacherlm_jax.generation.compiles import compiled_programs
-from teacherlm_jax.generation.sampler import PROMPT_BUCKETS, bucket_length
-from teacherlm_jax.generation.slots import CACHE_AXES
-from teacherlm_jax.sharding import LogicalRules, activation_sharding, batch_sharding, constrain, data_parallel_size
+from teacherlm_jax.sharding import LogicalRules, activation_sharding, batch_sharding, data_parallel_size
 
 SCORES = ("mean", "sum")
-PREFILL_BUCKETS = PROMPT_BUCKETS  # generation's buckets: powers of two and their 1.5x from 16
+WIDTH_STEP = 16  # packing widths are multiples of this
+WIDTH_CANDIDATES = 32  # at most this many one-width plans are weighed (`plan_batches`)
+HEAD_CHUNK = 256  # positions per pass through the output head: [256, vocab] float32 logits at a time
 
 
 @dataclasses.dataclass(frozen=True)
 class Row:
-    """One model input: `context` (already cut to fit) and the continuations it scores: several
-    single-token ones (the choices of a question) or one of any length."""
+    """One model input: `context` (already cut to fit) and the continuations it scores, of one length and
+    equal but for their last token: several (the choices of a question) or one."""
 
     question: int
     choices: tuple[int, ...]  # which of the question's choices `continuations` are
@@ -61,6 +59,11 @@ class Row:
     def steps(self) -> int:
         return len(self.continuations[0])
 
+    @property
+    def tokens(self) -> tuple[int, ...]:
+        """The model's input: context + continuation minus its last token."""
+        return self.context + self.continuations[0][:-1]
+
 
 @dataclasses.dataclass(frozen=True)
 class LoglikResult:
@@ -71,11 +74,6 @@ class LoglikResult:
     truncated: list[bool]
 
 
-def step_bucket(steps: int) -> int:
-    """Step widths: 1 (single-token continuations), else powers of two."""
-    return 1 << max(0, steps - 1).bit_length()
-
-
 def encode(tokenizer, texts: Sequence[str]) -> list[list[int]]:
     """Token ids without special tokens (lm-evaluation-harness's `tok_encode`)."""
     return [list(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
@@ -83,29 +81,87 @@ def encode(tokenizer, texts: Sequence[str]) -> list[list[int]]:
 
 def make_rows(contexts: Sequence[Sequence[int]], continuations: Sequence[Sequence[Sequence[int]]],
               max_length: int) -> list[Row]:
-    """Rows for questions (`contexts[q]`, the token ids of each of its choices' continuations)."""
+    """Rows for questions (`contexts[q]`, the token ids of each of its choices' continuations): one per
+    group of a question's continuations that differ only in their last token."""
     rows = []
     for q, (context, conts) in enumerate(zip(contexts, continuations)):
         if not context:
             raise ValueError(f"question {q}: the context has no tokens")
         if any(not c for c in conts):
             raise ValueError(f"question {q}: a continuation has no tokens")
-        groups = [(tuple(range(len(conts))), tuple(tuple(c) for c in conts))] if all(len(c) == 1 for c in conts) \
-            else [((i,), (tuple(c),)) for i, c in enumerate(conts)]
-        for choices, group in groups:
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, c in enumerate(conts):
+            groups.setdefault(tuple(c[:-1]), []).append(i)
+        for members in groups.values():
+            group = tuple(tuple(conts[i]) for i in members)
             keep = max_length + 1 - len(group[0])  # lm-eval: last max_length + 1 of context + continuation
             if keep < 1:
                 raise ValueError(f"question {q}: a continuation of {len(group[0])} tokens does not fit "
                                  f"max_length={max_length}")
-            rows.append(Row(q, choices, tuple(context[-keep:]), group, len(context) > keep))
+            rows.append(Row(q, tuple(members), tuple(context[-keep:]), group, len(context) > keep))
     return rows
 
 
-def _widths(rows: list[Row], max_length: int) -> tuple[int, int]:
-    """(step width, prefill width) of a batch: the step a power of two, the prefill its longest row's bucket."""
-    steps = min(step_bucket(max(r.steps for r in rows)), max_length)
-    longest = max(max(len(r.context) + r.steps - 1 - steps for r in rows), 0)
-    return steps, max(longest, min(bucket_length(longest, PREFILL_BUCKETS), max_length - steps))
+def _round_up(n: int, step: int) -> int:
+    return -(-n // step) * step
+
+
+def plan_batches(lengths: Sequence[int], sequences: int, max_length: int,
+                 hidden_size: int) -> list[tuple[int, list[list[int]]]]:
+    """Rows (their `lengths`) packed into batches of `sequences` sequences: [(width, each sequence's rows)],
+    the cheapest of two kinds of plan by `_plan_cost`.
+
+    Each batch's own width: its longest row's, rounded up to WIDTH_STEP, so that long rows are not packed
+    wider than they need (five-shot MMLU). Each width is a compiled program: when the batches' own widths
+    are more than ceil(sqrt(batches)), `plan_widths` picks that many, and the batches are made again with
+    the smallest of them that holds their rows. Or one width for the whole run, from the longest row to
+    twice it: a short run of short rows fills a few batches of one program (zero-shot MMLU). A batch's
+    sequences are filled one at a time, each with the longest rows left that fit (first fit decreasing).
+    """
+    if any(n > max_length for n in lengths):
+        raise ValueError(f"a row of {max(lengths)} tokens does not fit max_length={max_length}")
+    own = _fill(lengths, sequences, max_length, allowed=None)
+    planned = plan_widths([width for width, _ in own])
+    plans = [own if set(planned) == {width for width, _ in own} else
+             _fill(lengths, sequences, max_length, allowed=sorted(set(planned)))]
+    widest = own[0][0]
+    limit = min(2 * widest, max_length)
+    step = max(WIDTH_STEP, _round_up((limit - widest) // WIDTH_CANDIDATES, WIDTH_STEP))
+    plans += [_fill(lengths, sequences, max_length, allowed=[width]) for width in range(widest, limit + 1, step)]
+    return min(plans, key=lambda plan: _plan_cost(plan, sequences, hidden_size))
+
+
+# A batch's cost in columns (sequences x width), each column costing 1 + width / (ATTENTION_WIDTH * hidden):
+# on the 2-core CPU a bloom-560m column took 4.2 ms at width 256 and 5.6 ms at 896 (attention's scores and
+# softmax, memory-bound there, are dearer than their multiply-adds alone suggest). A compiled program
+# costs COMPILE_COLUMNS: a scoring program of that shape compiled in ~1.3 s, the time of ~300 columns.
+ATTENTION_WIDTH = 1.6
+COMPILE_COLUMNS = 512
+
+
+def _plan_cost(plan: list[tuple[int, list[list[int]]]], sequences: int, hidden_size: int) -> float:
+    columns = sum(sequences * width * (1 + width / (ATTENTION_WIDTH * hidden_size)) for width, _ in plan)
+    return columns + COMPILE_COLUMNS * len({width for width, _ in plan})
+
+
+def _fill(lengths: Sequence[int], sequences: int, max_length: int,
+          allowed: list[int] | None) -> list[tuple[int, list[list[int]]]]:
+    left = sorted((n, i) for i, n in enumerate(lengths))  # ascending, for bisect
+    batches = []
+    while left:
+        longest = left[-1][0]
+        own = min(max_length, _round_up(longest, WIDTH_STEP))
+        width = own if allowed is None else min((w for w in allowed if w >= longest), default=own)
+        batch = []
+        while left and len(batch) < sequences:
+            room, members = width, []
+            while (j := bisect.bisect_right(left, (room, len(lengths))) - 1) >= 0:
+                n, i = left.pop(j)
+                members.append(i)
+                room -= n
+            batch.append(members)
+        batches.append((width, batch))
+    return batches
 
 
 def plan_widths(widths: Sequence[int]) -> list[int]:
@@ -139,63 +195,114 @@ def plan_widths(widths: Sequence[int]) -> list[int]:
     return planned
 
 
-def _pad_batch(rows: list[Row], batch_size: int, max_length: int, pad_id: int,
-               width: int | None = None) -> dict[str, np.ndarray]:
-    """Each row's input is context + continuation minus its last token; its last `steps` tokens
-    (left-padded when shorter) form the step, the rest the left-padded prefill (`width`: the batch's
-    own, unless planned wider). Aligning rows on the right keeps prefill + step within max_length."""
-    rows = rows + [rows[-1]] * (batch_size - len(rows))  # copies; their results are dropped
-    steps, own = _widths(rows, max_length)
-    width = own if width is None else width
-    seqs = [r.context + r.continuations[0][:-1] for r in rows]
-    num_choices = max(len(r.continuations) for r in rows)
-    prefill, prefill_mask = left_pad([s[:-steps] for s in seqs], width, pad_id)
-    step, step_mask = left_pad([s[-steps:] for s in seqs], steps, pad_id)
-    targets = np.zeros((batch_size, steps, num_choices), np.int32)
-    target_mask = np.zeros((batch_size, steps), np.float32)
-    for b, row in enumerate(rows):
-        target_mask[b, steps - row.steps:] = 1
-        for c, cont in enumerate(row.continuations):
-            targets[b, steps - row.steps:, c] = cont
-    return dict(prefill=prefill, prefill_mask=prefill_mask, step=step, step_mask=step_mask, targets=targets,
-                target_mask=target_mask)
-
-
 def num_traces() -> int:
     """How many scoring programs this process has compiled (jax's compile events)."""
     return compiled_programs(("_score_program",))
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "mesh", "rules"))
-def _score_program(state, prefill, prefill_mask, step, step_mask, targets, target_mask, *, graphdef, mesh, rules):
-    """(sum of log p(target) over the step positions where `target_mask` is 1, whether every such
-    target is the argmax there): [batch, choices] each."""
+@functools.partial(jax.jit, static_argnames=("graphdef", "mesh", "rules", "num_rows"))
+def _score_program(state, tokens, segments, select, targets, target_row, target_mask, *, graphdef, mesh, rules,
+                   num_rows):
+    """(sum of log p(target) over each row's target positions, whether every one of them is the argmax):
+    [num_rows, choices] each. `select` [T] are flat indices into [sequences * width] of the positions whose
+    outputs predict `targets` [T, choices]; `target_row` [T] the row each belongs to."""
     with activation_sharding(mesh, rules) if mesh is not None else contextlib.nullcontext():
         model = graphdef.merge(state)
-        batch, width = prefill.shape
-        mask = jnp.concatenate([prefill_mask, step_mask], axis=1)
-        cache = model.init_cache(batch, width + step.shape[1])
-        cache = jax.tree.map(lambda x: constrain(x, CACHE_AXES) if x.ndim == len(CACHE_AXES) else x, cache)
-        if width:  # static: a batch of one-token contexts has nothing to prefill
-            _, cache = model(prefill, mask, cache=cache)
-        logits, _ = model(step, mask, cache=cache)
-        logprobs = jax.nn.log_softmax(logits, axis=-1)
-        picked = jnp.take_along_axis(logprobs, targets, axis=-1)  # [batch, steps, choices]
-        sums = jnp.sum(picked * target_mask[:, :, None], axis=1)
-        top = jnp.argmax(logits, axis=-1)[:, :, None]
-        greedy = jnp.all((top == targets) | (target_mask[:, :, None] == 0), axis=1)
+        hidden = model.hidden_states(tokens, segments > 0, segment_ids=segments)
+        picked = jnp.take(hidden.reshape(-1, hidden.shape[-1]), select, axis=0)
+        head = model.output_head()
+        chunk = min(HEAD_CHUNK, len(select))  # len(select) is a power of two (or below the chunk)
+
+        def score(part):
+            x, want = part
+            logits = model.logits(x[None], head)[0]  # [chunk, vocab] float32
+            logprobs = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), want, axis=-1)
+            return logprobs, jnp.argmax(logits, axis=-1)[:, None] == want
+
+        logprobs, top = jax.lax.map(score, (picked.reshape(-1, chunk, picked.shape[-1]),
+                                            targets.reshape(-1, chunk, targets.shape[-1])))
+        logprobs, top = logprobs.reshape(targets.shape), top.reshape(targets.shape)
+        sums = jax.ops.segment_sum(logprobs * target_mask[:, None], target_row, num_segments=num_rows + 1)
+        greedy = jax.ops.segment_min((top | (target_mask[:, None] == 0)).astype(jnp.int32), target_row,
+                                     num_segments=num_rows + 1) > 0
+        sums, greedy = sums[:num_rows], greedy[:num_rows]  # row num_rows collects the padding
         if mesh is not None:  # replicated: every process reads the whole result
             sums, greedy = jax.lax.with_sharding_constraint((sums, greedy), NamedSharding(mesh, PartitionSpec()))
         return sums, greedy
 
 
-_INPUTS = ("prefill", "prefill_mask", "step", "step_mask", "targets", "target_mask")
+@dataclasses.dataclass(frozen=True)
+class _Shape:
+    """A program's shape: sequences x width, and the target positions, rows and choices of its batches."""
+
+    sequences: int
+    width: int
+    positions: int
+    rows: int
+    choices: int
 
 
-def _put(array: np.ndarray, mesh: Mesh | None, rules: LogicalRules | None):
+def _shapes(rows: Sequence[Row], batches: list[tuple[int, list[list[int]]]], sequences: int, hidden_size: int,
+            multiple: int) -> list[_Shape]:
+    """Each batch's program shape. One per width, with the most positions and rows of its batches (powers of
+    two, so that runs of similar rows share programs); a width's last batch, when it fills fewer
+    sequences, keeps only those (rounded up to `multiple`, the data-parallel size) where that saves more
+    than a compile (`_plan_cost`), or where it is that width's only batch."""
+    def power_of_two(n: int) -> int:
+        return 1 << max(0, n - 1).bit_length()
+
+    choices = max(len(r.continuations) for r in rows)
+    shapes = []
+    for width, group in itertools.groupby(batches, key=lambda b: b[0]):
+        group = [batch for _, batch in group]
+        positions = max(sum(rows[i].steps for seq in batch for i in seq) for batch in group)
+        positions = power_of_two(positions) if positions <= HEAD_CHUNK else _round_up(positions, HEAD_CHUNK)
+        shape = _Shape(sequences, width, positions, power_of_two(max(sum(map(len, batch)) for batch in group)),
+                       choices)
+        shapes += [shape] * len(group)
+        used = _round_up(len(group[-1]), multiple)
+        saved = (sequences - used) * width * (1 + width / (ATTENTION_WIDTH * hidden_size))
+        if used < sequences and (len(group) == 1 or saved > COMPILE_COLUMNS):
+            shapes[-1] = dataclasses.replace(shape, sequences=used)
+    return shapes
+
+
+def _batch_arrays(rows: Sequence[Row], batch: list[list[int]], shape: _Shape, pad_id: int
+                  ) -> tuple[dict[str, np.ndarray], list[int]]:
+    """The program's inputs for one batch of packed sequences, and the rows in their result order."""
+    tokens = np.full((shape.sequences, shape.width), pad_id, np.int32)
+    segments = np.zeros((shape.sequences, shape.width), np.int32)
+    select = np.zeros(shape.positions, np.int32)
+    targets = np.zeros((shape.positions, shape.choices), np.int32)
+    target_row = np.full(shape.positions, shape.rows, np.int32)  # padding: the extra row, dropped
+    target_mask = np.zeros(shape.positions, np.float32)
+    order, t = [], 0
+    for s, members in enumerate(batch):
+        start = 0
+        for segment, i in enumerate(members, start=1):
+            row, ids = rows[i], rows[i].tokens
+            tokens[s, start:start + len(ids)] = ids
+            segments[s, start:start + len(ids)] = segment
+            first = s * shape.width + start + len(ids) - row.steps  # predicts the continuation's first token
+            select[t:t + row.steps] = np.arange(first, first + row.steps)
+            targets[t:t + row.steps, :len(row.continuations)] = np.asarray(row.continuations).T
+            target_row[t:t + row.steps] = len(order)
+            target_mask[t:t + row.steps] = 1
+            order.append(i)
+            start, t = start + len(ids), t + row.steps
+    return dict(tokens=tokens, segments=segments, select=select, targets=targets, target_row=target_row,
+                target_mask=target_mask), order
+
+
+_INPUTS = ("tokens", "segments", "select", "targets", "target_row", "target_mask")
+_BATCHED = ("tokens", "segments")  # split over the mesh's data axes; the rest is replicated
+
+
+def _put(name: str, array: np.ndarray, mesh: Mesh | None, rules: LogicalRules | None):
     if mesh is None:
         return jnp.asarray(array)
-    sharding = batch_sharding(mesh, rules or (), array.ndim)
+    sharding = batch_sharding(mesh, rules or (), array.ndim) if name in _BATCHED else NamedSharding(mesh,
+                                                                                                   PartitionSpec())
     return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
 
 
@@ -205,55 +312,47 @@ def score_rows(model: nnx.Module, rows: Sequence[Row], *, batch_size: int, max_l
     """(summed log-probs, greedy) of each row's continuations ([len(row.continuations)] each), in `rows`
     order; greedy: every token of the continuation is the model's argmax (lm-evaluation-harness's).
 
-    Rows are sorted by (step width, length) so each batch's padding is small; `progress(n)` is
-    called with the number of rows done after each batch.
+    Rows are packed into batches of `batch_size` sequences (`plan_batches`; a batch thus holds at least
+    `batch_size` rows and usually more); `progress(n)` is called with the number of rows done after each
+    batch.
     """
     if mesh is not None and batch_size % data_parallel_size(mesh, rules or ()):
         raise ConfigError(f"batch_size={batch_size} is not divisible by the data-parallel size "
                           f"{data_parallel_size(mesh, rules or ())} (mesh axes the batch is split over)")
+    if not rows:
+        return []
     rules = None if rules is None else tuple((n, tuple(a) if isinstance(a, list) else a) for n, a in rules)
-    pad_id = pad_token_id(model_config=model.config)
+    pad_id = int(pad_token_id(model_config=model.config))
     graphdef, state = nnx.split(model)
     graphdef = GraphKey(graphdef)
-    order = sorted(range(len(rows)), key=lambda i: (step_bucket(rows[i].steps), len(rows[i].context)), reverse=True)
+    lengths = [len(r.tokens) for r in rows]
+    batches = plan_batches(lengths, batch_size, max_length, model.config.hidden_size)
+    multiple = 1 if mesh is None else data_parallel_size(mesh, rules or ())
+    shapes = _shapes(rows, batches, batch_size, model.config.hidden_size, multiple)
     out: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(rows)
 
-    def collect(chunk: list[int], result: tuple[jax.Array, jax.Array]) -> None:
+    def collect(order: list[int], result: tuple[jax.Array, jax.Array]) -> None:
         sums, greedy = (np.asarray(x.addressable_data(0)) for x in result)  # replicated (or on one device)
-        bad = [i for b, i in enumerate(chunk) if not np.all(np.isfinite(sums[b, :len(rows[i].continuations)]))]
+        bad = [i for b, i in enumerate(order) if not np.all(np.isfinite(sums[b, :len(rows[i].continuations)]))]
         if bad:  # an argmax over NaN scores would still pick a choice: a plausible-looking accuracy
             raise FloatingPointError(
-                f"non-finite log-probabilities for {len(bad)} of {len(chunk)} rows in a batch (first: question "
-                f"{rows[bad[0]].question}, scores {sums[chunk.index(bad[0]), :len(rows[bad[0]].continuations)]}): "
+                f"non-finite log-probabilities for {len(bad)} of {len(order)} rows in a batch (first: question "
+                f"{rows[bad[0]].question}, scores {sums[order.index(bad[0]), :len(rows[bad[0]].continuations)]}): "
                 f"the model's weights or computation are not finite (see the model's checkpoint / dtype)")
-        for b, i in enumerate(chunk):
+        for b, i in enumerate(order):
             out[i] = (sums[b, :len(rows[i].continuations)], greedy[b, :len(rows[i].continuations)])
         if progress is not None:
-            progress(len(chunk))
+            progress(len(order))
 
-    chunks, start = [], 0
-    while start < len(order):
-        # A batch holds one step width: single-token rows are never padded to a multi-token width.
-        steps = step_bucket(rows[order[start]].steps)
-        chunk = [order[start]]
-        while len(chunk) < batch_size and start + len(chunk) < len(order) \
-                and step_bucket(rows[order[start + len(chunk)]].steps) == steps:
-            chunk.append(order[start + len(chunk)])
-        chunks.append(chunk)
-        start += len(chunk)
-    own = [_widths([rows[i] for i in chunk], max_length) for chunk in chunks]
-    planned = [width for _, group in itertools.groupby(own, key=lambda w: w[0])
-               for width in plan_widths([w for _, w in group])]
     pending = None
-    for chunk, width in zip(chunks, planned):
-        arrays = _pad_batch([rows[i] for i in chunk], batch_size, max_length, int(pad_id), width)
-        sums = _score_program(state, *(_put(arrays[k], mesh, rules) for k in _INPUTS),
-                              graphdef=graphdef, mesh=mesh, rules=rules)
+    for (_, batch), shape in zip(batches, shapes):
+        arrays, order = _batch_arrays(rows, batch, shape, pad_id)
+        result = _score_program(state, *(_put(k, arrays[k], mesh, rules) for k in _INPUTS), graphdef=graphdef,
+                                mesh=mesh, rules=rules, num_rows=shape.rows)
         if pending is not None:  # read the previous batch while this one runs (dispatch is asynchronous)
             collect(*pending)
-        pending = (chunk, sums)
-    if pending is not None:
-        collect(*pending)
+        pending = (order, result)
+    collect(*pending)
     return out  # type: ignore[return-value]
 
 

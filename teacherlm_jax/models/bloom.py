@@ -18,7 +18,8 @@ from teacherlm_jax.errors import ConfigError
 from teacherlm_jax.models.causal_lm import CausalLM
 from teacherlm_jax.models.layers import (
     KVCache, LayerNorm, Linear, ScanSpec, attend, attention_allowed, attention_impl, check_attention_impl,
-    check_attention_mask, decoding_model, keys_values, make_block_stack, named_param, resolve_dtype, run_block_stack,
+    check_attention_mask, check_segment_ids, decoding_model, keys_values, make_block_stack, named_param, resolve_dtype,
+    run_block_stack, token_positions,
 )
 from teacherlm_jax.models.param_map import TensorSpec, config_from_hf, layer_norm, linear, same, transposed
 from teacherlm_jax.sharding import constrain
@@ -98,10 +99,10 @@ def alibi_slopes(num_heads: int) -> np.ndarray:
     return slopes.astype(np.float32)
 
 
-def alibi_bias(attention_mask: jax.Array, num_heads: int) -> jax.Array:
-    """[batch, heads, 1, keys] bias = slope * key position, positions counted over real tokens only."""
-    mask = attention_mask.astype(jnp.int32)
-    positions = (jnp.cumsum(mask, axis=-1) - 1) * mask
+def alibi_bias(attention_mask: jax.Array, num_heads: int, segment_ids: jax.Array | None = None) -> jax.Array:
+    """[batch, heads, 1, keys] bias = slope * key position, positions counted over real tokens only (and
+    from each packed segment's start, `layers.token_positions`)."""
+    positions = token_positions(attention_mask, segment_ids) * (attention_mask > 0)
     slopes = jnp.asarray(alibi_slopes(num_heads))
     return slopes[None, :, None, None] * positions[:, None, None, :].astype(jnp.float32)
 
@@ -163,18 +164,19 @@ class Bloom(CausalLM):
         scanned stack's weights; a model loaded with scan_layers=False keeps sharing its own."""
         return decoding_model(self, "h")
 
-    def final_hidden(self, input_ids: jax.Array, attention_mask: jax.Array | None,
-                     cache: KVCache | None) -> tuple[jax.Array, KVCache | None]:
+    def final_hidden(self, input_ids: jax.Array, attention_mask: jax.Array | None, cache: KVCache | None,
+                     segment_ids: jax.Array | None = None) -> tuple[jax.Array, KVCache | None]:
         c = self.config
         dtype = resolve_dtype(c.dtype)
         length = input_ids.shape[1]
         _check_length(length, c)
         attention_mask, offset = check_attention_mask(input_ids, attention_mask, cache)
+        check_segment_ids(segment_ids, input_ids, cache)
 
         x = jnp.take(self.word_embeddings[...], input_ids, axis=0).astype(dtype)
         x = self.word_embeddings_layernorm(constrain(x, ("batch", "length", "embed")))
-        bias = alibi_bias(attention_mask, c.n_head)
-        allowed = attention_allowed(attention_mask, length, offset)
+        bias = alibi_bias(attention_mask, c.n_head, segment_ids)
+        allowed = attention_allowed(attention_mask, length, offset, segment_ids)
 
         def layer(block, h, ck, cv):
             return block(h, bias, allowed, ck, cv, offset)

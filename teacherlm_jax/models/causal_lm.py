@@ -14,10 +14,11 @@ class CausalLM(nnx.Module):
     """A decoder: `model(input_ids, attention_mask=None, *, cache=None)` -> float32 logits [batch, length, vocab]
     (with a cache, also the updated cache). Subclasses define `final_hidden` and `output_head`."""
 
-    def final_hidden(self, input_ids: jax.Array, attention_mask: jax.Array | None,
-                     cache: KVCache | None) -> tuple[jax.Array, KVCache | None]:
+    def final_hidden(self, input_ids: jax.Array, attention_mask: jax.Array | None, cache: KVCache | None,
+                     segment_ids: jax.Array | None = None) -> tuple[jax.Array, KVCache | None]:
         """Hidden states [batch, length, embed] after the last block and final norm/projection, and the
-        updated cache (None without one)."""
+        updated cache (None without one). `segment_ids` [batch, length] (no cache): sequences packed in a
+        row, each attending only within itself at its own positions."""
         raise NotImplementedError
 
     def output_head(self) -> jax.Array:
@@ -35,10 +36,11 @@ class CausalLM(nnx.Module):
         x, new_cache = self.final_hidden(input_ids, attention_mask, cache)
         return with_cache(self.logits(x, self.output_head()), new_cache, cache, input_ids.shape[1])
 
-    def hidden_states(self, input_ids: jax.Array, attention_mask: jax.Array | None = None) -> jax.Array:
+    def hidden_states(self, input_ids: jax.Array, attention_mask: jax.Array | None = None,
+                      segment_ids: jax.Array | None = None) -> jax.Array:
         """Final hidden states [batch, length, embed]: `logits(hidden_states(ids, mask), output_head())` is
-        `model(ids, mask)`."""
-        return self.final_hidden(input_ids, attention_mask, None)[0]
+        `model(ids, mask)`; with `segment_ids`, each packed segment's are those it has alone."""
+        return self.final_hidden(input_ids, attention_mask, None, segment_ids)[0]
 
     def logits(self, x: jax.Array, head: jax.Array) -> jax.Array:
         """Float32 logits of hidden states `x` through `head` (`output_head()`, passed in so that a loss can

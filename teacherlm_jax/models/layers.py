@@ -263,13 +263,45 @@ def query_slots(offset: jax.Array | int, q_len: int) -> jax.Array:
     return jnp.asarray(offset)[..., None] + jnp.arange(q_len)
 
 
-def attention_allowed(attention_mask: jax.Array, q_len: int, offset: jax.Array | int) -> jax.Array:
+def attention_allowed(attention_mask: jax.Array, q_len: int, offset: jax.Array | int,
+                      segment_ids: jax.Array | None = None) -> jax.Array:
     """Causal and padding mask, bool [b, 1, q_len, k_len]; query i sits in key slot `offset + i`
-    (`offset` a scalar, or one per row)."""
+    (`offset` a scalar, or one per row). With `segment_ids` (no cache), a query sees only its own segment."""
     k_len = attention_mask.shape[1]
     causal = jnp.arange(k_len) <= query_slots(offset, q_len)[..., None]  # [(b,) q, k]
     causal = causal[:, None] if causal.ndim == 3 else causal[None, None]
-    return causal & (attention_mask[:, None, None, :] > 0)
+    allowed = causal & (attention_mask[:, None, None, :] > 0)
+    if segment_ids is not None:
+        allowed &= segment_ids[:, None, :, None] == segment_ids[:, None, None, :]
+    return allowed
+
+
+def token_positions(attention_mask: jax.Array, segment_ids: jax.Array | None = None) -> jax.Array:
+    """Each slot's position, [b, length] int32: the real tokens (mask > 0) before it, counted from the first
+    slot or, with `segment_ids`, from its segment's first slot (-1 on padding before a row's first token).
+
+    Segments are sequences packed into one row (`teacherlm_jax.eval.scoring`): counted this way each gets
+    the positions it has alone, so ALiBi's biases and OPT's learned positions are those of the unpacked
+    sequence. Without segments it is transformers' `cumsum(mask) - 1`.
+    """
+    real = (attention_mask > 0).astype(jnp.int32)
+    count = jnp.cumsum(real, axis=1)
+    if segment_ids is None:
+        return count - 1
+    first = jnp.concatenate([jnp.ones_like(segment_ids[:, :1], bool), segment_ids[:, 1:] != segment_ids[:, :-1]],
+                            axis=1)
+    before = jax.lax.cummax(jnp.where(first, count - real, 0), axis=1)  # real tokens before the segment
+    return count - 1 - before
+
+
+def check_segment_ids(segment_ids: jax.Array | None, input_ids: jax.Array, cache: KVCache | None) -> None:
+    """Packed segments are a whole-sequence (uncached) feature: a cache's slots would mix rows."""
+    if segment_ids is None:
+        return
+    if cache is not None:
+        raise ValueError("segment_ids (packed sequences) cannot be combined with a KV cache")
+    if segment_ids.shape != input_ids.shape:
+        raise ValueError(f"segment_ids shape {segment_ids.shape} differs from input_ids {input_ids.shape}")
 
 
 # Decode steps of at most this many rows compute their logits vocabulary-major (see `output_logits`).

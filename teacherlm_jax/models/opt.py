@@ -17,8 +17,8 @@ from flax import nnx
 from teacherlm_jax.models.causal_lm import CausalLM
 from teacherlm_jax.models.layers import (
     KVCache, LayerNorm, Linear, ScanSpec, attend, attention_allowed, attention_impl, check_attention_impl,
-    check_attention_mask, decoding_model, keys_values, make_block_stack, named_param, query_slots, resolve_dtype,
-    run_block_stack,
+    check_attention_mask, check_segment_ids, decoding_model, keys_values, make_block_stack, named_param, query_slots,
+    resolve_dtype, run_block_stack, token_positions,
 )
 from teacherlm_jax.models.param_map import TensorSpec, config_from_hf, layer_norm, linear, same, transposed
 from teacherlm_jax.sharding import constrain
@@ -193,17 +193,19 @@ class OPT(CausalLM):
         scanned stack's weights; a model loaded with scan_layers=False keeps sharing its own."""
         return decoding_model(self, "layers")
 
-    def final_hidden(self, input_ids: jax.Array, attention_mask: jax.Array | None,
-                     cache: KVCache | None) -> tuple[jax.Array, KVCache | None]:
+    def final_hidden(self, input_ids: jax.Array, attention_mask: jax.Array | None, cache: KVCache | None,
+                     segment_ids: jax.Array | None = None) -> tuple[jax.Array, KVCache | None]:
         c = self.config
         dtype = resolve_dtype(c.dtype)
         length = input_ids.shape[1]
         _check_length(length, c)
         attention_mask, offset = check_attention_mask(input_ids, attention_mask, cache)
+        check_segment_ids(segment_ids, input_ids, cache)
 
-        # Positions as transformers counts them over the whole mask, then cut to this call's slots.
+        # Positions as transformers counts them over the whole mask (`cumsum(mask) * mask - 1`; from each
+        # packed segment's start), then cut to this call's slots.
         mask = jnp.asarray(attention_mask).astype(jnp.int32)
-        positions = jnp.cumsum(mask, axis=1) * mask - 1
+        positions = (token_positions(mask, segment_ids) + 1) * mask - 1
         # Clamped: a decode slot without a live row sits past the cache (its output is never used).
         positions = jnp.take_along_axis(positions, jnp.broadcast_to(query_slots(offset, length), (len(mask), length)),
                                         axis=1, mode="clip")
@@ -212,7 +214,7 @@ class OPT(CausalLM):
             x = self.project_in(x)
         pos = jnp.take(self.embed_positions[...], positions + POSITION_OFFSET, axis=0).astype(dtype)
         x = constrain(x + pos, ("batch", "length", "embed"))
-        allowed = attention_allowed(mask, length, offset)
+        allowed = attention_allowed(mask, length, offset, segment_ids)
 
         def layer(block, h, ck, cv):
             return block(h, allowed, ck, cv, offset)
