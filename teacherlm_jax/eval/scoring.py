@@ -165,8 +165,8 @@ def _fill(lengths: Sequence[int], sequences: int, max_length: int,
 
 
 def plan_widths(widths: Sequence[int]) -> list[int]:
-    """The prefill width of each of a run's batches (their own `widths`, in run order, one step width): at
-    most ceil(sqrt(len(widths))) distinct widths, each batch padded to the widest of its run of consecutive
+    """The width of each of a run's batches (their own `widths`, in run order): at most
+    ceil(sqrt(len(widths))) distinct widths, each batch padded to the widest of its run of consecutive
     batches, the runs chosen for the fewest padded columns (batches come longest first)."""
     widths = list(widths)
     programs = math.isqrt(max(len(widths) - 1, 0)) + 1
