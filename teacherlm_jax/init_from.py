@@ -21,7 +21,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
-import orbax.checkpoint as ocp
 from flax import nnx
 from jax.sharding import Mesh
 
@@ -68,6 +67,8 @@ def run_tokenizer(run_dir: str | os.PathLike) -> str | None:
 
 def restore_params(run_dir: str | os.PathLike, target: dict) -> dict:
     """Params only, from the latest Orbax checkpoint of a run, placed like `target` (ShapeDtypeStructs)."""
+    import orbax.checkpoint as ocp  # here, not at the top: jobs that load Hugging Face checkpoints skip its import
+
     manager = ocp.CheckpointManager(workdir_path(run_dir) / "checkpoints", item_names=("params",),
                                     options=ocp.CheckpointManagerOptions(read_only=True))
     step = manager.latest_step()

@@ -1,5 +1,8 @@
 """Tokenization + loss mask + truncation, and the sharded, shuffled, resumable batch iterator."""
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -172,3 +175,19 @@ def test_batch_iterator_errors():
         make_batch_iterator(examples, batch_size=8, seq_len=6, pad_id=0, seed=0, num_epochs=1)
     with pytest.raises(ValueError, match="no examples"):
         make_batch_iterator([], batch_size=2, seq_len=6, pad_id=0, seed=0)
+
+
+def test_jobs_that_do_not_train_start_without_the_training_pipeline():
+    # grain (and orbax through it) load only when a batch iterator is asked for: the lm-eval backend, the
+    # eval and augment jobs start ~0.3 s sooner; the package's names still resolve.
+    code = ("import sys, teacherlm_jax.lm_eval, teacherlm_jax.eval.job, teacherlm_jax.augment.job\n"
+            "print(sorted(m for m in ('grain', 'orbax') if m in sys.modules))\n"
+            "from teacherlm_jax.data import collate, make_batch_iterator\n"
+            "print('grain' in sys.modules, collate.__module__, make_batch_iterator.__module__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "JAX_PLATFORMS": "cpu"}).stdout.splitlines()
+    assert out == ["[]", "True teacherlm_jax.data.pipeline teacherlm_jax.data.pipeline"]
+    import teacherlm_jax.data as data
+
+    with pytest.raises(AttributeError, match="no attribute 'not_a_name'"):
+        data.not_a_name

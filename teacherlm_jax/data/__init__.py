@@ -1,11 +1,15 @@
 """Data: one record type from every source, TeacherLM's texts, tokenization and resumable batches.
 
 See registry.py (dataset names), formats.py (texts), tokenize.py (loss masks), pipeline.py (batches).
+pipeline.py's names load on first use: it imports grain (and through it orbax), which only training needs,
+and every job's start (generation, scoring, the lm-eval backend) imports this package.
 """
+import importlib
+from typing import Any
+
 from teacherlm_jax.data.formats import (KIND_PROMPTS, KINDS, answered_block, eval_context, finetune_cot_prompt,
                                         question_block, remove_duplicated_block, teacher_pair,
                                         teacher_prompt)
-from teacherlm_jax.data.pipeline import collate, make_batch_iterator
 from teacherlm_jax.data.records import InstructionRecord, LoadReport, Record, SkippedRow
 from teacherlm_jax.data.registry import load_instructions, load_records
 from teacherlm_jax.data.sources import REGISTRY, default_data_dir
@@ -18,3 +22,11 @@ __all__ = [
     "finetune_cot_prompt", "load_instructions", "load_records", "make_batch_iterator", "num_truncated", "question_block",
     "remove_duplicated_block", "teacher_pair", "teacher_prompt",
 ]
+
+_LAZY = {"collate": "teacherlm_jax.data.pipeline", "make_batch_iterator": "teacherlm_jax.data.pipeline"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -20,11 +20,16 @@ column set to L, past the cache, and writes no token. Its steps still compute: O
 clamps that column into its table (an index past it would read NaN in JAX, not fail), and its key and
 value land, clamped, in its own last column L - 1, finite and never read: a row inserted later attends
 only to columns up to its own write column, and writes column L - 1 itself before it reaches it. So a
-slot can idle for any number of steps and a prompt inserted later reads nothing it left. Every step attends over all L columns: reading only
-the filled columns would need a ragged kernel, and measured on XLA CPU the attention of a 64-row step of
-the benchmark's shape is a few percent of it at L = 256 (docs/performance.md), so P is kept as small as
-the prompts allow instead. `shrink` moves rows to a smaller cache (the end of a job), `compile_ahead`
-compiles programs in the background. JetStream's and MaxText's offline engines are the references.
+slot can idle for any number of steps and a prompt inserted later reads nothing it left.
+
+Every step attends over all L columns, and P is kept as small as the prompts allow. A round could attend
+over the live rows' window only (from the longest live prompt's start to the oldest row's column): on
+TeacherLM's workload that window averages ~80% of L, but on XLA CPU attention over a slice of the cache,
+static or dynamic, measured 6x slower than over the whole cache (benchmarks/decode_window.py,
+docs/performance.md), and skipping per row needs a ragged kernel.
+
+`shrink` moves rows to a smaller cache (the end of a job), `compile_ahead` compiles programs in the
+background. JetStream's and MaxText's offline engines are the references.
 
 Arguments from the host are numpy arrays (jit places them replicated on the mesh), and what the host
 reads comes back replicated, so the same calls run on a mesh that spans processes.
