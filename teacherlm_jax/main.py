@@ -9,6 +9,7 @@ Each job writes its full config to WORKDIR/config.json once it starts (`teacherl
 from __future__ import annotations
 
 import dataclasses
+import gc
 import importlib
 import logging
 from typing import Callable
@@ -79,6 +80,10 @@ def main(argv: list[str]) -> None:
         return
     logging.info("job %s, workdir %s", config.job, workdir)
     job(config, workdir)
+    # The process exits next. Frozen objects are left out of the interpreter's last full collection, which
+    # otherwise walks everything the imports made (jax, flax, transformers, torch): 1.1 s of every job's exit
+    # on the 2-core CPU. Reference counting still frees the rest and atexit handlers still run.
+    gc.freeze()
 
 
 if __name__ == "__main__":

@@ -269,6 +269,15 @@ def test_nan_weights_fail_evaluation_instead_of_scoring(tmp_path, tokenizer):
         evaluate_records(model, tokenizer, records(4), batch_size=8)
 
 
+def test_finite_weights_whose_sum_overflows_pass_the_check(tmp_path):
+    """The check sums each array first: a sum that overflows to inf must not fail finite weights."""
+    reference = tiny_bloom(vocab_size=VOCAB, hidden_size=32, n_layer=2, n_head=4)
+    with torch.no_grad():
+        reference.transformer.ln_f.bias.fill_(3e38)  # finite; any two of them sum to inf in float32
+    reference.save_pretrained(tmp_path)
+    check_finite_weights(from_pretrained(tmp_path), "ckpt")
+
+
 @pytest.mark.parametrize("text, choices, expected", [
     (" the sky is blue --> B", ("red", "blue"), 1),
     (" because (A) is wrong --> (B)", ("x", "y", "z"), 1),

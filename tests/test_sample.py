@@ -18,6 +18,7 @@ import torch
 
 from reference_models import tiny_bloom
 from teacherlm_jax import from_pretrained, generate
+from teacherlm_jax.generation.sampler import PREFILL_BUCKETS, PROMPT_BUCKETS
 from teacherlm_jax.sample import Sampler, bucket_length, num_traces
 
 REPO = Path(__file__).resolve().parents[1]
@@ -189,6 +190,10 @@ def test_greedy_sampler_is_argmax_and_filters_keep_it():
 def test_bucket_length():
     assert [bucket_length(n) for n in (1, 16, 17, 100, 129)] == [16, 16, 24, 128, 192]  # PROMPT_BUCKETS
     assert [bucket_length(n, (64, 256)) for n in (1, 64, 65, 300)] == [64, 64, 256, 300]
+    # The engine's prefill widths: finer, at most a fifth padding from 33 tokens on.
+    assert [bucket_length(n, PREFILL_BUCKETS) for n in (17, 100, 129, 163, 200)] == [24, 112, 160, 192, 224]
+    padding = [1 - n / bucket_length(n, PREFILL_BUCKETS) for n in range(33, PREFILL_BUCKETS[-1] + 1)]
+    assert max(padding) < 0.2 and set(PROMPT_BUCKETS) < set(PREFILL_BUCKETS)
 
 
 @pytest.mark.parametrize("change,message", [

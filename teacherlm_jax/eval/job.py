@@ -152,12 +152,25 @@ def check_finite_weights(model: nnx.Module, source: str) -> None:
     """Refuses a model with NaN/inf weights: its scores are NaN, yet an argmax over them still picks a
     choice, which reads as a plausible accuracy."""
     leaves = jax.tree_util.tree_leaves_with_path(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
-    finite = jax.jit(lambda xs: [jnp.all(jnp.isfinite(x)) for x in xs])([x for _, x in leaves])
-    bad = [jax.tree_util.keystr(path) for (path, _), ok in zip(leaves, finite)
-           if not np.asarray(ok.addressable_data(0))]  # replicated scalars: every process reads its own
+    read = lambda flags: np.asarray(flags.addressable_data(0))  # replicated: every process reads its own
+    # A NaN or inf makes its array's sum NaN or inf, so finite sums clear an array. Summing compiles and runs
+    # about 10x faster than an elementwise test of the whole model (0.2 s against 2 s for bloom-560m on a
+    # CPU); only arrays whose sums are not finite (NaN, inf, or finite values that overflow) are tested whole.
+    sums = read(_finite_sums([x for _, x in leaves]))
+    bad = [jax.tree_util.keystr(path) for (path, x), ok in zip(leaves, sums) if not ok and not read(_all_finite(x))]
     if bad:
         raise FloatingPointError(f"{source}: {len(bad)} of {len(leaves)} weight arrays hold NaN or inf (first: "
                                  f"{', '.join(bad[:3])}); the checkpoint comes from a diverged or broken run")
+
+
+@jax.jit
+def _finite_sums(xs: list[jax.Array]) -> jax.Array:
+    return jnp.stack([jnp.isfinite(jnp.sum(x, dtype=jnp.float32)) for x in xs])
+
+
+@jax.jit
+def _all_finite(x: jax.Array) -> jax.Array:
+    return jnp.all(jnp.isfinite(x))
 
 
 def validate(config: ml_collections.ConfigDict, *,

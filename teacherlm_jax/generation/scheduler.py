@@ -21,12 +21,14 @@ steps (R large), the formula asks for a larger fraction (`refill_fraction`, `rou
 Each prompt takes `num_samples` slots (rows), which share its prefill. Consecutive prompts that share
 a prefix (`Prompt.prefix`: TeacherLM's kinds of one record share the question and its answer) form a
 unit, inserted whole when its slots are free, whose prefix is prefilled once: for TeacherLM's three
-kinds that halves the prefill. Widths and counts are bucketed (`sampler`), so a job compiles a handful
-of prefill programs, most of them ahead, in background threads, from a simulation of the rounds. Once no
-prompt waits, the last rows move to a quarter of the slots or fewer, step by step (64 -> 16 -> 4 slots;
-not below TAIL_SLOTS), whose steps cost less; every slot count of that chain is compiled ahead. A row's
-tokens depend only on the model, its prompt (and its prefix split) and its key (see `slots`), so neither
-the engine, its rounds nor the batch size changes what is generated.
+kinds that halves the prefill. Units go in shortest first within windows of a few fills
+(ORDER_WINDOW_FILLS), so that one round's prefixes have about one width. Widths and counts are bucketed
+(`sampler`), so a job compiles a handful of prefill programs, on accelerators ahead, in background
+threads, from a simulation of the rounds. Once no prompt waits, the last rows move to a quarter of the
+slots or fewer, step by step (64 -> 16 -> 4 slots; not below TAIL_SLOTS), whose steps cost less; every
+slot count of that chain is compiled ahead. A row's tokens depend only on the model, its prompt (and its
+prefix split) and its key (see `slots`), so neither the engine, its rounds, its order of insertion nor the
+batch size changes what is generated.
 """
 from __future__ import annotations
 
@@ -41,7 +43,8 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from teacherlm_jax.data.padding import left_pad
-from teacherlm_jax.generation.sampler import COUNT_BUCKETS, PROMPT_BUCKETS, SUFFIX_BUCKETS, Sampler, bucket_length
+from teacherlm_jax.generation.sampler import (COUNT_BUCKETS, PREFILL_BUCKETS, PROMPT_BUCKETS, SUFFIX_BUCKETS, Sampler,
+                                              bucket_length)
 from teacherlm_jax.generation.slots import DecodeSlots, InsertShape, RowSeeds, RowsView, num_traces, slot_count
 from teacherlm_jax.sharding import LogicalRules
 
@@ -51,6 +54,11 @@ BUCKETS = PROMPT_BUCKETS  # the name this module's users know
 TAIL_SLOTS = 4
 # A continuous round ends once this fraction of the slots is free (see the module docstring).
 REFILL_FRACTION = 1 / 8
+# Units go in shortest first within windows of this many fills of the slots (`batch_size` prompts a fill):
+# a round's prefixes then share a width bucket, so its prefill call pads less, and no prompt goes in more
+# than a window after its place in the stream (the augment job's chunks end in stream order, each at most a
+# window's work later).
+ORDER_WINDOW_FILLS = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,7 +76,7 @@ class Prompt:
 
 
 def _shared_widths(prefix: int, suffix: int) -> tuple[int, int]:
-    return bucket_length(prefix, PROMPT_BUCKETS), bucket_length(suffix, SUFFIX_BUCKETS)
+    return bucket_length(prefix, PREFILL_BUCKETS), bucket_length(suffix, SUFFIX_BUCKETS)
 
 
 def prompt_width(prompts: Iterable[Prompt], max_new_tokens: int, max_positions: int) -> int:
@@ -140,7 +148,7 @@ class Engine:
         """(tag, the tokens of each sample, its ending EOS included) per tagged prompt, as its rows end."""
         prompts = list(prompts)
         self.slots.reset()  # every slot, none live (a previous call may have left the tail's few)
-        units = list(self._units(prompts))
+        units = self._in_width_order(list(self._units(prompts)))
         self._compile_ahead(units)
         next_unit = 0
         owners: dict[int, tuple[int, int]] = {}  # slot -> (prompt number, sample)
@@ -224,6 +232,19 @@ class Engine:
         if unit:
             yield unit
 
+    def _in_width_order(self, units: list[list[tuple[Any, Prompt]]]) -> list[list[tuple[Any, Prompt]]]:
+        """`units` sorted by their prefill width (stable) within consecutive windows of ORDER_WINDOW_FILLS fills."""
+        window, start, ordered = ORDER_WINDOW_FILLS * self.capacity, 0, []
+        width = lambda unit: unit[0][1].prefix or len(unit[0][1].ids)
+        while start < len(units):
+            end, prompts = start + 1, len(units[start])
+            while end < len(units) and prompts < window:
+                prompts += len(units[end])
+                end += 1
+            ordered += sorted(units[start:end], key=width)
+            start = end
+        return ordered
+
     def _insert(self, new: list[tuple[Prompt, list[int]]]) -> None:
         for ids, mask, prefix, parent, slot_ids, seeds in self._calls_arrays(new):
             self.slots.insert(ids, mask, slot_ids, seeds, prefix=prefix, parent=parent)
@@ -249,7 +270,7 @@ class Engine:
         longest = max(len(p) for p in call.prefixes)
         own = max(len(ids) for ids, *_ in call.rows)
         if own == 1:  # prompts that share nothing: the whole prompt's bucket, less the step's token
-            return min(bucket_length(longest + 1, PROMPT_BUCKETS), self.slots.length) - 1, 1
+            return min(bucket_length(longest + 1, PREFILL_BUCKETS), self.slots.length) - 1, 1
         wp, ws = _shared_widths(longest, own)
         if wp + ws > self.slots.length:
             wp = longest
