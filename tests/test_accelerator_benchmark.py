@@ -1,6 +1,6 @@
 """benchmarks/accelerator.py --reduced runs on CPU and prints its three tables, their counts finite numbers;
 the augment part generates texts that end at EOS (the benchmark's EOS-calibrated random model). Timings are
-the benchmark's to report, not this test's to judge: their columns are only required to be there."""
+the benchmark's to report, not this test's to judge: no timing column is read here."""
 from __future__ import annotations
 
 import math
@@ -59,17 +59,13 @@ def test_three_tables_with_their_columns(output: str):
                 if column not in TIMINGS and re.fullmatch(r"-?[\d,.]+[%BM]?", cell):
                     assert math.isfinite(number(cell)), f"{part}: {column}={cell}"
     assert [int(r["batch"]) for r in found["decode"]] == [1, 4]
-    for row in found["decode"]:
-        assert {"ms/step", "roofline ms", "% of roofline"} <= set(row), row
     (train,) = found["train"]
-    assert {"step s", "tokens/s"} <= set(train), train
-    assert train["MFU"] == "n/a"  # no bf16 peak is known for a CPU
+    assert train["MFU"] == "n/a"  # no bf16 peak is known for a CPU: no made-up fraction of one
 
 
 def test_augment_generates_texts_that_end_at_eos(output: str):
     (row,) = tables(output)["augment"]
     assert int(row["generated tokens"]) > 0
-    assert {"tokens/s", "records/s"} <= set(row), row
     assert row["records x kinds"] == "6 x 3"
     assert 0 < number(row["mean tokens/text"]) < MAX_NEW_TOKENS, row
     if row["ended at EOS"] != "n/a":  # read from the part files, if their format is still the current one

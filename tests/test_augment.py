@@ -140,7 +140,7 @@ def test_output_schema_summary_and_read_back(model, tokenizer, records, tmp_path
     for kind in KINDS:
         assert summary["avg_tokens"][kind] == round(np.mean([row["new_tokens"][kind] for row in rows]), 2)
         assert summary["truncated"][kind] == summary["skipped"][kind] == 0
-    assert "records_per_s" in summary["throughput"] and summary["throughput"]["compiled_programs"] >= 1
+    assert summary["throughput"]["compiled_programs"] >= 1
     engine = summary["throughput"]["engine"]
     assert engine["engines"] == ["continuous"] and engine["decode_steps"] >= max(lengths)
     assert engine["kept_tokens"] == sum(lengths) + sum(n < MAX_NEW for n in lengths)  # the EOS tokens too

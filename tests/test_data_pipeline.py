@@ -178,8 +178,8 @@ def test_batch_iterator_errors():
 
 
 def test_jobs_that_do_not_train_start_without_the_training_pipeline():
-    # grain (and orbax through it) load only when a batch iterator is asked for: the lm-eval backend, the
-    # eval and augment jobs start ~0.3 s sooner; the package's names still resolve.
+    # grain (and orbax through it) load only when a batch iterator is asked for, so the lm-eval backend, the
+    # eval and augment jobs do not import them; the package's names still resolve.
     code = ("import sys, teacherlm_jax.lm_eval, teacherlm_jax.eval.job, teacherlm_jax.augment.job\n"
             "print(sorted(m for m in ('grain', 'orbax') if m in sys.modules))\n"
             "from teacherlm_jax.data import collate, make_batch_iterator\n"

@@ -57,7 +57,7 @@ def test_two_processes_write_every_record_once_and_a_rerun_reuses_every_step(tmp
     records = {step: _json(work / step / "pipeline_step.json") for step in STEPS}
     assert all(r["state"] == "done" for r in records.values())
     # One process keeps the records: timings.json names each step once (its values are not judged here).
-    assert sorted(_json(work / "timings.json")) == sorted(STEPS) and all("seconds" in r for r in records.values())
+    assert sorted(_json(work / "timings.json")) == sorted(STEPS)
     for run in ("teacher/stage3_cot", "students/finetune_cot"):
         rows = [json.loads(line) for line in (work / run / "metrics.jsonl").read_text().splitlines()]
         assert [r["step"] for r in rows] == [1, 2]  # one row per step
