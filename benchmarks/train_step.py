@@ -9,7 +9,7 @@ Both sides start from the same random BloomForCausalLM and take the same steps: 
 next-token loss, global-norm clipping at 1.0, AdamW (lr 1e-5, no weight decay), one batch. Ours is
 the engine's jitted step (`teacherlm_jax.train.step`) on one device, its loss `--loss-chunk` positions at a
 time, attention by `--attention-impl`. Prints a markdown row for docs/performance.md ("Training step") with
-the step's peak memory from XLA's analysis of the compiled step (`teacherlm_jax.compile.job.peak_bytes`).
+the step's peak memory from XLA's analysis of the compiled step (`teacherlm_jax.compile.programs.peak_bytes`).
 """
 from __future__ import annotations
 
@@ -26,7 +26,8 @@ from flax import nnx
 from transformers import BloomConfig, BloomForCausalLM
 
 import teacherlm_jax as tl
-from teacherlm_jax.compile.job import human_bytes, peak_bytes
+from teacherlm_jax.compile.job import human_bytes
+from teacherlm_jax.compile.programs import peak_bytes
 from teacherlm_jax.sharding import DEFAULT_RULES, make_mesh, param_shardings, parse_rules
 from teacherlm_jax.train.metrics import flops_per_token, peak_flops
 from teacherlm_jax.train.optim import decay_mask, make_optimizer

@@ -9,6 +9,12 @@ from a checkpoint with --config.model.init_from=DIR (only its config.json is rea
 no download).
 
 Keys added to the train config:
+  topology           a TPU slice to compile for, on any host (XLA's TPU compiler, libtpu: pip install -e ".[tpu]"):
+                     gcloud's accelerator types (v4-8, v4-16, v5litepod-8 alias v5e-8, v5p-8, v6e-8, v5e-32, ...)
+                     or jax's form (v5e:2x4). The mesh applies over its chips (-1 fills); every program of the
+                     recipe is compiled (training step, augment engine's insert / decode_round / shrink, eval's
+                     scoring and generate) and reported per chip with a roofline bound; device_memory_gib
+                     defaults to the chip's HBM. Empty (default): compile the training step for fake_devices.
   fake_devices       N fake CPU devices to compile for (default 8: one v4-8 / v5e-8 / 8-GPU host);
                      0 compiles for this machine's own devices (exact numbers on the target machine).
   device_memory_gib  memory per device to check against (e.g. v5e 16, v4 32, H100 80); 0: no check.
@@ -46,6 +52,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     else:
         raise ValueError(f"configs/compile.py: unknown variant {arg!r}; known: tiny, {', '.join(BLOOM_SHAPES)}")
     config.job = "compile"
+    config.topology = ""
     config.fake_devices = 8
     config.device_memory_gib = 0.0
     config.generation_batch_size = 16

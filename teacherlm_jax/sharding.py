@@ -111,11 +111,11 @@ def parse_rules(rules: Sequence, mesh: Mesh, key: str = "config.rules") -> tuple
     return tuple(parsed)
 
 
-def mesh_from_config(config) -> tuple[Mesh, tuple]:
-    """The mesh of `config.mesh` and validated rules from `config.rules` (or `config.mesh.rules`;
-    default DEFAULT_RULES). `config` is an ml_collections.ConfigDict or any mapping."""
+def mesh_from_config(config, devices: Sequence[jax.Device] | None = None) -> tuple[Mesh, tuple]:
+    """The mesh of `config.mesh` over `devices` (default: every device) and validated rules from `config.rules`
+    (or `config.mesh.rules`; default DEFAULT_RULES). `config` is an ml_collections.ConfigDict or any mapping."""
     sizes = {k: v for k, v in dict(config["mesh"]).items() if k != "rules"}
-    mesh = make_mesh(sizes)
+    mesh = make_mesh(sizes, devices)
     if config.get("rules") is not None:
         return mesh, parse_rules(config["rules"], mesh, "config.rules")
     if config["mesh"].get("rules") is not None:

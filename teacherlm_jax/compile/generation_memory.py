@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import AbstractMesh, Mesh, NamedSharding
 
+from teacherlm_jax.compile.topology import CHIPS as TPU_CHIPS
 from teacherlm_jax.generation.slots import CACHE_AXES
 from teacherlm_jax.errors import ConfigError
 from teacherlm_jax.init_from import resolve
@@ -32,7 +33,7 @@ from teacherlm_jax.sharding import (
 # One step's logits (each layer's key/value buffer is sharded as the decode slots' CACHE_AXES).
 LOGITS_AXES = ("batch", "vocab")
 # Memory per chip (GiB) of the chips the augment job is sized for.
-CHIPS: dict[str, float] = {"v5e": 16.0, "v4": 32.0}
+CHIPS: dict[str, float] = {name: TPU_CHIPS[name].hbm_gib for name in ("v5e", "v4")}
 GIB = 2 ** 30
 
 

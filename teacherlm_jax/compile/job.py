@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
+import sys
 from typing import Any
 
 import jax
@@ -31,6 +31,8 @@ from jax.sharding import Mesh
 
 from teacherlm_jax import report_json
 from teacherlm_jax.compile.generation_memory import CHIPS, GIB, decode_step_memory, generation_memory
+from teacherlm_jax.compile.programs import ProgramReport, compile_and_report, generation_programs
+from teacherlm_jax.compile.topology import TpuSlice, parse_slice
 from teacherlm_jax.config_checks import raise_all
 from teacherlm_jax.console import report_summary
 from teacherlm_jax.errors import ConfigError
@@ -93,49 +95,41 @@ class MemoryReport:
     peak: int
 
 
-def peak_bytes(compiled: jax.stages.Compiled) -> tuple[int, Any]:
-    """(peak bytes per device, XLA's memory analysis) of a compiled program. Peak = arguments + outputs -
-    aliased + temp + code: everything it holds when its temporaries are at their high-water mark (XLA's own
-    `peak_memory_in_bytes` is not used: on CPU it leaves out the temporaries of the loops' bodies)."""
-    stats = compiled.memory_analysis()
-    if stats is None:
-        raise RuntimeError(f"{jax.devices()[0].platform} gives no memory analysis of compiled programs")
-    return (stats.argument_size_in_bytes + stats.output_size_in_bytes - stats.alias_size_in_bytes
-            + stats.temp_size_in_bytes + stats.generated_code_size_in_bytes), stats
-
-
-def memory_report(compiled: jax.stages.Compiled, setup: TrainSetup, batch: dict) -> MemoryReport:
-    """Per-device bytes (`peak_bytes`)."""
-    peak, stats = peak_bytes(compiled)
+def memory_report(program: ProgramReport, setup: TrainSetup, batch: dict) -> MemoryReport:
+    """Per-device bytes of the training step (`programs.peak_bytes`)."""
     state = setup.abstract_state()
     return MemoryReport(params=shard_bytes(state.params), optimizer=shard_bytes(state.opt_state),
-                        batch=shard_bytes(batch), arguments=stats.argument_size_in_bytes,
-                        outputs=stats.output_size_in_bytes, aliased=stats.alias_size_in_bytes,
-                        temp=stats.temp_size_in_bytes, generated_code=stats.generated_code_size_in_bytes, peak=peak)
+                        batch=shard_bytes(batch), arguments=program.arguments, outputs=program.outputs,
+                        aliased=program.aliased, temp=program.temp, generated_code=program.generated_code,
+                        peak=program.peak_bytes)
 
 
 def dry_run(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """Compiles the configured training step without allocating it; returns the summary that `run` writes."""
-    use_fake_devices(int(config.get("fake_devices", 0)))
+    """Compiles the configured training step without allocating it (with `config.topology`, for that TPU
+    slice, and every other program of the recipe too); returns the summary that `run` writes."""
+    topology = str(config.get("topology") or "")
+    tpu = parse_slice(topology) if topology else None
+    if tpu is None:
+        use_fake_devices(int(config.get("fake_devices", 0)))
     config = config.copy_and_resolve_references()
-    mesh, rules = mesh_from_config(config)
+    mesh, rules = mesh_from_config(config, None if tpu is None else tpu.devices())
     raise_all(validate(config, dp_size=data_parallel_size(mesh, rules)))
     setup = train_setup(config, mesh, rules, weights=False)  # a hub BLOOM by its published shape: no download
     if config.data.seq_len is None:
         raise ConfigError("config.data.seq_len: the compile job needs an explicit length (no data to derive it from)")
     check_seq_len(config, setup.abstract.config.max_position_embeddings)
-    generation = generation_report(config, mesh, rules)  # before the long compile: its config errors come first
+    generation = generation_report(config, mesh, rules, xla_step=tpu is None)  # its config errors come first
     step = make_train_step(setup.graphdef, setup.tx, setup.schedule, mesh, rules, setup.shardings,
                            config.grad_accum_steps, loss_chunk(config))
     batch = abstract_batch(config, mesh, rules)
-    start = time.perf_counter()
-    compiled = step.lower(setup.abstract_state(), batch).compile()
-    seconds = time.perf_counter() - start
-    memory = memory_report(compiled, setup, batch)
+    gib = float(config.get("device_memory_gib", 0.0))
+    limit = gib if gib > 0 or tpu is None else tpu.chip.hbm_gib
+    chip, limit_bytes = (None if tpu is None else tpu.chip), (int(limit * GIB) if limit > 0 else None)
+    _, train_step = compile_and_report(step.lower(setup.abstract_state(), batch), chip, limit_bytes)
+    memory = memory_report(train_step, setup, batch)
     model = setup.abstract.config
-    device = jax.devices()[0]
-    limit = float(config.get("device_memory_gib", 0.0))
-    return {
+    device = mesh.devices.flat[0]
+    summary = {
         "model": {**dataclasses.asdict(model), "family": model.model_type},
         "num_params": sum(math.prod(x.shape) for x in jax.tree.leaves(setup.abstract_params)),
         "mesh": dict(mesh.shape),
@@ -148,24 +142,68 @@ def dry_run(config: ml_collections.ConfigDict) -> dict[str, Any]:
         "loss_chunk": loss_chunk(config),
         "rows_per_device_per_microbatch": int(config.batch_size) // data_parallel_size(mesh, rules)
         // int(config.grad_accum_steps),
-        "compile_seconds": round(seconds, 2),
+        "compile_seconds": train_step.compile_seconds,
         "memory_per_device": dataclasses.asdict(memory),
         "device_memory_gib": limit,
         "fits": None if limit <= 0 else memory.peak <= limit * GIB,
         "generation": generation,
     }
+    if tpu is not None:
+        summary.update(tpu_report(config, tpu, mesh, rules, train_step, limit_bytes, summary))
+    return summary
 
 
-def generation_report(config: ml_collections.ConfigDict, mesh: Mesh, rules: LogicalRules) -> dict[str, Any]:
+def tpu_report(config: ml_collections.ConfigDict, tpu: TpuSlice, mesh: Mesh, rules: LogicalRules,
+               train_step: ProgramReport, limit_bytes: int, summary: dict[str, Any]) -> dict[str, Any]:
+    """The slice, every program compiled for it, whether all fit, and the ceilings their bounds imply."""
+    lowered = generation_programs(config.model.to_dict(), mesh, rules, **generation_settings(config))
+    programs = {"train_step": train_step}
+    for name, program in lowered.items():
+        programs[name] = compile_and_report(program, tpu.chip, limit_bytes)[1]
+    slots = summary["generation"]["slots"]
+    tokens = summary["batch_size"] * summary["seq_len"]
+    per_token = model_flops_per_token(summary["num_params"], summary["model"], summary["seq_len"])
+    train_bound, round_bound = programs["train_step"].roofline_seconds, programs["decode_round"].roofline_seconds
+    return {
+        "topology": tpu.name,
+        "tpu": {"jax_topology": tpu.jax_name, "generation": tpu.generation, "chips": tpu.chips, "hosts": tpu.hosts,
+                "chip": dataclasses.asdict(tpu.chip)},
+        "programs": {name: dataclasses.asdict(p) for name, p in programs.items()},
+        "fits": all(p.fits for p in programs.values()),
+        "ceilings": {
+            "train_tokens_per_s": tokens / train_bound if train_bound else None,
+            "train_mfu": per_token * tokens / (train_bound * tpu.chips * tpu.chip.peak_bf16_flops)
+            if train_bound else None,
+            "decode_tokens_per_s": slots / round_bound if round_bound else None,
+        },
+    }
+
+
+def model_flops_per_token(num_params: int, model: dict[str, Any], seq_len: int) -> float:
+    """Training flops per token as MFU counts them (PaLM, appendix B): 6N, plus attention's 12 x layers x
+    hidden x sequence length."""
+    layers = model.get("n_layer") or model.get("num_hidden_layers")
+    return 6 * num_params + 12 * layers * model["hidden_size"] * seq_len
+
+
+def generation_settings(config: ml_collections.ConfigDict) -> dict[str, int]:
+    """The compile job's generation sizes (configs/compile.py's defaults for configs that predate them)."""
+    return {"slots": config.get("generation_batch_size", 16),
+            "prompt_tokens": config.get("generation_prompt_tokens", 512),
+            "max_new_tokens": config.get("generation_max_new_tokens", 512)}
+
+
+def generation_report(config: ml_collections.ConfigDict, mesh: Mesh, rules: LogicalRules,
+                      xla_step: bool = True) -> dict[str, Any]:
     """Generation's memory per chip on the job's mesh (v5e, v4 and `device_memory_gib` verdicts), with
-    XLA's analysis of one compiled decode step beside it. Keys default to configs/compile.py's."""
-    settings = {"slots": config.get("generation_batch_size", 16),
-                "prompt_tokens": config.get("generation_prompt_tokens", 512),
-                "max_new_tokens": config.get("generation_max_new_tokens", 512)}
+    XLA's analysis of one compiled decode step beside it (`xla_step`; a TPU slice's report has the
+    whole round among its programs instead)."""
+    settings = generation_settings(config)
     limit = float(config.get("device_memory_gib", 0.0))
     chips = {**CHIPS, **({"device_memory_gib": limit} if limit > 0 else {})}
     report = generation_memory(config.model.to_dict(), mesh, rules, chips=chips, **settings)
-    return {**report, "xla_decode_step": decode_step_memory(config.model.to_dict(), mesh, rules, **settings)}
+    xla = decode_step_memory(config.model.to_dict(), mesh, rules, **settings) if xla_step else None
+    return {**report, "xla_decode_step": xla}
 
 
 def human_bytes(n: float) -> str:
@@ -205,10 +243,57 @@ def format_report(summary: dict[str, Any]) -> str:
         lines += ["", "Compiled for CPU: XLA's CPU fusion and buffer assignment differ from TPU/GPU, so "
                       "temporaries are indicative; parameters and optimizer state are exact."]
     if summary["fits"] is not None:
-        verdict = "fits in" if summary["fits"] else "DOES NOT FIT in"
-        lines += ["", f"Peak {human_bytes(mem['peak'])} {verdict} config.device_memory_gib="
-                      f"{summary['device_memory_gib']} GiB per device."]
-    return "\n".join(lines + format_generation(summary)) + "\n"
+        verdict = "fits in" if mem["peak"] <= summary["device_memory_gib"] * GIB else "DOES NOT FIT in"
+        lines += ["", f"Peak {human_bytes(mem['peak'])} {verdict} {summary['device_memory_gib']:g} GiB per device."]
+    return "\n".join(lines + format_generation(summary) + format_programs(summary)) + "\n"
+
+
+def format_programs(summary: dict[str, Any]) -> list[str]:
+    """Markdown lines: every program compiled for the TPU slice, per chip, and the ceilings of their bounds."""
+    if "programs" not in summary:
+        return []
+    tpu, chip = summary["tpu"], summary["tpu"]["chip"]
+    limit = summary["device_memory_gib"]
+    lines = [
+        "", f"## Every program on {summary['topology']} ({tpu['jax_topology']}: {tpu['chips']} chips of "
+            f"{summary['device_kind']}, {tpu['hosts']} host(s)), compiled by XLA's TPU compiler", "",
+        f"Per chip. Memory is XLA's analysis of the TPU executable, checked against {limit:g} GiB. Flops and bytes "
+        f"are XLA's cost analysis (flops counted before optimization, bytes after; a loop's body once). The "
+        f"roofline bound is max(flops / {chip['peak_bf16_flops'] / 1e12:g} TFLOP/s, bytes / "
+        f"{chip['hbm_bytes_per_s'] / 1e9:g} GB/s), the chip's published bfloat16 peak and HBM bandwidth "
+        f"({chip['source']}): a lower bound on the time, **not a measurement**.", "",
+        "| program | peak per chip | fits | flops | bytes accessed | roofline bound | compiled in |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, p in summary["programs"].items():
+        lines.append(f"| {name} | {human_bytes(p['peak_bytes'])} | {'yes' if p['fits'] else 'NO'} | "
+                     f"{p['flops']:.3g} | {human_bytes(p['bytes_accessed'])} | {format_seconds(p['roofline_seconds'])} "
+                     f"| {p['compile_seconds']} s |")
+    ceilings = summary["ceilings"]
+    lines += ["", "Ceilings from the bounds (no run is faster):",
+              f"- training: {ceilings['train_tokens_per_s']:,.0f} tokens/s, MFU at most "
+              f"{100 * ceilings['train_mfu']:.1f}% (6 x parameters + attention flops per token)",
+              f"- generation: {ceilings['decode_tokens_per_s']:,.0f} generated tokens/s "
+              f"({summary['generation']['slots']} slots a decode step)"]
+    return lines
+
+
+def format_seconds(seconds: float | None) -> str:
+    """0.00123 -> '1.23 ms'."""
+    if seconds is None:
+        return "-"
+    for unit, scale in (("s", 1.0), ("ms", 1e-3)):
+        if seconds >= scale:
+            return f"{seconds / scale:.3g} {unit}"
+    return f"{seconds / 1e-6:.3g} us"
+
+
+def too_big(summary: dict[str, Any]) -> list[str]:
+    """One line per program that does not fit, naming it and by how much."""
+    limit = summary["device_memory_gib"] * GIB
+    return [f"{name} needs {human_bytes(p['peak_bytes'])} per chip, {human_bytes(p['peak_bytes'] - limit)} more than "
+            f"{summary['device_memory_gib']:g} GiB" for name, p in summary.get("programs", {}).items()
+            if p["fits"] is False]
 
 
 def format_generation(summary: dict[str, Any]) -> list[str]:
@@ -260,4 +345,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
     report_summary("compile", {"peak per device": human_bytes(summary["memory_per_device"]["peak"]), "": fits},
                    {"report": out / REPORT_MD, "summary": out / REPORT_JSON})
     if summary["fits"] is False:
+        for line in too_big(summary):
+            print(f"error: does not fit: {line}", file=sys.stderr, flush=True)
         raise SystemExit(1)

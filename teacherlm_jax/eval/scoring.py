@@ -306,6 +306,23 @@ def _put(name: str, array: np.ndarray, mesh: Mesh | None, rules: LogicalRules | 
     return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
 
 
+def lower_scoring(params, graphdef: GraphKey, *, sequences: int, width: int, choices: int, mesh: Mesh,
+                  rules: LogicalRules) -> jax.stages.Lowered:
+    """The scoring program for `sequences` x `width` packed tokens, one target position per sequence and
+    `choices` continuations, lowered without running (`params` may be sharded ShapeDtypeStructs): the
+    compile job's figure for a batch of the eval job."""
+    positions = 1 << max(0, sequences - 1).bit_length() if sequences <= HEAD_CHUNK else _round_up(sequences, HEAD_CHUNK)
+    ints = lambda name, *dims: jax.ShapeDtypeStruct(dims, jnp.int32, sharding=batch_sharding(mesh, rules, len(dims))
+                                                    if name in _BATCHED else NamedSharding(mesh, PartitionSpec()))
+    shapes = dict(tokens=ints("tokens", sequences, width), segments=ints("segments", sequences, width),
+                  select=ints("select", positions), targets=ints("targets", positions, choices),
+                  target_row=ints("target_row", positions),
+                  target_mask=jax.ShapeDtypeStruct((positions,), jnp.float32,
+                                                   sharding=NamedSharding(mesh, PartitionSpec())))
+    return _score_program.lower(params, *(shapes[k] for k in _INPUTS), graphdef=graphdef, mesh=mesh,
+                                rules=tuple(rules), num_rows=1 << max(0, sequences - 1).bit_length())
+
+
 def score_rows(model: nnx.Module, rows: Sequence[Row], *, batch_size: int, max_length: int,
                mesh: Mesh | None = None, rules: LogicalRules | None = None,
                progress: Callable[[int], None] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:

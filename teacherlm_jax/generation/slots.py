@@ -211,32 +211,20 @@ class DecodeSlots:
         self.slots = self.full_slots if slots is None else slots
         self.state = self._empty(self.slots)
 
-    def _state_shapes(self, slots: int) -> SlotState:
-        """The state of `slots` slots as a real one is laid out, shardings included: a program compiled
-        ahead for other input shardings than the call's would not be the one the call runs."""
-        empty = _empty_state.lower(self.params, slots=slots, length=self.length, max_new=self.max_new_tokens,
-                                   logprobs=self.logprobs, **self._static()).compile()
-        return jax.tree.map(lambda info, sharding: jax.ShapeDtypeStruct(info.shape, info.dtype, sharding=sharding),
-                            empty.out_info, empty.output_shardings)
-
     def compile_ahead(self, slot_counts: Sequence[int], inserts: Sequence[InsertShape] = ()) -> None:
         """Compiles `run` for these slot counts, `shrink` from each to every smaller one, and `insert` for these
         shapes (in this order, each wanted before the next) in background threads: XLA compiles a program on
         one core, and a prefill program can take seconds to compile on a GPU, so compiling while other
         programs run keeps compiles off the decode loop. Uses a quarter of the cores (one to four threads)."""
-        kwargs = dict(self._static(), sampler=self.sampler, logprobs=self.logprobs)
-        rows = lambda n, dtype: jax.ShapeDtypeStruct((n,), dtype)
+        programs = self.programs()
         counts = sorted(set(slot_counts), reverse=True)
         tasks = {}
         for i, slots in enumerate(counts):
-            tasks["run", slots] = lambda s=slots: _run.lower(self.params, self._state_shapes(s), self.eos_ids,
-                                                             np.int32(0), np.int32(0), **kwargs).compile()
+            tasks["run", slots] = lambda s=slots: programs.lower_run(s).compile()
             for smaller in counts[i + 1:]:
-                tasks["gather", slots, smaller] = lambda s=slots, t=smaller: _gather.lower(
-                    self._state_shapes(s), rows(t, jnp.int32), rows(t, jnp.bool_), mesh=self.mesh,
-                    rules=self.rules).compile()
+                tasks["gather", slots, smaller] = lambda s=slots, t=smaller: programs.lower_gather(s, t).compile()
         for shape in inserts:
-            tasks["insert", shape] = functools.partial(self._compile_insert, shape)
+            tasks["insert", shape] = lambda s=shape: programs.lower_insert(s, self.slots).compile()
         pool = concurrent.futures.ThreadPoolExecutor(max(1, min(4, (os.cpu_count() or 1) // 4)),
                                                      thread_name_prefix="compile_ahead")
         for key, task in tasks.items():
@@ -245,20 +233,17 @@ class DecodeSlots:
                 self._compiling.append(self._ahead[key])
         pool.shutdown(wait=False)
 
+    def programs(self) -> SlotPrograms:
+        """The slots' programs, to lower for their exact shapes and layouts."""
+        return SlotPrograms(self.params, graphdef=self.graphdef, prompt_width=self.prompt_width,
+                            max_new_tokens=self.max_new_tokens, sampler=self.sampler, eos_ids=self.eos_ids,
+                            pad_id=self.pad_id, mesh=self.mesh, rules=self.rules, logprobs=self.logprobs)
+
     def _wait_ahead(self, *key) -> None:
         """Waits for this program's compile if one is under way ahead (a call now would compile it again)."""
         future = self._ahead.get(key)
         if future is not None:
             future.result()
-
-    def _compile_insert(self, shape: InsertShape) -> None:
-        ints = lambda *dims: jax.ShapeDtypeStruct(dims, jnp.int32)
-        n = shape.rows * shape.copies
-        seeds = RowSeeds(jax.ShapeDtypeStruct((n,), jnp.uint32), ints(n), ints(n))
-        _insert.lower(self.params, self._state_shapes(self.slots), ints(shape.prefixes, shape.prefix_width),
-                      ints(shape.prefixes, shape.prefix_width), ints(shape.rows, shape.width),
-                      ints(shape.rows, shape.width), ints(shape.rows), ints(n), seeds,
-                      prompt_width=self.prompt_width, copies=shape.copies, **self._static()).compile()
 
     def join(self) -> None:
         """Waits for `compile_ahead`'s threads (so that they do not outlive the job), raising their errors."""
@@ -325,6 +310,60 @@ class DecodeSlots:
         state = _replicated((self.state.tokens, self.state.logprobs, self.state.steps), mesh=self.mesh)
         index = np.asarray(slot_ids, np.int64)
         return tuple(np.asarray(x.addressable_data(0))[index] for x in state)
+
+
+@dataclasses.dataclass(frozen=True)
+class SlotPrograms:
+    """The decode slots' programs, lowered for given shapes without running anything: `params` may be arrays
+    or sharded `jax.ShapeDtypeStruct`s, so the same programs lower for the job's devices (compiled ahead) or
+    for devices that are not attached (the compile job's TPU slices)."""
+
+    params: Any
+    graphdef: GraphKey
+    prompt_width: int
+    max_new_tokens: int
+    sampler: Sampler
+    eos_ids: np.ndarray
+    pad_id: int
+    mesh: Mesh | None = None
+    rules: LogicalRules | None = None
+    logprobs: bool = False
+
+    @property
+    def length(self) -> int:
+        return self.prompt_width + self.max_new_tokens - 1
+
+    def _static(self) -> dict[str, Any]:
+        return dict(graphdef=self.graphdef, pad_id=self.pad_id, mesh=self.mesh, rules=self.rules)
+
+    def state_shapes(self, slots: int) -> SlotState:
+        """The state of `slots` slots as a real one is laid out, shardings included: a program compiled
+        ahead for other input shardings than the call's would not be the one the call runs."""
+        empty = _empty_state.lower(self.params, slots=slots, length=self.length, max_new=self.max_new_tokens,
+                                   logprobs=self.logprobs, **self._static()).compile()
+        return jax.tree.map(lambda info, sharding: jax.ShapeDtypeStruct(info.shape, info.dtype, sharding=sharding),
+                            empty.out_info, empty.output_shardings)
+
+    def lower_run(self, slots: int) -> jax.stages.Lowered:
+        """A round of decode steps over `slots` slots."""
+        return _run.lower(self.params, self.state_shapes(slots), self.eos_ids, np.int32(0), np.int32(0),
+                          sampler=self.sampler, logprobs=self.logprobs, **self._static())
+
+    def lower_gather(self, slots: int, smaller: int) -> jax.stages.Lowered:
+        """The tail's shrink from `slots` slots to `smaller`."""
+        rows = lambda dtype: jax.ShapeDtypeStruct((smaller,), dtype)
+        return _gather.lower(self.state_shapes(slots), rows(jnp.int32), rows(jnp.bool_), mesh=self.mesh,
+                             rules=self.rules)
+
+    def lower_insert(self, shape: InsertShape, slots: int) -> jax.stages.Lowered:
+        """A prefill of `shape` into `slots` slots."""
+        ints = lambda *dims: jax.ShapeDtypeStruct(dims, jnp.int32)
+        n = shape.rows * shape.copies
+        seeds = RowSeeds(jax.ShapeDtypeStruct((n,), jnp.uint32), ints(n), ints(n))
+        return _insert.lower(self.params, self.state_shapes(slots), ints(shape.prefixes, shape.prefix_width),
+                             ints(shape.prefixes, shape.prefix_width), ints(shape.rows, shape.width),
+                             ints(shape.rows, shape.width), ints(shape.rows), ints(n), seeds,
+                             prompt_width=self.prompt_width, copies=shape.copies, **self._static())
 
 
 def _mesh_context(mesh: Mesh | None, rules) -> Any:

@@ -1,0 +1,122 @@
+"""Every program the recipe runs, lowered from shapes alone, and what XLA says of each once compiled.
+
+The programs are the jobs' own (`make_train_step`, the decode slots' insert, round and shrink, scoring's
+program, `generate`'s), lowered with sharded `jax.ShapeDtypeStruct`s, so they compile for devices that are
+not attached (a TPU slice through libtpu) and nothing is allocated. For each: peak bytes per chip (XLA's
+memory analysis), XLA's flops and bytes accessed per chip, and a roofline bound, max(flops / peak FLOP/s,
+bytes / HBM bandwidth): a lower bound on the program's time on that chip, not a measurement (XLA counts
+flops before optimization and bytes after; a loop's body is counted once).
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+
+from teacherlm_jax.compile.generation_memory import generation_shapes
+from teacherlm_jax.compile.topology import Chip
+from teacherlm_jax.eval.scoring import lower_scoring
+from teacherlm_jax.generation.sampler import Sampler
+from teacherlm_jax.generation.scheduler import TAIL_SLOTS
+from teacherlm_jax.generation.slots import InsertShape, SlotPrograms, slot_count
+from teacherlm_jax.models.graph_key import GraphKey
+from teacherlm_jax.sharding import LogicalRules, logical_to_spec
+
+# TeacherLM's sampling (configs/augment.py) and eval's greedy generate mode.
+AUGMENT_SAMPLER = Sampler(1.0, 50, 1.0)
+GREEDY = Sampler(0.0, 0, 1.0)
+# MMLU and the other suites score answer letters: up to four choices, one target token each.
+SCORING_CHOICES = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class ProgramReport:
+    """One compiled program, per chip: `peak_bytes` = arguments + outputs - aliased + temporaries + code."""
+
+    peak_bytes: int
+    arguments: int
+    outputs: int
+    aliased: int
+    temp: int
+    generated_code: int
+    flops: float
+    bytes_accessed: float
+    roofline_seconds: float | None
+    fits: bool | None
+    compile_seconds: float
+
+
+def peak_bytes(compiled: jax.stages.Compiled) -> tuple[int, Any]:
+    """(peak bytes per device, XLA's memory analysis) of a compiled program. Peak = arguments + outputs -
+    aliased + temp + code: everything it holds when its temporaries are at their high-water mark (XLA's own
+    `peak_memory_in_bytes` is not used: on CPU it leaves out the temporaries of the loops' bodies)."""
+    stats = compiled.memory_analysis()
+    if stats is None:
+        raise RuntimeError(f"{jax.devices()[0].platform} gives no memory analysis of compiled programs")
+    return (stats.argument_size_in_bytes + stats.output_size_in_bytes - stats.alias_size_in_bytes
+            + stats.temp_size_in_bytes + stats.generated_code_size_in_bytes), stats
+
+
+def roofline_seconds(flops: float, bytes_accessed: float, chip: Chip) -> float:
+    """The least time a chip needs for this much compute and HBM traffic."""
+    return max(flops / chip.peak_bf16_flops, bytes_accessed / chip.hbm_bytes_per_s)
+
+
+def compile_and_report(lowered: jax.stages.Lowered, chip: Chip | None, limit_bytes: int | None
+                       ) -> tuple[jax.stages.Compiled, ProgramReport]:
+    """Compiles `lowered` and reads its memory and cost; `fits` against `limit_bytes` (None: not checked)."""
+    start = time.perf_counter()
+    compiled = lowered.compile()
+    seconds = time.perf_counter() - start
+    peak, stats = peak_bytes(compiled)
+    cost = compiled.cost_analysis() or {}
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops, accessed = float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0))
+    return compiled, ProgramReport(
+        peak_bytes=peak, arguments=stats.argument_size_in_bytes, outputs=stats.output_size_in_bytes,
+        aliased=stats.alias_size_in_bytes, temp=stats.temp_size_in_bytes,
+        generated_code=stats.generated_code_size_in_bytes, flops=flops, bytes_accessed=accessed,
+        roofline_seconds=None if chip is None else roofline_seconds(flops, accessed, chip),
+        fits=None if limit_bytes is None else peak <= limit_bytes, compile_seconds=round(seconds, 2))
+
+
+def decode_params(model: dict[str, Any], mesh: Mesh, rules: LogicalRules, slots: int, prompt_tokens: int,
+                  max_new_tokens: int) -> tuple[GraphKey, Any]:
+    """(graphdef, sharded abstract parameters) of the teacher as generation holds it: listed layers in the
+    compute dtype, in its decode layout."""
+    abstract, _ = generation_shapes(model, slots, prompt_tokens, max_new_tokens)
+    graphdef, state = nnx.split(abstract.for_decoding())
+    specs = nnx.get_partition_spec(state)
+    shardings = jax.tree.map(lambda spec: NamedSharding(mesh, logical_to_spec(tuple(spec), rules)), specs,
+                             is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+    params = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
+    return GraphKey(graphdef), params
+
+
+def generation_programs(model: dict[str, Any], mesh: Mesh, rules: LogicalRules, *, slots: int, prompt_tokens: int,
+                        max_new_tokens: int, eos_id: int = 2) -> dict[str, jax.stages.Lowered]:
+    """The augment engine's programs at the compile job's `generation_*` sizes: `insert` (a fill of every slot
+    with prompts of `prompt_tokens`), `decode_round` (a round of steps, TeacherLM's sampling, rows ending at
+    EOS) and `shrink` (the tail's move to a quarter of the slots); and the eval job's `scoring` (a batch of
+    `slots` sequences of `prompt_tokens`) and `generate` (its greedy decode loop; its prefill is `insert`)."""
+    rows = slot_count(slots, mesh, rules)
+    graphdef, params = decode_params(model, mesh, rules, slots, prompt_tokens, max_new_tokens)
+    common = dict(graphdef=graphdef, max_new_tokens=max_new_tokens, eos_ids=np.array([eos_id], np.int32),
+                  pad_id=0, mesh=mesh, rules=tuple(rules))
+    augment = SlotPrograms(params, prompt_width=prompt_tokens, sampler=AUGMENT_SAMPLER, **common)
+    fill = InsertShape.of((rows, prompt_tokens), None, 1)
+    tail = max(1, slot_count(max(TAIL_SLOTS, rows // 4), mesh, rules)) if rows > TAIL_SLOTS else rows
+    evaluate = SlotPrograms(params, prompt_width=prompt_tokens, sampler=GREEDY, **common)
+    return {
+        "insert": augment.lower_insert(fill, rows),
+        "decode_round": augment.lower_run(rows),
+        "shrink": augment.lower_gather(rows, min(tail, rows)),
+        "scoring": lower_scoring(params, graphdef, sequences=rows, width=prompt_tokens, choices=SCORING_CHOICES,
+                                 mesh=mesh, rules=rules),
+        "generate": evaluate.lower_run(rows),
+    }
