@@ -37,7 +37,7 @@ JOBS = {
     "pipeline": Job("teacherlm_jax.pipeline.job:run", "teacherlm_jax.pipeline.preflight:validate",
                     "TeacherLM's recipe: teacher stages, augmentation, students, evaluation, report"),
     "compile": Job("teacherlm_jax.compile.job:run", "teacherlm_jax.train.checks:validate",
-                   "ahead-of-time memory check of a training step (and generation) for a mesh"),
+                   "ahead-of-time compile of a training step and generation for a mesh or a TPU slice"),
 }
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/train.py:tiny.",
@@ -71,7 +71,10 @@ def main(argv: list[str]) -> None:
     check_workdir(workdir)  # a file, or a store that does not answer: refused in seconds
     job = resolve_job(config.job)
     from teacherlm_jax.config_checks import raise_all
+    from teacherlm_jax.platforms import cpu_only_without_tpu
     from teacherlm_jax.sharding import initialize_distributed
+
+    cpu_only_without_tpu()  # before jax picks a backend
 
     initialize_distributed(config.get("distributed"))  # before any jax computation, for every job
     raise_all(_function(JOBS[config.job].validate)(config))

@@ -4,6 +4,11 @@ import pathlib
 
 import pytest
 
+# Tests run on the CPU backend. With libtpu installed (the test extras), jax would otherwise try its TPU
+# backend first, taking libtpu's host-wide lockfile in every test process; compiling for a TPU slice that is
+# not attached (tests/test_tpu_compile.py) needs no backend.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 

@@ -119,13 +119,11 @@ def dry_run(config: ml_collections.ConfigDict) -> dict[str, Any]:
         raise ConfigError("config.data.seq_len: the compile job needs an explicit length (no data to derive it from)")
     check_seq_len(config, setup.abstract.config.max_position_embeddings)
     generation = generation_report(config, mesh, rules, xla_step=tpu is None)  # its config errors come first
-    step = make_train_step(setup.graphdef, setup.tx, setup.schedule, mesh, rules, setup.shardings,
-                           config.grad_accum_steps, loss_chunk(config))
-    batch = abstract_batch(config, mesh, rules)
+    lowered, batch = lower_train_step(config, setup, mesh, rules)
     gib = float(config.get("device_memory_gib", 0.0))
     limit = gib if gib > 0 or tpu is None else tpu.chip.hbm_gib
     chip, limit_bytes = (None if tpu is None else tpu.chip), (int(limit * GIB) if limit > 0 else None)
-    _, train_step = compile_and_report(step.lower(setup.abstract_state(), batch), chip, limit_bytes)
+    _, train_step = compile_and_report(lowered, chip, limit_bytes)
     memory = memory_report(train_step, setup, batch)
     model = setup.abstract.config
     device = mesh.devices.flat[0]
@@ -151,6 +149,15 @@ def dry_run(config: ml_collections.ConfigDict) -> dict[str, Any]:
     if tpu is not None:
         summary.update(tpu_report(config, tpu, mesh, rules, train_step, limit_bytes, summary))
     return summary
+
+
+def lower_train_step(config: ml_collections.ConfigDict, setup: TrainSetup, mesh: Mesh, rules: LogicalRules
+                     ) -> tuple[jax.stages.Lowered, dict[str, jax.ShapeDtypeStruct]]:
+    """(the trainer's own step lowered for the abstract state and batch, that batch)."""
+    step = make_train_step(setup.graphdef, setup.tx, setup.schedule, mesh, rules, setup.shardings,
+                           config.grad_accum_steps, loss_chunk(config))
+    batch = abstract_batch(config, mesh, rules)
+    return step.lower(setup.abstract_state(), batch), batch
 
 
 def tpu_report(config: ml_collections.ConfigDict, tpu: TpuSlice, mesh: Mesh, rules: LogicalRules,

@@ -1,0 +1,156 @@
+"""The recipe's programs compiled for a TPU slice by XLA's TPU compiler (libtpu), on this CPU host.
+
+Tiny BLOOM and OPT on a v5e slice of 4 chips: the training step on FSDP and tensor meshes, the augment
+engine's insert, decode round and shrink, scoring and `generate`, each with XLA's TPU memory and cost.
+The decode round is one on-device loop that never reaches the host; weights and KV cache are in the compute
+dtype; FSDP gathers weights and data parallelism does not. Slice names, meshes that do not factor the chips,
+a program too big for the chip (exit 1 naming it), and jobs on a host with libtpu but no TPU starting the CPU
+backend only.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from configs import compile as compile_config
+from teacherlm_jax.compile import job
+from teacherlm_jax.compile.programs import generation_programs
+from teacherlm_jax.compile.topology import CHIPS, known_names, parse_slice
+from teacherlm_jax.errors import ConfigError
+from teacherlm_jax.platforms import tpu_chips_attached
+from teacherlm_jax.sharding import mesh_from_config
+from teacherlm_jax.train.loop import train_setup
+from train_subprocess import REPO
+
+pytest.importorskip("libtpu", reason='XLA\'s TPU compiler: pip install -e ".[test]" (jax[tpu])')
+
+SLICE = "v5e:2x2"
+PROGRAMS = ("train_step", "insert", "decode_round", "shrink", "scoring", "generate")
+OPT = dict(family="opt", vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, ffn_dim=64,
+           max_position_embeddings=64, pad_token_id=1)
+
+
+def tiny(family: str = "bloom", **mesh) -> object:
+    """configs/compile.py:tiny on SLICE in bfloat16, small generation sizes."""
+    config = compile_config.get_config("tiny")
+    if family == "opt":
+        config.model = compile_config.common.model(None, dtype="bfloat16", **OPT)
+    else:
+        config.model.dtype = "bfloat16"
+    config.topology = SLICE
+    config.mesh.update({"data": 1, "fsdp": 1, "tensor": 1, **mesh})
+    config.generation_batch_size, config.generation_prompt_tokens, config.generation_max_new_tokens = 8, 16, 8
+    return config
+
+
+@pytest.mark.parametrize("family,mesh", [("bloom", {"fsdp": -1}), ("opt", {"fsdp": 2, "tensor": 2})])
+def test_every_program_compiles_for_the_slice(family, mesh):
+    summary = job.dry_run(tiny(family, **mesh))
+    assert summary["platform"] == "tpu" and summary["device_kind"] == CHIPS["v5e"].device_kind
+    assert summary["topology"] == SLICE and summary["tpu"]["chips"] == 4 and summary["devices"] == 4
+    assert summary["model"]["family"] == family
+    assert tuple(summary["programs"]) == PROGRAMS
+    chip = CHIPS["v5e"]
+    for name, p in summary["programs"].items():
+        assert 0 < p["peak_bytes"] < 2 ** 30 and p["fits"] is True, name
+        assert p["flops"] > 0 and p["bytes_accessed"] > 0, name
+        assert p["roofline_seconds"] == pytest.approx(max(p["flops"] / chip.peak_bf16_flops,
+                                                          p["bytes_accessed"] / chip.hbm_bytes_per_s)), name
+    assert summary["fits"] is True and summary["device_memory_gib"] == chip.hbm_gib
+    # Prefilling every slot with a prompt does more work than one decode step over them.
+    assert summary["programs"]["insert"]["flops"] > summary["programs"]["decode_round"]["flops"]
+    ceilings = summary["ceilings"]
+    assert ceilings["decode_tokens_per_s"] == pytest.approx(8 / summary["programs"]["decode_round"]["roofline_seconds"])
+    assert 0 < ceilings["train_mfu"] < 1
+    text = job.format_report(summary)
+    assert "not a measurement" in text and all(f"| {name} |" in text for name in PROGRAMS)
+
+
+def test_decode_round_is_one_device_loop_in_the_compute_dtype():
+    config = tiny("bloom", fsdp=-1)
+    tpu = parse_slice(SLICE)
+    mesh, rules = mesh_from_config(config, tpu.devices())
+    lowered = generation_programs(config.model.to_dict(), mesh, rules, slots=8, prompt_tokens=16, max_new_tokens=8)
+    params, state = lowered["decode_round"].args_info[0][:2]
+    assert {x.dtype for x in jax.tree.leaves(params)} == {jnp.dtype(jnp.bfloat16)}
+    assert {x.dtype for x in state.cache.key + state.cache.value} == {jnp.dtype(jnp.bfloat16)}
+    hlo = lowered["decode_round"].compile().as_text()
+    assert hlo.count(" while(") >= 1
+    for host in ("outfeed", "infeed", " send(", " recv(", "host_callback", "xla_python", "callback"):
+        assert host not in hlo, host
+
+
+@pytest.mark.parametrize("family", ["bloom", "opt"])
+def test_fsdp_gathers_weights_and_data_parallelism_does_not(family):
+    hlos = {}
+    for name, mesh in (("fsdp", {"fsdp": 4}), ("data", {"data": 4})):
+        config = tiny(family, **mesh)
+        devices = parse_slice(SLICE).devices()
+        mesh_, rules = mesh_from_config(config, devices)
+        setup = train_setup(config, mesh_, rules, weights=False)
+        lowered, _ = job.lower_train_step(config, setup, mesh_, rules)
+        hlos[name] = lowered.compile().as_text()
+    assert "all-gather" in hlos["fsdp"]
+    assert "all-gather" not in hlos["data"]
+    assert "all-reduce" in hlos["data"]  # the gradients are still summed over the data-parallel chips
+
+
+def test_a_program_that_does_not_fit_exits_1_naming_it(tmp_path, capsys):
+    config = tiny("bloom", fsdp=-1)
+    config.device_memory_gib = 1e-4  # ~105 KB a chip
+    with pytest.raises(SystemExit) as stop:
+        job.run(config, str(tmp_path))
+    assert stop.value.code == 1
+    err = capsys.readouterr().err
+    assert re.search(r"error: does not fit: train_step needs [\d.]+ \w+ per chip, [\d.]+ \w+ more than 0.0001 GiB", err)
+    summary = json.loads((tmp_path / job.REPORT_JSON).read_text())
+    assert summary["fits"] is False and summary["programs"]["train_step"]["fits"] is False
+    assert "| train_step |" in (tmp_path / job.REPORT_MD).read_text()
+
+
+@pytest.mark.parametrize("name,generation,shape,hosts", [
+    ("v4-8", "v4", (2, 2, 1), 1), ("v4-16", "v4", (2, 2, 2), 2), ("v5litepod-8", "v5e", (2, 4), 1),
+    ("v5e-8", "v5e", (2, 4), 1), ("v5e-32", "v5e", (4, 8), 8), ("v5p-8", "v5p", (2, 2, 1), 1),
+    ("v6e-8", "v6e", (2, 4), 1), ("v5e:2x4", "v5e", (2, 4), 1), ("v5p:2x2x2", "v5p", (2, 2, 2), 2)])
+def test_slice_names(name, generation, shape, hosts):
+    tpu = parse_slice(name)
+    assert (tpu.generation, tpu.shape, tpu.hosts) == (generation, shape, hosts)
+    devices = tpu.devices()
+    assert len(devices) == tpu.chips and {d.device_kind for d in devices} == {CHIPS[generation].device_kind}
+    assert len({d.process_index for d in devices}) == hosts
+
+
+def test_unknown_slices_and_meshes_that_do_not_factor_are_refused():
+    for bad in ("v5e-7", "v3-8", "tpu", "v4-9"):
+        with pytest.raises(ConfigError, match=r"config.topology=.*unknown TPU slice; known: .*v5litepod-\{1,4,8"):
+            parse_slice(bad)
+    assert "v6e-256" in known_names() and "v4-8" in known_names()
+    with pytest.raises(ConfigError, match=r"config.mesh: .*needs a multiple of 3 devices, but there are 4"):
+        job.dry_run(tiny("bloom", tensor=3))
+
+
+def test_pci_probe_counts_tpu_chips(tmp_path):
+    for i, (vendor, device) in enumerate([("0x1ae0", "0x0063"), ("0x1ae0", "0x0042"), ("0x8086", "0x0063")]):
+        (tmp_path / str(i)).mkdir()
+        (tmp_path / str(i) / "vendor").write_text(vendor + "\n")
+        (tmp_path / str(i) / "device").write_text(device + "\n")
+    assert tpu_chips_attached(str(tmp_path)) == 1  # a v5e chip; Google's NIC and another vendor's device are not
+
+
+def test_jobs_on_a_host_without_tpu_start_the_cpu_backend_only():
+    env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+    code = ("from teacherlm_jax.platforms import cpu_only_without_tpu\n"
+            "print(cpu_only_without_tpu())\nimport jax\nprint(jax.default_backend(), jax.config.jax_platforms)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    if tpu_chips_attached():
+        pytest.skip("this host has TPU chips")
+    assert proc.stdout.split() == ["True", "cpu", "cpu"]
+    assert "TPU" not in proc.stderr  # libtpu never searched for a slice
