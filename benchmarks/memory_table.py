@@ -4,6 +4,8 @@
     python benchmarks/memory_table.py --aot            # plus the compile job on fake CPU devices, one
                                                        # process per row (under a minute each)
     python benchmarks/memory_table.py --aot --sizes bloom-1b7,bloom-7b1   # only those sizes' rows
+    python benchmarks/memory_table.py --tpu            # plus the compile job for a TPU slice of the row's chips
+                                                       # (XLA's TPU compiler, libtpu: v5e-N, v4 beyond 256 chips)
 
 Parameters, optimizer state and gradients are exact: the model's own shapes and the trainer's sharding
 rules (`param_shardings`) on an abstract mesh of the row's size. Activations are an estimate of what
@@ -20,6 +22,8 @@ s tokens, h hidden, a heads, V vocabulary, t tensor-parallel size, L layers):
                     (2 + 4)·V·h/t, and two layers' weights in bfloat16 (FSDP's prefetch)
 --aot adds XLA's own per-device figure (`teacherlm_jax.compile.job`) for comparison; CPU numbers are
 indicative (XLA's CPU backend fuses less and keeps more bfloat16 work in float32 than TPU/GPU do).
+--tpu adds the TPU compiler's figure for the row's mesh over a real slice's chips, which then decides the
+TPU verdicts (the estimate still decides H100's).
 """
 from __future__ import annotations
 
@@ -37,9 +41,13 @@ from flax import nnx
 from jax.sharding import AbstractMesh, AxisType
 
 from teacherlm_jax.compile.job import REPORT_JSON
+from teacherlm_jax.compile.programs import compile_and_report
+from teacherlm_jax.compile.topology import parse_slice
+from teacherlm_jax.compile.train_program import lower_train_step
 from teacherlm_jax.init_from import resolve
 from teacherlm_jax.models.bloom import bloom_shape
-from teacherlm_jax.sharding import DEFAULT_RULES, MESH_AXES, param_shardings, parse_rules
+from teacherlm_jax.sharding import DEFAULT_RULES, MESH_AXES, mesh_from_config, param_shardings, parse_rules
+from teacherlm_jax.train.loop import train_setup
 from teacherlm_jax.train.step import LOSS_CHUNK
 
 REPO = Path(__file__).resolve().parents[1]  # the compile job's configs/ are relative to it
@@ -114,22 +122,51 @@ def aot(row: Row) -> dict:
     """The compile job's per-device memory for the row, on `row.chips` fake CPU devices."""
     with tempfile.TemporaryDirectory() as workdir:
         cmd = [sys.executable, "-m", "teacherlm_jax.main", f"--config=configs/compile.py:{row.size}",
-               f"--workdir={workdir}", f"--config.fake_devices={row.chips}", f"--config.mesh.data={row.data}",
-               f"--config.mesh.fsdp={row.fsdp}", f"--config.mesh.tensor={row.tensor}",
-               f"--config.batch_size={row.rows * row.data * row.fsdp * row.grad_accum}",
-               f"--config.grad_accum_steps={row.grad_accum}", f"--config.data.seq_len={row.seq_len}",
-               f"--config.model.remat_policy={row.remat}", f"--config.loss_chunk={row.loss_chunk}"]
+               f"--workdir={workdir}", f"--config.fake_devices={row.chips}", *overrides(row)]
         proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
         if proc.returncode:
             raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
         return json.loads((Path(workdir) / REPORT_JSON).read_text())["memory_per_device"]
 
 
-def table(rows: tuple[Row, ...], aot_max_devices: int) -> str:
+def overrides(row: Row) -> list[str]:
+    """The row as compile-job overrides."""
+    return [f"--config.mesh.data={row.data}", f"--config.mesh.fsdp={row.fsdp}", f"--config.mesh.tensor={row.tensor}",
+            f"--config.batch_size={row.rows * row.data * row.fsdp * row.grad_accum}",
+            f"--config.grad_accum_steps={row.grad_accum}", f"--config.data.seq_len={row.seq_len}",
+            f"--config.model.remat_policy={row.remat}", f"--config.loss_chunk={row.loss_chunk}"]
+
+
+def tpu_slice(chips: int) -> str:
+    """The TPU slice a row's chips are compiled for: v5e up to 256 chips, then v4 (whose name counts cores)."""
+    return f"v5e-{chips}" if chips <= 256 else f"v4-{2 * chips}"
+
+
+def tpu_peak(row: Row) -> int:
+    """Peak bytes per chip of the row's training step compiled by XLA's TPU compiler for a slice of its chips
+    (0 with the compiler's figure when it refuses the step for lack of memory: see `compile_and_report`)."""
+    sys.path.insert(0, str(REPO))  # configs/ is a folder of the repository, not of the package
+    from configs import compile as compile_config
+
+    config = compile_config.get_config(row.size)
+    config.update_from_flattened_dict({arg[len("--config."):].split("=")[0]: _value(arg.split("=")[1])
+                                       for arg in overrides(row)})
+    mesh, rules = mesh_from_config(config, parse_slice(tpu_slice(row.chips)).devices())
+    lowered, _ = lower_train_step(config, train_setup(config, mesh, rules, weights=False), mesh, rules)
+    return compile_and_report(lowered, None, None)[1].peak_bytes
+
+
+def _value(text: str):
+    return int(text) if text.lstrip("-").isdigit() else text
+
+
+def table(rows: tuple[Row, ...], aot_max_devices: int, tpu: bool = False) -> str:
     head = ["model", "params", "mesh (data x fsdp x tensor)", "chips", "rows x seq / chip", "remat", "loss_chunk",
             "parameters", "Adam state", "gradients", "activations (est.)", "total (est.)"]
     if aot_max_devices:
         head.append("AOT peak, CPU")
+    if tpu:
+        head.append("peak, TPU compile (slice)")
     head += [f"fits {d} ({g} GiB)" for d, g in DEVICES.items()]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
@@ -142,7 +179,12 @@ def table(rows: tuple[Row, ...], aot_max_devices: int) -> str:
             peak = aot(row)["peak"] if row.chips <= aot_max_devices else None
             cells.append("-" if peak is None else f"{peak / GIB:.2f}")
             need = max(need, peak or 0)  # the larger of the two decides
-        cells += ["yes" if need <= HEADROOM * g * GIB else "no" for g in DEVICES.values()]
+        tpu_need = need
+        if tpu:
+            tpu_need = tpu_peak(row)  # the TPU compiler's own figure decides the TPU verdicts
+            cells.append(f"{tpu_need / GIB:.2f} ({tpu_slice(row.chips)})")
+        cells += ["yes" if (need if device == "H100" else tpu_need) <= HEADROOM * g * GIB else "no"
+                  for device, g in DEVICES.items()]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -152,13 +194,14 @@ def main() -> None:
     parser.add_argument("--aot", action="store_true", help="also compile each row on fake CPU devices")
     parser.add_argument("--aot-max-devices", type=int, default=512, help="compile only rows with at most this "
                         "many chips (each row is a process; 512 fake devices compile in about a minute)")
+    parser.add_argument("--tpu", action="store_true", help="also compile each row for a TPU slice of its chips")
     parser.add_argument("--sizes", default="", help="comma-separated BLOOM sizes whose rows to show (default: all)")
     args = parser.parse_args()
     sizes = set(filter(None, args.sizes.split(",")))
     rows = tuple(row for row in ROWS if not sizes or row.size in sizes)
     print(f"GiB per chip; bfloat16 compute, float32 master weights, AdamW; 'fits' = the estimated total (or the "
           f"AOT peak, if larger) <= {HEADROOM:.0%} of the chip's memory.\n")
-    print(table(rows, args.aot_max_devices if args.aot else 0), end="")
+    print(table(rows, args.aot_max_devices if args.aot else 0, args.tpu), end="")
 
 
 if __name__ == "__main__":

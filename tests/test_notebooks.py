@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import nbformat
@@ -71,6 +72,10 @@ def test_quickstart_runs_tiny(monkeypatch):
     assert "A: The answer is (A). Let's think step by step." in text
     assert "The following are multiple choice questions (with answers) about" in text
     assert "accuracy " in text and " questions (chance 0.25)" in text
+    # The plan: every engine and eval program compiled for a TPU slice by libtpu from this CPU kernel.
+    assert "v5e:2x2: 4 chips of TPU v5 lite, 16 GiB each" in text
+    for program in ("insert", "decode_round", "shrink", "scoring", "generate"):
+        assert re.search(rf"^{program} +peak +[\d.]+ MiB/chip  fits True  bound +[\d.]+ us$", text, re.M), program
 
 
 def test_demo_notebook_runs_tiny(monkeypatch, tmp_path):

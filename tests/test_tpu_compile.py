@@ -21,9 +21,11 @@ import pytest
 
 from configs import compile as compile_config
 from teacherlm_jax.compile import job
-from teacherlm_jax.compile.programs import generation_programs
+from teacherlm_jax.compile.programs import compile_and_report, generation_programs, out_of_memory_bytes
 from teacherlm_jax.compile.topology import CHIPS, known_names, parse_slice
+from teacherlm_jax.compile.train_program import lower_train_step, unrolled_steps, whole_step_cost
 from teacherlm_jax.errors import ConfigError
+from teacherlm_jax.models.bloom import bloom_shape
 from teacherlm_jax.platforms import tpu_chips_attached
 from teacherlm_jax.sharding import mesh_from_config
 from teacherlm_jax.train.loop import train_setup
@@ -73,15 +75,16 @@ def test_every_program_compiles_for_the_slice(family, mesh):
     assert "not a measurement" in text and all(f"| {name} |" in text for name in PROGRAMS)
 
 
-def test_decode_round_is_one_device_loop_in_the_compute_dtype():
+def test_decode_decode_roundis_one_device_loop_in_the_compute_dtype():
     config = tiny("bloom", fsdp=-1)
     tpu = parse_slice(SLICE)
     mesh, rules = mesh_from_config(config, tpu.devices())
     lowered = generation_programs(config.model.to_dict(), mesh, rules, slots=8, prompt_tokens=16, max_new_tokens=8)
-    params, state = lowered["decode_round"].args_info[0][:2]
+    decode_round = lowered["decode_round"]()
+    params, state = decode_round.args_info[0][:2]
     assert {x.dtype for x in jax.tree.leaves(params)} == {jnp.dtype(jnp.bfloat16)}
     assert {x.dtype for x in state.cache.key + state.cache.value} == {jnp.dtype(jnp.bfloat16)}
-    hlo = lowered["decode_round"].compile().as_text()
+    hlo = decode_round.compile().as_text()
     assert hlo.count(" while(") >= 1
     for host in ("outfeed", "infeed", " send(", " recv(", "host_callback", "xla_python", "callback"):
         assert host not in hlo, host
@@ -95,11 +98,33 @@ def test_fsdp_gathers_weights_and_data_parallelism_does_not(family):
         devices = parse_slice(SLICE).devices()
         mesh_, rules = mesh_from_config(config, devices)
         setup = train_setup(config, mesh_, rules, weights=False)
-        lowered, _ = job.lower_train_step(config, setup, mesh_, rules)
+        lowered, _ = lower_train_step(config, setup, mesh_, rules)
         hlos[name] = lowered.compile().as_text()
     assert "all-gather" in hlos["fsdp"]
     assert "all-gather" not in hlos["data"]
     assert "all-reduce" in hlos["data"]  # the gradients are still summed over the data-parallel chips
+
+
+def test_the_training_steps_cost_counts_every_layer_and_chunk():
+    # XLA counts a loop's body once: the scanned stack of 4 layers, the loss's 2 chunks of 16 positions and 2
+    # microbatches would count as one each. The step's cost from its unrolled 1- and 2-layer variants equals
+    # XLA's count for the same step with every loop unrolled.
+    config = tiny("bloom", fsdp=-1)
+    config.model.n_layer, config.loss_chunk, config.grad_accum_steps = 4, 16, 2
+    mesh, rules = mesh_from_config(config, parse_slice(SLICE).devices())
+    layers, microbatches, variants = unrolled_steps(config, mesh, rules)
+    assert (layers, microbatches) == (4, 2)
+    costs = [compile_and_report(v, None, None)[1] for v in variants]
+    flops, accessed = whole_step_cost(layers, microbatches, *((c.flops, c.bytes_accessed) for c in costs))
+    unrolled = config.copy_and_resolve_references()
+    unrolled.model.scan_layers, unrolled.loss_chunk, unrolled.grad_accum_steps = False, 0, 1
+    unrolled.batch_size //= 2
+    lowered, _ = lower_train_step(unrolled, train_setup(unrolled, mesh, rules, weights=False), mesh, rules)
+    reference = compile_and_report(lowered, None, None)[1]
+    assert flops == pytest.approx(2 * reference.flops, rel=0.02)
+    assert accessed == pytest.approx(2 * reference.bytes_accessed, rel=0.1)
+    scanned, _ = lower_train_step(config, train_setup(config, mesh, rules, weights=False), mesh, rules)
+    assert compile_and_report(scanned, None, None)[1].flops < 0.6 * flops  # what XLA counts for the loops
 
 
 def test_a_program_that_does_not_fit_exits_1_naming_it(tmp_path, capsys):
@@ -113,6 +138,20 @@ def test_a_program_that_does_not_fit_exits_1_naming_it(tmp_path, capsys):
     summary = json.loads((tmp_path / job.REPORT_JSON).read_text())
     assert summary["fits"] is False and summary["programs"]["train_step"]["fits"] is False
     assert "| train_step |" in (tmp_path / job.REPORT_MD).read_text()
+
+
+def test_a_program_the_compiler_refuses_is_reported_as_not_fitting():
+    # bloom-1b7's weights on every chip and 96 slots of 1023 positions each: more than a v5e chip's HBM.
+    tpu = parse_slice(SLICE)
+    config = tiny("bloom", data=4)
+    mesh, rules = mesh_from_config(config, tpu.devices())
+    model = {"family": "bloom", "dtype": "bfloat16", **bloom_shape("bloom-1b7")}
+    lowered = generation_programs(model, mesh, rules, slots=4 * 96, prompt_tokens=512, max_new_tokens=512)
+    compiled, report = compile_and_report(lowered["decode_round"], tpu.chip, int(tpu.chip.hbm_gib * 2 ** 30))
+    assert compiled is None and report.fits is False and report.roofline_seconds is None
+    assert report.peak_bytes > tpu.chip.hbm_gib * 2 ** 30 and "HBM" in report.error
+    assert out_of_memory_bytes("RESOURCE_EXHAUSTED: Ran out of memory in memory space hbm. Used 20.5G of 15.75G "
+                               "hbm.") == (int(20.5 * 2 ** 30), int(15.75 * 2 ** 30))
 
 
 @pytest.mark.parametrize("name,generation,shape,hosts", [

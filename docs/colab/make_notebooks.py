@@ -42,7 +42,11 @@ def detect_accelerator() -> str:
 
 
 ACCELERATOR = detect_accelerator()
-EXTRA = {"tpu": "[tpu]", "gpu": "[gpu]"}.get(ACCELERATOR, "")
+# A CPU runtime gets XLA's TPU compiler (libtpu) too: it compiles for TPU slices (the plan below), while jax
+# computes on the CPU only.
+EXTRA = {"gpu": "[gpu]"}.get(ACCELERATOR, "[tpu]")
+if ACCELERATOR == "cpu":
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
 print("accelerator:", ACCELERATOR)'''
 
 INSTALL = '''\
@@ -169,6 +173,29 @@ predictions, acc = evaluate_records(model, tokenizer, mmlu, mmlu=True, batch_siz
 for p in predictions:
     print(f"{p.id:40s} predicted {'ABCD'[p.prediction]}, answer {'ABCD'[p.answer]}")
 print(f"accuracy {acc:.3f} on {len(predictions)} questions (chance 0.25)")'''),
+        new_markdown_cell(
+            "## Plan a TPU slice before renting it\n"
+            "XLA's TPU compiler (libtpu) compiles for any TPU slice from any runtime, a CPU one included. Here "
+            "the augment engine's and the eval job's programs for this checkpoint are compiled for a slice, with "
+            "each program's memory per chip and a roofline bound (a lower bound on its time from the chip's "
+            "published peak figures, not a measurement). From a checkout, the compile job does this for the "
+            "training step too (`python -m teacherlm_jax.main --config configs/compile.py:bloom-7b1 --workdir DIR "
+            "--config.topology=v5e-8`), and `--dry_run --config.topology=v5e-8` on `configs/pipeline.py` plans "
+            "every step of the recipe ([scaling.md](../scaling.md))."),
+        new_code_cell('''\
+from teacherlm_jax.compile.programs import compile_and_report, generation_programs
+from teacherlm_jax.compile.topology import parse_slice
+
+SLICE = "v5e:2x2" if TINY else "v5e-8"
+tpu = parse_slice(SLICE)
+plan_mesh = make_mesh({"data": -1, "fsdp": 1, "tensor": 1}, tpu.devices())
+programs = generation_programs({"init_from": CHECKPOINT, "dtype": DTYPE}, plan_mesh, DEFAULT_RULES, slots=16,
+                               prompt_tokens=64 if TINY else 512, max_new_tokens=MAX_NEW_TOKENS)
+print(f"{SLICE}: {tpu.chips} chips of {tpu.chip.device_kind}, {tpu.chip.hbm_gib:g} GiB each")
+for name, lowered in programs.items():
+    report = compile_and_report(lowered, tpu.chip, int(tpu.chip.hbm_gib * 2**30))[1]
+    print(f"{name:13s} peak {report.peak_bytes / 2**20:9.1f} MiB/chip  fits {report.fits}  "
+          f"bound {report.roofline_seconds * 1e6:9.1f} us")'''),
         new_markdown_cell(
             "## Next\n"
             "- The whole pipeline on synthetic data, with a report: [demo_pipeline.ipynb](demo_pipeline.ipynb).\n"

@@ -25,23 +25,22 @@ import sys
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 from jax.sharding import Mesh
 
 from teacherlm_jax import report_json
 from teacherlm_jax.compile.generation_memory import CHIPS, GIB, decode_step_memory, generation_memory
-from teacherlm_jax.compile.programs import ProgramReport, compile_and_report, generation_programs
+from teacherlm_jax.compile.programs import ProgramReport, compile_and_report, generation_programs, roofline_seconds
+from teacherlm_jax.compile.train_program import lower_train_step, unrolled_steps, whole_step_cost
 from teacherlm_jax.compile.topology import TpuSlice, parse_slice
 from teacherlm_jax.config_checks import raise_all
 from teacherlm_jax.console import report_summary
 from teacherlm_jax.errors import ConfigError
 from teacherlm_jax.paths import workdir_path, write_atomic
 from teacherlm_jax.run_config import write_config
-from teacherlm_jax.sharding import LogicalRules, batch_sharding, data_parallel_size, mesh_from_config
+from teacherlm_jax.sharding import LogicalRules, data_parallel_size, mesh_from_config
 from teacherlm_jax.train.checks import validate
 from teacherlm_jax.train.loop import TrainSetup, check_seq_len, loss_chunk, train_setup
-from teacherlm_jax.train.step import BATCH_KEYS, make_train_step
 
 REPORT_JSON = "compile_report.json"
 REPORT_MD = "compile_report.md"
@@ -65,12 +64,6 @@ def use_fake_devices(count: int) -> None:
     if jax.device_count() != count or jax.devices()[0].platform != "cpu":
         raise ConfigError(f"config.fake_devices={count}: got {jax.device_count()} {jax.devices()[0].platform} "
                           f"devices; unset XLA_FLAGS' --xla_force_host_platform_device_count or JAX_PLATFORMS")
-
-
-def abstract_batch(config: ml_collections.ConfigDict, mesh, rules) -> dict[str, jax.ShapeDtypeStruct]:
-    """The global int32 [batch_size, seq_len] batch, split over the data-parallel axes as the loop does."""
-    shape = (int(config.batch_size), int(config.data.seq_len))
-    return {k: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=batch_sharding(mesh, rules)) for k in BATCH_KEYS}
 
 
 def shard_bytes(tree) -> int:
@@ -151,20 +144,11 @@ def dry_run(config: ml_collections.ConfigDict) -> dict[str, Any]:
     return summary
 
 
-def lower_train_step(config: ml_collections.ConfigDict, setup: TrainSetup, mesh: Mesh, rules: LogicalRules
-                     ) -> tuple[jax.stages.Lowered, dict[str, jax.ShapeDtypeStruct]]:
-    """(the trainer's own step lowered for the abstract state and batch, that batch)."""
-    step = make_train_step(setup.graphdef, setup.tx, setup.schedule, mesh, rules, setup.shardings,
-                           config.grad_accum_steps, loss_chunk(config))
-    batch = abstract_batch(config, mesh, rules)
-    return step.lower(setup.abstract_state(), batch), batch
-
-
 def tpu_report(config: ml_collections.ConfigDict, tpu: TpuSlice, mesh: Mesh, rules: LogicalRules,
                train_step: ProgramReport, limit_bytes: int, summary: dict[str, Any]) -> dict[str, Any]:
     """The slice, every program compiled for it, whether all fit, and the ceilings their bounds imply."""
     lowered = generation_programs(config.model.to_dict(), mesh, rules, **generation_settings(config))
-    programs = {"train_step": train_step}
+    programs = {"train_step": whole_train_step(config, mesh, rules, train_step, tpu)}
     for name, program in lowered.items():
         programs[name] = compile_and_report(program, tpu.chip, limit_bytes)[1]
     slots = summary["generation"]["slots"]
@@ -184,6 +168,20 @@ def tpu_report(config: ml_collections.ConfigDict, tpu: TpuSlice, mesh: Mesh, rul
             "decode_tokens_per_s": slots / round_bound if round_bound else None,
         },
     }
+
+
+def whole_train_step(config: ml_collections.ConfigDict, mesh: Mesh, rules: LogicalRules, step: ProgramReport,
+                     tpu: TpuSlice) -> ProgramReport:
+    """The training step's report with the flops and bytes of the whole step (`train_program`), not of its
+    loops' bodies once each."""
+    if step.error:
+        return step
+    layers, microbatches, variants = unrolled_steps(config, mesh, rules)
+    costs = [compile_and_report(variant, None, None)[1] for variant in variants]
+    flops, accessed = whole_step_cost(layers, microbatches, *((c.flops, c.bytes_accessed) for c in costs))
+    return dataclasses.replace(step, flops=flops, bytes_accessed=accessed,
+                               roofline_seconds=roofline_seconds(flops, accessed, tpu.chip),
+                               compile_seconds=round(step.compile_seconds + sum(c.compile_seconds for c in costs), 2))
 
 
 def model_flops_per_token(num_params: int, model: dict[str, Any], seq_len: int) -> float:
@@ -265,7 +263,8 @@ def format_programs(summary: dict[str, Any]) -> list[str]:
         "", f"## Every program on {summary['topology']} ({tpu['jax_topology']}: {tpu['chips']} chips of "
             f"{summary['device_kind']}, {tpu['hosts']} host(s)), compiled by XLA's TPU compiler", "",
         f"Per chip. Memory is XLA's analysis of the TPU executable, checked against {limit:g} GiB. Flops and bytes "
-        f"are XLA's cost analysis (flops counted before optimization, bytes after; a loop's body once). The "
+        f"are XLA's cost analysis (flops counted before optimization, bytes after): for the training step, of the "
+        f"whole step (its loops unrolled in one- and two-layer compiles); for a decode round, of one step. The "
         f"roofline bound is max(flops / {chip['peak_bf16_flops'] / 1e12:g} TFLOP/s, bytes / "
         f"{chip['hbm_bytes_per_s'] / 1e9:g} GB/s), the chip's published bfloat16 peak and HBM bandwidth "
         f"({chip['source']}): a lower bound on the time, **not a measurement**.", "",
@@ -273,15 +272,21 @@ def format_programs(summary: dict[str, Any]) -> list[str]:
         "|---|---|---|---|---|---|---|",
     ]
     for name, p in summary["programs"].items():
+        if p["error"]:
+            lines.append(f"| {name} | {human_bytes(p['peak_bytes'])} or more | NO | - | - | - | refused: "
+                         f"{p['error']} |")
+            continue
         lines.append(f"| {name} | {human_bytes(p['peak_bytes'])} | {'yes' if p['fits'] else 'NO'} | "
                      f"{p['flops']:.3g} | {human_bytes(p['bytes_accessed'])} | {format_seconds(p['roofline_seconds'])} "
                      f"| {p['compile_seconds']} s |")
     ceilings = summary["ceilings"]
-    lines += ["", "Ceilings from the bounds (no run is faster):",
-              f"- training: {ceilings['train_tokens_per_s']:,.0f} tokens/s, MFU at most "
-              f"{100 * ceilings['train_mfu']:.1f}% (6 x parameters + attention flops per token)",
-              f"- generation: {ceilings['decode_tokens_per_s']:,.0f} generated tokens/s "
-              f"({summary['generation']['slots']} slots a decode step)"]
+    lines += ["", "Ceilings from the bounds (no run is faster):"]
+    if ceilings["train_tokens_per_s"]:
+        lines.append(f"- training: {ceilings['train_tokens_per_s']:,.0f} tokens/s, MFU at most "
+                     f"{100 * ceilings['train_mfu']:.1f}% (6 x parameters + attention flops per token)")
+    if ceilings["decode_tokens_per_s"]:
+        lines.append(f"- generation: {ceilings['decode_tokens_per_s']:,.0f} generated tokens/s "
+                     f"({summary['generation']['slots']} slots a decode step)")
     return lines
 
 
@@ -297,10 +302,10 @@ def format_seconds(seconds: float | None) -> str:
 
 def too_big(summary: dict[str, Any]) -> list[str]:
     """One line per program that does not fit, naming it and by how much."""
-    limit = summary["device_memory_gib"] * GIB
-    return [f"{name} needs {human_bytes(p['peak_bytes'])} per chip, {human_bytes(p['peak_bytes'] - limit)} more than "
-            f"{summary['device_memory_gib']:g} GiB" for name, p in summary.get("programs", {}).items()
-            if p["fits"] is False]
+    limit, gib = summary["device_memory_gib"] * GIB, summary["device_memory_gib"]
+    return [f"{name}: the TPU compiler refused it: {p['error']}" if p["error"] else
+            f"{name} needs {human_bytes(p['peak_bytes'])} per chip, {human_bytes(p['peak_bytes'] - limit)} more than "
+            f"{gib:g} GiB" for name, p in summary.get("programs", {}).items() if p["fits"] is False]
 
 
 def format_generation(summary: dict[str, Any]) -> list[str]:

@@ -10,7 +10,9 @@ flops before optimization and bytes after; a loop's body is counted once).
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -27,6 +29,8 @@ from teacherlm_jax.generation.slots import InsertShape, SlotPrograms, slot_count
 from teacherlm_jax.models.graph_key import GraphKey
 from teacherlm_jax.sharding import LogicalRules, logical_to_spec
 
+# A program, or how to lower it (lowering may itself compile, and fail for lack of the chip's memory).
+Lowering = jax.stages.Lowered | Callable[[], jax.stages.Lowered]
 # TeacherLM's sampling (configs/augment.py) and eval's greedy generate mode.
 AUGMENT_SAMPLER = Sampler(1.0, 50, 1.0)
 GREEDY = Sampler(0.0, 0, 1.0)
@@ -44,11 +48,12 @@ class ProgramReport:
     aliased: int
     temp: int
     generated_code: int
-    flops: float
-    bytes_accessed: float
+    flops: float | None
+    bytes_accessed: float | None
     roofline_seconds: float | None
     fits: bool | None
     compile_seconds: float
+    error: str | None = None  # the compiler's refusal, when it ran out of the chip's memory
 
 
 def peak_bytes(compiled: jax.stages.Compiled) -> tuple[int, Any]:
@@ -67,11 +72,22 @@ def roofline_seconds(flops: float, bytes_accessed: float, chip: Chip) -> float:
     return max(flops / chip.peak_bf16_flops, bytes_accessed / chip.hbm_bytes_per_s)
 
 
-def compile_and_report(lowered: jax.stages.Lowered, chip: Chip | None, limit_bytes: int | None
-                       ) -> tuple[jax.stages.Compiled, ProgramReport]:
-    """Compiles `lowered` and reads its memory and cost; `fits` against `limit_bytes` (None: not checked)."""
+def compile_and_report(lowering: Lowering, chip: Chip | None, limit_bytes: int | None
+                       ) -> tuple[jax.stages.Compiled | None, ProgramReport]:
+    """Lowers (a callable) and compiles a program and reads its memory and cost; `fits` against `limit_bytes`
+    (None: not checked). A program the TPU compiler refuses for lack of memory is reported as not fitting,
+    with the memory the compiler said it needs (no compiled program then)."""
     start = time.perf_counter()
-    compiled = lowered.compile()
+    try:
+        compiled = (lowering() if callable(lowering) else lowering).compile()
+    except jax.errors.JaxRuntimeError as e:
+        if "RESOURCE_EXHAUSTED" not in str(e):
+            raise
+        needed, _ = out_of_memory_bytes(str(e))
+        return None, ProgramReport(peak_bytes=needed, arguments=0, outputs=0, aliased=0, temp=0, generated_code=0,
+                                   flops=None, bytes_accessed=None, roofline_seconds=None, fits=False,
+                                   compile_seconds=round(time.perf_counter() - start, 2),
+                                   error=str(e).strip().splitlines()[0][:300])
     seconds = time.perf_counter() - start
     peak, stats = peak_bytes(compiled)
     cost = compiled.cost_analysis() or {}
@@ -83,6 +99,24 @@ def compile_and_report(lowered: jax.stages.Lowered, chip: Chip | None, limit_byt
         generated_code=stats.generated_code_size_in_bytes, flops=flops, bytes_accessed=accessed,
         roofline_seconds=None if chip is None else roofline_seconds(flops, accessed, chip),
         fits=None if limit_bytes is None else peak <= limit_bytes, compile_seconds=round(seconds, 2))
+
+
+_UNITS = {"": 1, "K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30, "T": 2 ** 40}
+# The TPU compiler's refusals, e.g. "... required for HLO temporaries (17.98G) exceeds available HBM (15.75G)"
+# and "Used 20.5G of 15.75G hbm".
+_OUT_OF_MEMORY = (re.compile(r"\(([\d.]+)([KMGT]?)\) exceeds available HBM \(([\d.]+)([KMGT]?)\)"),
+                  re.compile(r"Used ([\d.]+)([KMGT]?) of ([\d.]+)([KMGT]?) hbm"))
+
+
+def out_of_memory_bytes(message: str) -> tuple[int, int]:
+    """(bytes needed, bytes available) from the TPU compiler's out-of-memory message; (0, 0) when it says
+    neither."""
+    for pattern in _OUT_OF_MEMORY:
+        match = pattern.search(message)
+        if match:
+            need, need_unit, have, have_unit = match.groups()
+            return int(float(need) * _UNITS[need_unit]), int(float(have) * _UNITS[have_unit])
+    return 0, 0
 
 
 def decode_params(model: dict[str, Any], mesh: Mesh, rules: LogicalRules, slots: int, prompt_tokens: int,
@@ -99,11 +133,12 @@ def decode_params(model: dict[str, Any], mesh: Mesh, rules: LogicalRules, slots:
 
 
 def generation_programs(model: dict[str, Any], mesh: Mesh, rules: LogicalRules, *, slots: int, prompt_tokens: int,
-                        max_new_tokens: int, eos_id: int = 2) -> dict[str, jax.stages.Lowered]:
+                        max_new_tokens: int, eos_id: int = 2) -> dict[str, Lowering]:
     """The augment engine's programs at the compile job's `generation_*` sizes: `insert` (a fill of every slot
     with prompts of `prompt_tokens`), `decode_round` (a round of steps, TeacherLM's sampling, rows ending at
     EOS) and `shrink` (the tail's move to a quarter of the slots); and the eval job's `scoring` (a batch of
-    `slots` sequences of `prompt_tokens`) and `generate` (its greedy decode loop; its prefill is `insert`)."""
+    `slots` sequences of `prompt_tokens`) and `generate` (its greedy decode loop; its prefill is `insert`).
+    Each is lowered when called (`compile_and_report` calls it)."""
     rows = slot_count(slots, mesh, rules)
     graphdef, params = decode_params(model, mesh, rules, slots, prompt_tokens, max_new_tokens)
     common = dict(graphdef=graphdef, max_new_tokens=max_new_tokens, eos_ids=np.array([eos_id], np.int32),
@@ -113,10 +148,10 @@ def generation_programs(model: dict[str, Any], mesh: Mesh, rules: LogicalRules, 
     tail = max(1, slot_count(max(TAIL_SLOTS, rows // 4), mesh, rules)) if rows > TAIL_SLOTS else rows
     evaluate = SlotPrograms(params, prompt_width=prompt_tokens, sampler=GREEDY, **common)
     return {
-        "insert": augment.lower_insert(fill, rows),
-        "decode_round": augment.lower_run(rows),
-        "shrink": augment.lower_gather(rows, min(tail, rows)),
-        "scoring": lower_scoring(params, graphdef, sequences=rows, width=prompt_tokens, choices=SCORING_CHOICES,
-                                 mesh=mesh, rules=rules),
-        "generate": evaluate.lower_run(rows),
+        "insert": lambda: augment.lower_insert(fill, rows),
+        "decode_round": lambda: augment.lower_run(rows),
+        "shrink": lambda: augment.lower_gather(rows, min(tail, rows)),
+        "scoring": lambda: lower_scoring(params, graphdef, sequences=rows, width=prompt_tokens,
+                                         choices=SCORING_CHOICES, mesh=mesh, rules=rules),
+        "generate": lambda: evaluate.lower_run(rows),
     }

@@ -114,9 +114,11 @@ class TrainSetup:
                           abstract_like(self.abstract_opt, self.shardings.opt_state))
 
 
-def train_setup(config: ml_collections.ConfigDict, mesh: Mesh, rules: tuple, *, weights: bool = True) -> TrainSetup:
-    """Model shapes, optimizer and shardings for `config` on `mesh`; `weights=False`: shapes only (`resolve`)."""
-    model = resolve(config.model, weights=weights)
+def train_setup(config: ml_collections.ConfigDict, mesh: Mesh, rules: tuple, *, weights: bool = True,
+                model: ResolvedModel | None = None) -> TrainSetup:
+    """Model shapes, optimizer and shardings for `config` on `mesh`; `weights=False`: shapes only (`resolve`).
+    `model`: config.model already resolved (the compile job's variants of it)."""
+    model = model or resolve(config.model, weights=weights)
     abstract = model.abstract(config.seed)
     graphdef, abstract_state = nnx.split(abstract, nnx.Param)
     abstract_params = nnx.to_pure_dict(abstract_state)
