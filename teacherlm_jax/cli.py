@@ -160,7 +160,8 @@ def run(main: Callable[[list[str]], Any], jobs: Mapping[str, str]) -> None:
 
 
 def dry_run(config: ml_collections.ConfigDict, workdir: str) -> str:
-    """The resolved config and, for a pipeline, each step with what a run would do and why."""
+    """The resolved config and, for a pipeline, each step with what a run would do and why (with
+    `config.topology`, also each step's programs compiled for that TPU slice: `pipeline.tpu_plan`)."""
     from teacherlm_jax.run_config import config_json
 
     text = config_json(config)
@@ -170,4 +171,8 @@ def dry_run(config: ml_collections.ConfigDict, workdir: str) -> str:
 
         plan = make_plan(config, workdir_path(workdir))
         text += f"\nsteps in {workdir} (step, job, action, why):\n{plan.describe()}"
+        if config.get("topology"):
+            from teacherlm_jax.pipeline.tpu_plan import tpu_plan_text
+
+            text += "\n\n" + tpu_plan_text(config)
     return text
