@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -41,6 +42,7 @@ from teacherlm_jax.pipeline.plan import REFERENCE, Step, build_plan, split_refer
 from teacherlm_jax.sharding import data_parallel_size, mesh_from_config
 
 TRAIN_SEQ_CAP = 2048  # BLOOM's training length: the cap of a derived sequence length
+NO_BOUND = "no bound: a program XLA's TPU compiler refused has no cost analysis"
 PER = 1000  # records (questions) a bound is given for when their count is unknown
 
 
@@ -65,6 +67,27 @@ class StepEstimate:
         return all(p.fits for p in self.programs.values()) if self.programs else None
 
 
+@dataclasses.dataclass(frozen=True)
+class RefusedProgram(ProgramReport):
+    """A program XLA's TPU compiler refused for the chip's memory: `peak_bytes` is what its message says the
+    program needs (its temporaries, at least), `message` the message; no cost, so no bound."""
+
+    message: str = ""
+
+
+UNITS = {"K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30, "T": 2 ** 40}
+
+
+def refused(error: Exception, seconds: float) -> RefusedProgram:
+    """The report of a program that does not fit the chip's HBM (XLA's RESOURCE_EXHAUSTED)."""
+    message = str(error).splitlines()[0].removeprefix("RESOURCE_EXHAUSTED: ")
+    amount = re.search(r"([0-9]+(?:\.[0-9]+)?)\s*([KMGT])", message)
+    needed = int(float(amount.group(1)) * UNITS[amount.group(2)]) if amount else 0
+    return RefusedProgram(peak_bytes=needed, arguments=0, outputs=0, aliased=0, temp=needed, generated_code=0,
+                          flops=0.0, bytes_accessed=0.0, roofline_seconds=None, fits=False,
+                          compile_seconds=round(seconds, 2), message=message)
+
+
 class ProgramCache:
     """Compiles each distinct program once, keyed by what decides it (model, mesh, sizes)."""
 
@@ -78,8 +101,14 @@ class ProgramCache:
         key = (name, json.dumps(identity, sort_keys=True, default=str))
         if key not in self.reports:
             self.progress(f"{step}: compiling {name} for {self.tpu.name}")
-            _, self.reports[key] = compile_and_report(lower(), self.tpu.chip, self.limit_bytes)
+            start = time.perf_counter()
             self.compiles += 1
+            try:
+                _, self.reports[key] = compile_and_report(lower(), self.tpu.chip, self.limit_bytes)
+            except jax.errors.JaxRuntimeError as e:
+                if "RESOURCE_EXHAUSTED" not in str(e):
+                    raise
+                self.reports[key] = refused(e, time.perf_counter() - start)
             self.progress(f"{step}: {name} compiled in {self.reports[key].compile_seconds:.1f} s")
         return self.reports[key]
 
@@ -166,12 +195,14 @@ def train_estimate(step: Step, model: dict[str, Any], cache: ProgramCache, devic
 
     report = cache.report("train_step", identity, lower, step.name)
     steps = int(config.num_train_steps)
+    advice = () if report.fits else train_advice(step, config, report, cache.limit_bytes, len(devices),
+                                                dict(mesh.shape), data_parallel_size(mesh, rules), loss_chunk(config))
+    if report.roofline_seconds is None:
+        return StepEstimate(step.name, step.job, {"train_step": report}, basis=NO_BOUND, advice=advice)
     seq = f"seq_len {config.data.seq_len}" + (f" (unset: max_position_embeddings {max_positions}, capped at "
                                                f"{TRAIN_SEQ_CAP})" if derived else "")
     basis = (f"{steps} steps x {format_seconds(report.roofline_seconds)} (batch {config.batch_size} x {seq}, "
              f"mesh {dict(mesh.shape)})")
-    advice = () if report.fits else train_advice(step, config, report, cache.limit_bytes, len(devices),
-                                                dict(mesh.shape), data_parallel_size(mesh, rules), loss_chunk(config))
     return StepEstimate(step.name, step.job, {"train_step": report}, seconds=steps * report.roofline_seconds,
                         basis=basis, advice=advice)
 
@@ -203,13 +234,15 @@ def augment_estimate(step: Step, model: dict[str, Any], cache: ProgramCache, dev
     prompt = int(config.max_prompt_tokens) or _max_positions(model) - new
     reports, mesh = _generation(step, config, model, cache, devices, ("insert", "decode_round", "shrink"),
                                 slots=slots, prompt_tokens=prompt, max_new_tokens=new)
+    advice = () if all(r.fits for r in reports.values()) else generation_advice(
+        step, config, reports, cache.limit_bytes, len(devices), mesh, "batch_size")
+    if reports["decode_round"].roofline_seconds is None:
+        return StepEstimate(step.name, step.job, reports, basis=NO_BOUND, advice=advice)
     per_second = slots / reports["decode_round"].roofline_seconds
     records, unknown = count_records(config)
     per_record = len(config.kinds) * int(sampling.num_samples) * new
     sizes = (f"{slots} slots, prompts of {prompt} tokens, mesh {mesh}; ceiling {per_second:,.0f} tokens/s; every row "
              f"assumed to run to max_new_tokens")
-    advice = () if all(r.fits for r in reports.values()) else generation_advice(
-        step, config, reports, cache.limit_bytes, len(devices), mesh, "batch_size")
     if unknown:
         return StepEstimate(step.name, step.job, reports, per_thousand=PER * per_record / per_second, advice=advice,
                             basis=f"per {PER:,} records ({unknown}): {PER * per_record:,} tokens; {sizes}")
@@ -248,14 +281,16 @@ def eval_estimate(step: Step, model: dict[str, Any], cache: ProgramCache, device
     names = ("scoring", "insert", "generate") if generate else ("scoring",)
     reports, mesh = _generation(step, config, model, cache, devices, names, slots=slots, prompt_tokens=width - new,
                                 max_new_tokens=new)
+    advice = () if all(r.fits for r in reports.values()) else generation_advice(
+        step, config, reports, cache.limit_bytes, len(devices), mesh, "batch_size")
+    if any(r.roofline_seconds is None for r in reports.values()):
+        return StepEstimate(step.name, step.job, reports, basis=NO_BOUND, advice=advice)
     batches = math.ceil(PER / slots)
     seconds = batches * reports["scoring"].roofline_seconds
     basis = f"{batches} batches of {slots} x scoring {format_seconds(reports['scoring'].roofline_seconds)}"
     if generate:
         seconds += batches * reports["insert"].roofline_seconds + PER * new * reports["generate"].roofline_seconds / slots
         basis += f" + {PER * new:,} generated tokens at {slots / reports['generate'].roofline_seconds:,.0f} tokens/s"
-    advice = () if all(r.fits for r in reports.values()) else generation_advice(
-        step, config, reports, cache.limit_bytes, len(devices), mesh, "batch_size")
     return StepEstimate(step.name, step.job, reports, per_thousand=seconds, advice=advice,
                         basis=f"per {PER:,} questions: {basis}; width {width - new} tokens, mesh {mesh}")
 
@@ -334,7 +369,11 @@ def describe(estimates: list[StepEstimate], cache: ProgramCache, seconds: float)
         lines += ["", "does not fit:"]
     for e in misfits:
         for name, p in e.programs.items():
-            if not p.fits:
+            if isinstance(p, RefusedProgram):
+                lines.append(f"  {e.step}: {name} needs {human_bytes(p.peak_bytes)} a chip, "
+                             f"{human_bytes(p.peak_bytes - limit)} more than {human_bytes(limit)} (XLA's TPU "
+                             f"compiler: {p.message})")
+            elif not p.fits:
                 lines.append(f"  {e.step}: {name} needs {human_bytes(p.peak_bytes)} a chip, "
                              f"{human_bytes(p.peak_bytes - limit)} more than {human_bytes(limit)} (arguments "
                              f"{human_bytes(p.arguments - p.aliased)}, temporaries {human_bytes(p.temp)})")
@@ -345,6 +384,9 @@ def describe(estimates: list[StepEstimate], cache: ProgramCache, seconds: float)
     total = sum(e.seconds for e in known)
     lines += ["", f"total: >= {total * tpu.chips / 3600:.3g} chip-hours ({_hours(total)} on {tpu.chips} chips) over "
                   f"{len(known)} step(s) with known counts"]
+    unbounded = [e.step for e in estimates if e.seconds is None and e.per_thousand is None]
+    if unbounded:
+        lines.append(f"  no bound (does not fit): {', '.join(unbounded)}")
     per = [e for e in estimates if e.per_thousand is not None]
     if per:
         lines.append(f"  plus, per {PER:,} records or questions: " + ", ".join(
