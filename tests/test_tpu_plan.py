@@ -90,7 +90,7 @@ def test_too_big_step_names_program_excess_and_changes(planned):
     section = text.split("does not fit:", 1)[1]
     for evaluation in (e for e in estimates if e.job == "eval"):
         misfits = {name: p for name, p in evaluation.programs.items() if not p.fits}
-        assert "scoring" in misfits and all(p.peak_bytes > cache.limit_bytes for p in misfits.values())
+        assert misfits and all(p.peak_bytes > cache.limit_bytes for p in misfits.values())
         for name, p in misfits.items():
             assert (f"{evaluation.step}: {name} needs {human_bytes(p.peak_bytes)} a chip, "
                     f"{human_bytes(p.peak_bytes - cache.limit_bytes)} more than 16.00 GiB") in section
@@ -128,3 +128,5 @@ def test_records_counted_locally_or_said_unknown():
     assert tpu_plan.count_records(tiny) == (tiny.max_records, "")
     records, why = tpu_plan.count_records(demo_config.get_config().augment)
     assert records == 0 and "@suite/students.jsonl is written by an earlier step" in why
+    evaluation = pipeline_config.get_config("tiny").eval
+    assert tpu_plan.count_questions(evaluation) == (evaluation.max_examples, "")

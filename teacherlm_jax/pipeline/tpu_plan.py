@@ -9,12 +9,12 @@ distinct program (model, mesh and sizes) compiles once: the students' identical 
 
 Programs per step: training, the trainer's step (`make_train_step`) at the step's batch and sequence length
 (config.data.seq_len, else the model's max_position_embeddings capped at 2048); augmentation, the decode
-engine's insert, decode_round and shrink at batch_size x num_samples slots; evaluation, scoring (and, in
-generate mode, insert and generate). Time bounds are roofline bounds (`compile.programs`): training, steps x
+engine's insert, decode_round and shrink at batch_size x num_samples slots; evaluation, scoring (loglik
+mode) or insert and generate (generate mode). Time bounds are roofline bounds (`compile.programs`): training, steps x
 the step's bound; augmentation, records x kinds x num_samples x max_new_tokens generated tokens over the
 decode ceiling (slots / decode_round's bound), every row assumed to run to max_new_tokens, records counted
-from local files when they can be read without the network (else per 1,000 records); evaluation, per 1,000
-questions (batches x scoring's bound, plus generated tokens over generate's ceiling). XLA counts a loop's
+from local files when they can be read without the network (else per 1,000 records); evaluation, batches x
+scoring's bound, or prefills plus generated tokens over generate's ceiling, its questions counted likewise. XLA counts a loop's
 body once, so the bounds are lower bounds, not estimates.
 """
 from __future__ import annotations
@@ -31,7 +31,7 @@ from typing import Any
 import jax
 import ml_collections
 
-from teacherlm_jax.compile.generation_memory import GIB
+from teacherlm_jax.compile.generation_memory import GIB, generation_model
 from teacherlm_jax.compile.job import abstract_batch, format_seconds, human_bytes
 from teacherlm_jax.compile.programs import ProgramReport, compile_and_report, generation_programs
 from teacherlm_jax.compile.topology import TpuSlice, parse_slice
@@ -220,8 +220,6 @@ def _generation(step: Step, config: ml_collections.ConfigDict, model: dict[str, 
 
 
 def _max_positions(model: dict[str, Any]) -> int:
-    from teacherlm_jax.compile.generation_memory import generation_model
-
     return resolve(generation_model(model), weights=False).abstract().config.max_position_embeddings
 
 
@@ -252,47 +250,81 @@ def augment_estimate(step: Step, model: dict[str, Any], cache: ProgramCache, dev
 
 
 def count_records(config: ml_collections.ConfigDict) -> tuple[int, str]:
-    """(records the augment step reads, '' or why they cannot be counted here): local files only."""
+    """(records the augment step reads, '' or why they cannot be counted here)."""
     from teacherlm_jax.augment.job import resolve_dataset
-    from teacherlm_jax.data.registry import load_records
 
-    total, cap = 0, int(config.max_records)
-    for spec in config.datasets:
+    def source(spec: str) -> tuple[str, str]:
+        dataset = resolve_dataset(spec)
+        return dataset.source, dataset.split
+
+    return count_local(config.datasets, source, int(config.max_records), config.get("data_dir"))
+
+
+def count_questions(config: ml_collections.ConfigDict) -> tuple[int, str]:
+    """(questions the eval step asks, '' or why they cannot be counted here)."""
+    from teacherlm_jax.eval.tasks import resolve_task
+
+    def source(spec: str) -> tuple[str, str]:
+        task = resolve_task(spec)
+        return task.dataset, task.split
+
+    return count_local(config.tasks, source, int(config.max_examples), config.get("data_dir"))
+
+
+def count_local(specs: tuple[str, ...], source: Callable[[str], tuple[str, str]], cap: int,
+                data_dir: str | None) -> tuple[int, str]:
+    """(rows of these datasets, each capped at `cap` (0: none), or 0 and why they cannot be counted): only
+    registry data and JSONL files are read, nothing from the network or a step not run yet."""
+    from teacherlm_jax.data.registry import load_records
+    from teacherlm_jax.data.sources import REGISTRY
+
+    total = 0
+    for spec in specs:
         if REFERENCE.match(spec):
             return 0, f"{spec} is written by an earlier step"
-        dataset = resolve_dataset(spec)
-        if not (dataset.registered or dataset.jsonl):
+        name, split = source(spec)
+        if not (name in REGISTRY or name.endswith(".jsonl")):
             return 0, f"{spec} is not a local file"
         try:
-            records = load_records(dataset.source, dataset.split, data_dir=config.get("data_dir"))
-        except (FileNotFoundError, OSError, DataError) as e:
+            rows = len(load_records(name, split, data_dir=data_dir))
+        except (OSError, DataError) as e:
             return 0, f"{spec} unreadable here: {str(e).splitlines()[0]}"
-        total += min(len(records), cap) if cap else len(records)
+        total += min(rows, cap) if cap else rows
     return total, ""
 
 
 def eval_estimate(step: Step, model: dict[str, Any], cache: ProgramCache, devices: list) -> StepEstimate:
-    """Scoring (and insert + generate in generate mode); a bound per 1,000 questions."""
+    """loglik: scoring; generate: insert + generate (greedy decoding). Batches x scoring's bound, or batches x
+    insert's bound + generated tokens over generate's ceiling."""
     config = step.config
     generate = config.mode == "generate"
     width = int(config.max_length) or _max_positions(model)
     new = int(config.max_new_tokens) if generate else 1
     slots = int(config.batch_size)
-    names = ("scoring", "insert", "generate") if generate else ("scoring",)
+    names = ("insert", "generate") if generate else ("scoring",)
     reports, mesh = _generation(step, config, model, cache, devices, names, slots=slots, prompt_tokens=width - new,
                                 max_new_tokens=new)
     advice = () if all(r.fits for r in reports.values()) else generation_advice(
         step, config, reports, cache.limit_bytes, len(devices), mesh, "batch_size")
     if any(r.roofline_seconds is None for r in reports.values()):
         return StepEstimate(step.name, step.job, reports, basis=NO_BOUND, advice=advice)
-    batches = math.ceil(PER / slots)
-    seconds = batches * reports["scoring"].roofline_seconds
-    basis = f"{batches} batches of {slots} x scoring {format_seconds(reports['scoring'].roofline_seconds)}"
+    questions, unknown = count_questions(config)
+    count = PER if unknown else questions
+    batches = math.ceil(count / slots)
     if generate:
-        seconds += batches * reports["insert"].roofline_seconds + PER * new * reports["generate"].roofline_seconds / slots
-        basis += f" + {PER * new:,} generated tokens at {slots / reports['generate'].roofline_seconds:,.0f} tokens/s"
-    return StepEstimate(step.name, step.job, reports, per_thousand=seconds, advice=advice,
-                        basis=f"per {PER:,} questions: {basis}; width {width - new} tokens, mesh {mesh}")
+        ceiling = slots / reports["generate"].roofline_seconds
+        seconds = batches * reports["insert"].roofline_seconds + count * new / ceiling
+        basis = (f"{batches} prefills of {slots} x {format_seconds(reports['insert'].roofline_seconds)} + "
+                 f"{count * new:,} generated tokens at {ceiling:,.0f} tokens/s (every row to max_new_tokens)")
+    else:
+        seconds = batches * reports["scoring"].roofline_seconds
+        basis = f"{batches} batches of {slots} x scoring {format_seconds(reports['scoring'].roofline_seconds)}"
+    basis += f"; prompts of {width - new} tokens, mesh {mesh}"
+    if unknown:
+        return StepEstimate(step.name, step.job, reports, per_thousand=seconds, advice=advice,
+                            basis=f"per {PER:,} questions ({unknown}): {basis}")
+    return StepEstimate(step.name, step.job, reports, seconds=seconds, advice=advice,
+                        basis=f"{questions:,} questions: {basis}")
 
 
 ESTIMATORS = {"train": train_estimate, "augment": augment_estimate, "eval": eval_estimate}
