@@ -92,7 +92,8 @@ def test_too_big_step_names_program_excess_and_changes(planned):
         misfits = {name: p for name, p in evaluation.programs.items() if not p.fits}
         assert misfits and all(p.peak_bytes > cache.limit_bytes for p in misfits.values())
         for name, p in misfits.items():
-            assert (f"{evaluation.step}: {name} needs {human_bytes(p.peak_bytes)} a chip, "
+            needs = "needs at least" if isinstance(p, tpu_plan.RefusedProgram) else "needs"
+            assert (f"{evaluation.step}: {name} {needs} {human_bytes(p.peak_bytes)} a chip, "
                     f"{human_bytes(p.peak_bytes - cache.limit_bytes)} more than 16.00 GiB") in section
     assert f"--config.eval.batch_size={HUGE_BATCH // 2}" in section
     assert "no bound (does not fit): eval/teacher" in text
@@ -108,6 +109,9 @@ def test_identical_programs_compile_once_and_workdir_untouched(planned):
     assert compiles < requested
     students = [e for e in estimates if e.step.startswith("students/")]
     assert len(students) == 2 and students[0].programs["train_step"] is students[1].programs["train_step"]
+    # the teacher's and a student's scoring: one model however their configs spell it
+    scored = [e for e in estimates if e.job == "eval" and "scoring" in e.programs]
+    assert len(scored) == 2 and scored[0].programs["scoring"] is scored[1].programs["scoring"]
 
 
 def test_model_follows_reference_chain_to_its_origin():

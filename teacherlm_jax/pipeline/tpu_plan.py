@@ -163,8 +163,11 @@ def plan_for_slice(config: ml_collections.ConfigDict, progress: Callable[[str], 
     return estimates, cache
 
 
-def _identity(config: ml_collections.ConfigDict, model: dict[str, Any], **sizes: Any) -> dict[str, Any]:
-    return {"model": model, "mesh": config.mesh.to_dict(), "rules": config.get("rules"), **sizes}
+def _identity(config: ml_collections.ConfigDict, model_config: Any, **sizes: Any) -> dict[str, Any]:
+    """What decides a program: the resolved model (architecture and run settings, however the step's config
+    spells them), the mesh and rules, and the sizes."""
+    return {"model": dataclasses.asdict(model_config), "mesh": config.mesh.to_dict(), "rules": config.get("rules"),
+            **sizes}
 
 
 def train_estimate(step: Step, model: dict[str, Any], cache: ProgramCache, devices: list) -> StepEstimate:
@@ -184,7 +187,7 @@ def train_estimate(step: Step, model: dict[str, Any], cache: ProgramCache, devic
         config.data.seq_len = min(max_positions, TRAIN_SEQ_CAP)
     check_seq_len(config, max_positions)
     optimizer = config.optimizer
-    identity = _identity(config, model, batch=config.batch_size, seq_len=config.data.seq_len,
+    identity = _identity(config, setup.model.config, batch=config.batch_size, seq_len=config.data.seq_len,
                          grad_accum=config.grad_accum_steps, loss_chunk=loss_chunk(config),
                          optimizer=(optimizer.schedule, optimizer.weight_decay > 0, optimizer.grad_clip_norm > 0))
 
@@ -211,7 +214,8 @@ def _generation(step: Step, config: ml_collections.ConfigDict, model: dict[str, 
                 devices: list, names: tuple[str, ...], *, slots: int, prompt_tokens: int,
                 max_new_tokens: int) -> tuple[dict[str, ProgramReport], dict[str, int]]:
     mesh, rules = mesh_from_config(config, devices)
-    identity = _identity(config, model, slots=slots, prompt_tokens=prompt_tokens, max_new_tokens=max_new_tokens)
+    identity = _identity(config, resolve(generation_model(model), weights=False).config, slots=slots,
+                         prompt_tokens=prompt_tokens, max_new_tokens=max_new_tokens)
     lower_all = lambda: generation_programs(model, mesh, rules, slots=slots, prompt_tokens=prompt_tokens,
                                             max_new_tokens=max_new_tokens)
     reports = {name: cache.report(name, identity, lambda name=name: cache.generation(identity, lower_all)[name],
@@ -220,7 +224,7 @@ def _generation(step: Step, config: ml_collections.ConfigDict, model: dict[str, 
 
 
 def _max_positions(model: dict[str, Any]) -> int:
-    return resolve(generation_model(model), weights=False).abstract().config.max_position_embeddings
+    return resolve(generation_model(model), weights=False).config.max_position_embeddings
 
 
 def augment_estimate(step: Step, model: dict[str, Any], cache: ProgramCache, devices: list) -> StepEstimate:
@@ -402,7 +406,7 @@ def describe(estimates: list[StepEstimate], cache: ProgramCache, seconds: float)
     for e in misfits:
         for name, p in e.programs.items():
             if isinstance(p, RefusedProgram):
-                lines.append(f"  {e.step}: {name} needs {human_bytes(p.peak_bytes)} a chip, "
+                lines.append(f"  {e.step}: {name} needs at least {human_bytes(p.peak_bytes)} a chip, "
                              f"{human_bytes(p.peak_bytes - limit)} more than {human_bytes(limit)} (XLA's TPU "
                              f"compiler: {p.message})")
             elif not p.fits:
