@@ -109,7 +109,8 @@ class ProgramCache:
                 if "RESOURCE_EXHAUSTED" not in str(e):
                     raise
                 self.reports[key] = refused(e, time.perf_counter() - start)
-            self.progress(f"{step}: {name} compiled in {self.reports[key].compile_seconds:.1f} s")
+            outcome = "refused: does not fit" if isinstance(self.reports[key], RefusedProgram) else "compiled"
+            self.progress(f"{step}: {name} {outcome} in {self.reports[key].compile_seconds:.1f} s")
         return self.reports[key]
 
     def generation(self, identity: Any, lower_all: Callable[[], dict[str, jax.stages.Lowered]]
