@@ -134,3 +134,13 @@ def test_records_counted_locally_or_said_unknown():
     assert records == 0 and "@suite/students.jsonl is written by an earlier step" in why
     evaluation = pipeline_config.get_config("tiny").eval
     assert tpu_plan.count_questions(evaluation) == (evaluation.max_examples, "")
+
+
+def test_a_hub_model_not_cached_is_refused_not_downloaded():
+    config = pipeline_config.get_config()
+    config.teacher.init_from = "someone/not-a-cached-model"
+    steps = build_plan(config)
+    with pytest.raises(ConfigError, match="downloads nothing"):  # followed from augment/cot to the teacher's origin
+        tpu_plan.model_section(next(s for s in steps if s.name == "augment/cot"), steps)
+    student = tpu_plan.model_section(next(s for s in steps if s.name.startswith("students/")), steps)
+    assert student["init_from"] == "bigscience/bloom-560m"  # a published shape: nothing to fetch

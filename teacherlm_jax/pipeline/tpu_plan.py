@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import re
 import sys
 import time
@@ -37,7 +38,7 @@ from teacherlm_jax.compile.programs import ProgramReport, compile_and_report, ge
 from teacherlm_jax.compile.topology import TpuSlice, parse_slice
 from teacherlm_jax.config_checks import raise_all
 from teacherlm_jax.errors import ConfigError, DataError
-from teacherlm_jax.init_from import resolve
+from teacherlm_jax.init_from import published_bloom, resolve
 from teacherlm_jax.pipeline.plan import REFERENCE, Step, build_plan, split_reference
 from teacherlm_jax.sharding import data_parallel_size, mesh_from_config
 
@@ -129,11 +130,28 @@ def model_section(step: Step, steps: list[Step]) -> dict[str, Any]:
     init_from = own.get("init_from")
     match = REFERENCE.match(init_from) if isinstance(init_from, str) else None
     if match is None:
-        return own
+        return _without_download(own, _model_key(step)[0])
     names = [s.name for s in steps]
     target = split_reference(match.group(1), names)[0]
     origin = model_section(steps[names.index(target)], steps)
     return {**origin, **{k: v for k, v in own.items() if k != "init_from" and v is not None}}
+
+
+def _without_download(model: dict[str, Any], key: str) -> dict[str, Any]:
+    """`model` whose init_from needs no download: a path or URL, a published BLOOM id, or a hub id already in
+    the Hugging Face cache (then its cached snapshot)."""
+    init_from = model.get("init_from")
+    if not init_from or "://" in init_from or os.path.exists(init_from) or published_bloom(init_from):
+        return model
+    import huggingface_hub
+
+    try:
+        cached = huggingface_hub.snapshot_download(init_from, local_files_only=True)
+    except Exception as e:  # not cached (the hub's own errors differ by version)
+        raise ConfigError(f"config.{key}.init_from={init_from!r}: the plan downloads nothing, and it is neither a "
+                          f"local directory, a published BLOOM id nor in the Hugging Face cache "
+                          f"({type(e).__name__})") from e
+    return {**model, "init_from": cached}
 
 
 def _model_key(step: Step) -> tuple[str, ml_collections.ConfigDict]:
