@@ -389,12 +389,14 @@ def generation_advice(step: Step, config: ml_collections.ConfigDict, reports: di
     out = []
     if model.get("dtype") in (None, "float32"):
         out.append(f"weights and cache in bfloat16 (half): --config.{model_key}.dtype=bfloat16")
-    if mesh.get("data", 1) > 1 and mesh.get("fsdp", 1) * mesh.get("tensor", 1) < chips:
+    copied = mesh.get("fsdp", 1) * mesh.get("tensor", 1) < chips
+    if copied:
         out.append(f"shard the weights instead of copying them to each chip: --config.{key}.mesh.data=1 "
                    f"--config.{key}.mesh.fsdp=-1")
     if worst.temp + worst.arguments > limit and config[batch_key] > 1:
         out.append(f"fewer slots (a smaller KV cache): --config.{key}.{batch_key}={config[batch_key] // 2}")
-    out.append(f"more chips: a slice of >= {_chips_needed(worst.peak_bytes, limit, chips)} chips")
+    more = f"a slice of >= {_chips_needed(worst.peak_bytes, limit, chips)} chips"
+    out.append(f"more chips, once the weights are sharded: {more}" if copied else f"more chips: {more}")
     return tuple(out)
 
 
