@@ -20,6 +20,12 @@ Keys beside the steps:
   tokenizer.vocab_size with a `suite` (configs/demo.py): a tokenizer trained on the suite, for every step
   students.<name>     {train: a training config, mode: how its evaluation scores it (loglik | generate)}, and
                       optionally sampling: overrides of augment.sampling for its own augment step
+  topology            with --dry_run: a TPU slice to plan on (gcloud's v5e-8, v4-16, ... or jax's v5e:2x4):
+                      every step's programs compiled for it (libtpu, on any host; nothing runs or downloads),
+                      whether each fits its chips (which program, by how much, what to change) and a lower
+                      bound of its time, totalled in chip-hours (teacherlm_jax/pipeline/tpu_plan.py).
+                      A run (no --dry_run) logs that it ignores it. "" (default): no TPU plan.
+  device_memory_gib   memory per chip the plan checks against (0, default: the slice's chip's HBM)
   seeds               (optional) training seeds: one run per student and seed, with mean, std and intervals
                       in the report (configs/ablation.py, docs/ablation.md)
 
@@ -59,6 +65,8 @@ def pipeline_base(title: str) -> ml_collections.ConfigDict:
     config.teacher.evaluate = "stage1"
     config.student_base = common.optional(None, str)
     config.compilation_cache = True  # DIR/jax_cache: steps of equal shapes (the students) share compiled programs
+    config.topology = ""  # a TPU slice (v5e-8, v4-16, v5e:2x4) for --dry_run to plan on; a run ignores it
+    config.device_memory_gib = 0.0  # the plan's memory per chip; 0: the chip's HBM
     return config
 
 

@@ -266,6 +266,10 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
                         "directory or hub id, a run's workdir, or `@teacher/stage1`. None: new models.",
         "compilation_cache": "Keep compiled programs in DIR/jax_cache, so steps of equal shapes and settings (the "
                              "students) compile once.",
+        "topology": "With --dry_run: a TPU slice (`v5e-8`, `v4-16`, `v5e:2x4`) every step's programs are compiled "
+                    "for, each step's fit and least time in chip-hours (docs/pipeline.md). '': none; a run "
+                    "ignores it.",
+        "device_memory_gib": "Memory per chip the topology plan checks against. 0: the slice's chip's HBM.",
         "eval": "The eval job config every model is evaluated with (its tasks are the test sets; model and "
                 "mode set per model).",
         **{f"students.{name}.mode": "Evaluation: `loglik` (letter log-likelihood) or `generate` (Fine-tune-CoT "

@@ -1,5 +1,6 @@
 """What `python -m teacherlm_jax.main` shows a person: `--help` (jobs, config files and their variants),
-`--dry_run` (the resolved config and, for a pipeline, what each step would do), and errors a person can fix
+`--dry_run` (the resolved config and, for a pipeline, what each step would do, and with `config.topology` each
+step's fit and least time on that TPU slice), and errors a person can fix
 as a few lines instead of a traceback.
 
 A configuration, data or checkpoint error (bad override keys and values, a missing config file, a refused
@@ -69,7 +70,8 @@ def help_text(jobs: Mapping[str, str]) -> str:
              "  --workdir DIR            a folder or gs:// URL for the run's outputs",
              "  --config.KEY=VALUE       override any key, e.g. --config.num_train_steps=100",
              "  --dry_run                print the resolved config (a pipeline: each step's run / reuse / rerun "
-             "and why); run nothing",
+             "and why; with --config.topology=SLICE, whether each step fits that TPU slice and its least "
+             "chip-hours); run nothing",
              "  --verbose                tracebacks for configuration, data and checkpoint errors too "
              "(or TEACHERLM_VERBOSE=1)", "", "jobs (the config's `job` key):"]
     lines += [f"  {name:<10} {about}" for name, about in jobs.items()]
@@ -160,7 +162,8 @@ def run(main: Callable[[list[str]], Any], jobs: Mapping[str, str]) -> None:
 
 
 def dry_run(config: ml_collections.ConfigDict, workdir: str) -> str:
-    """The resolved config and, for a pipeline, each step with what a run would do and why."""
+    """The resolved config and, for a pipeline, each step with what a run would do and why (with
+    `config.topology`, also each step's programs compiled for that TPU slice: `pipeline.tpu_plan`)."""
     from teacherlm_jax.run_config import config_json
 
     text = config_json(config)
@@ -170,4 +173,8 @@ def dry_run(config: ml_collections.ConfigDict, workdir: str) -> str:
 
         plan = make_plan(config, workdir_path(workdir))
         text += f"\nsteps in {workdir} (step, job, action, why):\n{plan.describe()}"
+        if config.get("topology"):
+            from teacherlm_jax.pipeline.tpu_plan import tpu_plan_text
+
+            text += "\n\n" + tpu_plan_text(config)
     return text

@@ -150,7 +150,7 @@ def resolve(model: Mapping[str, Any], *, key: str = "config.model", weights: boo
     hf, tokenizer = None, None
     if init_from is not None:
         init_from = os.fspath(init_from)
-        if not weights and _published_bloom(init_from):
+        if not weights and published_bloom(init_from):
             return resolve({**model, **_agreeing(model, bloom_shape(init_from), init_from, key),
                             "init_from": None, "family": "bloom"}, key=key)
         try:
@@ -191,7 +191,8 @@ def _read_init_from(init_from: str) -> tuple[dict, str, str | None]:
     return read_hf_config(resolve_checkpoint_dir(init_from)), init_from, init_from
 
 
-def _published_bloom(init_from: str) -> bool:
+def published_bloom(init_from: str) -> bool:
+    """Whether `init_from` is a BLOOM hub id whose shape is published (`bloom_shape`): no download needed."""
     name = init_from.removeprefix("bigscience/")
     return init_from.startswith("bigscience/") and name in BLOOM_SHAPES and not os.path.exists(init_from)
 

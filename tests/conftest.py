@@ -71,3 +71,7 @@ def gcs_bucket(tmp_path_factory) -> str:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: takes more than ~30 s on 2 CPU cores (e.g. compiles for a TPU slice)")

@@ -76,7 +76,7 @@ def compile_and_report(lowering: Lowering, chip: Chip | None, limit_bytes: int |
                        ) -> tuple[jax.stages.Compiled | None, ProgramReport]:
     """Lowers (a callable) and compiles a program and reads its memory and cost; `fits` against `limit_bytes`
     (None: not checked). A program the TPU compiler refuses for lack of memory is reported as not fitting,
-    with the memory the compiler said it needs (no compiled program then)."""
+    with the memory its message says the program's temporaries need (a lower bound; no compiled program)."""
     start = time.perf_counter()
     try:
         compiled = (lowering() if callable(lowering) else lowering).compile()
@@ -84,7 +84,7 @@ def compile_and_report(lowering: Lowering, chip: Chip | None, limit_bytes: int |
         if "RESOURCE_EXHAUSTED" not in str(e):
             raise
         needed, _ = out_of_memory_bytes(str(e))
-        return None, ProgramReport(peak_bytes=needed, arguments=0, outputs=0, aliased=0, temp=0, generated_code=0,
+        return None, ProgramReport(peak_bytes=needed, arguments=0, outputs=0, aliased=0, temp=needed, generated_code=0,
                                    flops=None, bytes_accessed=None, roofline_seconds=None, fits=False,
                                    compile_seconds=round(time.perf_counter() - start, 2),
                                    error=str(e).strip().splitlines()[0][:300])

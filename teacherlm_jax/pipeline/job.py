@@ -140,6 +140,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     from teacherlm_jax.pipeline.report import write_report
 
     work = workdir_path(workdir)
+    if config.get("topology"):
+        log.warning("config.topology=%r plans with --dry_run only; this run ignores it", config.topology)
     plan = make_plan(config, work)
     steps, digests, upstream, files = plan.steps, plan.digests, plan.upstream, plan.files
     to_run = plan.to_run
