@@ -49,6 +49,10 @@ def predict(case: Case) -> str:
     step = compile_and_report(lowered["decode_round"], tpu.chip, limit)[1]
     fill = compile_and_report(lowered["insert"], tpu.chip, limit)[1]
     seconds = time.perf_counter() - start
+    if step.error or fill.error:  # refused by the TPU compiler for lack of HBM: no cost analysis
+        need = max(step.peak_bytes, fill.peak_bytes) / 2 ** 30
+        return (f"| {case.slice}, {case.data} x {case.tensor}, {case.slots_per_replica} | **no** (>= {need:.1f} "
+                f"GiB) | - | - | - | - | - | - | - | {seconds:.0f} s |")
     steps = -(-RECORDS * KINDS * STEPS_PER_TEXT // slots)
     prefill = fill.roofline_seconds * -(-RECORDS * KINDS // slots)
     totals = [steps * (step.roofline_seconds + ms / 1e3) + prefill for ms in OVERHEADS_MS]

@@ -42,12 +42,18 @@ def rows(size: str, tpu: str, summary: dict, seconds: float) -> list[str]:
     out = []
     for name, p in summary["programs"].items():
         bound = p["roofline_seconds"]
+        if p["error"]:  # refused by the TPU compiler for lack of HBM: no cost analysis
+            out.append(f"| {size} | {tpu} | {name} | >= {p['peak_bytes'] / GIB:.2f} | NO | - | - | - | "
+                       f"{p['compile_seconds']:.0f} |")
+            continue
         out.append(f"| {size} | {tpu} | {name} | {p['peak_bytes'] / GIB:.2f} | {'yes' if p['fits'] else 'NO'} | "
                    f"{p['flops'] / 1e12:.3g} | {p['bytes_accessed'] / GIB:.2f} | {bound * 1e3:.3g} | "
                    f"{p['compile_seconds']:.0f} |")
     c = summary["ceilings"]
-    out.append(f"| {size} | {tpu} | *ceilings* | | | train {c['train_tokens_per_s']:,.0f} tok/s, MFU <= "
-               f"{100 * c['train_mfu']:.0f}% | decode {c['decode_tokens_per_s']:,.0f} tok/s | | job {seconds:.0f} s |")
+    train = (f"train {c['train_tokens_per_s']:,.0f} tok/s, MFU <= {100 * c['train_mfu']:.0f}%"
+             if c["train_tokens_per_s"] else "train: no bound")
+    decode = f"decode {c['decode_tokens_per_s']:,.0f} tok/s" if c["decode_tokens_per_s"] else "decode: no bound"
+    out.append(f"| {size} | {tpu} | *ceilings* | | | {train} | {decode} | | job {seconds:.0f} s |")
     return out
 
 

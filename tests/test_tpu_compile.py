@@ -52,6 +52,7 @@ def tiny(family: str = "bloom", **mesh) -> object:
     return config
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family,mesh", [("bloom", {"fsdp": -1}), ("opt", {"fsdp": 2, "tensor": 2})])
 def test_every_program_compiles_for_the_slice(family, mesh):
     summary = job.dry_run(tiny(family, **mesh))
@@ -75,7 +76,8 @@ def test_every_program_compiles_for_the_slice(family, mesh):
     assert "not a measurement" in text and all(f"| {name} |" in text for name in PROGRAMS)
 
 
-def test_decode_decode_roundis_one_device_loop_in_the_compute_dtype():
+@pytest.mark.slow
+def test_decode_round_is_one_device_loop_in_the_compute_dtype():
     config = tiny("bloom", fsdp=-1)
     tpu = parse_slice(SLICE)
     mesh, rules = mesh_from_config(config, tpu.devices())
@@ -90,6 +92,7 @@ def test_decode_decode_roundis_one_device_loop_in_the_compute_dtype():
         assert host not in hlo, host
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["bloom", "opt"])
 def test_fsdp_gathers_weights_and_data_parallelism_does_not(family):
     hlos = {}
@@ -105,6 +108,7 @@ def test_fsdp_gathers_weights_and_data_parallelism_does_not(family):
     assert "all-reduce" in hlos["data"]  # the gradients are still summed over the data-parallel chips
 
 
+@pytest.mark.slow
 def test_the_training_steps_cost_counts_every_layer_and_chunk():
     # XLA counts a loop's body once: the scanned stack of 4 layers, the loss's 2 chunks of 16 positions and 2
     # microbatches would count as one each. The step's cost from its unrolled 1- and 2-layer variants equals
@@ -127,6 +131,7 @@ def test_the_training_steps_cost_counts_every_layer_and_chunk():
     assert compile_and_report(scanned, None, None)[1].flops < 0.6 * flops  # what XLA counts for the loops
 
 
+@pytest.mark.slow
 def test_a_program_that_does_not_fit_exits_1_naming_it(tmp_path, capsys):
     config = tiny("bloom", fsdp=-1)
     config.device_memory_gib = 1e-4  # ~105 KB a chip
@@ -140,6 +145,7 @@ def test_a_program_that_does_not_fit_exits_1_naming_it(tmp_path, capsys):
     assert "| train_step |" in (tmp_path / job.REPORT_MD).read_text()
 
 
+@pytest.mark.slow
 def test_a_program_the_compiler_refuses_is_reported_as_not_fitting():
     # bloom-1b7's weights on every chip and 96 slots of 1023 positions each: more than a v5e chip's HBM.
     tpu = parse_slice(SLICE)
@@ -183,6 +189,7 @@ def test_pci_probe_counts_tpu_chips(tmp_path):
     assert tpu_chips_attached(str(tmp_path)) == 1  # a v5e chip; Google's NIC and another vendor's device are not
 
 
+@pytest.mark.slow
 def test_jobs_on_a_host_without_tpu_start_the_cpu_backend_only():
     env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
     code = ("from teacherlm_jax.platforms import cpu_only_without_tpu\n"
