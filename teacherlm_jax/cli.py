@@ -4,16 +4,21 @@ as a few lines instead of a traceback.
 
 A configuration, data or checkpoint error (bad override keys and values, a missing config file, a refused
 config, a malformed row) prints `error: <message>` naming the key, file:line or path, with the keys a
-misspelled one most likely meant, and exits with status 2; `--verbose` or TEACHERLM_VERBOSE=1 shows the
-traceback as well. Any other exception is a bug and keeps its traceback.
+misspelled one most likely meant, and exits with status 2; so does a fault of the machine (a full disk, a
+cloud store that keeps failing: `errors.fault_message`), whose tracebacks, Orbax's threads' included, are
+left out of the log. `--verbose` or TEACHERLM_VERBOSE=1 shows the tracebacks as well. Any other exception is
+a bug and keeps its traceback.
 """
 from __future__ import annotations
 
 import ast
 import difflib
 import importlib.util
+import logging
 import os
 import sys
+import threading
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NoReturn
@@ -22,12 +27,12 @@ import ml_collections
 from absl import app, flags
 
 from teacherlm_jax.config_checks import has_key, unknown_key_message
-from teacherlm_jax.errors import CheckpointError, ConfigError, DataError
+from teacherlm_jax.errors import CheckpointError, ConfigError, DataError, StorageError, fault_message
 from teacherlm_jax.paths import StorageUnreachable
 from teacherlm_jax.workdir_lock import WorkdirLocked
 
 USER_ERRORS = (ConfigError, DataError, CheckpointError, WorkdirLocked, NotADirectoryError, StorageUnreachable,
-               app.UsageError)
+               StorageError, app.UsageError)
 HELP_FLAGS = ("--help", "-h", "--helpfull", "--helpshort", "-?")
 USAGE = ("usage: python -m teacherlm_jax.main --config FILE[:VARIANT] --workdir DIR [--config.KEY=VALUE ...] "
          "[--dry_run] [--verbose]")
@@ -140,16 +145,59 @@ def parse_flags(argv: list[str], jobs: Mapping[str, str]) -> list[str]:
         fail(str(e) if spec is None else _parse_error(argv, spec, e))
 
 
+class _NoFaultTracebacks(logging.Filter):
+    """Drops log records that carry a machine fault's traceback, or its aftermath's (Orbax logs one per
+    writing thread): the error line says the cause once."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return error is None or not (_aftermath(error) or fault_message(error))
+
+
+# Errors that only follow a machine fault: a full disk aborts Orbax's save, and tensorstore's callbacks for
+# the writes still in flight then find Orbax's event loop or executor shut (reported as unraisable, dozens).
+AFTERMATH = ("Event loop is closed", "cannot schedule new futures after shutdown")
+
+
+def _aftermath(error: BaseException) -> bool:
+    return isinstance(error, RuntimeError) and str(error) in AFTERMATH
+
+
+def _quiet_faults(hook: Callable[..., None], error_of: Callable[..., BaseException | None]) -> Callable[..., None]:
+    """`hook` (threading's excepthook, sys's unraisablehook), silent for machine faults and their aftermath: a
+    thread that dies of a full disk (TensorBoard's writer) would print a traceback; the job's own next write
+    fails and says it in one line."""
+    def hook_unless_fault(*args: Any) -> None:
+        error = error_of(*args)
+        if error is None or not (_aftermath(error) or fault_message(error)):
+            hook(*args)
+
+    return hook_unless_fault
+
+
 def guard(main: Callable[[list[str]], Any]) -> Callable[[list[str]], Any]:
-    """`main` with the errors a person can fix turned into one message and exit status 2 (unless verbose);
-    any other exception passes with its traceback."""
+    """`main` with the errors a person can fix, and machine faults, turned into one message and exit status 2
+    (unless verbose); any other exception passes with its traceback."""
     def guarded(argv: list[str]) -> Any:
+        quiet = not verbose(sys.argv)
+        if quiet:
+            for handler in logging.getLogger().handlers:
+                handler.addFilter(_NoFaultTracebacks())
+            threading.excepthook = _quiet_faults(threading.excepthook, lambda args: args.exc_value)
+            sys.unraisablehook = _quiet_faults(sys.unraisablehook, lambda args: args.exc_value)
         try:
             return main(argv)
         except USER_ERRORS as e:
-            if verbose(sys.argv):
+            if not quiet:
                 raise
             fail(str(e))
+        except Exception as e:
+            message = fault_message(e)
+            if message is None or not quiet:
+                raise
+            # The aborted writes' coroutines are dropped as the interpreter exits: one warning each.
+            warnings.filterwarnings("ignore", "coroutine .* was never awaited", RuntimeWarning)
+            fail(message)
 
     return guarded
 

@@ -124,11 +124,15 @@ def write_atomic(path: epath.Path, data: str | bytes) -> None:
         path.write_bytes(data)  # one object upload: atomic, and object stores rename by copy + delete
         return
     tmp = Path(path).with_name(f"{path.name}.tmp{os.getpid()}")  # unique to this process
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk: no partial file left behind
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def append_text(path: epath.Path, text: str) -> None:
@@ -137,8 +141,14 @@ def append_text(path: epath.Path, text: str) -> None:
     if is_url(path):
         write_atomic(path, (path.read_text() if path.exists() else "") + text)
         return
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(text)
+    with open(path, "ab") as f:
+        size = f.tell()
+        try:
+            f.write(text.encode("utf-8"))
+            f.flush()
+        except BaseException:  # a full disk: the file is cut back, no torn line left
+            f.truncate(size)
+            raise
 
 
 def write_figure(fig, path: epath.Path, **savefig_kwargs) -> None:
