@@ -25,6 +25,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from teacherlm_jax.errors import CheckpointError, ConfigError
+from teacherlm_jax.intact_checkpoint import restore_newest_intact
 from teacherlm_jax.models.bloom import BLOOM_SHAPES, bloom_shape
 from teacherlm_jax.models.hf import FAMILIES, ModelFamily, from_pretrained, read_hf_config, resolve_checkpoint_dir
 from teacherlm_jax.models.param_map import RUN_FIELDS
@@ -66,16 +67,18 @@ def run_tokenizer(run_dir: str | os.PathLike) -> str | None:
 
 
 def restore_params(run_dir: str | os.PathLike, target: dict) -> dict:
-    """Params only, from the latest Orbax checkpoint of a run, placed like `target` (ShapeDtypeStructs)."""
+    """Params only, from the newest Orbax checkpoint of a run that can be read (`intact_checkpoint`), placed like
+    `target` (ShapeDtypeStructs)."""
     import orbax.checkpoint as ocp  # here, not at the top: jobs that load Hugging Face checkpoints skip its import
 
-    manager = ocp.CheckpointManager(workdir_path(run_dir) / "checkpoints", item_names=("params",),
-                                    options=ocp.CheckpointManagerOptions(read_only=True))
-    step = manager.latest_step()
-    if step is None:
-        raise CheckpointError(f"{run_dir}/checkpoints: no finished checkpoint to initialise from")
-    params = manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target)))["params"]
+    folder = workdir_path(run_dir) / "checkpoints"
+    manager = ocp.CheckpointManager(folder, item_names=("params",), options=ocp.CheckpointManagerOptions(read_only=True))
+    found = restore_newest_intact(manager.all_steps(), lambda step: manager.restore(
+        step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target)))["params"], os.fspath(folder))
     manager.close()
+    if found is None:
+        raise CheckpointError(f"{run_dir}/checkpoints: no finished checkpoint to initialise from")
+    step, params = found
     log.info("initialised params from %s step %d", run_dir, step)
     return params
 

@@ -5,17 +5,51 @@ fault is gone continues from what was complete."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
-from train_subprocess import REPO, jax_env, main_command
+import pytest
+
+from train_subprocess import REPO, jax_env, main_command, run_checked
 
 TRAIN = ["--config.num_train_steps=6", "--config.checkpoint_every=2", "--config.keep_checkpoints=3",
          "--config.eval_every=0", "--config.log_every=1", "--config.plot=False"]
 
 
-def _steps(workdir) -> list[int]:
-    return [json.loads(line)["step"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+def _records(workdir: Path) -> list[dict]:
+    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _steps(workdir: Path) -> list[int]:
+    return [r["step"] for r in _records(workdir)]
+
+
+def _losses(workdir: Path) -> list[tuple[int, float, float]]:
+    return [(r["step"], r["loss"], r["grad_norm"]) for r in _records(workdir)]
+
+
+def _train(work: Path, *overrides: str) -> subprocess.CompletedProcess:
+    return subprocess.run(main_command("configs/train.py:tiny", work, *TRAIN, *overrides), cwd=REPO, env=jax_env(),
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    """A 6-step run with checkpoints at steps 2, 4 and 6 (no export: `init_from` reads its checkpoints)."""
+    work = tmp_path_factory.mktemp("finished") / "run"
+    run_checked(main_command("configs/train.py:tiny", work, *TRAIN, "--config.export_hf=False"), jax_env())
+    assert sorted(int(p.name) for p in (work / "checkpoints").iterdir()) == [2, 4, 6]
+    return work
+
+
+def _damage(step_dir: Path, how: str) -> None:
+    if how == "overwritten":  # every file of the step
+        for file in (p for p in step_dir.rglob("*") if p.is_file()):
+            file.write_bytes(b"\x00garbage")
+    else:  # an item's files gone
+        shutil.rmtree(step_dir / "opt_state")
 
 
 def _error_lines(stderr: str) -> list[str]:
@@ -37,3 +71,41 @@ def test_full_disk_in_training_is_one_line_and_the_rerun_finishes(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert _steps(work) == [1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.parametrize("how", ["overwritten", "missing"])
+def test_damaged_latest_checkpoint_resumes_from_the_newest_intact_one(finished_run, tmp_path, how):
+    work = tmp_path / "run"
+    shutil.copytree(finished_run, work)
+    _damage(work / "checkpoints" / "6", how)
+    proc = _train(work, "--config.export_hf=False")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"checkpoint {work}/checkpoints/6 cannot be read" in proc.stderr, proc.stderr[-3000:]
+    assert f"resumed from {work}/checkpoints step 4" in proc.stderr
+    assert (work / "damaged_checkpoints" / "6").is_dir()  # set aside, for a person to look at
+    assert sorted(int(p.name) for p in (work / "checkpoints").iterdir()) == [2, 4, 6]
+    assert _losses(work) == _losses(finished_run)  # steps 5 and 6 again, the same losses
+
+
+def test_no_intact_checkpoint_is_one_error_naming_each(finished_run, tmp_path):
+    work = tmp_path / "run"
+    shutil.copytree(finished_run, work)
+    for step in (2, 4, 6):
+        _damage(work / "checkpoints" / str(step), "overwritten")
+    proc = _train(work, "--config.export_hf=False")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    [error] = _error_lines(proc.stderr)
+    assert f"{work}/checkpoints: no checkpoint can be read" in error
+    assert all(f"step {step}: " in error for step in (2, 4, 6)), error
+
+
+def test_init_from_a_run_with_a_damaged_latest_checkpoint_uses_the_one_before(finished_run, tmp_path):
+    source = tmp_path / "source"
+    shutil.copytree(finished_run, source)
+    _damage(source / "checkpoints" / "6", "overwritten")
+    proc = _train(tmp_path / "next", f"--config.model.init_from={source}", "--config.num_train_steps=1",
+                  "--config.export_hf=False")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"checkpoint {source}/checkpoints/6 cannot be read" in proc.stderr
+    assert f"initialised params from {source} step 4" in proc.stderr
+    assert (source / "checkpoints" / "6").is_dir()  # another run's folder: read, never changed

@@ -176,12 +176,13 @@ def _train(config: ml_collections.ConfigDict, workdir: epath.Path, mesh: Mesh, r
         config.data.seq_len = seq_len
     ckpt = Checkpointer(workdir, every=config.checkpoint_every, keep=config.keep_checkpoints,
                         use_async=config.get("async_checkpoints", True))
-    start = ckpt.latest_step() or 0
-    if start:  # our own checkpoint wins over init_from: this is a restart (checked resumable above)
-        state, data_state = ckpt.restore(start, setup.abstract_state())
+    restored = ckpt.restore_latest(setup.abstract_state())  # the newest readable one, else the error says why
+    if restored:  # our own checkpoint wins over init_from: this is a restart (checked resumable above)
+        start, state, data_state = restored
         data.set_state(data_state)
         log.info("resumed from %s/checkpoints step %d", workdir, start)
     else:
+        start = 0
         state = init_train_state(setup.model.load_params(abstract, mesh, rules, config.seed), tx, shardings)
     if jax.process_index() == 0:
         write_model_config(abstract, workdir)
