@@ -28,7 +28,7 @@ from absl import app, flags
 
 from teacherlm_jax.config_checks import has_key, unknown_key_message
 from teacherlm_jax.errors import CheckpointError, ConfigError, DataError, StorageError, fault_message
-from teacherlm_jax.paths import StorageUnreachable
+from teacherlm_jax.paths import StorageUnreachable, transient
 from teacherlm_jax.workdir_lock import WorkdirLocked
 
 USER_ERRORS = (ConfigError, DataError, CheckpointError, WorkdirLocked, NotADirectoryError, StorageUnreachable,
@@ -147,11 +147,12 @@ def parse_flags(argv: list[str], jobs: Mapping[str, str]) -> list[str]:
 
 class _NoFaultTracebacks(logging.Filter):
     """Drops log records that carry a machine fault's traceback, or its aftermath's (Orbax logs one per
-    writing thread): the error line says the cause once."""
+    writing thread), or a store's passing error (gcsfs logs each it gives up on; `paths.retrying` retries it
+    and says it in a line): the error line says the cause once."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
-        return error is None or not (_aftermath(error) or fault_message(error))
+        return error is None or not (_aftermath(error) or transient(error) or fault_message(error))
 
 
 # Errors that only follow a machine fault: a full disk aborts Orbax's save, and tensorstore's callbacks for
