@@ -225,6 +225,19 @@ def local_dir(out: epath.Path) -> Iterator[Path]:
             retrying(target, "upload", lambda file=file, target=target: _copy(file, target))
 
 
+def file_sizes(folder: str | os.PathLike) -> dict[str, int]:
+    """{path relative to `folder`: size in bytes} of every file below it (on an object store: one listing)."""
+    folder = workdir_path(folder)
+    if is_url(folder):
+        import fsspec
+
+        fs, root = fsspec.core.url_to_fs(os.fspath(folder))
+        found = retrying(folder, "list", lambda: fs.find(root, detail=True))
+        return {name[len(root):].lstrip("/"): int(info["size"]) for name, info in found.items()}
+    return {os.path.relpath(os.path.join(parent, name), folder): os.path.getsize(os.path.join(parent, name))
+            for parent, _, names in os.walk(folder) for name in names}
+
+
 def _copy(source: str | os.PathLike, target: str | os.PathLike) -> None:
     """One file copied whole (streamed), either side local or a URL."""
     with epath.Path(source).open("rb") as src, epath.Path(target).open("wb") as dst:

@@ -109,3 +109,54 @@ def test_init_from_a_run_with_a_damaged_latest_checkpoint_uses_the_one_before(fi
     assert f"checkpoint {source}/checkpoints/6 cannot be read" in proc.stderr
     assert f"initialised params from {source} step 4" in proc.stderr
     assert (source / "checkpoints" / "6").is_dir()  # another run's folder: read, never changed
+
+
+@pytest.mark.parametrize("damage", ["truncated", "deleted"])
+def test_a_done_pipeline_step_whose_outputs_are_damaged_runs_again(tmp_path, damage):
+    from configs import pipeline as pipeline_configs
+    from teacherlm_jax.paths import workdir_path
+    from teacherlm_jax.pipeline import state
+    from teacherlm_jax.pipeline.job import make_plan
+
+    config, work = pipeline_configs.get_config("tiny"), workdir_path(tmp_path)
+    plan = make_plan(config, work)
+    step = plan.steps[0]
+    out = work / step.name
+    (out / "hf_final").mkdir(parents=True)
+    (out / "hf_final" / "model.safetensors").write_bytes(b"\0" * 64)
+    (out / "metrics.jsonl").write_text('{"step": 1}\n')
+    state.write_record(out, step, plan.digests[step.name], plan.upstream[step.name], plan.files[step.name], "done",
+                       outputs=state.output_sizes(out))
+    (out / ".lock-train-0").write_text("")  # a file the record does not list: no harm
+    assert make_plan(config, work).actions[step.name] == ("reuse", "done, unchanged")
+    weights = out / "hf_final" / "model.safetensors"
+    if damage == "truncated":
+        weights.write_bytes(b"\0" * 10)
+        why = "done, but its outputs are damaged: changed size: hf_final/model.safetensors (64 -> 10 bytes)"
+    else:
+        weights.unlink()
+        why = "done, but its outputs are damaged: 1 files gone (hf_final/model.safetensors)"
+    assert make_plan(config, work).actions[step.name] == ("rerun", why)
+
+
+def test_an_export_cut_short_by_a_full_disk_does_not_pass_for_complete(tmp_path, monkeypatch):
+    """Over an earlier complete export: save_pretrained writes the weights first, then config.json."""
+    import errno
+
+    from teacherlm_jax.init_from import complete_export
+    from teacherlm_jax.train import loop
+
+    out = tmp_path / "hf_final"
+    out.mkdir()
+    (out / "config.json").write_text("{}")
+    (out / "model.safetensors").write_bytes(b"complete")
+    assert complete_export(tmp_path) == str(out)
+
+    def weights_then_full(model, local):
+        (local / "model.safetensors").write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device", str(local / "model.safetensors"))
+
+    monkeypatch.setattr(loop, "save_pretrained", weights_then_full)
+    with pytest.raises(OSError):
+        loop.export_hf(None, out)
+    assert complete_export(tmp_path) is None  # init_from falls back to the run's checkpoints

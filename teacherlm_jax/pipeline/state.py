@@ -10,6 +10,8 @@ its fingerprint in WORKDIR/<step>/pipeline_step.json when it starts (`running`) 
 (`done`): a done step with the same fingerprint is reused; a step whose fingerprint changed is deleted and
 rerun, and since the steps after it reference it, their fingerprints change too. A `running` step with
 the same fingerprint resumes inside its job (training from its checkpoint, augmentation from its parts).
+A done step's record also lists its files and their sizes (`outputs`): a file since gone or resized (a damaged
+output) makes the step run again, resuming inside its job, which redoes what is damaged.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from typing import Any
 
 from etils import epath
 
-from teacherlm_jax.paths import is_url, write_atomic
+from teacherlm_jax.paths import file_sizes, is_url, write_atomic
 from teacherlm_jax.pipeline.plan import HOW_TO_RUN, Step, walk
 
 log = logging.getLogger(__name__)
@@ -91,6 +93,28 @@ def write_record(step_dir: epath.Path, step: Step, digest: str, upstream: dict[s
     record = {"step": step.name, "job": step.job, "state": state, "fingerprint": digest,
               "config": fingerprint_config(step), "upstream": upstream, "files": files, **extra}
     write_atomic(step_dir / RECORD, json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def output_sizes(step_dir: epath.Path) -> dict[str, int]:
+    """The step's files and their sizes, less its record: what a done step leaves for the steps after it."""
+    return {name: size for name, size in file_sizes(step_dir).items() if name != RECORD}
+
+
+def damaged_outputs(step_dir: epath.Path, record: dict[str, Any]) -> str | None:
+    """Why a done step's outputs cannot be reused (files its record lists that are gone or changed size), else
+    None. A record without `outputs` (written before they were listed) is taken as it is."""
+    if "outputs" not in record:
+        return None
+    now = output_sizes(step_dir) if step_dir.exists() else {}
+    gone = [name for name in record["outputs"] if name not in now]
+    resized = [f"{name} ({size} -> {now[name]} bytes)" for name, size in record["outputs"].items()
+               if name in now and now[name] != size]
+    if not gone and not resized:
+        return None
+    found = ([f"{len(gone)} files gone ({', '.join(sorted(gone)[:3])}{', ...' if len(gone) > 3 else ''})"]
+             if gone else []) + ([f"changed size: {', '.join(sorted(resized)[:3])}{', ...' if len(resized) > 3 else ''}"]
+                                 if resized else [])
+    return f"done, but its outputs are damaged: {'; '.join(found)}"
 
 
 def changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:

@@ -284,12 +284,18 @@ def _diverged(step: int, cause: str, workdir: epath.Path) -> NonFiniteError:
 
 def export_hf(model: nnx.Module, out_dir: str | os.PathLike, tokenizer=None) -> epath.Path:
     """`save_pretrained` (collective: every process calls it) plus the tokenizer, if any; to a cloud URL
-    through a local folder (both writers take local paths only)."""
+    through a local folder (both writers take local paths only). One that fails leaves no config.json, which
+    marks an export complete."""
     out = workdir_path(out_dir)
-    with local_dir(out) as local:
-        save_pretrained(model, local)
-        if tokenizer is not None and jax.process_index() == 0:
-            tokenizer.save_pretrained(str(local))
+    try:
+        with local_dir(out) as local:
+            save_pretrained(model, local)
+            if tokenizer is not None and jax.process_index() == 0:
+                tokenizer.save_pretrained(str(local))
+    except BaseException:  # a full disk: an export cut short must not pass for complete (`complete_export`)
+        if jax.process_index() == 0:
+            (out / "config.json").unlink(missing_ok=True)
+        raise
     log.info("exported Hugging Face checkpoint to %s", out)
     return out
 
