@@ -168,12 +168,25 @@ def _quiet_faults(hook: Callable[..., None], error_of: Callable[..., BaseExcepti
     """`hook` (threading's excepthook, sys's unraisablehook), silent for machine faults and their aftermath: a
     thread that dies of a full disk (TensorBoard's writer) would print a traceback; the job's own next write
     fails and says it in one line."""
+    if getattr(hook, "quiet_faults", False):
+        return hook
+
     def hook_unless_fault(*args: Any) -> None:
         error = error_of(*args)
         if error is None or not (_aftermath(error) or fault_message(error)):
             hook(*args)
 
+    hook_unless_fault.quiet_faults = True
     return hook_unless_fault
+
+
+def _quiet_fault_reports() -> None:
+    """Machine faults' tracebacks left out of the log and of threads' reports (once: `guard` may run again)."""
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, _NoFaultTracebacks) for f in handler.filters):
+            handler.addFilter(_NoFaultTracebacks())
+    threading.excepthook = _quiet_faults(threading.excepthook, lambda args: args.exc_value)
+    sys.unraisablehook = _quiet_faults(sys.unraisablehook, lambda args: args.exc_value)
 
 
 def guard(main: Callable[[list[str]], Any]) -> Callable[[list[str]], Any]:
@@ -182,10 +195,7 @@ def guard(main: Callable[[list[str]], Any]) -> Callable[[list[str]], Any]:
     def guarded(argv: list[str]) -> Any:
         quiet = not verbose(sys.argv)
         if quiet:
-            for handler in logging.getLogger().handlers:
-                handler.addFilter(_NoFaultTracebacks())
-            threading.excepthook = _quiet_faults(threading.excepthook, lambda args: args.exc_value)
-            sys.unraisablehook = _quiet_faults(sys.unraisablehook, lambda args: args.exc_value)
+            _quiet_fault_reports()
         try:
             return main(argv)
         except USER_ERRORS as e:

@@ -67,8 +67,10 @@ def test_full_disk_in_training_is_one_line_and_the_rerun_finishes(tmp_path):
     assert "disk full (no space left on device)" in error and str(work) in error, error
     assert not list(work.rglob("*.tmp[0-9]*"))  # no half-written file of ours
 
-    proc = subprocess.run(main_command("configs/train.py:tiny", work, *TRAIN), cwd=REPO, env=jax_env(),
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([*full, "--verbose"], cwd=REPO, env=jax_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "Traceback" in proc.stderr and "No space left on device" in proc.stderr
+
+    proc = _train(work)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert _steps(work) == [1, 2, 3, 4, 5, 6]
 

@@ -59,7 +59,7 @@ class DataStateRestore(ocp.args.CheckpointArgs):
 
 
 class Checkpointer:
-    """Saves every `every` steps (and on demand), keeps the last `keep`, restores the latest."""
+    """Saves every `every` steps (and on demand), keeps the last `keep`, restores the newest readable one."""
 
     def __init__(self, workdir: str | os.PathLike, *, every: int, keep: int, use_async: bool = True):
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=use_async)
@@ -67,9 +67,6 @@ class Checkpointer:
         self.workdir = workdir_path(workdir)
         self.manager = ocp.CheckpointManager(self.workdir / "checkpoints", options=options,
                                              item_names=("params", "opt_state", "data"))
-
-    def latest_step(self) -> int | None:
-        return self.manager.latest_step()
 
     def should_save(self, step: int) -> bool:
         """Every `every` steps, whatever else is happening (orbax's own policy may skip a step while
