@@ -6,19 +6,16 @@ A configuration, data or checkpoint error (bad override keys and values, a missi
 config, a malformed row) prints `error: <message>` naming the key, file:line or path, with the keys a
 misspelled one most likely meant, and exits with status 2; so does a fault of the machine (a full disk, a
 cloud store that keeps failing: `errors.fault_message`), whose tracebacks, Orbax's threads' included, are
-left out of the log. `--verbose` or TEACHERLM_VERBOSE=1 shows the tracebacks as well. Any other exception is
-a bug and keeps its traceback.
+left out (`fault_reports`). `--verbose` or TEACHERLM_VERBOSE=1 shows the tracebacks as well. Any other
+exception is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
 import ast
 import difflib
 import importlib.util
-import logging
 import os
 import sys
-import threading
-import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NoReturn
@@ -28,7 +25,8 @@ from absl import app, flags
 
 from teacherlm_jax.config_checks import has_key, unknown_key_message
 from teacherlm_jax.errors import CheckpointError, ConfigError, DataError, StorageError, fault_message
-from teacherlm_jax.paths import StorageUnreachable, transient
+from teacherlm_jax.fault_reports import quiet_exit_after_fault, quiet_fault_reports
+from teacherlm_jax.paths import StorageUnreachable
 from teacherlm_jax.workdir_lock import WorkdirLocked
 
 USER_ERRORS = (ConfigError, DataError, CheckpointError, WorkdirLocked, NotADirectoryError, StorageUnreachable,
@@ -145,57 +143,13 @@ def parse_flags(argv: list[str], jobs: Mapping[str, str]) -> list[str]:
         fail(str(e) if spec is None else _parse_error(argv, spec, e))
 
 
-class _NoFaultTracebacks(logging.Filter):
-    """Drops log records that carry a machine fault's traceback, or its aftermath's (Orbax logs one per
-    writing thread), or a store's passing error (gcsfs logs each it gives up on; `paths.retrying` retries it
-    and says it in a line): the error line says the cause once."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        error = record.exc_info[1] if record.exc_info else None
-        return error is None or not (_aftermath(error) or transient(error) or fault_message(error))
-
-
-# Errors that only follow a machine fault: a full disk aborts Orbax's save, and tensorstore's callbacks for
-# the writes still in flight then find Orbax's event loop or executor shut (reported as unraisable, dozens).
-AFTERMATH = ("Event loop is closed", "cannot schedule new futures after shutdown")
-
-
-def _aftermath(error: BaseException) -> bool:
-    return isinstance(error, RuntimeError) and str(error) in AFTERMATH
-
-
-def _quiet_faults(hook: Callable[..., None], error_of: Callable[..., BaseException | None]) -> Callable[..., None]:
-    """`hook` (threading's excepthook, sys's unraisablehook), silent for machine faults and their aftermath: a
-    thread that dies of a full disk (TensorBoard's writer) would print a traceback; the job's own next write
-    fails and says it in one line."""
-    if getattr(hook, "quiet_faults", False):
-        return hook
-
-    def hook_unless_fault(*args: Any) -> None:
-        error = error_of(*args)
-        if error is None or not (_aftermath(error) or fault_message(error)):
-            hook(*args)
-
-    hook_unless_fault.quiet_faults = True
-    return hook_unless_fault
-
-
-def _quiet_fault_reports() -> None:
-    """Machine faults' tracebacks left out of the log and of threads' reports (once: `guard` may run again)."""
-    for handler in logging.getLogger().handlers:
-        if not any(isinstance(f, _NoFaultTracebacks) for f in handler.filters):
-            handler.addFilter(_NoFaultTracebacks())
-    threading.excepthook = _quiet_faults(threading.excepthook, lambda args: args.exc_value)
-    sys.unraisablehook = _quiet_faults(sys.unraisablehook, lambda args: args.exc_value)
-
-
 def guard(main: Callable[[list[str]], Any]) -> Callable[[list[str]], Any]:
     """`main` with the errors a person can fix, and machine faults, turned into one message and exit status 2
     (unless verbose); any other exception passes with its traceback."""
     def guarded(argv: list[str]) -> Any:
         quiet = not verbose(sys.argv)
         if quiet:
-            _quiet_fault_reports()
+            quiet_fault_reports()
         try:
             return main(argv)
         except USER_ERRORS as e:
@@ -206,8 +160,7 @@ def guard(main: Callable[[list[str]], Any]) -> Callable[[list[str]], Any]:
             message = fault_message(e)
             if message is None or not quiet:
                 raise
-            # The aborted writes' coroutines are dropped as the interpreter exits: one warning each.
-            warnings.filterwarnings("ignore", "coroutine .* was never awaited", RuntimeWarning)
+            quiet_exit_after_fault()
             fail(message)
 
     return guarded

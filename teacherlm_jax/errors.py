@@ -13,6 +13,8 @@ from collections.abc import Iterator
 # Python says ENOSPC / EDQUOT; tensorstore (Orbax's arrays) says it in a ValueError's text.
 _NO_SPACE = re.compile(r"No space left on device|Disk quota exceeded|os_error_code='?(28|122)\b")
 _QUOTED_PATH = re.compile(r'"((?:/|[a-z][a-z0-9+.-]*://)[^"]+)"')
+# tensorstore (Orbax's arrays on gs://) once its own retries of a failing store are spent.
+_RETRIES_SPENT = re.compile(r"All \d+ retry attempts failed")
 
 
 class ConfigError(ValueError):
@@ -61,8 +63,17 @@ def disk_full(error: BaseException) -> str | None:
 
 
 def storage_failure(error: BaseException) -> StorageError | None:
-    """The StorageError that `error` is or was caused by, if any."""
-    return next((e for e in _chain(error) if isinstance(e, StorageError)), None)
+    """The StorageError that `error` is or was caused by (tensorstore's spent retries made one), if any."""
+    for e in _chain(error):
+        if isinstance(e, StorageError):
+            return e
+        if _RETRIES_SPENT.search(str(e)):
+            quoted = _QUOTED_PATH.search(str(e))
+            first = (str(e).strip().splitlines() or [""])[0][:300]
+            return StorageError(f"{quoted.group(1) if quoted else 'a checkpoint in the store'}: the store kept "
+                                f"failing ({first}); check its status, then rerun the same command (it continues "
+                                f"from the last complete checkpoint)")
+    return None
 
 
 def fault_message(error: BaseException) -> str | None:

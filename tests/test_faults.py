@@ -162,3 +162,41 @@ def test_an_export_cut_short_by_a_full_disk_does_not_pass_for_complete(tmp_path,
     with pytest.raises(OSError):
         loop.export_hf(None, out)
     assert complete_export(tmp_path) is None  # init_from falls back to the run's checkpoints
+
+
+def test_a_metrics_line_cut_short_by_a_kill_is_dropped_and_a_damaged_one_named(tmp_path, caplog):
+    import logging
+
+    from etils import epath
+
+    from teacherlm_jax.errors import DataError
+    from teacherlm_jax.train.metrics import truncate_jsonl
+
+    path = epath.Path(tmp_path / "metrics.jsonl")
+    path.write_text('{"step": 1}\n{"step": 2}\n{"step": 3}\n{"st')
+    with caplog.at_level(logging.WARNING):
+        truncate_jsonl(path, 2)  # what a resume from step 2 does
+    assert path.read_text() == '{"step": 1}\n{"step": 2}\n'
+    assert f"{path}:4: a line cut short" in caplog.text
+    path.write_text('{"step": 1}\ngarbage\n{"step": 3}\n')
+    with pytest.raises(DataError, match=f"{path}:2: not a metrics record"):
+        truncate_jsonl(path, 2)
+
+
+def test_a_store_tensorstore_gave_up_on_is_one_line(monkeypatch):
+    """Orbax writes arrays through tensorstore, which retries a failing store itself; once it gives up, the
+    CLI's line says the store kept failing (here: nothing listens where the store should be)."""
+    import tensorstore as ts
+
+    from teacherlm_jax.errors import fault_message
+
+    monkeypatch.setenv("TENSORSTORE_GCS_HTTP_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("GOOGLE_AUTH_TOKEN_FOR_TESTING", "token")
+    context = ts.Context({"gcs_request_retries": {"max_retries": 2, "initial_delay": "0s", "max_delay": "0s"}})
+    with pytest.raises(ValueError) as failed:
+        store = ts.KvStore.open({"driver": "gcs", "bucket": "no-such-bucket", "path": "run/"}, context=context).result()
+        store.write("checkpoints/2/params", b"1").result()
+    message = fault_message(failed.value)
+    assert message is not None and "the store kept failing (ABORTED: All 2 retry attempts failed" in message, \
+        failed.value
+    assert "\n" not in message
