@@ -477,3 +477,17 @@ def test_a_full_disk_stops_the_job_naming_the_path_and_the_rerun_completes(teach
     assert not list(tmp_path.rglob("*.tmp*")) and not (tmp_path / "augmented" / "toy" / SUMMARY).exists()
     run(config_for(teacher_dir, toy_jsonl), str(tmp_path))
     assert output_files(tmp_path) == output_files(reference_run)
+
+
+def test_a_flaky_bucket_is_retried_and_one_that_keeps_failing_named(teacher_dir, toy_jsonl, reference_run, tmp_path,
+                                                                     gcs_bucket, flaky_store):
+    from teacherlm_jax.errors import StorageError
+
+    failures, waits = flaky_store
+    config, workdir = config_for(teacher_dir, toy_jsonl), f"{gcs_bucket}/{tmp_path.name}"
+    failures["upload"] = 10 ** 6  # the bucket refuses every write
+    with pytest.raises(StorageError, match=f"^{re.escape(workdir)}/[^ ]+: write failed "):
+        run(config, workdir)
+    failures["upload"] = 5  # then answers again, after a few more failures
+    run(config, workdir)
+    assert failures["upload"] == 0 and output_files(workdir) == output_files(reference_run)

@@ -135,33 +135,6 @@ def test_a_store_that_answers_with_an_error_or_not_at_all_is_refused(tmp_path):
     check_reachable(Store(lambda: False), timeout=5)  # an answer, even "absent", is a reachable store
 
 
-@pytest.fixture
-def flaky_store(monkeypatch):
-    """Injected failures on the emulator: the next `failures["upload"]` uploads answer HTTP 503 and the next
-    `failures["read"]` reads have their connection reset (as after gcsfs's own retries); the waits between our
-    retries are recorded, not slept."""
-    import gcsfs.core
-    from gcsfs.retry import HttpError
-
-    from teacherlm_jax import paths
-
-    failures, waits = {"upload": 0, "read": 0}, []
-    request = gcsfs.core.GCSFileSystem._request  # gcsfs's request, with its own retries
-
-    async def flaky_request(self, method, path, *args, **kwargs):
-        if method == "POST" and "/upload/" in path and failures["upload"]:
-            failures["upload"] -= 1
-            raise HttpError({"code": 503, "message": "Service Unavailable"})
-        if method == "GET" and "alt=media" in path and failures["read"]:
-            failures["read"] -= 1
-            raise ConnectionResetError(104, "Connection reset by peer")
-        return await request(self, method, path, *args, **kwargs)
-
-    monkeypatch.setattr(gcsfs.core.GCSFileSystem, "_request", flaky_request)
-    monkeypatch.setattr(paths, "_sleep", waits.append)
-    return failures, waits
-
-
 def test_a_flaky_store_is_retried_with_backoff(gcs_dir, tmp_path, flaky_store, caplog):
     failures, waits = flaky_store
     failures["upload"] = 3
