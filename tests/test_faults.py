@@ -113,8 +113,8 @@ def test_init_from_a_run_with_a_damaged_latest_checkpoint_uses_the_one_before(fi
     assert (source / "checkpoints" / "6").is_dir()  # another run's folder: read, never changed
 
 
-@pytest.mark.parametrize("damage", ["truncated", "deleted"])
-def test_a_done_pipeline_step_whose_outputs_are_damaged_runs_again(tmp_path, damage):
+@pytest.mark.parametrize("damage", ["truncated", "deleted", "record"])
+def test_a_done_pipeline_step_whose_outputs_are_damaged_runs_again(tmp_path, damage, caplog):
     from configs import pipeline as pipeline_configs
     from teacherlm_jax.paths import workdir_path
     from teacherlm_jax.pipeline import state
@@ -135,10 +135,18 @@ def test_a_done_pipeline_step_whose_outputs_are_damaged_runs_again(tmp_path, dam
     if damage == "truncated":
         weights.write_bytes(b"\0" * 10)
         why = "done, but its outputs are damaged: changed size: hf_final/model.safetensors (64 -> 10 bytes)"
-    else:
+    elif damage == "deleted":
         weights.unlink()
         why = "done, but its outputs are damaged: 1 files gone (hf_final/model.safetensors)"
-    assert make_plan(config, work).actions[step.name] == ("rerun", why)
+    else:
+        (out / state.RECORD).write_text('{"step": "teacher/st')
+        why = f"its {out / state.RECORD} cannot be read (JSONDecodeError: Unterminated string"
+    action, reason = make_plan(config, work).actions[step.name]
+    assert action == "rerun" and reason.startswith(why), reason
+    if damage == "record":  # its folder is emptied, then the step runs from scratch
+        with caplog.at_level("INFO"):
+            state.prepare(step, out, plan.digests[step.name], plan.upstream[step.name], plan.files[step.name])
+        assert not out.exists() and f"step {step.name}: {why}" in caplog.text
 
 
 def test_an_export_cut_short_by_a_full_disk_does_not_pass_for_complete(tmp_path, monkeypatch):

@@ -125,6 +125,8 @@ def make_plan(config: ml_collections.ConfigDict, work: epath.Path) -> Plan:
         record = state.read_record(work / step.name)
         if record is None:
             actions[step.name] = ("run", "not run yet")
+        elif record["state"] == state.DAMAGED:
+            actions[step.name] = ("rerun", record["why"])
         elif record["fingerprint"] != digests[step.name]:
             actions[step.name] = ("rerun", state.why_changed(record, step, upstream[step.name], files[step.name]))
         elif record["state"] == "done":

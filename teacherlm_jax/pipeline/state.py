@@ -29,6 +29,7 @@ from teacherlm_jax.pipeline.plan import HOW_TO_RUN, Step, walk
 
 log = logging.getLogger(__name__)
 RECORD = "pipeline_step.json"
+DAMAGED = "damaged"  # a record's state when the record itself does not read
 HASHES = "pipeline_file_hashes.json"
 
 
@@ -83,8 +84,19 @@ def fingerprint(step: Step, upstream: dict[str, str], files: dict[str, list]) ->
 
 
 def read_record(step_dir: epath.Path) -> dict[str, Any] | None:
+    """The step's record; None when there is none. One that does not read (damaged) is a record of a step that
+    must run again from scratch: {"state": "damaged", "why": ...} with no fingerprint."""
     path = step_dir / RECORD
-    return json.loads(path.read_text()) if path.exists() else None
+    if not path.exists():
+        return None
+    try:
+        record = json.loads(path.read_text())
+        if isinstance(record, dict) and {"fingerprint", "state", "config"} <= record.keys():
+            return record
+        reason = "not a step record"
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        reason = f"{type(e).__name__}: {e}"
+    return {"state": DAMAGED, "fingerprint": None, "why": f"its {path} cannot be read ({reason})"}
 
 
 def write_record(step_dir: epath.Path, step: Step, digest: str, upstream: dict[str, str], files: dict[str, list],
@@ -147,5 +159,6 @@ def prepare(step: Step, step_dir: epath.Path, digest: str, upstream: dict[str, s
             raise FileExistsError(f"{step_dir} holds files but no {RECORD}: it was not written by this pipeline's "
                                   f"step {step.name}; move it away (nothing is deleted that the pipeline did not make)")
         return
-    log.info("step %s: %s; deleting %s and rerunning it", step.name, why_changed(record, step, upstream, files), step_dir)
+    why = record["why"] if record["state"] == DAMAGED else why_changed(record, step, upstream, files)
+    log.info("step %s: %s; deleting %s and rerunning it", step.name, why, step_dir)
     step_dir.rmtree()
