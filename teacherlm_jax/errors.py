@@ -38,6 +38,11 @@ class StorageError(OSError):
     """A cloud object that could not be read or written, after retries; the message names the object."""
 
 
+def one_line(error: BaseException, limit: int = 300) -> str:
+    """`Type: the message's first line`, cut at `limit` characters: an error inside a one-line message."""
+    return f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0][:limit]}"
+
+
 def _chain(error: BaseException | None) -> Iterator[BaseException]:
     seen = set()
     while error is not None and id(error) not in seen:
@@ -69,10 +74,9 @@ def storage_failure(error: BaseException) -> StorageError | None:
             return e
         if _RETRIES_SPENT.search(str(e)):
             quoted = _QUOTED_PATH.search(str(e))
-            first = (str(e).strip().splitlines() or [""])[0][:300]
             return StorageError(f"{quoted.group(1) if quoted else 'a checkpoint in the store'}: the store kept "
-                                f"failing ({first}); check its status, then rerun the same command (it continues "
-                                f"from the last complete checkpoint)")
+                                f"failing ({one_line(e)}); check its status, then rerun the same command (it "
+                                f"continues from the last complete checkpoint)")
     return None
 
 

@@ -10,7 +10,7 @@ import logging
 from collections.abc import Callable
 from typing import TypeVar
 
-from teacherlm_jax.errors import CheckpointError, fault_message
+from teacherlm_jax.errors import CheckpointError, fault_message, one_line
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -18,11 +18,6 @@ T = TypeVar("T")
 
 def _not_damage(error: Exception) -> bool:
     return isinstance(error, MemoryError) or "RESOURCE_EXHAUSTED" in str(error) or fault_message(error) is not None
-
-
-def _reason(error: Exception) -> str:
-    first = (str(error).strip().splitlines() or [""])[0]
-    return f"{type(error).__name__}: {first[:300]}"
 
 
 def restore_newest_intact(steps: list[int], restore: Callable[[int], T], where: str) -> tuple[int, T] | None:
@@ -36,8 +31,8 @@ def restore_newest_intact(steps: list[int], restore: Callable[[int], T], where: 
         except Exception as e:  # noqa: BLE001 (whatever a damaged file makes Orbax raise)
             if _not_damage(e):
                 raise
-            log.warning("checkpoint %s/%d cannot be read (%s); trying the one before it", where, step, _reason(e))
-            tried.append(f"step {step}: {_reason(e)}")
+            log.warning("checkpoint %s/%d cannot be read (%s); trying the one before it", where, step, one_line(e))
+            tried.append(f"step {step}: {one_line(e)}")
     if not tried:
         return None
     raise CheckpointError(f"{where}: no checkpoint can be read (tried {'; '.join(tried)}); move the folder away "

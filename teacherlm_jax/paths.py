@@ -35,7 +35,7 @@ from typing import TypeVar
 
 from etils import epath
 
-from teacherlm_jax.errors import StorageError
+from teacherlm_jax.errors import StorageError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +160,7 @@ def retrying(path: str | os.PathLike, action: str, call: Callable[[], T]) -> T:
         except Exception as e:
             if not transient(e):
                 raise
-            cause = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
+            cause = one_line(e, 200)
             if waited + wait > RETRY_TOTAL_S:
                 raise StorageError(f"{path}: {action} failed {tries} times over {waited:.0f} s of retries ({cause}); "
                                    f"the store keeps failing: check its status, then rerun the same command (it "

@@ -101,6 +101,18 @@ def test_no_intact_checkpoint_is_one_error_naming_each(finished_run, tmp_path):
     assert all(f"step {step}: " in error for step in (2, 4, 6)), error
 
 
+@pytest.mark.parametrize("damaged", ["model.safetensors", "config.json"])
+def test_init_from_a_run_whose_export_is_damaged_uses_its_checkpoints(tmp_path, damaged):
+    source = tmp_path / "source"
+    run_checked(main_command("configs/train.py:tiny", source, *TRAIN, "--config.num_train_steps=2"), jax_env())
+    (source / "hf_final" / damaged).write_bytes(b"\x00garbage")
+    proc = _train(tmp_path / "next", f"--config.model.init_from={source}", "--config.num_train_steps=1",
+                  "--config.export_hf=False")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"{source}/hf_final cannot be read (" in proc.stderr, proc.stderr[-3000:]
+    assert f"initialised params from {source} step 2" in proc.stderr
+
+
 def test_init_from_a_run_with_a_damaged_latest_checkpoint_uses_the_one_before(finished_run, tmp_path):
     source = tmp_path / "source"
     shutil.copytree(finished_run, source)
@@ -205,6 +217,6 @@ def test_a_store_tensorstore_gave_up_on_is_one_line(monkeypatch):
         store = ts.KvStore.open({"driver": "gcs", "bucket": "no-such-bucket", "path": "run/"}, context=context).result()
         store.write("checkpoints/2/params", b"1").result()
     message = fault_message(failed.value)
-    assert message is not None and "the store kept failing (ABORTED: All 2 retry attempts failed" in message, \
+    assert message is not None and "the store kept failing (ValueError: ABORTED: All 2 retry attempts failed" in message, \
         failed.value
     assert "\n" not in message
