@@ -149,7 +149,7 @@ def test_a_done_pipeline_step_whose_outputs_are_damaged_runs_again(tmp_path, dam
         why = "done, but its outputs are damaged: changed size: hf_final/model.safetensors (64 -> 10 bytes)"
     elif damage == "deleted":
         weights.unlink()
-        why = "done, but its outputs are damaged: 1 files gone (hf_final/model.safetensors)"
+        why = "done, but its outputs are damaged: gone: hf_final/model.safetensors"
     else:
         (out / state.RECORD).write_text('{"step": "teacher/st')
         why = f"its {out / state.RECORD} cannot be read (JSONDecodeError: Unterminated string"

@@ -121,12 +121,9 @@ def damaged_outputs(step_dir: epath.Path, record: dict[str, Any]) -> str | None:
     gone = [name for name in record["outputs"] if name not in now]
     resized = [f"{name} ({size} -> {now[name]} bytes)" for name, size in record["outputs"].items()
                if name in now and now[name] != size]
-    if not gone and not resized:
-        return None
-    found = ([f"{len(gone)} files gone ({', '.join(sorted(gone)[:3])}{', ...' if len(gone) > 3 else ''})"]
-             if gone else []) + ([f"changed size: {', '.join(sorted(resized)[:3])}{', ...' if len(resized) > 3 else ''}"]
-                                 if resized else [])
-    return f"done, but its outputs are damaged: {'; '.join(found)}"
+    found = [f"{what}: {', '.join(sorted(names)[:3])}{', ...' if len(names) > 3 else ''}"
+             for what, names in (("gone", gone), ("changed size", resized)) if names]
+    return f"done, but its outputs are damaged: {'; '.join(found)}" if found else None
 
 
 def changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
