@@ -5,6 +5,7 @@ fault is gone continues from what was complete."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -65,6 +66,8 @@ def test_full_disk_in_training_is_one_line_and_the_rerun_finishes(tmp_path):
     assert "Traceback" not in proc.stderr and "Event loop is closed" not in proc.stderr, proc.stderr[-3000:]
     [error] = _error_lines(proc.stderr)
     assert "disk full (no space left on device)" in error and str(work) in error, error
+    not_logged = [line for line in proc.stderr.splitlines() if not re.match(r"[IWEF]\d{4} ", line)]
+    assert not_logged == [error, "(--verbose or TEACHERLM_VERBOSE=1 shows the traceback)"], proc.stderr[-3000:]
     assert not list(work.rglob("*.tmp[0-9]*"))  # no half-written file of ours
 
     proc = subprocess.run([*full, "--verbose"], cwd=REPO, env=jax_env(), capture_output=True, text=True, timeout=300)
