@@ -104,10 +104,18 @@ def test_no_intact_checkpoint_is_one_error_naming_each(finished_run, tmp_path):
     assert all(f"step {step}: " in error for step in (2, 4, 6)), error
 
 
+@pytest.fixture(scope="module")
+def exported_run(tmp_path_factory) -> Path:
+    """A 2-step run with its hf_final export."""
+    work = tmp_path_factory.mktemp("exported") / "run"
+    run_checked(main_command("configs/train.py:tiny", work, *TRAIN, "--config.num_train_steps=2"), jax_env())
+    return work
+
+
 @pytest.mark.parametrize("damaged", ["model.safetensors", "config.json"])
-def test_init_from_a_run_whose_export_is_damaged_uses_its_checkpoints(tmp_path, damaged):
+def test_init_from_a_run_whose_export_is_damaged_uses_its_checkpoints(exported_run, tmp_path, damaged):
     source = tmp_path / "source"
-    run_checked(main_command("configs/train.py:tiny", source, *TRAIN, "--config.num_train_steps=2"), jax_env())
+    shutil.copytree(exported_run, source)
     (source / "hf_final" / damaged).write_bytes(b"\x00garbage")
     proc = _train(tmp_path / "next", f"--config.model.init_from={source}", "--config.num_train_steps=1",
                   "--config.export_hf=False")
