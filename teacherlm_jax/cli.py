@@ -5,8 +5,10 @@ as a few lines instead of a traceback.
 
 A configuration, data or checkpoint error (bad override keys and values, a missing config file, a refused
 config, a malformed row) prints `error: <message>` naming the key, file:line or path, with the keys a
-misspelled one most likely meant, and exits with status 2; `--verbose` or TEACHERLM_VERBOSE=1 shows the
-traceback as well. Any other exception is a bug and keeps its traceback.
+misspelled one most likely meant, and exits with status 2; so does a fault of the machine (a full disk, a
+cloud store that keeps failing: `errors.fault_message`), whose tracebacks, Orbax's threads' included, are
+left out (`fault_reports`). `--verbose` or TEACHERLM_VERBOSE=1 shows the tracebacks as well. Any other
+exception is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
@@ -23,12 +25,13 @@ import ml_collections
 from absl import app, flags
 
 from teacherlm_jax.config_checks import has_key, unknown_key_message
-from teacherlm_jax.errors import CheckpointError, ConfigError, DataError
+from teacherlm_jax.errors import CheckpointError, ConfigError, DataError, StorageError, fault_message
+from teacherlm_jax.fault_reports import quiet_exit_after_fault, quiet_fault_reports
 from teacherlm_jax.paths import StorageUnreachable
 from teacherlm_jax.workdir_lock import WorkdirLocked
 
 USER_ERRORS = (ConfigError, DataError, CheckpointError, WorkdirLocked, NotADirectoryError, StorageUnreachable,
-               app.UsageError)
+               StorageError, app.UsageError)
 HELP_FLAGS = ("--help", "-h", "--helpfull", "--helpshort", "-?")
 USAGE = ("usage: python -m teacherlm_jax.main --config FILE[:VARIANT] --workdir DIR [--config.KEY=VALUE ...] "
          "[--dry_run] [--verbose]")
@@ -143,15 +146,24 @@ def parse_flags(argv: list[str], jobs: Mapping[str, str]) -> list[str]:
 
 
 def guard(main: Callable[[list[str]], Any]) -> Callable[[list[str]], Any]:
-    """`main` with the errors a person can fix turned into one message and exit status 2 (unless verbose);
-    any other exception passes with its traceback."""
+    """`main` with the errors a person can fix, and machine faults, turned into one message and exit status 2
+    (unless verbose); any other exception passes with its traceback."""
     def guarded(argv: list[str]) -> Any:
+        quiet = not verbose(sys.argv)
+        if quiet:
+            quiet_fault_reports()
         try:
             return main(argv)
         except USER_ERRORS as e:
-            if verbose(sys.argv):
+            if not quiet:
                 raise
             fail(str(e))
+        except Exception as e:
+            message = fault_message(e)
+            if message is None or not quiet:
+                raise
+            quiet_exit_after_fault()
+            fail(message)
 
     return guarded
 

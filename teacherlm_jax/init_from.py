@@ -5,8 +5,8 @@ resolves models here, so a name means the same model, with the same tokenizer, i
 `init_from` is one of:
 - a Hugging Face directory, or a hub id (fetched through huggingface_hub); its tokenizer is its own;
 - a training run's workdir (local or gs://; it holds `model_config.json` and `checkpoints/`): its complete
-  `hf_final/` export when there is one, else its latest Orbax checkpoint; its tokenizer is the one the run
-  trained with (`tokenizer/`, which the train job saves), else its export's;
+  `hf_final/` export when there is one and it reads, else its newest readable Orbax checkpoint; its tokenizer
+  is the one the run trained with (`tokenizer/`, which the train job saves), else its export's;
 - nothing: a new model from the architecture keys (`family`, sizes), seeded; it has no tokenizer.
 With `weights=False` (the compile job: shapes only) a hub id of a published BLOOM size resolves to that
 size's shape without any download.
@@ -24,7 +24,8 @@ import jax
 from flax import nnx
 from jax.sharding import Mesh
 
-from teacherlm_jax.errors import CheckpointError, ConfigError
+from teacherlm_jax.errors import CheckpointError, ConfigError, fault_message, one_line
+from teacherlm_jax.intact_checkpoint import restore_newest_intact
 from teacherlm_jax.models.bloom import BLOOM_SHAPES, bloom_shape
 from teacherlm_jax.models.hf import FAMILIES, ModelFamily, from_pretrained, read_hf_config, resolve_checkpoint_dir
 from teacherlm_jax.models.param_map import RUN_FIELDS
@@ -66,16 +67,18 @@ def run_tokenizer(run_dir: str | os.PathLike) -> str | None:
 
 
 def restore_params(run_dir: str | os.PathLike, target: dict) -> dict:
-    """Params only, from the latest Orbax checkpoint of a run, placed like `target` (ShapeDtypeStructs)."""
+    """Params only, from the newest Orbax checkpoint of a run that can be read (`intact_checkpoint`), placed like
+    `target` (ShapeDtypeStructs)."""
     import orbax.checkpoint as ocp  # here, not at the top: jobs that load Hugging Face checkpoints skip its import
 
-    manager = ocp.CheckpointManager(workdir_path(run_dir) / "checkpoints", item_names=("params",),
-                                    options=ocp.CheckpointManagerOptions(read_only=True))
-    step = manager.latest_step()
-    if step is None:
-        raise CheckpointError(f"{run_dir}/checkpoints: no finished checkpoint to initialise from")
-    params = manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target)))["params"]
+    folder = workdir_path(run_dir) / "checkpoints"
+    manager = ocp.CheckpointManager(folder, item_names=("params",), options=ocp.CheckpointManagerOptions(read_only=True))
+    found = restore_newest_intact(manager.all_steps(), lambda step: manager.restore(
+        step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target)))["params"], os.fspath(folder))
     manager.close()
+    if found is None:
+        raise CheckpointError(f"{run_dir}/checkpoints: no finished checkpoint to initialise from")
+    step, params = found
     log.info("initialised params from %s step %d", run_dir, step)
     return params
 
@@ -105,14 +108,25 @@ class ResolvedModel:
                 self.family.model_cls(self.config, rngs=nnx.Rngs(seed)), nnx.Param)), out_shardings=shardings)
             return fresh()
         if self.from_run:
-            target = abstract_like(nnx.to_pure_dict(nnx.state(abstract, nnx.Param)), shardings)
-            try:
-                return restore_params(self.init_from, target)
-            except CheckpointError as e:
-                raise ConfigError(f"{self.key}.init_from={self.init_from!r}: {e}") from e
-        loaded = from_pretrained(self.init_from, mesh=mesh, rules=rules,
-                                 **{k: getattr(self.config, k) for k in RUN_FIELDS})
+            return self._restore(self.init_from, abstract, shardings)
+        try:
+            loaded = from_pretrained(self.init_from, mesh=mesh, rules=rules,
+                                     **{k: getattr(self.config, k) for k in RUN_FIELDS})
+        except Exception as e:
+            run = _run_of_export(self.init_from)
+            if run is None or fault_message(e) is not None:
+                raise
+            log.warning("%s cannot be read (%s); initialising from the checkpoints of %s instead", self.init_from,
+                        one_line(e), run)
+            return self._restore(run, abstract, shardings)
         return nnx.to_pure_dict(nnx.state(loaded, nnx.Param))
+
+    def _restore(self, run: str, abstract: nnx.Module, shardings: dict) -> dict:
+        target = abstract_like(nnx.to_pure_dict(nnx.state(abstract, nnx.Param)), shardings)
+        try:
+            return restore_params(run, target)
+        except CheckpointError as e:
+            raise ConfigError(f"{self.key}.init_from={self.init_from!r}: {e}") from e
 
     def build(self, mesh: Mesh, rules: LogicalRules, *, seed: int = 0) -> nnx.Module:
         """A ready model, its parameters sharded over `mesh` by `rules`."""
@@ -186,9 +200,19 @@ def _read_init_from(init_from: str) -> tuple[dict, str, str | None]:
         export = complete_export(init_from)
         tokenizer = run_tokenizer(init_from)
         if export is not None:
-            return read_hf_config(workdir_path(export)), export, tokenizer
+            try:
+                return read_hf_config(workdir_path(export)), export, tokenizer
+            except (OSError, ValueError) as e:
+                log.warning("%s cannot be read (%s); initialising from the run's checkpoints instead", export,
+                            one_line(e))
         return json.loads((workdir_path(init_from) / MODEL_CONFIG).read_text()), init_from, tokenizer
     return read_hf_config(resolve_checkpoint_dir(init_from)), init_from, init_from
+
+
+def _run_of_export(path: str) -> str | None:
+    """The training run whose `hf_final/` export `path` is, if it is one."""
+    parent, name = os.path.split(os.fspath(path).rstrip("/"))
+    return parent if name == HF_EXPORT and is_run_dir(parent) else None
 
 
 def published_bloom(init_from: str) -> bool:

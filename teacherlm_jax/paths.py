@@ -12,6 +12,9 @@ through the helpers here where local files and object stores differ:
   to the URL afterwards.
 - `local_copy`: for readers that take only local paths (memory-mapped safetensors, tokenizers): a folder at a
   URL copied once into a local cache, reused while the folder's files (names and sizes) are unchanged.
+- `retrying`: each of these on a URL retries a store's transient errors (HTTP 408/429/5xx, connection resets,
+  timeouts; gcsfs has retried each request already) with backoff for at most RETRY_TOTAL_S of waiting, then
+  raises StorageError naming the object.
 """
 from __future__ import annotations
 
@@ -19,20 +22,31 @@ import contextlib
 import hashlib
 import io
 import json
+import logging
 import os
 import re
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 from etils import epath
+
+from teacherlm_jax.errors import StorageError, one_line
+
+log = logging.getLogger(__name__)
 
 # epath's schemes (etils.epath.gpath): each goes through fsspec's filesystem for it.
 SCHEMES = ("gs", "s3", "az")
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _COPY_CHUNK = 64 * 1024 * 1024
+RETRY_FIRST_S, RETRY_MAX_S = 1.0, 30.0  # backoff between tries of one object's read or write: 1, 2, 4, ... 30 s
+RETRY_TOTAL_S = 300.0  # at most this long waiting on one object, then StorageError
+_sleep = time.sleep  # tests record the waits instead
+T = TypeVar("T")
 STORAGE_TIMEOUT_S = 15.0  # a listing answers in well under a second; the client's own retries take minutes
 AUTHENTICATE = {
     "gs": "authenticate with `gcloud auth application-default login`, or set GOOGLE_APPLICATION_CREDENTIALS to a "
@@ -117,28 +131,77 @@ def check_reachable(url: epath.Path, timeout: float = STORAGE_TIMEOUT_S) -> None
                              f"{AUTHENTICATE[url_scheme(url)]}")
 
 
+def transient(error: BaseException) -> bool:
+    """Whether `error` (or one that caused it) is a store's passing failure: HTTP 408, 429 or 5xx, a connection
+    reset or refused, a timeout."""
+    while error is not None:
+        code = getattr(error, "code", None) or getattr(error, "status", None)  # gcsfs's HttpError, aiohttp's
+        code = int(code) if isinstance(code, str) and code.isdigit() else code
+        if isinstance(code, int) and (code in (408, 429) or 500 <= code < 600):
+            return True
+        if isinstance(error, (ConnectionError, TimeoutError)) or any(
+                cls.__name__ == "ClientConnectionError" for cls in type(error).__mro__):  # aiohttp's, not imported
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def retrying(path: str | os.PathLike, action: str, call: Callable[[], T]) -> T:
+    """`call()`, which reads or writes `path`; on a URL its transient errors are retried with exponential backoff
+    (RETRY_FIRST_S doubling to RETRY_MAX_S) while the waits add up to at most RETRY_TOTAL_S, then StorageError
+    names the object. Other errors, and every error on a local path, pass at once."""
+    if not is_url(path):
+        return call()
+    waited, wait, tries = 0.0, RETRY_FIRST_S, 0
+    while True:
+        tries += 1
+        try:
+            return call()
+        except Exception as e:
+            if not transient(e):
+                raise
+            cause = one_line(e, 200)
+            if waited + wait > RETRY_TOTAL_S:
+                raise StorageError(f"{path}: {action} failed {tries} times over {waited:.0f} s of retries ({cause}); "
+                                   f"the store keeps failing: check its status, then rerun the same command (it "
+                                   f"continues from the last complete checkpoint or part)") from e
+            log.warning("%s: %s failed (%s); retrying in %.0f s", path, action, cause, wait)
+            _sleep(wait)
+            waited, wait = waited + wait, min(2 * wait, RETRY_MAX_S)
+
+
 def write_atomic(path: epath.Path, data: str | bytes) -> None:
     """`data` (text as UTF-8) at `path`, all or nothing, whatever kills the process."""
     data = data.encode("utf-8") if isinstance(data, str) else data
     if is_url(path):
-        path.write_bytes(data)  # one object upload: atomic, and object stores rename by copy + delete
+        retrying(path, "write", lambda: path.write_bytes(data))  # one upload: atomic; stores rename by copying
         return
     tmp = Path(path).with_name(f"{path.name}.tmp{os.getpid()}")  # unique to this process
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk: no partial file left behind
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def append_text(path: epath.Path, text: str) -> None:
     """`text` added at the end of `path` (created if missing). An object store cannot append: the object is
     read and written whole, atomically, which is fine for files of log lines."""
     if is_url(path):
-        write_atomic(path, (path.read_text() if path.exists() else "") + text)
+        write_atomic(path, retrying(path, "read", lambda: path.read_text() if path.exists() else "") + text)
         return
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(text)
+    with open(path, "ab") as f:
+        size = f.tell()
+        try:
+            f.write(text.encode("utf-8"))
+            f.flush()
+        except BaseException:  # a full disk: the file is cut back, no torn line left
+            f.truncate(size)
+            raise
 
 
 def write_figure(fig, path: epath.Path, **savefig_kwargs) -> None:
@@ -159,8 +222,26 @@ def local_dir(out: epath.Path) -> Iterator[Path]:
         yield Path(tmp)
         for file in sorted(p for p in Path(tmp).rglob("*") if p.is_file()):
             target = out / file.relative_to(tmp).as_posix()
-            with open(file, "rb") as src, target.open("wb") as dst:
-                shutil.copyfileobj(src, dst, _COPY_CHUNK)
+            retrying(target, "upload", lambda file=file, target=target: _copy(file, target))
+
+
+def file_sizes(folder: str | os.PathLike) -> dict[str, int]:
+    """{path relative to `folder`: size in bytes} of every file below it (on an object store: one listing)."""
+    folder = workdir_path(folder)
+    if is_url(folder):
+        import fsspec
+
+        fs, root = fsspec.core.url_to_fs(os.fspath(folder))
+        found = retrying(folder, "list", lambda: fs.find(root, detail=True))
+        return {name[len(root):].lstrip("/"): int(info["size"]) for name, info in found.items()}
+    return {os.path.relpath(os.path.join(parent, name), folder): os.path.getsize(os.path.join(parent, name))
+            for parent, _, names in os.walk(folder) for name in names}
+
+
+def _copy(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """One file copied whole (streamed), either side local or a URL."""
+    with epath.Path(source).open("rb") as src, epath.Path(target).open("wb") as dst:
+        shutil.copyfileobj(src, dst, _COPY_CHUNK)
 
 
 def _files_under(folder: epath.Path) -> Iterator[epath.Path]:
@@ -178,7 +259,8 @@ def local_copy(url: str | os.PathLike, cache: str | os.PathLike | None = None) -
     rewritten in the bucket is fetched again."""
     source = workdir_path(url)
     try:
-        files = sorted((str(p.relative_to(source)), p.stat().length) for p in _files_under(source))
+        files = retrying(source, "list", lambda: sorted(
+            (str(p.relative_to(source)), p.stat().length) for p in _files_under(source)))
     except FileNotFoundError:
         files = []
     if not files:
@@ -192,8 +274,7 @@ def local_copy(url: str | os.PathLike, cache: str | os.PathLike | None = None) -
     tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
     for name, _ in files:
         (tmp / name).parent.mkdir(parents=True, exist_ok=True)
-        with (source / name).open("rb") as src, open(tmp / name, "wb") as dst:
-            shutil.copyfileobj(src, dst, _COPY_CHUNK)
+        retrying(source / name, "download", lambda name=name: _copy(source / name, tmp / name))
     (tmp / ".listing.json").write_text(listing)
     shutil.rmtree(target, ignore_errors=True)
     os.replace(tmp, target)  # another process's finished copy of the same files is replaced by an equal one

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from etils import epath
 
-from teacherlm_jax.paths import is_url, workdir_path
+from teacherlm_jax.paths import is_url, retrying, workdir_path, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,8 @@ def workdir_lock(workdir: str | os.PathLike, name: str) -> Iterator[epath.Path]:
         except BlockingIOError:
             raise WorkdirLocked(f"{path}: {workdir} is in use by another run ({_describe(_read(fd))}); wait for "
                                 f"it to end or stop it, or use another workdir") from None
-        previous = (path.read_text().strip() if path.exists() else "") if cloud else _read(fd)
+        previous = retrying(path, "read", lambda: path.read_text().strip() if path.exists() else "") if cloud \
+            else _read(fd)
         if previous:
             log.warning("%s: taking over the lock of a run that did not release it (%s; %s)", path,
                         _describe(previous), _whereabouts(previous, cloud))
@@ -78,7 +79,7 @@ def _write(fd: int, record: epath.Path | None, text: str) -> None:
     os.ftruncate(fd, 0)
     os.pwrite(fd, text.encode(), 0)
     if record is not None:
-        record.write_text(text)
+        write_atomic(record, text)  # a failing store retried
 
 
 def _whereabouts(previous: str, cloud: bool) -> str:

@@ -73,5 +73,32 @@ def gcs_bucket(tmp_path_factory) -> str:
         proc.wait(timeout=30)
 
 
+@pytest.fixture
+def flaky_store(gcs_bucket, monkeypatch):
+    """Injected failures on the emulator (`gcs_bucket`): the next `failures["upload"]` uploads answer HTTP 503 and the next
+    `failures["read"]` reads have their connection reset (as after gcsfs's own retries); the waits between our
+    retries are recorded, not slept."""
+    import gcsfs.core
+    from gcsfs.retry import HttpError
+
+    from teacherlm_jax import paths
+
+    failures, waits = {"upload": 0, "read": 0}, []
+    request = gcsfs.core.GCSFileSystem._request  # gcsfs's request, with its own retries
+
+    async def flaky_request(self, method, path, *args, **kwargs):
+        if method == "POST" and "/upload/" in path and failures["upload"]:
+            failures["upload"] -= 1
+            raise HttpError({"code": 503, "message": "Service Unavailable"})
+        if method == "GET" and "alt=media" in path and failures["read"]:
+            failures["read"] -= 1
+            raise ConnectionResetError(104, "Connection reset by peer")
+        return await request(self, method, path, *args, **kwargs)
+
+    monkeypatch.setattr(gcsfs.core.GCSFileSystem, "_request", flaky_request)
+    monkeypatch.setattr(paths, "_sleep", waits.append)
+    return failures, waits
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: takes more than ~30 s on 2 CPU cores (e.g. compiles for a TPU slice)")

@@ -444,3 +444,50 @@ def test_empty_dataset_is_an_error_naming_it(tmp_path):
     empty.write_text("\n")
     with pytest.raises(DataError, match=re.escape(f"{empty}: 0 records: nothing to augment for dataset 'empty'")):
         run(config_for(tmp_path / "no_teacher_here", empty), str(tmp_path / "work"))
+
+
+@pytest.mark.parametrize("damage", ["a line cut short", "bytes that are not UTF-8"])
+def test_a_damaged_part_is_regenerated_saying_so(teacher_dir, toy_jsonl, reference_run, tmp_path, caplog, damage):
+    """Not only a torn last line: a part damaged anywhere is generated again, with a warning naming it."""
+    shutil.copytree(reference_run / "augmented", tmp_path / "augmented")
+    part = tmp_path / "augmented" / "toy" / "part-00002-of-00012.jsonl"
+    first, *rest = part.read_bytes().splitlines(keepends=True)
+    part.write_bytes((first[:len(first) // 2] + b"\n" if damage == "a line cut short" else b"\xff\xfe\n") + b"".join(rest))
+    with caplog.at_level(logging.WARNING):
+        run(config_for(teacher_dir, toy_jsonl), str(tmp_path))
+    assert f"toy: regenerating 1 parts (part-00002-of-00012.jsonl): damaged: {part}:1: " in caplog.text
+    assert output_files(tmp_path) == output_files(reference_run)
+
+
+@pytest.mark.parametrize("stop", ["among the parts", "after the parts"])
+def test_a_full_disk_stops_the_job_naming_the_path_and_the_rerun_completes(teacher_dir, toy_jsonl, reference_run,
+                                                                          tmp_path, monkeypatch, stop):
+    import full_disk
+    from teacherlm_jax.errors import fault_message
+
+    out = reference_run / "augmented" / "toy"
+    parts = sum(p.stat().st_size for p in out.glob("part-*.jsonl"))
+    before = (reference_run / "config.json").stat().st_size + (out / "manifest.json").stat().st_size
+    full_disk.install(str(tmp_path), before + (parts // 3 if stop == "among the parts" else parts), monkeypatch)
+    with pytest.raises(Exception) as failed:
+        run(config_for(teacher_dir, toy_jsonl), str(tmp_path))
+    monkeypatch.undo()
+    message = fault_message(failed.value)
+    assert message is not None and message.startswith(str(tmp_path)) and "disk full" in message, failed.value
+    assert not list(tmp_path.rglob("*.tmp*")) and not (tmp_path / "augmented" / "toy" / SUMMARY).exists()
+    run(config_for(teacher_dir, toy_jsonl), str(tmp_path))
+    assert output_files(tmp_path) == output_files(reference_run)
+
+
+def test_a_flaky_bucket_is_retried_and_one_that_keeps_failing_named(teacher_dir, toy_jsonl, reference_run, tmp_path,
+                                                                     gcs_bucket, flaky_store):
+    from teacherlm_jax.errors import StorageError
+
+    failures, waits = flaky_store
+    config, workdir = config_for(teacher_dir, toy_jsonl), f"{gcs_bucket}/{tmp_path.name}"
+    failures["upload"] = 10 ** 6  # the bucket refuses every write
+    with pytest.raises(StorageError, match=f"^{re.escape(workdir)}/[^ ]+: write failed "):
+        run(config, workdir)
+    failures["upload"] = 5  # then answers again, after a few more failures
+    run(config, workdir)
+    assert failures["upload"] == 0 and output_files(workdir) == output_files(reference_run)

@@ -408,17 +408,24 @@ def test_reports_are_strict_json_with_null_for_what_cannot_be_computed(tmp_path)
         report_json.dumps({"tasks": {"t": {"scores": [0.5, float("nan")]}}})
 
 
-def test_job_writes_its_report_to_gcs(rigged, tmp_path, gcs_bucket):
-    """`run(config, "gs://...")`: predictions, metrics.json, results.md and accuracy.png in the bucket."""
+def _six_questions_config(rigged: Path, tmp_path: Path):
+    """The eval job's config for the rigged model on six questions of a task file `mine`."""
     from configs.eval import get_config
-    from teacherlm_jax.eval.job import run
-    from teacherlm_jax.paths import workdir_path
 
     jsonl = tmp_path / "mine.jsonl"
     jsonl.write_text("".join(json.dumps({"id": r.id, "question": r.question, "choices": list(r.choices),
                                          "answer": r.answer}) + "\n" for r in records(6, num_choices=3, seed=3)))
     config = get_config()
     config.model.init_from, config.tasks, config.batch_size = str(rigged), (str(jsonl),), 4
+    return config
+
+
+def test_job_writes_its_report_to_gcs(rigged, tmp_path, gcs_bucket):
+    """`run(config, "gs://...")`: predictions, metrics.json, results.md and accuracy.png in the bucket."""
+    from teacherlm_jax.eval.job import run
+    from teacherlm_jax.paths import workdir_path
+
+    config = _six_questions_config(rigged, tmp_path)
     workdir = f"{gcs_bucket}/eval/{tmp_path.name}"
     run(config, workdir)
     out = workdir_path(workdir) / "eval"
@@ -428,3 +435,25 @@ def test_job_writes_its_report_to_gcs(rigged, tmp_path, gcs_bucket):
     assert "| mine |" in (out / "results.md").read_text()
     assert (out / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not (REPO / "gs:").exists() and not Path("gs:").exists()
+
+
+def test_a_full_disk_stops_the_job_naming_the_path_and_the_rerun_writes_every_report(rigged, tmp_path, monkeypatch):
+    import full_disk
+    from teacherlm_jax.errors import fault_message
+    from teacherlm_jax.eval.job import run
+
+    config = _six_questions_config(rigged, tmp_path)
+    run(config, str(tmp_path / "reference"))
+    workdir = tmp_path / "full"
+    full_disk.install(str(workdir), (tmp_path / "reference" / "config.json").stat().st_size + 100, monkeypatch)
+    with pytest.raises(Exception) as failed:
+        run(config, str(workdir))
+    monkeypatch.undo()
+    message = fault_message(failed.value)
+    assert message is not None and message.startswith(str(workdir)) and "disk full" in message, failed.value
+    assert not list(workdir.rglob("*.tmp*")) and not (workdir / "eval" / "metrics.json").exists()
+    run(config, str(workdir))
+    files = sorted(str(p.relative_to(workdir)) for p in workdir.rglob("*") if p.is_file())
+    assert files == sorted(str(p.relative_to(tmp_path / "reference"))
+                           for p in (tmp_path / "reference").rglob("*") if p.is_file())
+    assert (workdir / "eval" / "metrics.json").read_text() == (tmp_path / "reference" / "eval" / "metrics.json").read_text()

@@ -133,3 +133,37 @@ def test_a_store_that_answers_with_an_error_or_not_at_all_is_refused(tmp_path):
         check_reachable(Store(never.wait), timeout=0.5)
     never.set()
     check_reachable(Store(lambda: False), timeout=5)  # an answer, even "absent", is a reachable store
+
+
+def test_a_flaky_store_is_retried_with_backoff(gcs_dir, tmp_path, flaky_store, caplog):
+    failures, waits = flaky_store
+    failures["upload"] = 3
+    with caplog.at_level(logging.WARNING):
+        write_atomic(gcs_dir / "a.json", '{"x": 1}\n')
+        append_text(gcs_dir / "a.json", "more\n")
+    assert (gcs_dir / "a.json").read_text() == '{"x": 1}\nmore\n'
+    assert waits == [1.0, 2.0, 4.0] and f"{gcs_dir}/a.json: write failed (HttpError: Service Unavailable" in caplog.text
+    with local_dir(gcs_dir / "export") as local:
+        (local / "w.bin").write_bytes(b"\0\1")
+        failures["upload"] = 1
+    failures["read"] = 2
+    assert (local_copy(f"{gcs_dir}/export", cache=tmp_path) / "w.bin").read_bytes() == b"\0\1"
+    assert waits == [1.0, 2.0, 4.0, 1.0, 1.0, 2.0] and failures == {"upload": 0, "read": 0}
+
+
+def test_a_store_that_keeps_failing_is_one_error_naming_the_object(gcs_dir, flaky_store):
+    from teacherlm_jax import paths
+    from teacherlm_jax.errors import StorageError
+
+    failures, waits = flaky_store
+    failures["upload"] = 10 ** 6
+    with pytest.raises(StorageError) as failed:
+        write_atomic(gcs_dir / "report.json", "{}")
+    assert str(failed.value).startswith(f"{gcs_dir}/report.json: write failed ")
+    assert "HttpError: Service Unavailable" in str(failed.value) and "\n" not in str(failed.value)
+    assert waits[:4] == [1.0, 2.0, 4.0, 8.0] and max(waits) == paths.RETRY_MAX_S
+    assert sum(waits) <= paths.RETRY_TOTAL_S  # bounded: it gave up
+    assert not (gcs_dir / "report.json").exists()
+    failures["upload"] = 0
+    write_atomic(gcs_dir / "report.json", "{}")  # the store is back: the rerun writes it
+    assert (gcs_dir / "report.json").read_text() == "{}"

@@ -288,3 +288,21 @@ def test_pipeline_on_a_cloud_workdir(gcs_bucket, checkpoints):
     assert json.loads((root / "report.json").read_text())["students"] == report["students"]
     assert run(config, work)["students"] == report["students"]
     assert all(s["reused"] for s in json.loads((root / "pipeline.json").read_text())["steps"])  # read from the bucket
+
+
+def test_a_full_disk_at_the_report_names_the_path_and_leaves_no_partial_report(finished, monkeypatch):
+    import full_disk
+    from teacherlm_jax.errors import fault_message
+    from teacherlm_jax.pipeline.report import write_report
+
+    config, work, _ = finished
+    steps, before = build_plan(config), (work / "report.md").read_bytes()
+    full_disk.install(str(work), 0, monkeypatch)
+    with pytest.raises(Exception) as failed:
+        write_report(config, steps, epath.Path(work), timings={s.name: 0.0 for s in steps})
+    monkeypatch.undo()
+    message = fault_message(failed.value)
+    assert message is not None and message.startswith(str(work)) and "disk full" in message, failed.value
+    assert (work / "report.md").read_bytes() == before and not list(work.glob("*.tmp*"))
+    report = write_report(config, steps, epath.Path(work), timings={s.name: 0.0 for s in steps})
+    assert json.loads((work / "report.json").read_text())["students"] == report["students"]

@@ -24,6 +24,7 @@ MANIFEST = "manifest.json"
 RUNS = "runs"
 SUMMARY = "summary.json"
 HISTOGRAM = "lengths.png"
+DAMAGED = "damaged"  # stale_reason's word for a part that does not read back
 
 
 def part_path(out_dir: epath.Path, chunk: int, chunks: int) -> epath.Path:
@@ -56,12 +57,14 @@ def read_parts(out_dir: str | os.PathLike) -> list[dict[str, Any]]:
             for where, line in numbered_lines(part_path(out_dir, c, chunks)) if line.strip()]
 
 
+DAMAGED_PART = "parts are written whole, so this one was damaged or edited: rerunning the job regenerates it"
+
+
 def _json_row(where: str, line: str) -> dict[str, Any]:
     try:
         return json_object(line)
     except ValueError as e:
-        raise DataError(where, f"{e}; parts are written whole, so this file was edited: delete it to "
-                               f"regenerate it") from None
+        raise DataError(where, f"{e}; {DAMAGED_PART}") from None
 
 
 def check_manifest(out_dir: epath.Path, manifest: dict[str, Any], inputs: Sequence[str]) -> list[str]:
@@ -101,10 +104,14 @@ def _short(value: Any) -> str:
 
 def stale_reason(path: epath.Path, inputs: Sequence[dict[str, Any]]) -> str | None:
     """None when `path` holds the outputs of exactly these inputs (`chunks.record_inputs`, one per record);
-    else why the part must be (re)generated: "missing", or which of its inputs changed."""
+    else why the part must be (re)generated: "missing", "damaged: <file:line>: <why>" (a part that does not
+    read back), or which of its inputs changed."""
     if not path.exists():
         return "missing"
-    rows = [_json_row(where, line) for where, line in numbered_lines(path) if line.strip()]
+    try:
+        rows = [_json_row(where, line) for where, line in numbered_lines(path) if line.strip()]
+    except DataError as e:
+        return f"{DAMAGED}: {e.where}: {e.reason.removesuffix('; ' + DAMAGED_PART)}"
     ids = [row.get("id") for row in rows]
     if ids != [i["id"] for i in inputs]:
         return f"its records were {ids[:3]}..., they are now {[i['id'] for i in inputs][:3]}..."

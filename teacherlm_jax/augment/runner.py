@@ -24,7 +24,7 @@ from jax.sharding import Mesh
 from teacherlm_jax import report_json
 from teacherlm_jax.augment.chunks import Chunk, decode, make_chunk, output_records, record_inputs
 from teacherlm_jax.generation.scheduler import Engine, prompt_width
-from teacherlm_jax.augment.files import RUNS, check_manifest, part_path, remove_temporary, stale_reason
+from teacherlm_jax.augment.files import DAMAGED, RUNS, check_manifest, part_path, remove_temporary, stale_reason
 from teacherlm_jax.augment.settings import Settings
 from teacherlm_jax.augment.summary import progress
 from teacherlm_jax.data import Record
@@ -180,8 +180,9 @@ def _plan(work: DatasetWork, settings: Settings, limit: int, teacher: dict[str, 
             stale.setdefault(reason, []).append(c)
     for reason, numbers in stale.items():
         names = [part_path(work.out_dir, c, len(chunks)).name for c in numbers]
-        log.info("%s: regenerating %d parts (%s%s): %s", work.name, len(names), ", ".join(names[:5]),
-                 ", ..." if len(names) > 5 else "", reason)
+        (log.warning if reason.startswith(DAMAGED) else log.info)(
+            "%s: regenerating %d parts (%s%s): %s", work.name, len(names), ", ".join(names[:5]),
+            ", ..." if len(names) > 5 else "", reason)
         for name in names:
             (work.out_dir / name).unlink()
     todo = [c for c in mine if reasons[c] is not None]

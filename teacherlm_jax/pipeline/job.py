@@ -5,8 +5,8 @@
 The steps (`plan.build_plan`) are the project's own jobs called as library functions on their own configs,
 each in WORKDIR/<step>: the training engine for teacher stages and students, the augment job, the eval
 job. Before any step runs, every step is checked (`preflight`); then each runs unless its output is
-reused (`state`: same fingerprint, done). A rerun of the same command after any stop resumes; a rerun
-after an override reruns the steps it changed and the steps after them. WORKDIR/pipeline.json lists the
+reused (`state`: same fingerprint, done, outputs intact). A rerun of the same command after any stop resumes;
+a rerun after an override reruns the steps it changed and the steps after them. WORKDIR/pipeline.json lists the
 steps, their fingerprints and dependencies; WORKDIR/timings.json the seconds per step (summed over reruns);
 WORKDIR/report.md and report.json (`report`) the results.
 """
@@ -125,10 +125,13 @@ def make_plan(config: ml_collections.ConfigDict, work: epath.Path) -> Plan:
         record = state.read_record(work / step.name)
         if record is None:
             actions[step.name] = ("run", "not run yet")
+        elif record["state"] == state.DAMAGED:
+            actions[step.name] = ("rerun", record["why"])
         elif record["fingerprint"] != digests[step.name]:
             actions[step.name] = ("rerun", state.why_changed(record, step, upstream[step.name], files[step.name]))
         elif record["state"] == "done":
-            actions[step.name] = ("reuse", "done, unchanged")
+            damaged = state.damaged_outputs(work / step.name, record)
+            actions[step.name] = ("rerun", damaged) if damaged else ("reuse", "done, unchanged")
         else:
             actions[step.name] = ("resume", f"stopped while {record['state']}, unchanged")
     return Plan(steps, digests, upstream, files, hashes, actions)
@@ -177,7 +180,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         _barrier(f"pipeline {step.name} done")
         if primary:
             state.write_record(out, step, digest, upstream[step.name], files[step.name], "done",
-                               seconds=round(seconds, 1))
+                               seconds=round(seconds, 1), outputs=state.output_sizes(out))
             timings[step.name] = round(timings.get(step.name, 0.0) + seconds, 1)
             write_atomic(timings_path, json.dumps(timings, indent=2) + "\n")
         log.info("step %s done in %.1fs", step.name, seconds)

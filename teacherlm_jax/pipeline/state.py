@@ -10,6 +10,8 @@ its fingerprint in WORKDIR/<step>/pipeline_step.json when it starts (`running`) 
 (`done`): a done step with the same fingerprint is reused; a step whose fingerprint changed is deleted and
 rerun, and since the steps after it reference it, their fingerprints change too. A `running` step with
 the same fingerprint resumes inside its job (training from its checkpoint, augmentation from its parts).
+A done step's record also lists its files and their sizes (`outputs`): a file since gone or resized (a damaged
+output) makes the step run again, resuming inside its job, which redoes what is damaged.
 """
 from __future__ import annotations
 
@@ -22,11 +24,12 @@ from typing import Any
 
 from etils import epath
 
-from teacherlm_jax.paths import is_url, write_atomic
+from teacherlm_jax.paths import file_sizes, is_url, write_atomic
 from teacherlm_jax.pipeline.plan import HOW_TO_RUN, Step, walk
 
 log = logging.getLogger(__name__)
 RECORD = "pipeline_step.json"
+DAMAGED = "damaged"  # a record's state when the record itself does not read
 HASHES = "pipeline_file_hashes.json"
 
 
@@ -81,8 +84,19 @@ def fingerprint(step: Step, upstream: dict[str, str], files: dict[str, list]) ->
 
 
 def read_record(step_dir: epath.Path) -> dict[str, Any] | None:
+    """The step's record; None when there is none. One that does not read (damaged) is a record of a step that
+    must run again from scratch: {"state": "damaged", "why": ...} with no fingerprint."""
     path = step_dir / RECORD
-    return json.loads(path.read_text()) if path.exists() else None
+    if not path.exists():
+        return None
+    try:
+        record = json.loads(path.read_text())
+        if isinstance(record, dict) and {"fingerprint", "state", "config"} <= record.keys():
+            return record
+        reason = "not a step record"
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        reason = f"{type(e).__name__}: {e}"
+    return {"state": DAMAGED, "fingerprint": None, "why": f"its {path} cannot be read ({reason})"}
 
 
 def write_record(step_dir: epath.Path, step: Step, digest: str, upstream: dict[str, str], files: dict[str, list],
@@ -91,6 +105,25 @@ def write_record(step_dir: epath.Path, step: Step, digest: str, upstream: dict[s
     record = {"step": step.name, "job": step.job, "state": state, "fingerprint": digest,
               "config": fingerprint_config(step), "upstream": upstream, "files": files, **extra}
     write_atomic(step_dir / RECORD, json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def output_sizes(step_dir: epath.Path) -> dict[str, int]:
+    """The step's files and their sizes, less its record: what a done step leaves for the steps after it."""
+    return {name: size for name, size in file_sizes(step_dir).items() if name != RECORD}
+
+
+def damaged_outputs(step_dir: epath.Path, record: dict[str, Any]) -> str | None:
+    """Why a done step's outputs cannot be reused (files its record lists that are gone or changed size), else
+    None. A record without `outputs` (written before they were listed) is taken as it is."""
+    if "outputs" not in record:
+        return None
+    now = output_sizes(step_dir) if step_dir.exists() else {}
+    gone = [name for name in record["outputs"] if name not in now]
+    resized = [f"{name} ({size} -> {now[name]} bytes)" for name, size in record["outputs"].items()
+               if name in now and now[name] != size]
+    found = [f"{what}: {', '.join(sorted(names)[:3])}{', ...' if len(names) > 3 else ''}"
+             for what, names in (("gone", gone), ("changed size", resized)) if names]
+    return f"done, but its outputs are damaged: {'; '.join(found)}" if found else None
 
 
 def changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -123,5 +156,6 @@ def prepare(step: Step, step_dir: epath.Path, digest: str, upstream: dict[str, s
             raise FileExistsError(f"{step_dir} holds files but no {RECORD}: it was not written by this pipeline's "
                                   f"step {step.name}; move it away (nothing is deleted that the pipeline did not make)")
         return
-    log.info("step %s: %s; deleting %s and rerunning it", step.name, why_changed(record, step, upstream, files), step_dir)
+    why = record["why"] if record["state"] == DAMAGED else why_changed(record, step, upstream, files)
+    log.info("step %s: %s; deleting %s and rerunning it", step.name, why, step_dir)
     step_dir.rmtree()

@@ -2,7 +2,9 @@
 
 Layout: WORKDIR/checkpoints/<step>/{params, opt_state, data}. Saves are asynchronous and collective
 (every process calls `save`; orbax writes each array shard from the process that holds it), the last
-`keep` are kept, and a half-written step is never restored (orbax finalizes a step by renaming it).
+`keep` are kept, and a half-written step is never restored (orbax finalizes a step by renaming it). A step
+that cannot be read (damaged files) is passed over for the one before it and set aside in
+WORKDIR/damaged_checkpoints/ (`restore_latest`).
 The step and data position fix everything else: parameters are initialised from `config.seed`, and
 the trainer draws no other randomness, so a restored run continues exactly.
 """
@@ -20,10 +22,12 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
+from teacherlm_jax.intact_checkpoint import restore_newest_intact
 from teacherlm_jax.paths import workdir_path
 from teacherlm_jax.train.step import TrainState
 
 log = logging.getLogger(__name__)
+DAMAGED = "damaged_checkpoints"  # WORKDIR/damaged_checkpoints/<step>: steps passed over on resume
 
 
 class DataStateHandler(ocp.CheckpointHandler):
@@ -55,16 +59,14 @@ class DataStateRestore(ocp.args.CheckpointArgs):
 
 
 class Checkpointer:
-    """Saves every `every` steps (and on demand), keeps the last `keep`, restores the latest."""
+    """Saves every `every` steps (and on demand), keeps the last `keep`, restores the newest readable one."""
 
     def __init__(self, workdir: str | os.PathLike, *, every: int, keep: int, use_async: bool = True):
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=use_async)
         self.every = every
-        self.manager = ocp.CheckpointManager(workdir_path(workdir) / "checkpoints", options=options,
+        self.workdir = workdir_path(workdir)
+        self.manager = ocp.CheckpointManager(self.workdir / "checkpoints", options=options,
                                              item_names=("params", "opt_state", "data"))
-
-    def latest_step(self) -> int | None:
-        return self.manager.latest_step()
 
     def should_save(self, step: int) -> bool:
         """Every `every` steps, whatever else is happening (orbax's own policy may skip a step while
@@ -85,6 +87,37 @@ class Checkpointer:
             data=DataStateRestore()))
         step_array = jax.device_put(jax.numpy.int32(step), target.step.sharding)
         return TrainState(step_array, restored["params"], restored["opt_state"]), restored["data"]
+
+    def restore_latest(self, target: TrainState) -> tuple[int, TrainState, dict[str, Any]] | None:
+        """(step, state, data state) of the newest checkpoint that can be read, None when there is none. Newer
+        ones that cannot (warned about, naming them) are moved to WORKDIR/damaged_checkpoints/, so that the run
+        saves those steps afresh; CheckpointError when none can be read."""
+        found = restore_newest_intact(self.manager.all_steps(), lambda step: self.restore(step, target),
+                                      os.fspath(self.workdir / "checkpoints"))
+        if found is None:
+            return None
+        step, (state, data_state) = found
+        damaged = [s for s in self.manager.all_steps() if s > step]
+        if damaged:
+            self._set_aside(damaged)
+        return step, state, data_state
+
+    def _set_aside(self, steps: list[int]) -> None:
+        """Moves `steps` out of the checkpoints folder (process 0; every process waits for it)."""
+        if jax.process_index() == 0:
+            aside = self.workdir / DAMAGED
+            aside.mkdir(parents=True, exist_ok=True)
+            for step in steps:
+                target, n = aside / str(step), 1
+                while target.exists():
+                    target, n = aside / f"{step}.{n}", n + 1
+                (self.workdir / "checkpoints" / str(step)).rename(target)
+                log.warning("moved the unreadable checkpoint of step %d to %s; delete it once inspected", step, target)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils  # no public barrier across processes
+
+            multihost_utils.sync_global_devices("checkpoints set aside")
+        self.manager.reload()
 
     def reached_preemption(self, step: int) -> bool:
         """True on every process at the same step once any got a preemption notice (multi-process)."""

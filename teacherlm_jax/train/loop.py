@@ -178,12 +178,13 @@ def _train(config: ml_collections.ConfigDict, workdir: epath.Path, mesh: Mesh, r
         config.data.seq_len = seq_len
     ckpt = Checkpointer(workdir, every=config.checkpoint_every, keep=config.keep_checkpoints,
                         use_async=config.get("async_checkpoints", True))
-    start = ckpt.latest_step() or 0
-    if start:  # our own checkpoint wins over init_from: this is a restart (checked resumable above)
-        state, data_state = ckpt.restore(start, setup.abstract_state())
+    restored = ckpt.restore_latest(setup.abstract_state())  # the newest readable one, else the error says why
+    if restored:  # our own checkpoint wins over init_from: this is a restart (checked resumable above)
+        start, state, data_state = restored
         data.set_state(data_state)
         log.info("resumed from %s/checkpoints step %d", workdir, start)
     else:
+        start = 0
         state = init_train_state(setup.model.load_params(abstract, mesh, rules, config.seed), tx, shardings)
     if jax.process_index() == 0:
         write_model_config(abstract, workdir)
@@ -285,12 +286,18 @@ def _diverged(step: int, cause: str, workdir: epath.Path) -> NonFiniteError:
 
 def export_hf(model: nnx.Module, out_dir: str | os.PathLike, tokenizer=None) -> epath.Path:
     """`save_pretrained` (collective: every process calls it) plus the tokenizer, if any; to a cloud URL
-    through a local folder (both writers take local paths only)."""
+    through a local folder (both writers take local paths only). One that fails leaves no config.json, which
+    marks an export complete."""
     out = workdir_path(out_dir)
-    with local_dir(out) as local:
-        save_pretrained(model, local)
-        if tokenizer is not None and jax.process_index() == 0:
-            tokenizer.save_pretrained(str(local))
+    try:
+        with local_dir(out) as local:
+            save_pretrained(model, local)
+            if tokenizer is not None and jax.process_index() == 0:
+                tokenizer.save_pretrained(str(local))
+    except BaseException:  # a full disk: an export cut short must not pass for complete (`complete_export`)
+        if jax.process_index() == 0:
+            (out / "config.json").unlink(missing_ok=True)
+        raise
     log.info("exported Hugging Face checkpoint to %s", out)
     return out
 

@@ -15,6 +15,7 @@ from etils import epath
 
 from teacherlm_jax import report_json
 from teacherlm_jax.console import count, duration, terminal_bar
+from teacherlm_jax.errors import DataError
 from teacherlm_jax.paths import append_text, is_url, url_scheme, workdir_path, write_atomic, write_figure
 
 log = logging.getLogger(__name__)
@@ -61,11 +62,22 @@ class StepTimer:
 
 
 def truncate_jsonl(path: epath.Path, last_step: int) -> None:
-    """Keeps the records of steps <= last_step: a resumed run rewrites the steps after its checkpoint."""
+    """Keeps the records of steps <= last_step: a resumed run rewrites the steps after its checkpoint. A last
+    line cut short (a kill mid-write) is dropped with a warning; any other line that does not read is an error."""
     if not path.exists():
         return
-    kept = [line for line in path.read_text().splitlines()
-            if line.strip() and json.loads(line)["step"] <= last_step]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    kept = []
+    for number, line in enumerate(lines, 1):
+        try:
+            step = json.loads(line)["step"]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            if number < len(lines):
+                raise DataError(f"{path}:{number}", f"not a metrics record ({e}); remove the line") from None
+            log.warning("%s:%d: a line cut short (%s), dropped: its step is trained again", path, number, e)
+            continue
+        if step <= last_step:
+            kept.append(line)
     write_atomic(path, "".join(line + "\n" for line in kept))
 
 
