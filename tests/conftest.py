@@ -7,6 +7,12 @@ import pytest
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # The fast loop is `pytest -m "not slow"` (README); CI runs everything.
+    config.addinivalue_line("markers", "slow: starts job processes or runs a job end to end (left out of the fast "
+                                       "loop, `-m \"not slow\"`)")
+
+
 @pytest.fixture(scope="session")
 def shared_data_dir() -> pathlib.Path:
     """The real datasets folder: $TEACHERLM_DATA_DIR, else <repo>/../shared/data; skips if absent."""

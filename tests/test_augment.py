@@ -393,6 +393,7 @@ def test_job_ends_with_one_summary_line(teacher_dir, toy_jsonl, tmp_path, capsys
                         capsys.readouterr().out.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("storage", ["local", "gcs"])
 def test_sigkill_then_rerun_equals_uninterrupted_run(teacher_dir, toy_jsonl, reference_run, tmp_path, request,
                                                      storage):
@@ -418,6 +419,7 @@ def test_sigkill_then_rerun_equals_uninterrupted_run(teacher_dir, toy_jsonl, ref
     assert not list(out.glob("*.tmp*")) and not (REPO / "gs:").exists()
 
 
+@pytest.mark.slow
 def test_two_processes_write_the_single_process_files(teacher_dir, toy_jsonl, reference_run, tmp_path):
     config = config_for(teacher_dir, toy_jsonl)
     other = subprocess.Popen(cli(tmp_path, config, "--config.process_index=1", "--config.process_count=2"),

@@ -52,6 +52,13 @@ def test_undescribed_key_is_reported(generator, monkeypatch):
     assert "configs/eval.py: eval:score" in generator.missing_descriptions()
 
 
+def test_ci_runs_the_readmes_full_test_command_and_the_readme_gives_the_fast_one():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    full = [line for line in readme.splitlines() if "python -m pytest" in line and "not slow" not in line]
+    assert len(full) == 1 and (ROOT / ".ci" / "run").read_text().strip().splitlines()[-1] == full[0]
+    assert 'python -m pytest -q -n 2 -m "not slow" tests' in readme
+
+
 def _commands(text: str) -> list[list[str]]:
     """[config spec, *shell words after it] for every `--config configs/X.py[:v]` in the text (backslash
     continuations joined; a command ends at the line's end, a backtick or the next config)."""

@@ -54,6 +54,7 @@ def test_bad_model_keys_name_the_key(tmp_path):
         loop.train(config, tmp_path)
 
 
+@pytest.mark.slow
 def test_main_stops_on_a_mesh_that_does_not_fit_the_devices(tmp_path):
     """A refused config is one line naming the key, exit status 2, and the workdir left absent."""
     workdir = tmp_path / "run"
