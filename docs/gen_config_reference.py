@@ -147,8 +147,6 @@ _TRAIN = {
     "export_hf": "Write WORKDIR/hf_final (safetensors + config + tokenizer) at the end: what later stages, "
                  "augment and eval load.",
     "plot": "Draw WORKDIR/loss_curve.png at the end.",
-    "stage": "Teacher stage name (informational: logged and kept with the run).",
-    "student": "Student variant (`text`, `manual`, `cot`, ...; informational).",
 }
 ABLATION = {  # configs/ablation.py's students (the kind students in the rationale-first layout unless answer_first)
     "cot": "Ablation student on the cot teacher's (greedy) texts.",

@@ -17,7 +17,6 @@ from teacherlm_jax.models.hf import resolve_checkpoint_dir
 
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>", "<pad>")
 BUILTIN_NAME = "builtin:bytes"
-VOCAB_SIZE = len(SPECIAL_TOKENS) + 256
 
 
 def byte_tokenizer() -> PreTrainedTokenizerFast:
