@@ -1,4 +1,4 @@
-"""The demo end to end (configs/demo.py:tiny, the demo's teacher and its two decisive students): every
+"""The demo end to end (configs/demo.py:tiny: the demo's models at half the steps, its two decisive students): every
 step runs, the report says what it should, the student trained on the teacher's rationales beats the
 one trained on answers alone (TeacherLM's claim, in direction), and a rerun retrains nothing."""
 from __future__ import annotations
