@@ -90,6 +90,7 @@ def test_unset_seq_len_trains_on_whole_examples_and_ends_with_the_summary(tmp_pa
     report = json.loads((tmp_path / "run" / loop.DATA_REPORT).read_text())
     assert (report["seq_len"], report["longest_example"], report["truncated_examples"]) == (32, 28, 0)
     last = capsys.readouterr().out.strip().splitlines()[-1]
-    assert re.fullmatch(r"train done: 2 steps, in \d+s, loss [\d.]+, next-token accuracy [\d.]+% \| checkpoints "
+    took = r"(?:\d+s|\d+m\d\ds|\d+h\d\dm)"  # console.duration: 12s, 1m04s, 2h05m
+    assert re.fullmatch(rf"train done: 2 steps, in {took}, loss [\d.]+, next-token accuracy [\d.]+% \| checkpoints "
                         + re.escape(f"{tmp_path / 'run' / 'checkpoints'}, metrics {tmp_path / 'run' / 'metrics.jsonl'}"),
                         last), last
