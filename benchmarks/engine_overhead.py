@@ -44,9 +44,12 @@ def worker(checkpoint: str, records: int, fractions: list[float], bound: bool) -
     from teacherlm_jax import from_pretrained
     from teacherlm_jax.augment import Sampling, Settings
     from teacherlm_jax.augment.chunks import make_chunk
-    from teacherlm_jax.augment.engine import Engine, prompt_width
     from teacherlm_jax.data import load_records
     from teacherlm_jax.tokenizers import load_tokenizer
+    try:
+        from teacherlm_jax.generation.scheduler import Engine, prompt_width
+    except ImportError:  # a baseline tree from before the generation package (ce4bea3): the engine's old home
+        from teacherlm_jax.augment.engine import Engine, prompt_width
 
     tokenizer = load_tokenizer(checkpoint)
     model = from_pretrained(checkpoint, scan_layers=False).for_decoding()

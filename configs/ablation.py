@@ -31,6 +31,7 @@ from __future__ import annotations
 import ml_collections
 
 from configs import demo
+from configs import pipeline as pipeline_configs
 from configs.teacher.stages import parse_variant
 
 VARIANTS = {"": "the grid with 3 seeds at the demo's sizes (~50 minutes on 2 CPU cores)",
@@ -50,6 +51,29 @@ def _grid(kind_style: str) -> dict[str, tuple[str, str, int]]:
             "all_kinds": ("mixed", kind_style, 0),
             "finetune_cot_n1": ("cot", "finetune_cot", 1),
             "finetune_cot_n4": ("cot", "finetune_cot", 4)}
+
+
+# The ablation's students (the kind students in the rationale-first layout unless answer_first).
+STUDENT_EFFECTS = {
+    "cot": "Ablation student on the cot teacher's (greedy) texts.",
+    "fundamentals": "Ablation student on the fundamentals teacher's texts.",
+    "mistakes": "Ablation student on the common-mistakes teacher's texts.",
+    "all_kinds": "Ablation student on all three kinds, each its own example, 1:1:1 (TeacherLM's multi-kind student).",
+    "finetune_cot_n1": "Fine-tune-CoT student on one sampled chain of thought per question.",
+    "finetune_cot_n4": "Fine-tune-CoT student on four sampled chains of thought per question, each its own example.",
+}
+
+# What each key does (docs/configs.md is generated from these: python docs/gen_config_reference.py).
+DESCRIPTIONS = {
+    **pipeline_configs.student_descriptions(STUDENT_EFFECTS),
+    **{f"students.finetune_cot_n{n}.sampling": f"This student's own augment step (`augment/cot-finetune_cot_n{n}`):"
+                                               f" overrides of augment.sampling, here {n} sample(s) per question "
+                                               "at temperature 0.7, each its own example."
+       for n in (1, 4)},
+    "seeds": "Training seeds: each student trains once per seed (`students/<name>/seed<k>`, its `seed` = k: "
+             "the data order), evaluated per seed; the report gives mean, std and bootstrap intervals "
+             "(docs/ablation.md). Absent: one run per student.",
+}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -31,6 +31,48 @@ VARIANTS = {"": "TeacherLM's settings: sampling at temperature 1, top-k 50, ever
             "tiny": "a CPU smoke run: 16 records, 16 new tokens, batch 4 (set the teacher and datasets)"}
 
 
+# What each key does (docs/configs.md is generated from these: python docs/gen_config_reference.py).
+DESCRIPTIONS = {
+    **{key.replace("model.", "teacher."): text for key, text in common.MODEL_KEYS.items()
+       if key.removeprefix("model.") in ("init_from", "family", "dtype", "param_dtype", "scan_layers",
+                                          "remat_policy", "attention_impl")},
+    "teacher.init_from": "Required: the teacher, a Hugging Face directory or hub id, or a training run's "
+                         "workdir (e.g. the stage-3 teacher's).",
+    "teacher.scan_layers": "Not used for generation: the job loads the teacher with listed layers, whose "
+                           "decode layout shares them, so its weights are held once.",
+    "tokenizer": "Tokenizer directory or hub id. None: the teacher's own (a run's: the one it trained with).",
+    "datasets": "Datasets to augment: registry names (train split), `name:split`, or multiple-choice "
+                "`.jsonl` paths; each goes to WORKDIR/augmented/<name>/.",
+    "kinds": "Annotations to write per record: any of `cot`, `fundamentals`, `mistakes`.",
+    "sampling.temperature": "Sampling temperature (TeacherLM: 1); 0 is greedy.",
+    "sampling.top_k": "Sample among the k most likely tokens (TeacherLM: 50); 0: off.",
+    "sampling.top_p": "Nucleus sampling mass; 1.0: off.",
+    "sampling.max_new_tokens": "Tokens per annotation (TeacherLM: up to 2048; BLOOM's 2048 positions also "
+                               "hold the prompt).",
+    "sampling.num_samples": "Annotations per record and kind (several: Fine-tune-CoT's diverse reasoning).",
+    "sampling.stop_at_eos": "End an annotation at the EOS token; False always writes max_new_tokens.",
+    "sampling.seed": "Sampling seed; each record's randomness depends on (seed, dataset, id, kind) only, so "
+                     "a resumed run writes the same texts.",
+    "engine": "`continuous`: a decode slot takes the next prompt as soon as its row ends (EOS or "
+              "max_new_tokens); `static`: batches of prompts decode until their longest row ends. Same texts.",
+    "batch_size": "Prompts decoded at once on each process (decode slots: batch_size x num_samples).",
+    "chunk_size": "Records per output part file, written once its last row ends: the most a kill can lose; "
+                  "a chunk's records go longest first, each record's kinds together (their shared question "
+                  "is prefilled once).",
+    "max_prompt_tokens": "Longest prompt; 0: the teacher's max_position_embeddings - max_new_tokens.",
+    "truncation": "Longer prompts: `left` (keep the last tokens: answer and cue stay) or `skip` (no "
+                  "annotation); counted in summary.json.",
+    "max_records": "0: every record; N: the first N of each dataset (smoke runs).",
+    "data_dir": "Folder of the real datasets. None: $TEACHERLM_DATA_DIR, else ../shared/data.",
+    "process_index": "For processes started independently (no jax.distributed): this process's index; "
+                     "None: jax's.",
+    "process_count": "With process_index: how many processes share the work; None: jax's.",
+    "mesh_scope": "`process`: `mesh` over each process's own devices, each process generating its own chunks "
+                  "(waits on no other); `global`: one mesh over every process's devices, for a teacher larger "
+                  "than a host, every process decoding every chunk together and process 0 writing.",
+}
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = common.base("augment")
     config.teacher = common.model(None, family=None)  # family None: the checkpoint's model_type

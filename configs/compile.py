@@ -40,6 +40,25 @@ VARIANTS = {"": "bloom-560m's training step", "bloom-1b1": "bloom-1b1", "bloom-1
             "tiny": "the train config's tiny model (tests)"}
 
 
+# What each key does beyond the training keys (docs/configs.md is generated from these).
+DESCRIPTIONS = {
+    **train_config.DESCRIPTIONS,
+    "topology": "A TPU slice to compile every program of the recipe for, on any host (libtpu): gcloud's "
+                "accelerator types (`v4-8`, `v5litepod-8` / `v5e-8`, `v5p-8`, `v6e-8`, `v5e-32`) or jax's "
+                "form (`v5e:2x4`). Empty: the training step for `fake_devices`.",
+    "fake_devices": "Compile for N fake CPU devices (a v4-8 / v5e-8 / 8-GPU host by default); 0: this "
+                    "machine's own devices. Unused with `topology`.",
+    "device_memory_gib": "Memory per device to check against (v5e 16, v4 32, H100 80); exit status 1 when "
+                         "a program does not fit. 0: no check, or with `topology` the chip's memory.",
+    "generation_batch_size": "Generation sizing (the augment job's decode engine on this mesh): decode slots "
+                             "sharing one KV cache, split over the data-parallel axes.",
+    "generation_prompt_tokens": "Generation sizing: prompt width in tokens; the KV cache holds prompt + "
+                                "new tokens - 1 positions.",
+    "generation_max_new_tokens": "Generation sizing: new tokens per row (the augment job's "
+                                 "`sampling.max_new_tokens`).",
+}
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     size = arg or "bloom-560m"
     if size == "tiny":

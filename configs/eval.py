@@ -17,6 +17,26 @@ from configs import common
 VARIANTS = {"": "bloom-560m on TeacherLM's test sets (mmlu, creak, ecqa, strategyqa); set model.init_from"}
 
 
+# What each key does (docs/configs.md is generated from these: python docs/gen_config_reference.py).
+DESCRIPTIONS = {
+    **common.MODEL_KEYS,
+    "tokenizer": "Tokenizer directory or hub id. None: the checkpoint's own (init_from's; a run's: the one it "
+                 "trained with).",
+    "tasks": "Tasks in order: `mmlu`, `mmlu_2020`, `mmlu_2020_val`, `creak`, `ecqa`, `strategyqa` "
+             "(TeacherLM's test sets), `<registry name>:<split>` or a `.jsonl` path.",
+    "mode": "`loglik`: score each choice's letter after `A: The answer is (`; `generate`: greedy Fine-tune-CoT "
+            "generation, answer parsed from the text.",
+    "score": "Letter score: `mean` log-prob of its tokens (the paper) or `sum` (lm-eval's acc).",
+    "batch_size": "Global rows per forward pass; a multiple of the data-parallel mesh size.",
+    "max_examples": "0: every question; N: N evenly spaced questions per task (a smoke run; recorded in the "
+                    "metrics).",
+    "max_length": "Model positions per input; longer contexts lose their first tokens (counted). 0: the "
+                  "model's max_position_embeddings.",
+    "max_new_tokens": "Generate mode: tokens per answer.",
+    "data_dir": "Folder of the real datasets. None: $TEACHERLM_DATA_DIR, else ../shared/data.",
+}
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if arg:
         raise ValueError(f"configs/eval.py takes no variant, got {arg!r}; override keys instead")

@@ -78,6 +78,65 @@ VARIANTS = {"": "bloom-560m teacher and students on the shared datasets (cot onl
             "tiny": "a tiny BLOOM on the synthetic suite with the byte tokenizer: the whole recipe in about a minute"}
 
 
+# A student (`students.<name>`: `train`, a train config, and `mode`) and the pipeline's own students.
+STUDENT_MODE = "Evaluation: `loglik` (letter log-likelihood) or `generate` (Fine-tune-CoT generation, answer parsed)."
+STUDENT_EFFECTS = {
+    "answers_only": "Student on questions and answers only (TeacherLM's `text` student).",
+    "teacherlm_cot": "Student on the teacher prompt + the teacher's chain of thought (TeacherLM layout).",
+    "teacherlm_mixed": "Student on every teacher kind, each as its own example.",
+    "finetune_cot": "Student on Fine-tune-CoT's layout: rationale, then ` --> X`.",
+}
+
+
+def student_descriptions(students: dict[str, str]) -> dict[str, str]:
+    """`students.<name>.train` and `students.<name>.mode` for each student described in `students`."""
+    return {key: text for name, train in students.items()
+            for key, text in ((f"students.{name}.train", train), (f"students.{name}.mode", STUDENT_MODE))}
+
+
+# What each key does (docs/configs.md is generated from these: python docs/gen_config_reference.py).
+DESCRIPTIONS = {
+    "title": "The report's heading.",
+    "suite.seed": "Seed of the synthetic reasoning suite (teacherlm_jax/data/synthetic.py).",
+    "suite.families": "Question families in the suite.",
+    "suite.heldout_families": "Families the teacher never sees (its transfer to them is then measured); "
+                              "(): none.",
+    "suite.student_families": "Families the students train and are tested on; (): the held-out families if "
+                              "any, else all.",
+    "suite.n_teacher_per_family": "Questions per family the teacher trains on (with gold annotations).",
+    "suite.n_train_per_family": "Questions per family the students train on (annotated by the teacher).",
+    "suite.n_test_per_family": "Held-out questions per family everyone is evaluated on.",
+    "tokenizer.init_from": "One tokenizer for every step (a directory or hub id). None: each step's own "
+                           "(its `tokenizer` key, else its model's `init_from`).",
+    "tokenizer.vocab_size": "With a `suite` and no teacher.init_from: train a BPE tokenizer of this size on "
+                            "the suite (step `tokenizer`) and use it in every step.",
+    "teacher.init_from": "Where the first teacher stage starts: a Hugging Face directory or hub id, or a run's "
+                         "workdir (its architecture replaces the stage config's sizes). None: a new model.",
+    "teacher.stages": "Stages that run, in order, out of `stage1`, `stage2`, `stage3`; each starts from the "
+                      "previous one's model. Without stage3 the last stage's teacher writes every kind.",
+    "teacher.kinds": "Kinds stage 3 specializes in (one teacher each, `teacher/stage3_<kind>`) and the augment "
+                     "steps write; stage 2's kind_ratios default to 1 each.",
+    "teacher.evaluate": "Teacher evaluated beside the students: `stage1` / `stage2`, a model (directory, hub "
+                        "id, `@step`), or '' for none.",
+    "teacher.stage1": "Stage 1 (multi-task: answers), a train config.",
+    "teacher.stage2": "Stage 2 (personalization: every kind after its prompt), a train config.",
+    "teacher.stage3": "Stage 3 (specialization), a train config run once per kind in teacher.kinds with "
+                      "data.format set to the kind.",
+    "augment": "The augment job config (its datasets are the students' questions; teacher, kinds and "
+               "tokenizer set per augment step).",
+    "student_base": "The model students start from unless their own model.init_from is set: a Hugging Face "
+                    "directory or hub id, a run's workdir, or `@teacher/stage1`. None: new models.",
+    "compilation_cache": "Keep compiled programs in DIR/jax_cache, so steps of equal shapes and settings (the "
+                         "students) compile once.",
+    "topology": "With --dry_run: a TPU slice (gcloud's `v5e-8`, `v4-16`, ... or jax's `v5e:2x4`) to compile "
+                "every step's programs for and plan on (fits, what to change, chip-hours); a run ignores it.",
+    "device_memory_gib": "The plan's memory per chip; 0: the slice's chip's HBM.",
+    "eval": "The eval job config every model is evaluated with (its tasks are the test sets; model and "
+            "mode set per model).",
+    **student_descriptions(STUDENT_EFFECTS),
+}
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     words = parse_variant(arg)
     tiny = "tiny" in words

@@ -38,6 +38,62 @@ VARIANTS = {"": "bloom-560m from the hub, constant LR 6e-6 (TeacherLM's student 
             "tiny": "a tiny BLOOM from scratch on a synthetic dataset: about a minute on one CPU (tests)"}
 
 
+# What each key does (docs/configs.md is generated from these: python docs/gen_config_reference.py).
+DESCRIPTIONS = {
+    **common.MODEL_KEYS, **common.OPTIMIZER_KEYS,
+    "tokenizer": "Tokenizer directory or hub id (`builtin:bytes`: the byte-level tokenizer). None: "
+                 "model.init_from's (a run's: the one it trained with); a new model then has none, which only "
+                 "the synthetic_lm source allows.",
+    "data.source": "`synthetic_lm` (arithmetic token progressions, no tokenizer) or `records` (datasets through "
+                   "TeacherLM's text formats).",
+    "data.seq_len": "Tokens per row; longer examples keep their last seq_len tokens (counted and logged); at most "
+                    "the model's max_position_embeddings. None (records only): the longest tokenized training "
+                    "example rounded up to a multiple of 8, at most max_position_embeddings (longer examples cut).",
+    "data.loss_on": "`all` tokens (TeacherLM) or only the `target` (the completion; Fine-tune-CoT).",
+    "data.vocab": "synthetic_lm: number of symbols (token ids 1..vocab); at most model.vocab_size - 1.",
+    "data.datasets": "records: registry names (`creak`, `creak:dev`), generic multiple-choice `.jsonl` files, "
+                     "augment output directories (`AUGMENT_WORKDIR/augmented/<dataset>`), `synthetic:<split>`; "
+                     "instruction `.jsonl` with format `instruction`.",
+    "data.split": "records: split for dataset names given without one.",
+    "data.format": "records: what is taught: `answer`, `cot`, `fundamentals`, `mistakes`, `mixed` (every kind "
+                   "as its own example) or `instruction` (prompt/target JSONL).",
+    "data.style": "records: text layout: `teacherlm` (teacher prompt + continuation) or `finetune_cot` "
+                  "(`{question} (A) .. ###` + ` <rationale> --> X`).",
+    "data.kind_ratios": "records, format `mixed`: how often each kind's examples are repeated relative to the "
+                        "others ({} : once each).",
+    "data.add_eos": "records: append the EOS token to the target, so a generating model learns to stop.",
+    "data.filter": "records: which of the teacher's texts (augment output) are trained on: `none`, `clean` (not "
+                   "empty, not cut at max_new_tokens, not degenerate), `answer_consistent` (chains of thought whose "
+                   "final answer is the gold one; Fine-tune-CoT) or `clean_answer_consistent`; drops per reason "
+                   "are logged and written to WORKDIR/data_report.json (teacherlm_jax/data/quality.py).",
+    "data.decontaminate": "records: evaluation sets (named as the eval job's `tasks`) whose word 13- and 8-gram "
+                          "overlap with the training examples the run writes to WORKDIR/decontamination.json/.md.",
+    "data.fields": "records: {record field: column} for `.jsonl`, `hf:` and `tfds:` datasets whose columns are "
+                   "named otherwise (e.g. `{'question': 'query', 'answer': 'label'}`); {}: the fields' own names.",
+    "data.skip_invalid": "records: skip malformed rows (counted and logged) instead of stopping at the first.",
+    "data.eval_fraction": "records: fraction of examples held out for eval_every (chosen by a hash of the id, "
+                          "stable when datasets are reordered).",
+    "batch_size": "Global batch in rows, over all processes and devices; divisible by the data-parallel size "
+                  "x grad_accum_steps.",
+    "grad_accum_steps": "Microbatches per optimizer step (a scan), to fit a large batch in less memory.",
+    "loss_chunk": "Sequence positions whose logits the loss computes at once: the step holds ~3 float32 "
+                  "[rows, loss_chunk, vocab] arrays, never the whole [rows, seq_len, vocab] logits; the gradient "
+                  "is made chunk by chunk in the forward pass (no extra head pass). 0, or rows no longer than it: all "
+                  "positions at once.",
+    "num_train_steps": "Optimizer steps in total (a resumed run continues to this number).",
+    "log_every": "Write loss, learning rate, gradient norm and throughput to metrics.jsonl/TensorBoard every N "
+                 "steps.",
+    "eval_every": "Held-out loss every N steps and at the end, on eval_steps batches; 0: never.",
+    "eval_steps": "Batches per held-out evaluation.",
+    "checkpoint_every": "Save an Orbax checkpoint every N steps (and at the end, and on SIGTERM).",
+    "keep_checkpoints": "Checkpoints kept; older ones are deleted.",
+    "async_checkpoints": "Save in a background thread while training continues.",
+    "export_hf": "Write WORKDIR/hf_final (safetensors + config + tokenizer) at the end: what later stages, "
+                 "augment and eval load.",
+    "plot": "Draw WORKDIR/loss_curve.png at the end.",
+}
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = common.base("train")
     config.model = common.model("bigscience/bloom-560m", dtype="bfloat16")

@@ -1,10 +1,11 @@
 """Writes docs/configs.md, the configuration reference, from the config files themselves:
 `python docs/gen_config_reference.py`.
 
-Each configs/*.py `get_config(variant)` is called and its ConfigDict flattened; every key gets a row
-(key, default, effect) and every variant a table of what it changes. The effects live in DESCRIPTIONS
-below, one entry per key of each job; tests/test_docs.py fails when docs/configs.md is stale, a key
-has no description, or a description names a key no config has.
+Each configs/*.py `get_config(variant)` is called and its ConfigDict flattened. The shared blocks (every job's
+keys, a model, the optimizer, a student) are shown once; a job's base file lists its own keys with default and
+effect; every other file, variant and nested config shows only what it changes. The effects live beside the
+keys in configs/ (each file's DESCRIPTIONS, configs/common.py's blocks); tests/test_docs.py fails when
+docs/configs.md is stale, a key has no description, or a description names a key no config has.
 """
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ import ml_collections
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "configs.md"
+if str(ROOT) not in sys.path:  # configs/ imports from the repository root, as main does
+    sys.path.insert(0, str(ROOT))
 
 # Config files in reading order, each with the variants documented: the first is the base table,
 # the others are shown as changes to it.
@@ -28,272 +31,34 @@ FILES: dict[str, tuple[str | None, ...]] = {
     "configs/augment.py": (None, "tiny"),
     "configs/teacher/stage1_multitask.py": (None, "tiny"),
     "configs/teacher/stage2_personalization.py": (None, "tiny"),
-    "configs/teacher/stage3_specialization.py": ("cot", "fundamentals", "mistakes", "cot,tiny", "fundamentals,tiny",
-                                                 "mistakes,tiny"),
-    "configs/pipeline.py": (None, "tiny"),
-    "configs/teacher/pipeline.py": (None, "tiny"),
+    "configs/teacher/stage3_specialization.py": ("cot", "fundamentals", "mistakes", "cot,tiny"),
     "configs/student/finetune.py": ("cot", "text", "manual", "fundamentals", "mistakes", "mixed", "cot,ftcot",
                                     "cot,opt", "cot,tiny"),
+    "configs/pipeline.py": (None, "tiny"),
+    "configs/teacher/pipeline.py": (None, "tiny"),
     "configs/demo.py": (None, "full", "tiny"),
     "configs/ablation.py": (None, "answer_first", "tiny"),
     "configs/compile.py": (None, "tiny", "bloom-1b1", "bloom-1b7", "bloom-3b", "bloom-7b1", "bloom"),
 }
 
-_MODEL = {
-    "model.init_from": "Weights to start from: a Hugging Face directory or hub id, or a training run's workdir "
-                       "(its `hf_final` export, else its latest checkpoint's parameters). None: a new model, "
-                       "its architecture given by the other `model.*` keys.",
-    "model.family": "`bloom` or `opt`. None: taken from the checkpoint's `model_type` (needs `init_from`).",
-    "model.dtype": "Compute dtype (`float32`, `bfloat16`); logits, softmax and LayerNorm statistics stay float32.",
-    "model.param_dtype": "Dtype the parameters are stored (and optimized) in; float32 master weights by default.",
-    "model.scan_layers": "Stack the layers on a leading axis and run them with one `lax.scan` (one compiled "
-                         "block at any depth); False keeps a Python list. Same numbers and checkpoints either way.",
-    "model.remat_policy": "Activation rematerialization per layer: `none`, `full` (recompute the layer in the "
-                          "backward pass), `dots`, `dots_no_batch` (save only matmul outputs). Trades compute "
-                          "for memory; see docs/troubleshooting.md.",
-    "model.attention_impl": "Attention without a KV cache (training, scoring): `einsum` (the reference: scores "
-                            "materialized), `xla` (jax.nn.dot_product_attention's XLA path), `cudnn` (cuDNN flash "
-                            "attention, GPU, bfloat16/float16) or `auto` (cudnn on a GPU in half precision, else "
-                            "einsum; TPU has no fused kernel taking ALiBi). Decoding with a cache is always einsum.",
-    "model.vocab_size": "Architecture (new model): embedding rows; at least the tokenizer's size.",
-    "model.hidden_size": "Architecture (new model): width.",
-    "model.n_layer": "Architecture (new model): number of decoder blocks.",
-    "model.n_head": "Architecture (new model): attention heads; must divide hidden_size.",
-    "model.pad_token_id": "Architecture (new model): padding token id written to the exported config.json.",
-    "model.bos_token_id": "Architecture (new model): beginning-of-sequence token id.",
-    "model.eos_token_id": "Architecture (new model): end-of-sequence token id (generation stops at it).",
-    "model.max_position_embeddings": "Longest input the model accepts (a guard: ALiBi itself has no limit; "
-                                     "BLOOM was trained on 2048).",
-}
-_OPTIMIZER = {
-    "optimizer.learning_rate": "Peak learning rate of AdamW.",
-    "optimizer.schedule": "`constant`, `linear` or `cosine`, each after the linear warmup; linear/cosine end at "
-                          "`end_lr_fraction * learning_rate` on the last step.",
-    "optimizer.warmup_steps": "Steps of linear warmup from 0.",
-    "optimizer.end_lr_fraction": "Final learning rate as a fraction of the peak (linear and cosine only).",
-    "optimizer.weight_decay": "AdamW decoupled weight decay (not applied to biases and LayerNorm scales).",
-    "optimizer.grad_clip_norm": "Clip gradients to this global norm; 0 turns clipping off.",
-    "optimizer.b1": "AdamW beta1.",
-    "optimizer.b2": "AdamW beta2.",
-    "optimizer.eps": "AdamW epsilon.",
-}
-# Keys every job has (configs/common.py base()).
-_COMMON = {
-    "job": "Which job runs: a key of `teacherlm_jax.main.JOBS`.",
-    "seed": "Seed of parameter initialization, data order and sampling.",
-    "distributed.enabled": "Call `jax.distributed.initialize`: None detects multi-process launches (TPU VM, "
-                           "SLURM, Open MPI, JAX_COORDINATOR_ADDRESS); True/False force it.",
-    "distributed.coordinator_address": "`host:port` of process 0, for clusters jax cannot detect.",
-    "distributed.num_processes": "Number of processes, with coordinator_address.",
-    "distributed.process_id": "This process's index, with coordinator_address.",
-    "mesh.data": "Devices on the `data` mesh axis (pure data parallel: parameters replicated); -1 takes all "
-                 "devices the other axes leave.",
-    "mesh.fsdp": "Devices on the `fsdp` axis: batch split and parameters/optimizer state sharded on `embed`; "
-                 "-1 takes the rest.",
-    "mesh.tensor": "Devices on the `tensor` axis: heads, MLP and vocabulary split (tensor parallel); keep it "
-                   "within a host.",
-    "rules": "Logical axis -> mesh axes rules (`teacherlm_jax.sharding.DEFAULT_RULES`): batch over data+fsdp, "
-             "embed over fsdp, heads/mlp/vocab over tensor.",
-}
-_TRAIN = {
-    **_MODEL, **_OPTIMIZER,
-    "tokenizer": "Tokenizer directory or hub id (`builtin:bytes`: the byte-level tokenizer). None: "
-                 "model.init_from's (a run's: the one it trained with); a new model then has none, which only "
-                 "the synthetic_lm source allows.",
-    "data.source": "`synthetic_lm` (arithmetic token progressions, no tokenizer) or `records` (datasets through "
-                   "TeacherLM's text formats).",
-    "data.seq_len": "Tokens per row; longer examples keep their last seq_len tokens (counted and logged); at most "
-                    "the model's max_position_embeddings. None (records only): the longest tokenized training "
-                    "example rounded up to a multiple of 8, at most max_position_embeddings (longer examples cut).",
-    "data.loss_on": "`all` tokens (TeacherLM) or only the `target` (the completion; Fine-tune-CoT).",
-    "data.vocab": "synthetic_lm: number of symbols (token ids 1..vocab); at most model.vocab_size - 1.",
-    "data.datasets": "records: registry names (`creak`, `creak:dev`), generic multiple-choice `.jsonl` files, "
-                     "augment output directories (`AUGMENT_WORKDIR/augmented/<dataset>`), `synthetic:<split>`; "
-                     "instruction `.jsonl` with format `instruction`.",
-    "data.split": "records: split for dataset names given without one.",
-    "data.format": "records: what is taught: `answer`, `cot`, `fundamentals`, `mistakes`, `mixed` (every kind "
-                   "as its own example) or `instruction` (prompt/target JSONL).",
-    "data.style": "records: text layout: `teacherlm` (teacher prompt + continuation) or `finetune_cot` "
-                  "(`{question} (A) .. ###` + ` <rationale> --> X`).",
-    "data.kind_ratios": "records, format `mixed`: how often each kind's examples are repeated relative to the "
-                        "others ({} : once each).",
-    "data.add_eos": "records: append the EOS token to the target, so a generating model learns to stop.",
-    "data.filter": "records: which of the teacher's texts (augment output) are trained on: `none`, `clean` (not "
-                   "empty, not cut at max_new_tokens, not degenerate), `answer_consistent` (chains of thought whose "
-                   "final answer is the gold one; Fine-tune-CoT) or `clean_answer_consistent`; drops per reason "
-                   "are logged and written to WORKDIR/data_report.json (teacherlm_jax/data/quality.py).",
-    "data.decontaminate": "records: evaluation sets (named as the eval job's `tasks`) whose word 13- and 8-gram "
-                          "overlap with the training examples the run writes to WORKDIR/decontamination.json/.md.",
-    "data.fields": "records: {record field: column} for `.jsonl`, `hf:` and `tfds:` datasets whose columns are "
-                   "named otherwise (e.g. `{'question': 'query', 'answer': 'label'}`); {}: the fields' own names.",
-    "data.skip_invalid": "records: skip malformed rows (counted and logged) instead of stopping at the first.",
-    "data.eval_fraction": "records: fraction of examples held out for eval_every (chosen by a hash of the id, "
-                          "stable when datasets are reordered).",
-    "batch_size": "Global batch in rows, over all processes and devices; divisible by the data-parallel size "
-                  "x grad_accum_steps.",
-    "grad_accum_steps": "Microbatches per optimizer step (a scan), to fit a large batch in less memory.",
-    "loss_chunk": "Sequence positions whose logits the loss computes at once: the step holds ~3 float32 "
-                  "[rows, loss_chunk, vocab] arrays, never the whole [rows, seq_len, vocab] logits; the gradient "
-                  "is made chunk by chunk in the forward pass (no extra head pass). 0, or rows no longer than it: all "
-                  "positions at once.",
-    "num_train_steps": "Optimizer steps in total (a resumed run continues to this number).",
-    "log_every": "Write loss, learning rate, gradient norm and throughput to metrics.jsonl/TensorBoard every N "
-                 "steps.",
-    "eval_every": "Held-out loss every N steps and at the end, on eval_steps batches; 0: never.",
-    "eval_steps": "Batches per held-out evaluation.",
-    "checkpoint_every": "Save an Orbax checkpoint every N steps (and at the end, and on SIGTERM).",
-    "keep_checkpoints": "Checkpoints kept; older ones are deleted.",
-    "async_checkpoints": "Save in a background thread while training continues.",
-    "export_hf": "Write WORKDIR/hf_final (safetensors + config + tokenizer) at the end: what later stages, "
-                 "augment and eval load.",
-    "plot": "Draw WORKDIR/loss_curve.png at the end.",
-    "stage": "Teacher stage name (informational: logged and kept with the run).",
-    "student": "Student variant (`text`, `manual`, `cot`, ...; informational).",
-}
-ABLATION = {  # configs/ablation.py's students (the kind students in the rationale-first layout unless answer_first)
-    "cot": "Ablation student on the cot teacher's (greedy) texts.",
-    "fundamentals": "Ablation student on the fundamentals teacher's texts.",
-    "mistakes": "Ablation student on the common-mistakes teacher's texts.",
-    "all_kinds": "Ablation student on all three kinds, each its own example, 1:1:1 (TeacherLM's multi-kind student).",
-    "finetune_cot_n1": "Fine-tune-CoT student on one sampled chain of thought per question.",
-    "finetune_cot_n4": "Fine-tune-CoT student on four sampled chains of thought per question, each its own example.",
-}
 
-DESCRIPTIONS: dict[str, dict[str, str]] = {
-    "train": _TRAIN,
-    "compile": {
-        **_TRAIN,
-        "topology": "A TPU slice to compile every program of the recipe for, on any host (libtpu): gcloud's "
-                    "accelerator types (`v4-8`, `v5litepod-8` / `v5e-8`, `v5p-8`, `v6e-8`, `v5e-32`) or jax's "
-                    "form (`v5e:2x4`). Empty: the training step for `fake_devices`.",
-        "fake_devices": "Compile for N fake CPU devices (a v4-8 / v5e-8 / 8-GPU host by default); 0: this "
-                        "machine's own devices. Unused with `topology`.",
-        "device_memory_gib": "Memory per device to check against (v5e 16, v4 32, H100 80); exit status 1 when "
-                             "a program does not fit. 0: no check, or with `topology` the chip's memory.",
-        "generation_batch_size": "Generation sizing (the augment job's decode engine on this mesh): decode slots "
-                                 "sharing one KV cache, split over the data-parallel axes.",
-        "generation_prompt_tokens": "Generation sizing: prompt width in tokens; the KV cache holds prompt + "
-                                    "new tokens - 1 positions.",
-        "generation_max_new_tokens": "Generation sizing: new tokens per row (the augment job's "
-                                     "`sampling.max_new_tokens`).",
-    },
-    "eval": {
-        **_MODEL,
-        "tokenizer": "Tokenizer directory or hub id. None: the checkpoint's own (init_from's; a run's: the one it "
-                     "trained with).",
-        "tasks": "Tasks in order: `mmlu`, `mmlu_2020`, `mmlu_2020_val`, `creak`, `ecqa`, `strategyqa` "
-                 "(TeacherLM's test sets), `<registry name>:<split>` or a `.jsonl` path.",
-        "mode": "`loglik`: score each choice's letter after `A: The answer is (`; `generate`: greedy Fine-tune-CoT "
-                "generation, answer parsed from the text.",
-        "score": "Letter score: `mean` log-prob of its tokens (the paper) or `sum` (lm-eval's acc).",
-        "batch_size": "Global rows per forward pass; a multiple of the data-parallel mesh size.",
-        "max_examples": "0: every question; N: N evenly spaced questions per task (a smoke run; recorded in the "
-                        "metrics).",
-        "max_length": "Model positions per input; longer contexts lose their first tokens (counted). 0: the "
-                      "model's max_position_embeddings.",
-        "max_new_tokens": "Generate mode: tokens per answer.",
-        "data_dir": "Folder of the real datasets. None: $TEACHERLM_DATA_DIR, else ../shared/data.",
-    },
-    "augment": {
-        **{key.replace("model.", "teacher."): text for key, text in _MODEL.items()
-           if key.removeprefix("model.") in ("init_from", "family", "dtype", "param_dtype", "scan_layers",
-                                              "remat_policy", "attention_impl")},
-        "teacher.init_from": "Required: the teacher, a Hugging Face directory or hub id, or a training run's "
-                             "workdir (e.g. the stage-3 teacher's).",
-        "teacher.scan_layers": "Not used for generation: the job loads the teacher with listed layers, whose "
-                               "decode layout shares them, so its weights are held once.",
-        "tokenizer": "Tokenizer directory or hub id. None: the teacher's own (a run's: the one it trained with).",
-        "datasets": "Datasets to augment: registry names (train split), `name:split`, or multiple-choice "
-                    "`.jsonl` paths; each goes to WORKDIR/augmented/<name>/.",
-        "kinds": "Annotations to write per record: any of `cot`, `fundamentals`, `mistakes`.",
-        "sampling.temperature": "Sampling temperature (TeacherLM: 1); 0 is greedy.",
-        "sampling.top_k": "Sample among the k most likely tokens (TeacherLM: 50); 0: off.",
-        "sampling.top_p": "Nucleus sampling mass; 1.0: off.",
-        "sampling.max_new_tokens": "Tokens per annotation (TeacherLM: up to 2048; BLOOM's 2048 positions also "
-                                   "hold the prompt).",
-        "sampling.num_samples": "Annotations per record and kind (several: Fine-tune-CoT's diverse reasoning).",
-        "sampling.stop_at_eos": "End an annotation at the EOS token; False always writes max_new_tokens.",
-        "sampling.seed": "Sampling seed; each record's randomness depends on (seed, dataset, id, kind) only, so "
-                         "a resumed run writes the same texts.",
-        "engine": "`continuous`: a decode slot takes the next prompt as soon as its row ends (EOS or "
-                  "max_new_tokens); `static`: batches of prompts decode until their longest row ends. Same texts.",
-        "batch_size": "Prompts decoded at once on each process (decode slots: batch_size x num_samples).",
-        "chunk_size": "Records per output part file, written once its last row ends: the most a kill can lose; "
-                      "a chunk's records go longest first, each record's kinds together (their shared question "
-                      "is prefilled once).",
-        "max_prompt_tokens": "Longest prompt; 0: the teacher's max_position_embeddings - max_new_tokens.",
-        "truncation": "Longer prompts: `left` (keep the last tokens: answer and cue stay) or `skip` (no "
-                      "annotation); counted in summary.json.",
-        "max_records": "0: every record; N: the first N of each dataset (smoke runs).",
-        "data_dir": "Folder of the real datasets. None: $TEACHERLM_DATA_DIR, else ../shared/data.",
-        "process_index": "For processes started independently (no jax.distributed): this process's index; "
-                         "None: jax's.",
-        "process_count": "With process_index: how many processes share the work; None: jax's.",
-        "mesh_scope": "`process`: `mesh` over each process's own devices, each process generating its own chunks "
-                      "(waits on no other); `global`: one mesh over every process's devices, for a teacher larger "
-                      "than a host, every process decoding every chunk together and process 0 writing.",
-    },
-    "pipeline": {
-        "title": "The report's heading.",
-        "suite.seed": "Seed of the synthetic reasoning suite (teacherlm_jax/data/synthetic.py).",
-        "suite.families": "Question families in the suite.",
-        "suite.heldout_families": "Families the teacher never sees (its transfer to them is then measured); "
-                                  "(): none.",
-        "suite.student_families": "Families the students train and are tested on; (): the held-out families if "
-                                  "any, else all.",
-        "suite.n_teacher_per_family": "Questions per family the teacher trains on (with gold annotations).",
-        "suite.n_train_per_family": "Questions per family the students train on (annotated by the teacher).",
-        "suite.n_test_per_family": "Held-out questions per family everyone is evaluated on.",
-        "tokenizer.init_from": "One tokenizer for every step (a directory or hub id). None: each step's own "
-                               "(its `tokenizer` key, else its model's `init_from`).",
-        "tokenizer.vocab_size": "With a `suite` and no teacher.init_from: train a BPE tokenizer of this size on "
-                                "the suite (step `tokenizer`) and use it in every step.",
-        "teacher.init_from": "Where the first teacher stage starts: a Hugging Face directory or hub id, or a run's "
-                             "workdir (its architecture replaces the stage config's sizes). None: a new model.",
-        "teacher.stages": "Stages that run, in order, out of `stage1`, `stage2`, `stage3`; each starts from the "
-                          "previous one's model. Without stage3 the last stage's teacher writes every kind.",
-        "teacher.kinds": "Kinds stage 3 specializes in (one teacher each, `teacher/stage3_<kind>`) and the augment "
-                         "steps write; stage 2's kind_ratios default to 1 each.",
-        "teacher.evaluate": "Teacher evaluated beside the students: `stage1` / `stage2`, a model (directory, hub "
-                            "id, `@step`), or '' for none.",
-        "teacher.stage1": "Stage 1 (multi-task: answers), a train config.",
-        "teacher.stage2": "Stage 2 (personalization: every kind after its prompt), a train config.",
-        "teacher.stage3": "Stage 3 (specialization), a train config run once per kind in teacher.kinds with "
-                          "data.format set to the kind.",
-        "augment": "The augment job config (its datasets are the students' questions; teacher, kinds and "
-                   "tokenizer set per augment step).",
-        "student_base": "The model students start from unless their own model.init_from is set: a Hugging Face "
-                        "directory or hub id, a run's workdir, or `@teacher/stage1`. None: new models.",
-        "compilation_cache": "Keep compiled programs in DIR/jax_cache, so steps of equal shapes and settings (the "
-                             "students) compile once.",
-        "topology": "With --dry_run: a TPU slice (`v5e-8`, `v4-16`, `v5e:2x4`) every step's programs are compiled "
-                    "for, each step's fit and least time in chip-hours (docs/pipeline.md). '': none; a run "
-                    "ignores it.",
-        "device_memory_gib": "Memory per chip the topology plan checks against. 0: the slice's chip's HBM.",
-        "eval": "The eval job config every model is evaluated with (its tasks are the test sets; model and "
-                "mode set per model).",
-        **{f"students.{name}.mode": "Evaluation: `loglik` (letter log-likelihood) or `generate` (Fine-tune-CoT "
-                                    "generation, answer parsed)."
-           for name in ("answers_only", "teacherlm_cot", "teacherlm_mixed", "finetune_cot", *ABLATION)},
-        **{f"students.{name}.train": text for name, text in {
-            "answers_only": "Student on questions and answers only (TeacherLM's `text` student).",
-            "teacherlm_cot": "Student on the teacher prompt + the teacher's chain of thought (TeacherLM layout).",
-            "teacherlm_mixed": "Student on every teacher kind, each as its own example.",
-            "finetune_cot": "Student on Fine-tune-CoT's layout: rationale, then ` --> X`.",
-            **ABLATION,
-        }.items()},
-        **{f"students.finetune_cot_n{n}.sampling": f"This student's own augment step (`augment/cot-finetune_cot_n{n}`):"
-                                                   f" overrides of augment.sampling, here {n} sample(s) per question "
-                                                   "at temperature 0.7, each its own example."
-           for n in (1, 4)},
-        "seeds": "Training seeds: each student trains once per seed (`students/<name>/seed<k>`, its `seed` = k: "
-                 "the data order), evaluated per seed; the report gives mean, std and bootstrap intervals "
-                 "(docs/ablation.md). Absent: one run per student.",
-    },
-}
-for _job in DESCRIPTIONS:
-    for _key, _text in _COMMON.items():
-        DESCRIPTIONS[_job].setdefault(_key, _text)
+# Where each job's key descriptions live: beside the keys, in the config module that defines them (a dict
+# DESCRIPTIONS), over configs/common.py's COMMON_KEYS.
+JOB_MODULES = {"train": ("configs.train",), "eval": ("configs.eval",), "augment": ("configs.augment",),
+               "pipeline": ("configs.pipeline", "configs.ablation"), "compile": ("configs.compile",)}
+
+
+def _descriptions() -> dict[str, dict[str, str]]:
+    common = importlib.import_module("configs.common")
+    out = {}
+    for job, modules in JOB_MODULES.items():
+        out[job] = dict(common.COMMON_KEYS)
+        for name in modules:
+            out[job].update(importlib.import_module(name).DESCRIPTIONS)
+    return out
+
+
+DESCRIPTIONS = _descriptions()
 
 
 def load(file: str, variant: str | None) -> ml_collections.ConfigDict:
@@ -364,12 +129,54 @@ def _described_keys(config: ml_collections.ConfigDict) -> Iterator[tuple[str, st
         yield from _described_keys(sub)
 
 
-def _table(config: ml_collections.ConfigDict) -> list[str]:
-    rows = ["| key | default | effect |", "|---|---|---|"]
-    descriptions = DESCRIPTIONS.get(config.job, {})
+BASE_FILES = {"train": "configs/train.py", "eval": "configs/eval.py", "augment": "configs/augment.py",
+              "pipeline": "configs/pipeline.py", "compile": "configs/compile.py"}
+
+
+def _shared_blocks() -> list[tuple[str, str, dict[str, Any], dict[str, str]]]:
+    """(title, note, {key: default}, {key: effect}) of the blocks every config shares, shown once."""
+    common = importlib.import_module("configs.common")
+    pipeline = importlib.import_module("configs.pipeline")
+    base = dict(flatten(common.base("JOB")))
+    base["job"] = "(the job's name)"
+    model = {f"model.{k}": v for k, v in flatten(common.model())}
+    model.update({k: "(architecture of a new model)" for k in common.MODEL_KEYS if k not in model})
+    optimizer = {f"optimizer.{k}": v for k, v in flatten(common.optimizer())}
+    student = {"students.<name>.train": "(a `train` config)", "students.<name>.mode": "`'loglik'`"}
+    return [
+        ("Every job", "`configs/common.py: base`", base, common.COMMON_KEYS),
+        ("A model", "`configs/common.py: model`; the augment job's `teacher.*` has the same keys", model,
+         common.MODEL_KEYS),
+        ("The optimizer", "`configs/common.py: optimizer`", optimizer, common.OPTIMIZER_KEYS),
+        ("A student", "a pipeline's `students.<name>`: its training config (diffed below against "
+         "`configs/train.py`) and how its evaluation scores it; optionally `sampling`, overrides of "
+         "`augment.sampling` for its own augment step", student,
+         {"students.<name>.train": "Its training run, a train config.",
+          "students.<name>.mode": pipeline.STUDENT_MODE}),
+    ]
+
+
+def _shared_defaults() -> dict[str, str]:
+    """{key: formatted default} of every shared key (model keys also under `teacher.`)."""
+    out = {}
+    for _, _, defaults, _ in _shared_blocks():
+        for key, value in defaults.items():
+            text = value if isinstance(value, str) and value.startswith("(") else fmt(value)
+            out[key] = text
+            if key.startswith("model."):
+                out["teacher." + key.removeprefix("model.")] = text
+    return out
+
+
+def _rows(config: ml_collections.ConfigDict) -> tuple[dict[str, str], dict[str, ml_collections.ConfigDict]]:
+    """({key: formatted value} of the leaves, {key: nested job config})."""
+    leaves, jobs = {}, {}
     for key, value in flatten(config):
-        rows.append(f"| `{key}` | {fmt(value)} | {descriptions.get(key, '**undocumented**')} |")
-    return rows
+        if is_job(value):
+            jobs[key] = value
+        else:
+            leaves[key] = fmt(value)
+    return leaves, jobs
 
 
 def _known(configs: dict[str, ml_collections.ConfigDict], value: ml_collections.ConfigDict) -> str | None:
@@ -377,39 +184,136 @@ def _known(configs: dict[str, ml_collections.ConfigDict], value: ml_collections.
     return next((name for name, known in configs.items() if known.to_dict() == value.to_dict()), None)
 
 
-def _diff(base: ml_collections.ConfigDict, variant: ml_collections.ConfigDict,
-          configs: dict[str, ml_collections.ConfigDict]) -> list[str]:
-    """Rows of the keys `variant` sets differently from `base` (nested job configs equal to a documented
-    config are named as that config)."""
-    def leaves(config):
-        out = {}
-        for key, value in flatten(config):
-            if is_job(value) and _known(configs, value):
-                out[key] = f"= `{_known(configs, value)}`"
-            elif is_job(value):
-                out.update({f"{key}.{k}": fmt(v) for k, v in flatten(value, expand_jobs=True)})
-            else:
-                out[key] = fmt(value)
-        return out
+def _diff(base: ml_collections.ConfigDict, new: ml_collections.ConfigDict, configs: dict[str, ml_collections.ConfigDict],
+          prefix: str = "") -> list[str]:
+    """(key, value, effect) of what `new` sets differently from `base` (the effect for keys `base` lacks); a
+    nested job config is compared with the same key's in `base`, or else named as the documented config it
+    equals, or else compared with its job's base file."""
+    old_leaves, old_jobs = _rows(base)
+    new_leaves, new_jobs = _rows(new)
+    effects = DESCRIPTIONS.get(new.job, {})
+    rows = []
+    for key in [*old_leaves, *(k for k in new_leaves if k not in old_leaves)]:
+        if key not in new_leaves:
+            rows.append((prefix + key, "(removed)", ""))
+        elif old_leaves.get(key) != new_leaves[key]:
+            rows.append((prefix + key, new_leaves[key], "" if key in old_leaves else effects.get(key, "")))
+    for key in [k for k in old_jobs if k not in new_jobs]:
+        rows.append((prefix + key, "(removed)", ""))
+    for key, sub in new_jobs.items():
+        if key in old_jobs:
+            rows += _diff(old_jobs[key], sub, configs, f"{prefix}{key}.")
+            continue
+        known = _known(configs, sub)
+        closest = known or _closest(configs, sub)
+        what = f"= `{known}`" if known else f"a `{sub.job}` config: `{closest}` with the rows below"
+        rows.append((prefix + key, what, effects.get(key, "")))
+        if not known:
+            rows += _diff(configs[closest], sub, configs, f"{prefix}{key}.")
+    return rows
 
-    old, new = leaves(base), leaves(variant)
-    rows = ["| key | value |", "|---|---|"]
-    for key in list(old) + [k for k in new if k not in old]:
-        if key not in new:
-            rows.append(f"| `{key}` | (removed) |")
-        elif old.get(key) != new[key]:
-            rows.append(f"| `{key}` | {new[key]}{'' if key in old else ' (added)'} |")
+
+def _closest(configs: dict[str, ml_collections.ConfigDict], config: ml_collections.ConfigDict) -> str:
+    """The config of `config`'s job documented before it that it differs least from (its job's base file on a
+    tie); `configs` holds the configs documented before it, in order."""
+    same_job = [BASE_FILES[config.job], *(name for name, known in configs.items() if known.job == config.job)]
+    return min(same_job, key=lambda name: len(_diff(configs[name], config, configs)))
+
+
+DIFF_HEADER = ["| key | value | effect (of a key the base lacks) |", "|---|---|---|"]
+
+
+def _compact(rows: list[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
+    """Rows that differ in one key segment only (not the last), with the same value and effect, as one row
+    naming the segment's values in braces: `students.{answers_only,finetune_cot}.train.batch_size`."""
+    for position in range(max((key.count(".") for key, _, _ in rows), default=0)):
+        groups: dict[tuple, list[int]] = {}
+        for index, (key, value, effect) in enumerate(rows):
+            parts = key.split(".")
+            if position < len(parts) - 1:
+                groups.setdefault((len(parts), *parts[:position], "*", *parts[position + 1:], value, effect),
+                                  []).append(index)
+        merged, out = set(), []
+        for index, (key, value, effect) in enumerate(rows):
+            if index in merged:
+                continue
+            parts = key.split(".")
+            group = groups.get((len(parts), *parts[:position], "*", *parts[position + 1:], value, effect)) \
+                if position < len(parts) - 1 else None
+            if group and len(group) > 1:
+                names = [rows[i][0].split(".")[position] for i in group]
+                parts[position] = "{" + ",".join(names) + "}"
+                merged.update(group)
+                out.append((".".join(parts), value, effect))
+            else:
+                out.append((key, value, effect))
+        rows = out
+    return rows
+
+
+# Effects already written in this document: each is written once, where its key first appears.
+_WRITTEN: set[str] = set()
+
+
+def _once(effect: str) -> str:
+    if effect in _WRITTEN:
+        return ""
+    _WRITTEN.add(effect)
+    return effect
+
+
+def _table_rows(rows: list[tuple[str, str, str]]) -> list[str]:
+    return [f"| `{key}` | {value} | {_once(effect)} |" for key, value, effect in _compact(rows)]
+
+
+def _base_table(config: ml_collections.ConfigDict, configs: dict[str, ml_collections.ConfigDict]) -> list[str]:
+    """A job's base file: every key but the shared ones left at their shared default."""
+    shared = _shared_defaults()
+    effects = DESCRIPTIONS.get(config.job, {})
+    # Keys an earlier base file (another job's) holds with the same default and effect are not repeated.
+    earlier = {name: dict(flatten(configs[name])) for name in BASE_FILES.values() if name in configs}
+    rows = ["| key | default | effect |", "|---|---|---|"]
+    nested, repeated = [], {}
+    for key, value in flatten(config):
+        if key == "job" or shared.get(key) == fmt(value):
+            continue
+        same = [name for name, keys in earlier.items() if key in keys and fmt(keys[key]) == fmt(value)
+                and DESCRIPTIONS[configs[name].job].get(key) == effects.get(key)]
+        if same and not is_job(value):
+            repeated.setdefault(same[0], []).append(key)
+            continue
+        if is_job(value):
+            known = _known(configs, value)
+            rows.append(f"| `{key}` | {f'= `{known}`' if known else f'(a `{value.job}` config, below)'} | "
+                        f"{_once(effects.get(key, ''))} |")
+            if not known:
+                nested.append((key, value))
+        else:
+            rows.append(f"| `{key}` | {fmt(value)} | {_once(effects.get(key, '**undocumented**'))} |")
+    for name, keys in repeated.items():
+        listed = ", ".join(f"`{key}`" for key in keys) if len(keys) <= 6 else f"{len(keys)} more keys"
+        rows += ["", f"As in `{name}` (same default and effect): {listed}."]
+    if nested:
+        rows += ["", "The configs nested in it, each as its changes against the documented config it is closest to:",
+                 "", *DIFF_HEADER]
+        nested_rows = []
+        for key, value in nested:
+            closest = _closest(configs, value)
+            nested_rows += [(key, f"`{closest}` with:", ""), *_diff(configs[closest], value, configs, f"{key}.")]
+        rows += _table_rows(nested_rows)
     return rows
 
 
 def _intro(file: str) -> list[str]:
+    """The first paragraph of the file's documentation."""
     module = importlib.import_module(file.removesuffix(".py").replace("/", "."))
-    doc = inspect.getdoc(module) or ""
-    return ["```text", *doc.splitlines(), "```"]
+    doc = (inspect.getdoc(module) or "").split("\n\n")[0]
+    return [" ".join(line.strip() for line in doc.splitlines())]
 
 
 def render() -> str:
     configs = {f"{file}:{v}" if v else file: load(file, v) for file, variants in FILES.items() for v in variants}
+    _WRITTEN.clear()
     lines = [
         "# Configuration reference",
         "",
@@ -419,31 +323,38 @@ def render() -> str:
         "key below can be overridden on the command line: `--config.num_train_steps=100`, "
         "`--config.mesh.fsdp=4`, `--config.model.init_from=bigscience/bloom-560m`, tuples quoted as Python: "
         "`--config.tasks=\"('mmlu','creak')\"`. Keys shown as `None` take a value of their type (a path, a "
-        "number) or stay unset. The shared pieces (mesh, rules, model, optimizer, checkpointing, distributed) "
-        "come from `configs/common.py`. A key that is not listed is an error: configs are locked.",
+        "number) or stay unset. A key that is not listed is an error: configs are locked. Each key's effect is "
+        "written beside it in `configs/` (`DESCRIPTIONS` of its file; `configs/common.py` for the shared blocks).",
         "",
-        "Each section gives the file's own documentation, a table of every key with its default and effect, "
-        "and what each variant changes. Configs nested in another (the teacher pipeline's stages, the demo's "
-        "stages and students) are named by the file they equal, or listed in full.",
+        "The shared blocks come first, once. Then each job's base file lists its own keys (and a shared key only "
+        "where it differs from the block's default); every other file and variant shows only what it changes "
+        "against its base. A config nested in another (a pipeline's stages, students, augmentation and "
+        "evaluation) is named by the documented file it equals, or shown as its changes against its job's base file.",
         "",
-        "Contents: " + ", ".join(f"[`{file}`](#{_anchor(file)})" for file in FILES),
+        "Contents: [shared blocks](#shared-blocks), " + ", ".join(f"[`{file}`](#{_anchor(file)})" for file in FILES),
+        "",
+        "## Shared blocks",
         "",
     ]
+    for title, note, defaults, effects in _shared_blocks():
+        lines += [f"### {title}", "", f"{note}.", "", "| key | default | effect |", "|---|---|---|"]
+        for key, value in defaults.items():
+            text = value if isinstance(value, str) and value.startswith("(") else fmt(value)
+            lines.append(f"| `{key}` | {text} | {_once(effects[key])} |")
+        lines.append("")
+    names = list(configs)
     for file, variants in FILES.items():
-        base_name = f"{file}:{variants[0]}" if variants[0] else file
-        base = configs[base_name]
         lines += [f"## {file}", "", *_intro(file), ""]
-        lines += [f"Keys of `{base_name}` (job `{base.job}`):", "", *_table(base), ""]
-        for key, sub in nested_jobs(base):
-            known = _known({k: v for k, v in configs.items() if not k.startswith(file)}, sub)
-            if known:
-                lines += [f"`{key}` equals `{known}` (its table is in that file's section).", ""]
-            else:
-                lines += [f"<details><summary><code>{key}</code>: a <code>{sub.job}</code> config</summary>", "",
-                          *_table(sub), "", "</details>", ""]
-        for variant in variants[1:]:
-            lines += [f"Variant `{file}:{variant}` changes:", "", *_diff(base, configs[f"{file}:{variant}"], configs),
-                      ""]
+        for variant in variants:
+            name = f"{file}:{variant}" if variant else file
+            config = configs[name]
+            before = {k: configs[k] for k in names[:names.index(name)]}
+            if BASE_FILES[config.job] == name:
+                lines += [f"Keys of `{name}` (job `{config.job}`):", "", *_base_table(config, before), ""]
+                continue
+            closest = _closest(before, config)
+            lines += [f"`{name}` (job `{config.job}`) is `{closest}` with:", "", *DIFF_HEADER,
+                      *_table_rows(_diff(configs[closest], config, before)), ""]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -454,11 +365,10 @@ def _anchor(heading: str) -> str:
 def main() -> None:
     missing = missing_descriptions()
     if missing:
-        sys.exit("keys without a description in docs/gen_config_reference.py:\n  " + "\n  ".join(missing))
+        sys.exit("keys without a description (DESCRIPTIONS in their configs/ file):\n  " + "\n  ".join(missing))
     OUT.write_text(render(), encoding="utf-8")
     print("wrote", OUT, file=sys.stderr)
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(ROOT))
     main()

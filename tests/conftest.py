@@ -12,6 +12,12 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # The fast loop is `pytest -m "not slow"` (README); CI runs everything.
+    config.addinivalue_line("markers", "slow: starts job processes, runs a job end to end or compiles for a TPU "
+                                       "slice (left out of the fast loop, `-m \"not slow\"`)")
+
+
 @pytest.fixture(scope="session")
 def shared_data_dir() -> pathlib.Path:
     """The real datasets folder: $TEACHERLM_DATA_DIR, else <repo>/../shared/data; skips if absent."""
@@ -98,7 +104,3 @@ def flaky_store(gcs_bucket, monkeypatch):
     monkeypatch.setattr(gcsfs.core.GCSFileSystem, "_request", flaky_request)
     monkeypatch.setattr(paths, "_sleep", waits.append)
     return failures, waits
-
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: takes more than ~30 s on 2 CPU cores (e.g. compiles for a TPU slice)")

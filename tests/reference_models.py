@@ -92,3 +92,30 @@ def left_padded_batch(vocab: int, lengths: list[int], *, pad_id: int, seed: int 
         mask[row, width - n:] = 1
         ids[row, :width - n] = pad_id
     return ids, mask
+
+
+# The tiny checkpoints the numerics tests run on, by family: each exercises a wiring the other lacks.
+CHECKPOINTS = {
+    "bloom_6_heads": ("bloom", dict(n_head=6, hidden_size=48)),
+    "bloom_12_heads_post_ln_untied": ("bloom", dict(n_head=12, hidden_size=48,
+                                                    apply_residual_connection_post_layernorm=True,
+                                                    tie_word_embeddings=False)),
+    "bloom_16_heads_3_layers": ("bloom", dict(n_head=16, hidden_size=64, n_layer=3, layer_norm_epsilon=1e-3)),
+    "bloom_5_heads": ("bloom", dict(n_head=5, hidden_size=40)),
+    "opt_pre_ln": ("opt", dict()),
+    # opt-350m's shape: post-LN blocks, embeddings narrower than the hidden size.
+    "opt_post_ln_projected": ("opt", dict(do_layer_norm_before=False, word_embed_proj_dim=32)),
+    # head_dim 12 (q scale not a power of two), exact GELU, no biases, untied head, no final layer norm.
+    "opt_untied_gelu_no_bias_no_final_ln": ("opt", dict(num_attention_heads=4, activation_function="gelu",
+                                                        enable_bias=False, tie_word_embeddings=False,
+                                                        _remove_final_layer_norm=True, num_hidden_layers=3)),
+}
+PAD_ID = {"bloom": 3, "opt": 1}
+CHECKPOINT_VOCAB = 128
+
+
+def reference_checkpoint(name: str, directory: Path):
+    """CHECKPOINTS[name] saved to `directory`; returns (family, the torch model)."""
+    family, kwargs = CHECKPOINTS[name]
+    build = tiny_bloom if family == "bloom" else tiny_opt
+    return family, build(directory, vocab_size=CHECKPOINT_VOCAB, **kwargs)

@@ -36,6 +36,7 @@ def ablation_dir(tmp_path_factory) -> Path:
     return work
 
 
+@pytest.mark.slow
 def test_every_student_and_seed_ran(ablation_dir):
     seeds = ablation_configs.get_config("tiny").seeds
     assert len(seeds) == 2
@@ -50,6 +51,7 @@ def test_every_student_and_seed_ran(ablation_dir):
     assert losses[0] != losses[1]
 
 
+@pytest.mark.slow
 def test_sampled_students_read_their_own_samples(ablation_dir):
     def samples(name: str) -> list:
         parts = sorted((ablation_dir / f"augment/cot-{name}/augmented/students").glob("part-*.jsonl"))
@@ -62,6 +64,7 @@ def test_sampled_students_read_their_own_samples(ablation_dir):
     assert [t[0] for t in n4] == n1
 
 
+@pytest.mark.slow
 def test_report_structure_and_intervals(ablation_dir):
     report = json.loads((ablation_dir / "report.json").read_text())
     ablation = report["ablation"]

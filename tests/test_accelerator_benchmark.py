@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # every test here starts job processes
+
 ROOT = Path(__file__).resolve().parents[1]
 MAX_NEW_TOKENS = 128
 

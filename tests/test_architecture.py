@@ -1,6 +1,9 @@
-"""The layering contract (.importlinter; docs/architecture.md, "Layers") holds, and would catch a violation.
+"""The layering contract (.importlinter; docs/architecture.md, "Layers") holds, and would catch a violation; no
+module imports one that leads back to it, inside a package too (which the layers contract, between packages,
+does not see).
 
-CI runs only pytest, so the contract is checked here: `lint-imports` from the repository root."""
+CI runs only pytest, so the contract is checked here: `lint-imports` from the repository root, and the import
+graph it reads (grimp's, every import statement, those inside functions included)."""
 from __future__ import annotations
 
 import os
@@ -8,6 +11,8 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import grimp
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,3 +40,29 @@ def test_an_upward_import_breaks_the_contract(tmp_path):
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "teacherlm_jax.models.layers -> teacherlm_jax.data.records" in proc.stdout
     assert "Contracts: 0 kept, 1 broken." in proc.stdout
+
+
+def import_cycles(graph: grimp.ImportGraph) -> list[tuple[str, ...]]:
+    """Every import a -> b from which b leads back to a, as the chain a -> b -> ... -> a."""
+    cycles = []
+    for importer in sorted(graph.modules):
+        for imported in sorted(graph.find_modules_directly_imported_by(importer)):
+            back = graph.find_shortest_chain(importer=imported, imported=importer)
+            if back:
+                cycles.append((importer, *back))
+    return cycles
+
+
+def test_no_import_cycle_anywhere():
+    cycles = import_cycles(grimp.build_graph("teacherlm_jax", cache_dir=None))
+    assert cycles == [], "\n".join(" -> ".join(chain) for chain in cycles)
+
+
+def test_a_cycle_inside_a_package_is_found():
+    graph = grimp.ImportGraph()
+    for importer, imported in [("p.report", "p.ablation"), ("p.ablation", "p.plot"), ("p.plot", "p.report"),
+                               ("p.report", "p.plan")]:
+        graph.add_import(importer=importer, imported=imported)
+    assert import_cycles(graph) == [("p.ablation", "p.plot", "p.report", "p.ablation"),
+                                    ("p.plot", "p.report", "p.ablation", "p.plot"),
+                                    ("p.report", "p.ablation", "p.plot", "p.report")]

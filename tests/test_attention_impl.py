@@ -1,7 +1,7 @@
 """Attention implementations (`model.attention_impl`): the fused path (`jax.nn.dot_product_attention`, XLA on CPU,
 cuDNN on a GPU) gives the einsum path's logits, BLOOM (ALiBi, left padding) and OPT alike; ALiBi's bias, shifted
 per query for the kernel's half-precision bias, keeps its precision at 2048 positions; `auto` picks einsum on
-CPU and with a KV cache. The einsum path itself is checked against transformers in test_bloom.py / test_opt.py."""
+CPU and with a KV cache. The einsum path itself is checked against transformers in test_decoders.py."""
 from __future__ import annotations
 
 import jax

@@ -388,11 +388,13 @@ def test_job_records_the_teacher_fingerprint_and_its_method(teacher_dir, referen
 def test_job_ends_with_one_summary_line(teacher_dir, toy_jsonl, tmp_path, capsys):
     run(config_for(teacher_dir, toy_jsonl, kinds=("cot",), max_records=2), str(tmp_path))
     tokens = json.loads((tmp_path / "augmented" / "toy" / SUMMARY).read_text())["tokens"]
-    assert re.fullmatch(rf"augment done: toy 2 records x 1 kind \(cot\) written this run, {tokens} tokens, in \d+s "
+    took = r"(?:\d+s|\d+m\d\ds|\d+h\d\dm)"  # console.duration: 12s, 1m04s, 2h05m
+    assert re.fullmatch(rf"augment done: toy 2 records x 1 kind \(cot\) written this run, {tokens} tokens, in {took} "
                         rf"\| toy {re.escape(str(tmp_path / 'augmented' / 'toy'))}",
                         capsys.readouterr().out.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("storage", ["local", "gcs"])
 def test_sigkill_then_rerun_equals_uninterrupted_run(teacher_dir, toy_jsonl, reference_run, tmp_path, request,
                                                      storage):
@@ -418,6 +420,7 @@ def test_sigkill_then_rerun_equals_uninterrupted_run(teacher_dir, toy_jsonl, ref
     assert not list(out.glob("*.tmp*")) and not (REPO / "gs:").exists()
 
 
+@pytest.mark.slow
 def test_two_processes_write_the_single_process_files(teacher_dir, toy_jsonl, reference_run, tmp_path):
     config = config_for(teacher_dir, toy_jsonl)
     other = subprocess.Popen(cli(tmp_path, config, "--config.process_index=1", "--config.process_count=2"),

@@ -25,6 +25,7 @@ def _main(config: str, workdir, *args: str, **env: str) -> subprocess.CompletedP
                           text=True, timeout=120)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("override, message", [
     ("--config.students.finetune_cot.train.learning_rate=1e-3",
      "error: config.students.finetune_cot.train.learning_rate: no such key; did you mean "
@@ -43,6 +44,7 @@ def test_errors_a_person_can_fix_are_one_message_with_exit_status_2(tmp_path, ov
     assert not (tmp_path / "work").exists()
 
 
+@pytest.mark.slow
 def test_verbose_shows_the_traceback(tmp_path):
     proc = _main("configs/pipeline.py:tiny", tmp_path, "--config.teacher.kindz=x", TEACHERLM_VERBOSE="1")
     assert proc.returncode != 0 and "Traceback" in proc.stderr
@@ -50,6 +52,7 @@ def test_verbose_shows_the_traceback(tmp_path):
     assert proc.returncode != 0 and "Traceback" in proc.stderr and "config.log_every=0" in proc.stderr
 
 
+@pytest.mark.slow
 def test_missing_config_file_and_unknown_variant(tmp_path):
     proc = _main("configs/pipline.py", tmp_path)
     assert proc.returncode == 2 and "error: --config=configs/pipline.py: no such file; did you mean " \
@@ -74,6 +77,7 @@ def test_bugs_keep_their_traceback(capsys):
         cli.guard(bug)([])
 
 
+@pytest.mark.slow
 def test_help_lists_jobs_configs_and_variants_and_each_variant_builds(tmp_path):
     proc = subprocess.run(main_command("configs/train.py", tmp_path)[:3] + ["--help"], cwd=REPO, env=jax_env(),
                           capture_output=True, text=True, timeout=60)
@@ -106,6 +110,7 @@ def test_every_shipped_config_variant_passes_its_jobs_checks():
                 assert len(problems) == 1 and problems[0].startswith(expected), (path, variant, problems)
 
 
+@pytest.mark.slow
 def test_dry_run_prints_config_and_plan_and_writes_nothing(tmp_path):
     work = tmp_path / "work"
     proc = _main("configs/pipeline.py:tiny", work, "--dry_run")
@@ -134,6 +139,7 @@ def test_plan_says_run_reuse_resume_or_rerun_and_why(tmp_path):
     assert actions["eval/finetune_cot"] == ("run", "not run yet")
 
 
+@pytest.mark.slow
 def test_refused_run_leaves_the_workdir_as_it_found_it(tmp_path):
     work = tmp_path / "work"
     work.mkdir()

@@ -2,7 +2,7 @@
 import pytest
 
 from teacherlm_jax.data import (KIND_PROMPTS, KINDS, Record, answered_block, eval_context,
-                                question_block, remove_duplicated_block, teacher_pair, teacher_prompt)
+                                question_block, remove_duplicated_block, teacher_prompt)
 
 
 @pytest.mark.parametrize("text,expected", [
@@ -29,13 +29,6 @@ def test_blocks_and_prompts():
             f"Q: Is water wet? (A) yes (B) no (C) maybe A: The answer is (C). {KIND_PROMPTS[kind]}")
     with pytest.raises(ValueError, match="unknown kind"):
         teacher_prompt(REC, "summary")
-
-
-def test_teacher_pair():
-    prompt, target = teacher_pair(REC, "cot")
-    assert prompt == teacher_prompt(REC, "cot") and target == " It is."
-    with pytest.raises(ValueError, match="no 'mistakes' annotation"):
-        teacher_pair(REC, "mistakes")
 
 
 def test_eval_context_keeps_text_verbatim():

@@ -177,6 +177,7 @@ def test_batch_iterator_errors():
         make_batch_iterator([], batch_size=2, seq_len=6, pad_id=0, seed=0)
 
 
+@pytest.mark.slow
 def test_jobs_that_do_not_train_start_without_the_training_pipeline():
     # grain (and orbax through it) load only when a batch iterator is asked for, so the lm-eval backend, the
     # eval and augment jobs do not import them; the package's names still resolve.

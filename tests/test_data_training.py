@@ -9,7 +9,7 @@ import teacherlm_jax as tl
 from teacherlm_jax.data import load_records
 from teacherlm_jax.data.training import in_eval_split, load_pairs, make_records_iterator
 from teacherlm_jax.errors import ConfigError
-from teacherlm_jax.tokenizers import VOCAB_SIZE, byte_tokenizer
+from teacherlm_jax.tokenizers import byte_tokenizer
 
 
 def config_for(datasets, **overrides):
@@ -23,7 +23,7 @@ def test_byte_tokenizer_round_trips_any_text_and_is_builtin():
     text = "Q: Café costs 3€? (A) yes (B) no A: The answer is (A)."
     ids = tokenizer(text)["input_ids"]
     assert len(ids) == len(text.encode("utf-8"))
-    assert max(ids) < VOCAB_SIZE and tokenizer.decode(ids) == text
+    assert max(ids) < len(tokenizer) == 4 + 256 and tokenizer.decode(ids) == text
     assert tokenizer.padding_side == "left" and tokenizer.pad_token_id == 3 and tokenizer.eos_token_id == 2
     assert byte_tokenizer()(text)["input_ids"] == ids
 

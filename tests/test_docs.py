@@ -35,7 +35,7 @@ def test_config_reference_is_current(generator):
 
 
 def test_every_key_described_and_no_stale_description(generator):
-    assert generator.missing_descriptions() == [], "add these keys to DESCRIPTIONS in docs/gen_config_reference.py"
+    assert generator.missing_descriptions() == [], "describe these keys in their configs/ file's DESCRIPTIONS"
     assert generator.unused_descriptions() == [], "these described keys no longer exist in any config"
 
 
@@ -45,11 +45,31 @@ def test_every_config_file_documented(generator):
     assert files == set(generator.FILES)
 
 
+def test_descriptions_sit_in_configs_and_each_is_written_once(generator):
+    from configs import common, eval as eval_configs
+
+    assert generator.DESCRIPTIONS["eval"]["score"] == eval_configs.DESCRIPTIONS["score"]
+    assert generator.DESCRIPTIONS["train"]["model.dtype"] == common.MODEL_KEYS["model.dtype"]
+    text = (ROOT / "docs" / "configs.md").read_text(encoding="utf-8")
+    effects = {effect for keys in generator.DESCRIPTIONS.values() for effect in keys.values()}
+    assert [effect for effect in effects if text.count(f"| {effect} |") > 1] == []
+    # The shared blocks are written once: after its block, mesh.data has a row only where a config changes it.
+    rows = [line for line in text.splitlines() if line.startswith("| `mesh.data` |")]
+    assert rows[0].startswith("| `mesh.data` | `1` |") and all(" | `1` | " not in row for row in rows[1:])
+
+
 def test_undescribed_key_is_reported(generator, monkeypatch):
     descriptions = {job: dict(keys) for job, keys in generator.DESCRIPTIONS.items()}
     del descriptions["eval"]["score"]
     monkeypatch.setattr(generator, "DESCRIPTIONS", descriptions)
     assert "configs/eval.py: eval:score" in generator.missing_descriptions()
+
+
+def test_ci_runs_the_readmes_full_test_command_and_the_readme_gives_the_fast_one():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    full = [line for line in readme.splitlines() if "python -m pytest" in line and "not slow" not in line]
+    assert len(full) == 1 and (ROOT / ".ci" / "run").read_text().strip().splitlines()[-1] == full[0]
+    assert 'python -m pytest -q -n 2 -m "not slow" tests' in readme
 
 
 def _commands(text: str) -> list[list[str]]:

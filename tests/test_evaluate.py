@@ -328,6 +328,7 @@ def test_mmlu_category_map_covers_57_subjects(shared_data_dir):
     assert sorted(set(MMLU_CATEGORY.values())) == ["STEM", "humanities", "other", "social sciences"]
 
 
+@pytest.mark.slow
 def test_job_end_to_end(shared_data_dir, rigged, tmp_path):
     """Through `python -m teacherlm_jax.main` on 2 CPU devices (batch split over the mesh): the rigged
     model answers B everywhere, so each task's accuracy is its fraction of B answers."""
@@ -420,6 +421,7 @@ def _six_questions_config(rigged: Path, tmp_path: Path):
     return config
 
 
+@pytest.mark.slow
 def test_job_writes_its_report_to_gcs(rigged, tmp_path, gcs_bucket):
     """`run(config, "gs://...")`: predictions, metrics.json, results.md and accuracy.png in the bucket."""
     from teacherlm_jax.eval.job import run

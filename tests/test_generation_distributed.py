@@ -11,10 +11,13 @@ import textwrap
 
 import numpy as np
 import portpicker
+import pytest
 import torch
 
 from reference_models import tiny_bloom, tiny_tokenizer
 from train_subprocess import REPO, jax_env
+
+pytestmark = pytest.mark.slow  # every test here starts job processes
 
 EOS, PAD = 2, 3
 WORDS = tuple(f"w{i}" for i in range(60))

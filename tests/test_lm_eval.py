@@ -118,6 +118,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow
 def test_mesh_scores_equal_one_device(tmp_path):
     """On 4 fake devices (data 2 x tensor 2) the backend scores and generates what one device does."""
     tokenizer = byte_tokenizer()

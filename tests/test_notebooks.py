@@ -62,6 +62,7 @@ def test_committed_notebook_is_generated(name):
         f"docs/colab/{name} is stale: run python docs/colab/make_notebooks.py"
 
 
+@pytest.mark.slow
 def test_quickstart_runs_tiny(monkeypatch):
     text = _text(_execute("tpu_quickstart.ipynb", monkeypatch))
     assert "skipping the install" in text
@@ -78,6 +79,7 @@ def test_quickstart_runs_tiny(monkeypatch):
         assert re.search(rf"^{program} +peak +[\d.]+ MiB/chip  fits True  bound +[\d.]+ us$", text, re.M), program
 
 
+@pytest.mark.slow
 def test_demo_notebook_runs_tiny(monkeypatch, tmp_path):
     workdir = tmp_path / "demo"
     notebook = _execute("demo_pipeline.ipynb", monkeypatch, TEACHERLM_DEMO_WORKDIR=str(workdir),

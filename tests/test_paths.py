@@ -30,6 +30,7 @@ def test_urls_stay_urls_and_local_paths_become_absolute(tmp_path, monkeypatch):
     assert not (tmp_path / "gcs:").exists()
 
 
+@pytest.mark.slow
 def test_writes_on_gcs(gcs_dir, tmp_path):
     import matplotlib
 
@@ -53,6 +54,7 @@ def test_writes_on_gcs(gcs_dir, tmp_path):
     assert sorted(p.name for p in gcs_dir.iterdir()) == ["a.json", "export", "log.jsonl", "plot.png"]
 
 
+@pytest.mark.slow
 def test_local_copy_of_a_bucket_folder_is_reused_until_it_changes(gcs_dir, tmp_path):
     write_atomic(gcs_dir / "ckpt" / "config.json", "{}")
     write_atomic(gcs_dir / "ckpt" / "sub" / "w.bin", b"\0\1")
@@ -67,6 +69,7 @@ def test_local_copy_of_a_bucket_folder_is_reused_until_it_changes(gcs_dir, tmp_p
         local_copy(f"{gcs_dir}/empty", cache=tmp_path)
 
 
+@pytest.mark.slow
 def test_cloud_workdir_lock(gcs_dir, caplog):
     """Per machine: a second holder here is refused naming the first; a record left by another host is
     reported (it may still run there); release empties the record."""
@@ -85,6 +88,7 @@ def test_cloud_workdir_lock(gcs_dir, caplog):
         in caplog.text
 
 
+@pytest.mark.slow
 def test_an_unreachable_cloud_workdir_is_refused_saying_how_to_authenticate(tmp_path):
     """The store stopped (nothing listens on its port): gcsfs alone retries for over half a minute; the job is
     refused by the bounded probe (`check_reachable`, whose bound the next test checks without a network), exit

@@ -75,6 +75,7 @@ def finished(tmp_path_factory, checkpoints):
     return config, work, report
 
 
+@pytest.mark.slow
 def test_whole_recipe_from_hugging_face_checkpoints(finished, checkpoints):
     config, work, report = finished
     plan = json.loads((work / "pipeline.json").read_text())["steps"]
@@ -109,6 +110,7 @@ def test_whole_recipe_from_hugging_face_checkpoints(finished, checkpoints):
     assert "synthetic_student_test" in (work / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_rerun_reuses_every_step_and_an_override_reruns_only_what_it_changes(finished, checkpoints, caplog):
     config, work, report = finished
     before = _records(work)
@@ -129,6 +131,7 @@ def test_rerun_reuses_every_step_and_an_override_reruns_only_what_it_changes(fin
     assert "step students/finetune_cot changed" in caplog.text  # why its evaluation reruns
 
 
+@pytest.mark.slow
 def test_killed_and_rerun_resumes_without_losing_or_repeating_steps(tmp_path, checkpoints):
     work = tmp_path / "work"
     args = [sys.executable, "-m", "teacherlm_jax.main", "--config", "configs/teacher/pipeline.py:tiny", "--workdir", str(work),
@@ -270,6 +273,7 @@ def test_fingerprint_follows_config_upstream_and_file_contents(tmp_path):
         next(s for s in build_plan(config) if s.name == "augment/cot"), {"teacher/stage3_cot": "a"}, edited)
 
 
+@pytest.mark.slow
 def test_pipeline_on_a_cloud_workdir(gcs_bucket, checkpoints):
     """Every step's outputs, the records and the report in a bucket (a local GCS emulator); steps read the
     earlier steps' outputs from there."""

@@ -9,7 +9,11 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from train_subprocess import launch_processes
+
+pytestmark = pytest.mark.slow  # every test here starts job processes
 
 # A four-step recipe small enough for two processes on two cores: a fresh tiny teacher specialized at once,
 # its augmentation, one student and its evaluation (Fine-tune-CoT's generate mode: decode slots sharded across

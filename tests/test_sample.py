@@ -18,8 +18,8 @@ import torch
 
 from reference_models import tiny_bloom
 from teacherlm_jax import from_pretrained, generate
-from teacherlm_jax.generation.sampler import PREFILL_BUCKETS, PROMPT_BUCKETS
-from teacherlm_jax.sample import Sampler, bucket_length, num_traces
+from teacherlm_jax.generation.sampler import PREFILL_BUCKETS, PROMPT_BUCKETS, Sampler, bucket_length
+from teacherlm_jax.generation.slots import num_traces
 
 REPO = Path(__file__).resolve().parents[1]
 PAD = 3
@@ -245,6 +245,7 @@ MESH_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_eight_devices_match_one(checkpoint):
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu",
            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}

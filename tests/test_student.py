@@ -16,7 +16,7 @@ from configs import common  # noqa: E402
 from configs.student import finetune  # noqa: E402
 from teacherlm_jax.data import load_records  # noqa: E402
 from teacherlm_jax.eval.job import evaluate_tasks  # noqa: E402
-from teacherlm_jax.tokenizers import VOCAB_SIZE  # noqa: E402
+from teacherlm_jax.tokenizers import byte_tokenizer  # noqa: E402
 from teacherlm_jax.train.loop import train  # noqa: E402
 
 
@@ -49,7 +49,7 @@ def test_student_trains_on_augmented_records_is_evaluated_and_exports(tmp_path, 
     config.data.datasets = (str(augmented),)
     config.num_train_steps, config.log_every, config.checkpoint_every, config.plot = 12, 3, 12, False
     if family == "opt":
-        config.model = common.model(None, family="opt", vocab_size=VOCAB_SIZE, hidden_size=64, num_hidden_layers=2,
+        config.model = common.model(None, family="opt", vocab_size=len(byte_tokenizer()), hidden_size=64, num_hidden_layers=2,
                                     num_attention_heads=4, ffn_dim=128, max_position_embeddings=320,
                                     word_embed_proj_dim=32, pad_token_id=3, bos_token_id=1, eos_token_id=2)
     export = train(config, tmp_path / "run")

@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import sys
 
+import pytest
+
 from train_subprocess import jax_env, run_checked
 from teacherlm_jax.init_from import resolve
+
+pytestmark = pytest.mark.slow  # every test here starts job processes
 
 MARK = 4321  # the trained-with tokenizer's model_max_length: no tokenizer found by name has it
 

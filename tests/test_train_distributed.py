@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from train_subprocess import jax_env, launch_processes, main_command, run_checked
+
+pytestmark = pytest.mark.slow  # every test here starts job processes
 
 OVERRIDES = ["--config.num_train_steps=6", "--config.log_every=1", "--config.checkpoint_every=3", "--config.eval_every=0",
              "--config.mesh.data=2", "--config.mesh.fsdp=-1", "--config.plot=False",

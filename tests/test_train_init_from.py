@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import sys
 
+import pytest
+
 from train_subprocess import jax_env, run_checked
+
+pytestmark = pytest.mark.slow  # every test here starts job processes
 
 
 def test_init_from_run_dir_and_hf_export(tmp_path):

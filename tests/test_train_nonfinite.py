@@ -31,6 +31,7 @@ def test_good_optimizer_numbers_pass():
     make_optimizer(dict(OPT, warmup_steps=100, learning_rate=0.0), 100, mask={})
 
 
+@pytest.mark.slow
 def test_diverging_run_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
     # Adam's first update is -lr * sign(grad): with lr 1e38 every weight is ~1e38 after step 1 (finite,
     # saved), and step 2's activations overflow, so its loss is NaN.
@@ -46,6 +47,7 @@ def test_diverging_run_stops_naming_the_step_and_keeps_the_last_good_checkpoint(
     assert not (tmp_path / "hf_final").exists()
 
 
+@pytest.mark.slow
 def test_non_finite_eval_on_an_unlogged_step_stops_before_it_is_written(tmp_path):
     # As above, step 1's weights are ~1e38 (finite); evaluating them overflows. Step 1 is not a logged
     # step (log_every=2): its eval metrics alone would reach metrics.jsonl.

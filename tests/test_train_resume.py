@@ -3,6 +3,7 @@ and restarted again logs exactly the loss curve of an uninterrupted run (each st
 gs:// workdir (a local GCS emulator), where every output goes to the bucket."""
 from __future__ import annotations
 
+import pytest
 import json
 import re
 import signal
@@ -11,6 +12,8 @@ from pathlib import Path
 
 from teacherlm_jax.paths import is_url, workdir_path
 from train_subprocess import REPO, jax_env, main_command, run_checked
+
+pytestmark = pytest.mark.slow  # every test here starts job processes
 
 STEPS = 60
 OVERRIDES = [f"--config.num_train_steps={STEPS}", "--config.log_every=1", "--config.checkpoint_every=5",

@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import sys
 
+import pytest
+
 from train_subprocess import jax_env, run_checked
+
+pytestmark = pytest.mark.slow  # every test here starts job processes
 
 MODEL = dict(family="bloom", vocab_size=64, hidden_size=32, n_layer=2, n_head=4, bos_token_id=None,
              eos_token_id=None, pad_token_id=0)

@@ -22,6 +22,8 @@ if str(REPO) not in sys.path:  # configs/ is imported from the repository root, 
 from configs import augment as augment_config  # noqa: E402
 from configs import train as train_config  # noqa: E402
 
+pytestmark = pytest.mark.slow  # every test here starts job processes
+
 # Holds `name` on `workdir` with this checkout's lock module, says so, waits.
 HOLDER = """
 import sys, time

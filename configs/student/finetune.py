@@ -41,7 +41,6 @@ def get_config(arg: str | None = None):
     (content,) = words & set(CONTENTS)
     ftcot = "ftcot" in words
     config = train.get_config("tiny" if "tiny" in words else None)
-    config.student = content
     datasets = ("creak",) if content in ("text", "manual") else AUGMENTED
     config.data = train.data("records", loss_on="target" if ftcot else "all", datasets=datasets,
                              split="train", format=FORMAT[content], style="finetune_cot" if ftcot else "teacherlm",

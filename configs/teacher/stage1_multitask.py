@@ -13,5 +13,5 @@ VARIANTS = {"": "bloom-560m, the answers of the shared multiple-choice datasets"
 
 def get_config(arg: str | None = None):
     words = parse_variant(arg)
-    return teacher_stage("stage1_multitask", fmt="answer", datasets=("creak", "strategyqa", "ecqa"),
+    return teacher_stage(fmt="answer", datasets=("creak", "strategyqa", "ecqa"),
                          init_from=None, tiny="tiny" in words)

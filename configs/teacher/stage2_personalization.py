@@ -16,7 +16,7 @@ VARIANTS = {"": "from stage 1, the three kinds mixed 1:1:1", "tiny": "a tiny BLO
 
 def get_config(arg: str | None = None):
     words = parse_variant(arg)
-    config = teacher_stage("stage2_personalization", fmt="mixed", datasets=("creak", "strategyqa", "gsm8k"),
+    config = teacher_stage(fmt="mixed", datasets=("creak", "strategyqa", "gsm8k"),
                            init_from=STAGE1, tiny="tiny" in words)
     config.data.kind_ratios = {"cot": 1.0, "fundamentals": 1.0, "mistakes": 1.0}
     return config

@@ -20,5 +20,5 @@ VARIANTS = {"cot": "from stage 2, chain of thought only",
 def get_config(arg: str | None = None):
     words = parse_variant(arg, one_of=KINDS)
     (kind,) = words & set(KINDS)
-    return teacher_stage(f"stage3_{kind}", fmt=kind, datasets=DATASETS[kind], init_from=STAGE2,
+    return teacher_stage(fmt=kind, datasets=DATASETS[kind], init_from=STAGE2,
                          tiny="tiny" in words, num_train_steps=1000)

@@ -26,10 +26,9 @@ def parse_variant(arg: str | None, allowed: tuple[str, ...] = (), *, one_of: tup
     return words
 
 
-def teacher_stage(stage: str, *, fmt: str, datasets: tuple[str, ...], init_from: str | None, tiny: bool,
+def teacher_stage(*, fmt: str, datasets: tuple[str, ...], init_from: str | None, tiny: bool,
                   num_train_steps: int = 2000) -> ml_collections.ConfigDict:
     config = train.get_config("tiny" if tiny else None)
-    config.stage = stage
     config.data = train.data("records", loss_on="all", datasets=datasets, split="train",
                              format=fmt, style="teacherlm", kind_ratios={}, add_eos=fmt != "answer",
                              skip_invalid=False, eval_fraction=0.02)

@@ -26,6 +26,7 @@ from teacherlm_jax.augment.files import HISTOGRAM, RUNS, SUMMARY, read_manifest,
 from teacherlm_jax.console import terminal_bar
 from teacherlm_jax.data import KIND_PROMPTS, REGISTRY
 from teacherlm_jax.data.quality import quality_counts, row_quality
+from teacherlm_jax.figures import pyplot
 from teacherlm_jax.paths import workdir_path, write_atomic, write_figure
 
 log = logging.getLogger(__name__)
@@ -111,10 +112,7 @@ def summarize(out_dir: str | os.PathLike, rows: list[dict[str, Any]] | None = No
 
 def plot_lengths(lengths: dict[str, list[int]], path: epath.Path, title: str) -> None:
     """One histogram of generated tokens per kind."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, len(lengths), figsize=(3.5 * len(lengths), 3), squeeze=False)
     for ax, (kind, values) in zip(axes[0], lengths.items()):

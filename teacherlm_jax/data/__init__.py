@@ -8,8 +8,7 @@ import importlib
 from typing import Any
 
 from teacherlm_jax.data.formats import (KIND_PROMPTS, KINDS, answered_block, eval_context, finetune_cot_prompt,
-                                        question_block, remove_duplicated_block, teacher_pair,
-                                        teacher_prompt)
+                                        question_block, remove_duplicated_block, teacher_prompt)
 from teacherlm_jax.data.records import InstructionRecord, LoadReport, Record, SkippedRow
 from teacherlm_jax.data.registry import load_instructions, load_records
 from teacherlm_jax.data.sources import REGISTRY, default_data_dir
@@ -20,7 +19,7 @@ __all__ = [
     "KINDS", "KIND_PROMPTS", "REGISTRY", "DataError", "Example", "InstructionRecord", "LoadReport",
     "Record", "SkippedRow", "answered_block", "collate", "default_data_dir", "encode", "eval_context",
     "finetune_cot_prompt", "load_instructions", "load_records", "make_batch_iterator", "num_truncated", "question_block",
-    "remove_duplicated_block", "teacher_pair", "teacher_prompt",
+    "remove_duplicated_block", "teacher_prompt",
 ]
 
 _LAZY = {"collate": "teacherlm_jax.data.pipeline", "make_batch_iterator": "teacherlm_jax.data.pipeline"}

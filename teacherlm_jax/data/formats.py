@@ -52,15 +52,6 @@ def teacher_prompt(record: Record, kind: str) -> str:
     return remove_duplicated_block(f"{answered_block(record)} {KIND_PROMPTS[kind]}")
 
 
-def teacher_pair(record: Record, kind: str) -> tuple[str, str]:
-    """(prompt, target) for training on a gold annotation: target = " " + cleaned annotation, so
-    prompt + target is the text TeacherLM's generation would have produced."""
-    annotation = getattr(record, kind) if kind in KIND_PROMPTS else None
-    if not annotation or not annotation.strip():
-        raise ValueError(f"record {record.id!r} ({record.source}) has no {kind!r} annotation")
-    return teacher_prompt(record, kind), " " + remove_duplicated_block(annotation.strip())
-
-
 def finetune_cot_prompt(record: Record) -> str:
     """Fine-tune-CoT's prompt (Ho et al. 2023) for a multiple-choice record: `{question} {options} ###`;
     the student writes ` {rationale} --> {letter}`. Student training and generative eval both use it."""

@@ -22,7 +22,6 @@ Filters (`config.data.filter`), on the teacher's texts only (a dataset's own gol
 from __future__ import annotations
 
 import re
-from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -108,12 +107,3 @@ def quality_counts(qualities: Iterable[Mapping[str, list[Mapping[str, Any]]]], k
         out[kind] = counts
     return out
 
-
-def dropped_counts(flags: Iterable[Mapping[str, Any]], name: str) -> Counter:
-    """Texts failing filter `name`, per reason (a text failing two reasons counts under both) and `texts`."""
-    counts: Counter = Counter()
-    for f in flags:
-        reasons = failures(f, name)
-        counts.update(reasons)
-        counts["texts"] += bool(reasons)
-    return counts

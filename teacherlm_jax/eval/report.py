@@ -14,6 +14,7 @@ from typing import Any
 from etils import epath
 
 from teacherlm_jax import report_json
+from teacherlm_jax.figures import pyplot
 from teacherlm_jax.paths import write_atomic, write_figure
 
 _SUBCATEGORY = {
@@ -143,10 +144,7 @@ def results_markdown(metrics: dict[str, Any]) -> str:
 
 def plot_accuracy(metrics: dict[str, Any], path: epath.Path) -> None:
     """Bars: accuracy per task, and per MMLU category where a task has them."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     bars = [(name, m["accuracy"]) for name, m in metrics["tasks"].items() if m["accuracy"] is not None]
     for name, m in metrics["tasks"].items():

@@ -135,8 +135,8 @@ def markdown(section_: dict[str, Any], chance: float | None) -> list[str]:
 
 def chart(ablation: dict[str, Any], chance: float | None, out: epath.Path) -> None:
     """ablation.png: each student's mean accuracy, error bars of one standard deviation over seeds, each seed a dot."""
+    from teacherlm_jax.figures import pyplot
     from teacherlm_jax.paths import write_figure
-    from teacherlm_jax.pipeline.report import pyplot
 
     plt = pyplot()
     names = list(ablation)

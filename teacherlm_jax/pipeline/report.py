@@ -18,6 +18,7 @@ import ml_collections
 from etils import epath
 
 from teacherlm_jax import report_json
+from teacherlm_jax.figures import pyplot
 from teacherlm_jax.paths import write_atomic, write_figure
 from teacherlm_jax.pipeline import ablation
 from teacherlm_jax.pipeline.plan import Step, students_own_augment
@@ -77,15 +78,6 @@ def samples(outputs: dict[str, list[epath.Path]], per_subject_count: int = 1, li
             seen[entry["subject"]] = seen.get(entry["subject"], 0) + 1
             chosen.append(entry)
     return chosen
-
-
-def pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _loss_curves(runs: dict[str, epath.Path], out: epath.Path) -> None:

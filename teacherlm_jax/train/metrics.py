@@ -16,6 +16,7 @@ from etils import epath
 from teacherlm_jax import report_json
 from teacherlm_jax.console import count, duration, terminal_bar
 from teacherlm_jax.errors import DataError
+from teacherlm_jax.figures import pyplot
 from teacherlm_jax.paths import append_text, is_url, url_scheme, workdir_path, write_atomic, write_figure
 
 log = logging.getLogger(__name__)
@@ -186,10 +187,7 @@ def plot_loss_curve(workdir: str | os.PathLike) -> epath.Path | None:
     path = workdir_path(workdir) / "metrics.jsonl"
     if jax.process_index() != 0 or not path.exists():
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     fig, ax = plt.subplots(figsize=(7, 4))
