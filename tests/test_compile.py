@@ -39,6 +39,7 @@ def run_compile(workdir, *overrides: str) -> subprocess.CompletedProcess:
                           text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_memory_per_device_shrinks_when_fsdp_grows(tmp_path):
     reports = {}
     for fsdp, limit in ((1, 1e-6), (8, 1000.0)):
@@ -70,6 +71,7 @@ def test_memory_per_device_shrinks_when_fsdp_grows(tmp_path):
     assert sharded["batch"] == replicated["batch"]  # one row per device either way
 
 
+@pytest.mark.slow
 def test_a_mesh_the_model_cannot_be_split_over_names_the_key(tmp_path):
     # The tiny model has 4 heads: tensor parallelism over 8 devices cannot split them.
     proc = run_compile(tmp_path, "--config.mesh.fsdp=1", "--config.mesh.tensor=8")
@@ -154,6 +156,7 @@ def expected_generation(model, num_params: int, slots: int, length: int, data: i
     return {"weights": weights, "kv_cache": kv, "logits": logits, "total": weights + kv + logits}
 
 
+@pytest.mark.slow
 def test_generation_memory_is_the_config_arithmetic(tmp_path):
     # 8 fake devices as data 4 x tensor 2: 6 slots become 2 rows per chip (padded), tiny's 4 heads 2 per chip.
     proc = run_compile(tmp_path, "--config.mesh.fsdp=1", "--config.mesh.data=-1", "--config.mesh.tensor=2",

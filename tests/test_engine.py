@@ -269,6 +269,7 @@ TENSOR_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_tensor_parallel_generation_matches_one_device(tmp_path):
     """Teachers too large for a chip: parameters split over heads/mlp/vocab (8 fake devices, tensor 2 and 4,
     loaded with listed layers, whose decode layout shares them) generate what one device does, with
