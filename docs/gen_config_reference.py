@@ -165,6 +165,10 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
         **_TRAIN,
         "fake_devices": "Compile for N fake CPU devices (a v4-8 / v5e-8 / 8-GPU host by default); 0: this "
                         "machine's own devices.",
+        "topology": "A TPU slice to compile for on any host (libtpu: `pip install -e \".[tpu]\"`): gcloud's "
+                    "accelerator types (v4-8, v5e-8, ...) or jax's form (v5e:2x4); every program of the recipe is "
+                    "compiled and reported per chip with a roofline bound. Empty: the training step for "
+                    "fake_devices.",
         "device_memory_gib": "Memory per device to check the estimate against (v5e 16, v4 32, H100 80); exit "
                              "status 1 when it does not fit. 0: no check.",
         "generation_batch_size": "Generation sizing (the augment job's decode engine on this mesh): decode slots "
@@ -173,6 +177,11 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
                                     "new tokens - 1 positions.",
         "generation_max_new_tokens": "Generation sizing: new tokens per row (the augment job's "
                                      "`sampling.max_new_tokens`).",
+        "generation_prefix_tokens": "Generation sizing: tokens of each prompt shared by a unit's rows (a record's "
+                                    "question, shared by its kinds), stored once in the engine's prefix pool; "
+                                    "rows then hold only their own positions. 0: whole rows, no pool.",
+        "generation_rows_per_prefix": "Generation sizing: rows sharing one prefix (3: TeacherLM's kinds, one "
+                                      "sample each); the pool holds twice the units of one fill.",
     },
     "eval": {
         **_MODEL,

@@ -4,7 +4,6 @@ and whose own keys live in their cache rows get the logits of rows that hold all
 number or cache row a row has, with rows without a prefix beside them."""
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

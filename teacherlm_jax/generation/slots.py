@@ -68,7 +68,7 @@ from teacherlm_jax.sharding import LogicalRules, activation_sharding, logical_to
 
 # Logical axes of each layer's key (and value) cache buffer.
 CACHE_AXES = ("batch", "heads", "length", "kv")
-# ... and of the prefix pool's: its slots are not split over the data axes.
+# ... and of the prefix pool's: its prefixes are not split over the data axes.
 POOL_AXES = (None, "heads", "length", "kv")
 # The jitted functions of this module, whose compiles `num_traces` counts.
 PROGRAMS = ("_insert", "_run", "_gather")
