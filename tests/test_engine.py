@@ -60,6 +60,7 @@ def prompts(count: int = 11, seed: int = 0) -> list[Prompt]:
 
 
 def run_engine(model, items: list[Prompt], sampling: Sampling, **kwargs) -> tuple[dict[int, list], dict]:
+    kwargs.setdefault("prefix_pool", True)  # the accelerators' default: the pool's rows are checked here
     engine = Engine(model.for_decoding(), width=prompt_width(items, sampling.max_new_tokens, 128),
                     sampling=sampling, eos_id=EOS, pad_id=PAD, **kwargs)
     out = {i: [s.tolist() for s in samples] for i, samples in engine.generate(enumerate(items))}
@@ -280,7 +281,7 @@ TENSOR_SCRIPT = textwrap.dedent("""
 
     def engine_rows(model, mesh=None, batch_size=3):
         engine = Engine(model, batch_size=batch_size, width=32, sampling=greedy, eos_id=2, pad_id=3, refill=True,
-                        mesh=mesh, rules=rules if mesh else None)
+                        mesh=mesh, rules=rules if mesh else None, prefix_pool=True)
         rows = {i: [s.tolist() for s in samples] for i, samples in engine.generate(enumerate(prompts))}
         assert engine.stats()["tail_slots"] == (4 if batch_size == 16 else engine.stats()["slots"]), engine.stats()
         return rows
@@ -363,7 +364,7 @@ def test_opt_teacher_rows_equal_generate_alone(opt_model):
         question = rng.integers(4, 96, int(n)).tolist()
         items += [Prompt(tuple(question + cue), int(rng.integers(0, 2**32)), len(question)) for cue in ([5, 6], [7])]
     engine = Engine(opt_model.for_decoding(), batch_size=3, width=prompt_width(items, OPT_MAX_NEW, 128),
-                    sampling=sampling, eos_id=EOS, pad_id=1, refill=True)
+                    sampling=sampling, eos_id=EOS, pad_id=1, refill=True, prefix_pool=True)
     out = {i: [s.tolist() for s in samples] for i, samples in engine.generate(enumerate(items))}
     lengths = [len(s) for samples in out.values() for s in samples]
     assert OPT_MAX_NEW in lengths and min(lengths) < OPT_MAX_NEW, lengths

@@ -21,8 +21,8 @@ steps (R large), the formula asks for a larger fraction (`refill_fraction`, `rou
 Each prompt takes `num_samples` slots (rows), which share its prefill. Consecutive prompts that share
 a prefix (`Prompt.prefix`: TeacherLM's kinds of one record share the question and its answer) form a
 unit, inserted whole when its slots are free, whose prefix is prefilled once: for TeacherLM's three
-kinds that halves the prefill. With `prefix_pool` (the default, in a job whose units hold more than one
-row) a unit's prefix is also stored and read once: it takes a free slot of the slots' prefix pool
+kinds that halves the prefill. With `prefix_pool` (the default on accelerators, in a job whose units hold
+more than one row) a unit's prefix is also stored and read once: it takes a free slot of the slots' prefix pool
 (`slots.pool_prefixes`) until its last row ends, and a round also ends once a pool slot
 is free for the next unit (`slots` module docstring). Units go in shortest first within windows of a few fills
 (ORDER_WINDOW_FILLS), so that one round's prefixes have about one width. Widths and counts are bucketed
@@ -123,13 +123,15 @@ class Engine:
     `inserts_ahead` compiles likely insert programs in the background (default: on accelerators only; on a
     CPU the compiles would take the cores the decode steps run on, so programs compile when first needed).
     `prefix_pool` stores each unit's shared prefix once and reads it once a step for all its rows (the module
-    docstring), in a job whose units hold more than one row; False keeps whole prompts in every row.
+    docstring), in a job whose units hold more than one row; False keeps whole prompts in every row. Default:
+    on accelerators only (on XLA CPU the pool's batched prefix dots made the engine_overhead workload 15%
+    slower, docs/performance.md).
     """
 
     def __init__(self, model: nnx.Module, *, batch_size: int, width: int, sampling: Any, eos_id: int | None,
                  pad_id: int, refill: bool, mesh: Mesh | None = None, rules: LogicalRules | None = None,
                  refill_fraction: float = REFILL_FRACTION, round_steps: int | None = None,
-                 inserts_ahead: bool | None = None, prefix_pool: bool = True):
+                 inserts_ahead: bool | None = None, prefix_pool: bool | None = None):
         if not 0 < refill_fraction <= 1:
             raise ValueError(f"refill_fraction={refill_fraction!r}; expected a fraction of the slots in (0, 1]")
         self.samples = sampling.num_samples
@@ -151,7 +153,7 @@ class Engine:
         self.ends_early = bool(eos)
         platform = (mesh.devices.flat[0] if mesh is not None else jax.devices()[0]).platform
         self.inserts_ahead = platform != "cpu" if inserts_ahead is None else inserts_ahead
-        self.prefix_pool = prefix_pool
+        self.prefix_pool = platform != "cpu" if prefix_pool is None else prefix_pool
         self.max_positions = model.config.max_position_embeddings
 
     def stats(self) -> dict[str, Any]:
