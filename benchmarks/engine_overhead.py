@@ -2,6 +2,7 @@
 
     python benchmarks/engine_overhead.py                    # this tree against ce4bea3, one run each
     python benchmarks/engine_overhead.py --refill-fractions 0.0625,0.125,0.25,0.5 --baseline none   # a sweep
+    python benchmarks/engine_overhead.py --prefix-pool both --baseline none   # with and without the prefix pool
 
 A random BloomForCausalLM of hidden 256, 4 layers, 8 heads and 4096 tokens (float32; a 64-row decode step
 takes ~11 ms on the 2-core VM, as bloom-560m's takes a few ms on a GPU) with a byte-level tokenizer, its
@@ -37,7 +38,7 @@ SLOTS = 64
 MAX_NEW_TOKENS = 128
 
 
-def worker(checkpoint: str, records: int, fractions: list[float], bound: bool) -> None:
+def worker(checkpoint: str, records: int, fractions: list[float], bound: bool, pools: list[bool]) -> None:
     """Runs in the tree on PYTHONPATH; prints one JSON line per run."""
     import numpy as np
 
@@ -59,8 +60,9 @@ def worker(checkpoint: str, records: int, fractions: list[float], bound: bool) -
     chunk = make_chunk(tokenizer, "creak", 0, load_records("creak", "train")[:records], settings, limit)
     width = prompt_width((p for _, p in chunk.work), MAX_NEW_TOKENS, model.config.max_position_embeddings)
 
-    def run(fraction: float | None) -> dict:
+    def run(fraction: float | None, pool: bool | None) -> dict:
         kwargs = {} if fraction is None else {"refill_fraction": fraction}
+        kwargs.update({} if pool is None else {"prefix_pool": pool})  # None: the tree's engine as it is
         engine = Engine(model, batch_size=SLOTS, width=width, sampling=sampling, eos_id=tokenizer.eos_token_id,
                         pad_id=tokenizer.pad_token_id, refill=True, **kwargs)
         start = time.perf_counter()
@@ -70,8 +72,9 @@ def worker(checkpoint: str, records: int, fractions: list[float], bound: bool) -
                 **{k: v for k, v in engine.stats().items() if k != "engine"}}
 
     for fraction in fractions or [None]:
-        run(fraction)  # fills the compilation cache (and this process's): the timed run compiles nothing
-        print(json.dumps(run(fraction)), flush=True)
+        for pool in pools or [None]:
+            run(fraction, pool)  # fills the compilation cache (and this process's): the timed run compiles nothing
+            print(json.dumps(run(fraction, pool)), flush=True)
     if bound:  # the engine's own round program at the job's cache width, every row running (no EOS)
         from teacherlm_jax.data.padding import left_pad
         from teacherlm_jax.generation import DecodeSlots, RowSeeds, Sampler
@@ -98,14 +101,16 @@ def _timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def contender(tree: Path, checkpoint: Path, cache: Path, records: int, fractions: list[float], bound: bool) -> list:
+def contender(tree: Path, checkpoint: Path, cache: Path, records: int, fractions: list[float], bound: bool,
+              pools: str = "") -> list:
     data = os.environ.get("TEACHERLM_DATA_DIR", str(REPO.parent / "shared" / "data"))  # the baseline's tree is elsewhere
     env = {**os.environ, "PYTHONPATH": f"{tree}{os.pathsep}{Path(__file__).parent}", "JAX_PLATFORMS": "cpu",
            "TEACHERLM_DATA_DIR": data,
            "JAX_COMPILATION_CACHE_DIR": str(cache), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
            "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
     cmd = [sys.executable, __file__, "--worker", "--checkpoint", str(checkpoint), "--records", str(records),
-           "--refill-fractions", ",".join(map(str, fractions))] + (["--bound"] if bound else [])
+           "--refill-fractions", ",".join(map(str, fractions))] + (["--bound"] if bound else []) + (
+              ["--prefix-pool", pools] if pools else [])
     proc = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True)
     if proc.returncode:
         raise SystemExit(f"{tree} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
@@ -117,13 +122,16 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=384)
     parser.add_argument("--refill-fractions", default="", help="this tree's engine at these fractions (default: its own)")
     parser.add_argument("--baseline", default="ce4bea3", help="a commit to run side by side, or none")
+    parser.add_argument("--prefix-pool", default="", choices=["", "on", "off", "both"],
+                        help="this tree's engine with its prefix pool, without, or both (default: the engine's own)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--checkpoint", help=argparse.SUPPRESS)
     parser.add_argument("--bound", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     fractions = [float(f) for f in args.refill_fractions.split(",") if f]
     if args.worker:
-        worker(args.checkpoint, args.records, fractions, args.bound)
+        pools = {"": [], "on": [True], "off": [False], "both": [True, False]}[args.prefix_pool]
+        worker(args.checkpoint, args.records, fractions, args.bound, pools)
         return
 
     from augment import save_checkpoint  # benchmarks/augment.py: the calibrated teacher
@@ -135,7 +143,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         note = save_checkpoint(tmp / "model", "tiny", "teacherlm", texts)
-        results = {"this tree": contender(REPO, tmp / "model", tmp / "cache-new", args.records, fractions, True)}
+        results = {"this tree": contender(REPO, tmp / "model", tmp / "cache-new", args.records, fractions, True,
+                                          args.prefix_pool)}
         if args.baseline != "none":
             tree = tmp / "baseline"
             subprocess.run(["git", "worktree", "add", "--detach", str(tree), args.baseline], cwd=REPO, check=True,
@@ -154,14 +163,17 @@ def main() -> None:
           f"{bound['bare_step_ms']:.2f} ms, bound {bound['bound_tokens_per_s']:.0f} tokens/s.\n")
     runs = [(name, r) for name, rs in results.items() for r in rs if "tokens" in r]
     base = next((r for name, r in runs if name != "this tree"), None)
-    print("| engine | refill fraction | tokens | s | tokens/s | of the bound | vs baseline | rounds | decode steps "
-          "| slot occupancy |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| engine | refill fraction | prefix pool | tokens | s | tokens/s | of the bound | vs baseline | rounds "
+          "| decode steps | slot occupancy | programs | program s (trace, lower, cache read, compile) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, r in runs:
         versus = f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}x" if base else "-"
-        print(f"| {name} | {r['refill_fraction'] or 'default'} | {r['tokens']} | {r['seconds']:.1f} | "
-              f"{r['tokens_per_s']:.0f} | {100 * r['tokens_per_s'] / bound['bound_tokens_per_s']:.0f}% | {versus} | "
-              f"{r.get('rounds', '-')} | {r['decode_steps']} | {r['slot_occupancy']:.2f} |")
+        phases = r.get("program_seconds")
+        phases = ", ".join(f"{phases[k]:.1f}" for k in ("trace", "lower", "cache_read", "compile")) if phases else "-"
+        print(f"| {name} | {r['refill_fraction'] or 'default'} | {r.get('prefix_pool', '-')} | {r['tokens']} | "
+              f"{r['seconds']:.1f} | {r['tokens_per_s']:.0f} | "
+              f"{100 * r['tokens_per_s'] / bound['bound_tokens_per_s']:.0f}% | {versus} | {r.get('rounds', '-')} | "
+              f"{r['decode_steps']} | {r['slot_occupancy']:.2f} | {r.get('compiled_programs', '-')} | {phases} |")
 
 
 if __name__ == "__main__":

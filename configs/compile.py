@@ -25,6 +25,9 @@ one step's logits per chip, checked against v5e 16 GiB and v4 32 GiB; see docs/s
   generation_prompt_tokens   prompt width in tokens (default 512).
   generation_max_new_tokens  new tokens per row (default 512, the augment job's); the cache holds
                              prompt_tokens + max_new_tokens - 1 positions.
+  generation_prefix_tokens   tokens of each prompt shared by a unit's rows (a record's question, shared by its
+                             kinds), stored once in the engine's prefix pool (default 0: no pool, whole rows).
+  generation_rows_per_prefix rows of a unit sharing one prefix (default 3: TeacherLM's kinds, one sample each).
 """
 from __future__ import annotations
 
@@ -56,6 +59,11 @@ DESCRIPTIONS = {
                                 "new tokens - 1 positions.",
     "generation_max_new_tokens": "Generation sizing: new tokens per row (the augment job's "
                                  "`sampling.max_new_tokens`).",
+    "generation_prefix_tokens": "Generation sizing: tokens of each prompt shared by a unit's rows (a record's "
+                                "question, shared by its kinds), stored once in the engine's prefix pool; "
+                                "rows then hold only their own positions. 0: whole rows, no pool.",
+    "generation_rows_per_prefix": "Generation sizing: rows sharing one prefix (3: TeacherLM's kinds, one "
+                                  "sample each); the pool holds twice the units of one fill.",
 }
 
 
@@ -77,4 +85,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.generation_batch_size = 16
     config.generation_prompt_tokens = 512
     config.generation_max_new_tokens = 512
+    config.generation_prefix_tokens = 0
+    config.generation_rows_per_prefix = 3
     return config

@@ -141,6 +141,7 @@ def test_output_schema_summary_and_read_back(model, tokenizer, records, tmp_path
         assert summary["avg_tokens"][kind] == round(np.mean([row["new_tokens"][kind] for row in rows]), 2)
         assert summary["truncated"][kind] == summary["skipped"][kind] == 0
     assert summary["throughput"]["compiled_programs"] >= 1
+    assert set(summary["throughput"]["program_seconds"]) == {"trace", "lower", "cache_read", "compile"}
     engine = summary["throughput"]["engine"]
     assert engine["engines"] == ["continuous"] and engine["decode_steps"] >= max(lengths)
     assert engine["kept_tokens"] == sum(lengths) + sum(n < MAX_NEW for n in lengths)  # the EOS tokens too

@@ -170,7 +170,11 @@ def test_generation_memory_is_the_config_arithmetic(tmp_path):
     mem = gen["bytes_per_chip"]
     assert mem == expected_generation(model, summary["num_params"], 6, 16, data=4, tensor=2)
     for chip, gib in (("v5e", 16), ("v4", 32)):
-        assert gen["chips"][chip] == {"memory_gib": gib, "fits": True, "headroom_bytes": gib * GIB - mem["total"]}
+        verdict = gen["chips"][chip]
+        most = verdict.pop("max_slots")  # the most slots that fit: a multiple of the 4 data shards
+        assert verdict == {"memory_gib": gib, "fits": True, "headroom_bytes": gib * GIB - mem["total"]}
+        total = lambda slots: expected_generation(model, summary["num_params"], slots, 16, data=4, tensor=2)["total"]
+        assert most % 4 == 0 and total(most) <= gib * GIB < total(most + 4)
     # XLA's compiled decode step takes exactly the weights, the cache and the step's token, mask and index,
     # and updates the donated cache in place.
     xla = gen["xla_decode_step"]
@@ -224,6 +228,28 @@ def test_bloom_7b1_generation_needs_two_v5e_chips_for_16_slots():
     host = generation_memory(model, *abstract_mesh(data=8), slots, 512, 512)
     assert host["bytes_per_chip"] == expected_generation(model, 7_069_016_064, slots, length, data=8, tensor=1)
     assert host["slots_per_chip"] == 2 and host["chips"]["v5e"]["fits"]
+
+
+def test_prefix_pool_holds_each_prefix_once_and_fits_more_slots():
+    """With 384 of 512 prompt tokens shared by units of 3 rows, a row's cache holds its own 128 + 511 positions
+    and the pool 2 x 16 / 3 -> 11 prefixes of 384, whole on each chip; more slots fit a chip than with whole rows."""
+    config = compile_config.get_config("bloom-7b1")
+    model = config.model.to_dict()
+    mesh = abstract_mesh(tensor=2)
+    whole = generation_memory(model, *mesh, 16, 512, 512)
+    pooled = generation_memory(model, *mesh, 16, 512, 512, prefix_tokens=384, rows_per_prefix=3)
+    h, layers, heads = model["hidden_size"], model["n_layer"], model["n_head"]
+    per_position = 2 * layers * (heads // 2) * (h // heads) * 2  # keys and values, heads split 2 ways, bfloat16
+    mem = pooled["bytes_per_chip"]
+    assert (pooled["cache_length"], pooled["prefix_pool"], pooled["rows_per_prefix"]) == (639, 11, 3)
+    assert mem["kv_cache"] == 16 * 639 * per_position and mem["prefix_pool"] == 11 * 384 * per_position
+    assert mem["weights"] == whole["bytes_per_chip"]["weights"] and mem["logits"] == whole["bytes_per_chip"]["logits"]
+    assert mem["total"] == mem["weights"] + mem["kv_cache"] + mem["prefix_pool"] + mem["logits"]
+    assert whole["bytes_per_chip"]["kv_cache"] == 16 * 1023 * per_position and "prefix_pool" not in whole["bytes_per_chip"]
+    for chip in ("v5e", "v4"):
+        assert pooled["chips"][chip]["max_slots"] > whole["chips"][chip]["max_slots"] > 0
+    with pytest.raises(ConfigError, match="generation_prefix_tokens=512"):
+        generation_memory(model, *mesh, 16, 512, 512, prefix_tokens=512)
 
 
 def test_generation_settings_that_cannot_work_name_the_key():

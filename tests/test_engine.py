@@ -60,6 +60,7 @@ def prompts(count: int = 11, seed: int = 0) -> list[Prompt]:
 
 
 def run_engine(model, items: list[Prompt], sampling: Sampling, **kwargs) -> tuple[dict[int, list], dict]:
+    kwargs.setdefault("prefix_pool", True)  # the accelerators' default: the pool's rows are checked here
     engine = Engine(model.for_decoding(), width=prompt_width(items, sampling.max_new_tokens, 128),
                     sampling=sampling, eos_id=EOS, pad_id=PAD, **kwargs)
     out = {i: [s.tolist() for s in samples] for i, samples in engine.generate(enumerate(items))}
@@ -189,13 +190,13 @@ def test_engine_compiles_later_inserts_ahead(model, monkeypatch):
         ahead.extend(inserts)
         return compile_ahead(self, slot_counts, inserts)
 
-    def record_insert(self, ids, mask, slot_ids, seeds, prefix=None, parent=None):
+    def record_insert(self, ids, mask, slot_ids, seeds, prefix=None, parent=None, places=None):
         called.append(InsertShape.of(ids.shape, None if prefix is None else prefix[0].shape, 1))
-        return insert(self, ids, mask, slot_ids, seeds, prefix=prefix, parent=parent)
+        return insert(self, ids, mask, slot_ids, seeds, prefix=prefix, parent=parent, places=places)
 
-    def record_run(self, max_steps, stop_at_active=0):
+    def record_run(self, max_steps, *stops):
         called.append("run")
-        return run(self, max_steps, stop_at_active)
+        return run(self, max_steps, *stops)
 
     monkeypatch.setattr(DecodeSlots, "compile_ahead", record_ahead)
     monkeypatch.setattr(DecodeSlots, "insert", record_insert)
@@ -211,6 +212,40 @@ def test_engine_compiles_later_inserts_ahead(model, monkeypatch):
 
 def live_bytes() -> int:
     return sum(x.nbytes for x in jax.live_arrays())
+
+
+@pytest.mark.parametrize("samples", [1, 4], ids=["units_of_1_and_3_rows", "units_of_4_and_12_rows"])
+def test_pooled_prefixes_generate_what_whole_rows_do(model, monkeypatch, samples):
+    """With a prefix pool (each unit's prefix stored and read once for its rows) the engine, continuous or
+    static, generates what it generates with whole prompts in every row, token for token; a prefix stays in
+    the pool while some of its rows have ended and new units go in."""
+    sampling = Sampling(temperature=1.0, top_k=50, max_new_tokens=MAX_NEW, num_samples=samples)
+    items = prompts(9, seed=8)
+    outlived, unit_rows = [], {}  # pool slot -> the rows its unit went in with
+    insert = DecodeSlots.insert
+
+    def live_rows(slots):
+        pool, active = slots.state.cache.prefix, np.asarray(slots.state.active)
+        return np.bincount(np.asarray(pool.row)[active], minlength=pool.prefixes + 1)[:-1]
+
+    def record_insert(self, *args, **kwargs):
+        if self.pool is None:
+            return insert(self, *args, **kwargs)
+        before = live_rows(self)
+        outlived.extend(0 < live < unit_rows.get(p, 0) for p, live in enumerate(before))
+        insert(self, *args, **kwargs)
+        unit_rows.update({p: live for p, live in enumerate(live_rows(self)) if live > before[p]})
+
+    monkeypatch.setattr(DecodeSlots, "insert", record_insert)
+    pooled, stats = run_engine(model, items, sampling, batch_size=4, refill=True)
+    whole, whole_stats = run_engine(model, items, sampling, batch_size=4, refill=True, prefix_pool=False)
+    assert pooled == whole
+    assert stats["prefix_pool"] > 0 and whole_stats["prefix_pool"] == 0
+    lengths = [len(s) for samples in pooled.values() for s in samples]
+    assert MAX_NEW in lengths and min(lengths) < MAX_NEW, lengths
+    assert any(outlived) and max(unit_rows.values()) == 3 * samples and min(unit_rows.values()) == samples
+    if samples == 1:
+        assert run_engine(model, items, sampling, batch_size=4, refill=False)[0] == pooled
 
 
 def test_listed_decode_layout_holds_the_weights_once(checkpoint, model):
@@ -246,7 +281,7 @@ TENSOR_SCRIPT = textwrap.dedent("""
 
     def engine_rows(model, mesh=None, batch_size=3):
         engine = Engine(model, batch_size=batch_size, width=32, sampling=greedy, eos_id=2, pad_id=3, refill=True,
-                        mesh=mesh, rules=rules if mesh else None)
+                        mesh=mesh, rules=rules if mesh else None, prefix_pool=True)
         rows = {i: [s.tolist() for s in samples] for i, samples in engine.generate(enumerate(prompts))}
         assert engine.stats()["tail_slots"] == (4 if batch_size == 16 else engine.stats()["slots"]), engine.stats()
         return rows
@@ -330,7 +365,7 @@ def test_opt_teacher_rows_equal_generate_alone(opt_model):
         question = rng.integers(4, 96, int(n)).tolist()
         items += [Prompt(tuple(question + cue), int(rng.integers(0, 2**32)), len(question)) for cue in ([5, 6], [7])]
     engine = Engine(opt_model.for_decoding(), batch_size=3, width=prompt_width(items, OPT_MAX_NEW, 128),
-                    sampling=sampling, eos_id=EOS, pad_id=1, refill=True)
+                    sampling=sampling, eos_id=EOS, pad_id=1, refill=True, prefix_pool=True)
     out = {i: [s.tolist() for s in samples] for i, samples in engine.generate(enumerate(items))}
     lengths = [len(s) for samples in out.values() for s in samples]
     assert OPT_MAX_NEW in lengths and min(lengths) < OPT_MAX_NEW, lengths
@@ -362,9 +397,9 @@ def test_every_tail_slot_count_is_compiled_ahead(model, monkeypatch):
         ahead.update(slot_counts)
         return compile_ahead(self, slot_counts, inserts)
 
-    def record_run(self, max_steps, stop_at_active=0):
+    def record_run(self, max_steps, *stops):
         used.add(self.slots)
-        return run(self, max_steps, stop_at_active)
+        return run(self, max_steps, *stops)
 
     monkeypatch.setattr(DecodeSlots, "compile_ahead", record_ahead)
     monkeypatch.setattr(DecodeSlots, "run", record_run)
@@ -405,7 +440,7 @@ def test_decode_steps_compute_no_log_softmax_unless_asked(model):
     for logprobs in (False, True):
         slots = DecodeSlots(model.for_decoding(), slots=2, prompt_width=4, max_new_tokens=3, sampler=Sampler(),
                             eos_ids=np.array([EOS], np.int32), pad_id=PAD, logprobs=logprobs)
-        texts[logprobs] = _run.lower(slots.params, slots.state, slots.eos_ids, np.int32(3), np.int32(0),
+        texts[logprobs] = _run.lower(slots.params, slots.state, slots.eos_ids, np.int32(3), np.int32(0), np.int32(0),
                                      sampler=slots.sampler, logprobs=logprobs, **slots._static()).as_text()
         assert slots.state.logprobs.shape == (2, 3 if logprobs else 0)
     assert "stablehlo.log " not in texts[False] and "stablehlo.log " in texts[True]

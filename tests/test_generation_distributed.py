@@ -55,7 +55,7 @@ SCRIPT = textwrap.dedent("""
     prompts = [Prompt(tuple(r + cue), 11 * i, len(r)) for i, r in enumerate(rows * 3) for cue in ([5, 6], [7])]
     engine = Engine(model.for_decoding(), batch_size=4, width=prompt_width(prompts, 10, 128),
                     sampling=Sampling(temperature=1.0, top_k=20, max_new_tokens=10), eos_id=2, pad_id=3,
-                    refill=True, mesh=mesh, rules=rules)
+                    refill=True, mesh=mesh, rules=rules, prefix_pool=True)
     results["engine"] = {str(i): [s.tolist() for s in samples] for i, samples in engine.generate(enumerate(prompts))}
 
     tokenizer = load_tokenizer(checkpoint)

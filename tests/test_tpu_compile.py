@@ -77,6 +77,27 @@ def test_every_program_compiles_for_the_slice(family, mesh):
 
 
 @pytest.mark.slow
+def test_prefix_pool_programs_compile_for_the_slice():
+    """With a shared prefix (12 of 16 prompt tokens, units of 3 rows) the augment engine's programs are its prefix
+    pool's: rows hold their own 4 + 8 - 1 positions, the pool 2 x 8 / 3 -> 6 prefixes of 12."""
+    config = tiny("bloom", fsdp=-1)
+    config.generation_prefix_tokens, config.generation_rows_per_prefix = 12, 3
+    summary = job.dry_run(config)
+    gen = summary["generation"]
+    assert (gen["cache_length"], gen["prefix_pool"]) == (11, 6) and summary["fits"] is True
+    assert tuple(summary["programs"]) == PROGRAMS
+    assert all(p["fits"] and p["flops"] > 0 for p in summary["programs"].values())
+    text = job.format_report(summary)
+    assert "prefix pool: 6 prefixes of 12 tokens" in text and "| prefix pool (" in text
+    tpu = parse_slice(SLICE)
+    mesh, rules = mesh_from_config(config, tpu.devices())
+    lowered = generation_programs(config.model.to_dict(), mesh, rules, slots=8, prompt_tokens=16, max_new_tokens=8,
+                                  prefix_tokens=12, rows_per_prefix=3)
+    state = lowered["decode_round"]().args_info[0][1]
+    assert state.cache.key[0].shape[2] == 11 and state.cache.prefix.key[0].shape[:3:2] == (6, 12)
+
+
+@pytest.mark.slow
 def test_decode_round_is_one_device_loop_in_the_compute_dtype():
     config = tiny("bloom", fsdp=-1)
     tpu = parse_slice(SLICE)

@@ -198,6 +198,7 @@ def _save_stats(plan: _Plan, process_index: int, process_count: int, seconds: fl
              "records": sum(len(plan.chunks[c]) for c in plan.todo), "tokens": plan.tokens,
              "seconds": round(seconds, 3) if plan.todo else 0.0,
              "compiled_programs": engine.stats()["compiled_programs"] if engine and plan.todo else 0,
+             "program_seconds": engine.stats()["program_seconds"] if engine and plan.todo else {},
              "engine": engine.stats() if engine and plan.todo else None}
     if writer:
         path = plan.work.out_dir / RUNS / f"{process_index}-{time.time_ns()}.json"

@@ -51,10 +51,21 @@ def _throughput(out_dir: epath.Path) -> dict[str, Any]:
         "tokens_per_s": round(sum(t / s for _, t, s in per_process.values() if s), 1),
         "seconds": round(max((s for _, _, s in per_process.values()), default=0.0), 3),
         "compiled_programs": sum(r["compiled_programs"] for r in runs),
+        "program_seconds": _program_seconds(runs),
         "processes": len(per_process),
         "engine": _engine(runs),
         "runs": runs,
     }
+
+
+def _program_seconds(runs: list[dict[str, Any]]) -> dict[str, float]:
+    """Seconds spent obtaining programs (trace, lower, cache read, compile), summed over the runs (runs written
+    before this field have none)."""
+    total: dict[str, float] = {}
+    for r in runs:
+        for phase, seconds in r.get("program_seconds", {}).items():
+            total[phase] = round(total.get(phase, 0.0) + seconds, 3)
+    return total
 
 
 def _engine(runs: list[dict[str, Any]]) -> dict[str, Any]:

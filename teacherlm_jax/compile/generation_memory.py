@@ -5,7 +5,11 @@ and decodes `slots` rows against one KV cache of `prompt + max_new_tokens - 1` p
 is the teacher's weights in the compute dtype (`config.model.dtype`: bfloat16 for the BLOOM sizes),
 sharded by the mesh's logical-axis rules, plus one key and one value buffer per layer
 [slots, heads, length, head_dim] sharded as ("batch", "heads", "length", "kv"), plus one step's float32
-logits [slots, vocab]. Everything here is arithmetic on shapes, so it works on an `AbstractMesh` (any
+logits [slots, vocab]. With a prefix pool (`prefix_tokens` of each prompt shared by units of
+`rows_per_prefix` rows, as the engine's `prefix_pool` keeps TeacherLM's kinds of a record) a row's cache
+holds only its own `prompt - prefix + max_new_tokens - 1` positions and the pool
+`slots.pool_prefixes(...)` prefixes of `prefix_tokens`, sharded as POOL_AXES (whole on every data
+shard). `max_slots` per chip size: the most slots that fit. Everything here is arithmetic on shapes, so it works on an `AbstractMesh` (any
 mesh, no devices) as well as on the job's mesh; `decode_step_memory` also compiles one decode step for
 the job's (fake) devices as a cross-check against XLA's memory analysis.
 """
@@ -22,7 +26,7 @@ from flax import nnx
 from jax.sharding import AbstractMesh, Mesh, NamedSharding
 
 from teacherlm_jax.compile.topology import CHIPS as TPU_CHIPS
-from teacherlm_jax.generation.slots import CACHE_AXES
+from teacherlm_jax.generation.slots import CACHE_AXES, POOL_AXES, pool_prefixes
 from teacherlm_jax.errors import ConfigError
 from teacherlm_jax.init_from import resolve
 from teacherlm_jax.sharding import (
@@ -74,22 +78,43 @@ def generation_shapes(model: dict[str, Any], slots: int, prompt_tokens: int,
 
 def generation_memory(model: dict[str, Any], mesh: Mesh | AbstractMesh, rules: LogicalRules, slots: int = 16,
                       prompt_tokens: int = 512, max_new_tokens: int = 512,
-                      chips: dict[str, float] | None = None) -> dict[str, Any]:
-    """Per-chip bytes of generation (weights, KV cache, logits, total) and a verdict per chip size.
+                      chips: dict[str, float] | None = None, prefix_tokens: int = 0,
+                      rows_per_prefix: int = 3) -> dict[str, Any]:
+    """Per-chip bytes of generation (weights, KV cache, with `prefix_tokens` its prefix pool, logits, total) and
+    a verdict per chip size, with the most slots that fit it.
 
     `mesh` is a `Mesh` or an `AbstractMesh`; `chips` maps a name to its memory in GiB (default CHIPS).
     """
     abstract, cache = generation_shapes(model, slots, prompt_tokens, max_new_tokens)
+    if not 0 <= prefix_tokens < prompt_tokens:
+        raise ConfigError(f"config.generation_prefix_tokens={prefix_tokens} must lie in [0, "
+                          f"generation_prompt_tokens={prompt_tokens})")
+    _require_positive("generation_rows_per_prefix", rows_per_prefix)
     c = abstract.config
     params = nnx.to_pure_dict(nnx.state(abstract, nnx.Param))
     shards = jax.tree.map(lambda p, s: math.prod(s.shard_shape(p.shape)) * p.dtype.itemsize, params,
                           param_shardings(abstract, mesh, rules))
     weights = sum(jax.tree.leaves(shards))
     buffers = [x for x in jax.tree.leaves(cache) if x.ndim == len(CACHE_AXES)]
-    kv = sum(math.prod(shard_shape(x.shape, CACHE_AXES, mesh, rules)) * x.dtype.itemsize for x in buffers)
-    logits = math.prod(shard_shape((slots, c.vocab_size), LOGITS_AXES, mesh, rules)) * 4
-    total = weights + kv + logits
-    verdicts = {name: {"memory_gib": gib, "fits": total <= gib * GIB, "headroom_bytes": int(gib * GIB) - total}
+    length = prompt_tokens - prefix_tokens + max_new_tokens - 1  # a row's own positions
+    _, heads, _, head_dim = buffers[0].shape
+    itemsize = buffers[0].dtype.itemsize
+
+    def per_chip(rows: int) -> dict[str, int]:
+        kv = len(buffers) * math.prod(shard_shape((rows, heads, length, head_dim), CACHE_AXES, mesh, rules)) * itemsize
+        pool = {}
+        if prefix_tokens:
+            shape = (pool_prefixes(rows, rows_per_prefix, rows), heads, prefix_tokens, head_dim)
+            pool = {"prefix_pool": len(buffers) * math.prod(shard_shape(shape, POOL_AXES, mesh, rules)) * itemsize}
+        logits = math.prod(shard_shape((rows, c.vocab_size), LOGITS_AXES, mesh, rules)) * 4
+        return {"weights": weights, "kv_cache": kv, **pool, "logits": logits,
+                "total": weights + kv + sum(pool.values()) + logits}
+
+    memory = per_chip(slots)
+    total = memory["total"]
+    verdicts = {name: {"memory_gib": gib, "fits": total <= gib * GIB, "headroom_bytes": int(gib * GIB) - total,
+                       "max_slots": _max_slots(lambda n: per_chip(n)["total"] <= gib * GIB,
+                                               data_parallel_size(mesh, rules))}
                 for name, gib in (CHIPS if chips is None else chips).items()}
     return {
         "dtype": c.dtype,
@@ -98,13 +123,29 @@ def generation_memory(model: dict[str, Any], mesh: Mesh | AbstractMesh, rules: L
         "slots_per_chip": -(-slots // data_parallel_size(mesh, rules)),
         "prompt_tokens": prompt_tokens,
         "max_new_tokens": max_new_tokens,
-        "cache_length": prompt_tokens + max_new_tokens - 1,
-        "kv_buffer_shape": list(buffers[0].shape),
-        "kv_buffer_shape_per_chip": list(shard_shape(buffers[0].shape, CACHE_AXES, mesh, rules)),
+        "cache_length": length,
+        "prefix_tokens": prefix_tokens,
+        "rows_per_prefix": rows_per_prefix if prefix_tokens else 1,
+        "prefix_pool": pool_prefixes(slots, rows_per_prefix, slots) if prefix_tokens else 0,
+        "kv_buffer_shape": [slots, heads, length, head_dim],
+        "kv_buffer_shape_per_chip": list(shard_shape((slots, heads, length, head_dim), CACHE_AXES, mesh, rules)),
         "kv_buffers": len(buffers),
-        "bytes_per_chip": {"weights": weights, "kv_cache": kv, "logits": logits, "total": total},
+        "bytes_per_chip": memory,
         "chips": verdicts,
     }
+
+
+def _max_slots(fits, step: int) -> int:
+    """The most slots, a multiple of `step` (the data-parallel size), for which `fits(slots)` (0: none fit)."""
+    if not fits(step):
+        return 0
+    low, high = step, 2 * step
+    while fits(high):
+        low, high = high, 2 * high
+    while high - low > step:  # fits(low), not fits(high)
+        middle = (low + high) // 2 // step * step
+        low, high = (middle, high) if fits(middle) else (low, middle)
+    return low
 
 
 def decode_step_memory(model: dict[str, Any], mesh: Mesh, rules: LogicalRules, slots: int, prompt_tokens: int,

@@ -147,7 +147,8 @@ def dry_run(config: ml_collections.ConfigDict) -> dict[str, Any]:
 def tpu_report(config: ml_collections.ConfigDict, tpu: TpuSlice, mesh: Mesh, rules: LogicalRules,
                train_step: ProgramReport, limit_bytes: int, summary: dict[str, Any]) -> dict[str, Any]:
     """The slice, every program compiled for it, whether all fit, and the ceilings their bounds imply."""
-    lowered = generation_programs(config.model.to_dict(), mesh, rules, **generation_settings(config))
+    lowered = generation_programs(config.model.to_dict(), mesh, rules, **generation_settings(config),
+                                  **pool_settings(config))
     programs = {"train_step": whole_train_step(config, mesh, rules, train_step, tpu)}
     for name, program in lowered.items():
         programs[name] = compile_and_report(program, tpu.chip, limit_bytes)[1]
@@ -198,6 +199,12 @@ def generation_settings(config: ml_collections.ConfigDict) -> dict[str, int]:
             "max_new_tokens": config.get("generation_max_new_tokens", 512)}
 
 
+def pool_settings(config: ml_collections.ConfigDict) -> dict[str, int]:
+    """The prefix pool's sizes (none for configs that predate them)."""
+    return {"prefix_tokens": config.get("generation_prefix_tokens", 0),
+            "rows_per_prefix": config.get("generation_rows_per_prefix", 3)}
+
+
 def generation_report(config: ml_collections.ConfigDict, mesh: Mesh, rules: LogicalRules,
                       xla_step: bool = True) -> dict[str, Any]:
     """Generation's memory per chip on the job's mesh (v5e, v4 and `device_memory_gib` verdicts), with
@@ -206,7 +213,7 @@ def generation_report(config: ml_collections.ConfigDict, mesh: Mesh, rules: Logi
     settings = generation_settings(config)
     limit = float(config.get("device_memory_gib", 0.0))
     chips = {**CHIPS, **({"device_memory_gib": limit} if limit > 0 else {})}
-    report = generation_memory(config.model.to_dict(), mesh, rules, chips=chips, **settings)
+    report = generation_memory(config.model.to_dict(), mesh, rules, chips=chips, **settings, **pool_settings(config))
     xla = decode_step_memory(config.model.to_dict(), mesh, rules, **settings) if xla_step else None
     return {**report, "xla_decode_step": xla}
 
@@ -318,23 +325,37 @@ def format_generation(summary: dict[str, Any]) -> list[str]:
         f"- the teacher's weights once, in {gen['dtype']} (listed layers, no optimizer state), sharded over "
         f"mesh {summary['mesh']}",
         f"- {gen['slots']} decode slots, {gen['slots_per_chip']} per chip (split over the data-parallel axes); "
-        f"cache length {gen['prompt_tokens']} prompt + {gen['max_new_tokens']} new - 1 = {gen['cache_length']}",
+        f"cache length {gen['prompt_tokens']} prompt + {gen['max_new_tokens']} new - 1"
+        + (f" - {gen['prefix_tokens']} shared prefix" if gen.get("prefix_tokens") else "") + f" = {gen['cache_length']}",
+    ]
+    if gen.get("prefix_tokens"):
+        lines.append(f"- prefix pool: {gen['prefix_pool']} prefixes of {gen['prefix_tokens']} tokens, each stored and "
+                     f"read once for its {gen['rows_per_prefix']} rows")
+    lines += [
         "", "| per chip | size | bytes |", "|---|---|---|",
         f"| weights ({gen['num_params']:,} parameters, {gen['dtype']}) | {human_bytes(mem['weights'])} | "
         f"{mem['weights']} |",
         f"| KV cache ({gen['kv_buffers']} buffers of [{kv}] {gen['dtype']}) | {human_bytes(mem['kv_cache'])} | "
         f"{mem['kv_cache']} |",
+    ]
+    if "prefix_pool" in mem:
+        lines.append(f"| prefix pool ({gen['kv_buffers']} buffers) | {human_bytes(mem['prefix_pool'])} | "
+                     f"{mem['prefix_pool']} |")
+    lines += [
         f"| logits of one step (float32) | {human_bytes(mem['logits'])} | {mem['logits']} |",
         f"| **total** | {human_bytes(mem['total'])} | {mem['total']} |",
     ]
     if xla:
-        lines += [f"| XLA decode step: arguments (weights + cache + inputs) | {human_bytes(xla['arguments'])} | "
+        step = "XLA decode step" + (" (whole rows, no pool)" if "prefix_pool" in mem else "")
+        lines += [f"| {step}: arguments (weights + cache + inputs) | {human_bytes(xla['arguments'])} | "
                   f"{xla['arguments']} |",
-                  f"| XLA decode step: temporaries | {human_bytes(xla['temp'])} | {xla['temp']} |",
-                  f"| XLA decode step: peak | {human_bytes(xla['peak'])} | {xla['peak']} |"]
-    lines += ["", "| chip | memory per chip | generation total | headroom | verdict |", "|---|---|---|---|---|"]
+                  f"| {step}: temporaries | {human_bytes(xla['temp'])} | {xla['temp']} |",
+                  f"| {step}: peak | {human_bytes(xla['peak'])} | {xla['peak']} |"]
+    lines += ["", "| chip | memory per chip | generation total | headroom | verdict | slots that fit |",
+              "|---|---|---|---|---|---|"]
     lines += [f"| {name} | {v['memory_gib']:g} GiB | {human_bytes(mem['total'])} | {human_bytes(v['headroom_bytes'])} "
-              f"| {'fits' if v['fits'] else 'DOES NOT FIT'} |" for name, v in gen["chips"].items()]
+              f"| {'fits' if v['fits'] else 'DOES NOT FIT'} | {v.get('max_slots', '-')} |"
+              for name, v in gen["chips"].items()]
     if xla and summary["platform"] == "cpu" and gen["dtype"] != "float32":
         lines += ["", "The verdicts use the total from shapes. XLA's CPU backend computes bfloat16 matmuls in float32 "
                       "from float32 copies of the weights, so the CPU decode step's temporaries and peak overstate "

@@ -25,7 +25,7 @@ from teacherlm_jax.compile.topology import Chip
 from teacherlm_jax.eval.scoring import lower_scoring
 from teacherlm_jax.generation.sampler import Sampler
 from teacherlm_jax.generation.scheduler import TAIL_SLOTS
-from teacherlm_jax.generation.slots import InsertShape, SlotPrograms, slot_count
+from teacherlm_jax.generation.slots import InsertShape, PoolShape, SlotPrograms, pool_prefixes, slot_count
 from teacherlm_jax.models.graph_key import GraphKey
 from teacherlm_jax.sharding import LogicalRules, logical_to_spec
 
@@ -133,18 +133,27 @@ def decode_params(model: dict[str, Any], mesh: Mesh, rules: LogicalRules, slots:
 
 
 def generation_programs(model: dict[str, Any], mesh: Mesh, rules: LogicalRules, *, slots: int, prompt_tokens: int,
-                        max_new_tokens: int, eos_id: int = 2) -> dict[str, Lowering]:
+                        max_new_tokens: int, eos_id: int = 2, prefix_tokens: int = 0,
+                        rows_per_prefix: int = 3) -> dict[str, Lowering]:
     """The augment engine's programs at the compile job's `generation_*` sizes: `insert` (a fill of every slot
     with prompts of `prompt_tokens`), `decode_round` (a round of steps, TeacherLM's sampling, rows ending at
     EOS) and `shrink` (the tail's move to a quarter of the slots); and the eval job's `scoring` (a batch of
     `slots` sequences of `prompt_tokens`) and `generate` (its greedy decode loop; its prefill is `insert`).
-    Each is lowered when called (`compile_and_report` calls it)."""
+    With `prefix_tokens`, the augment engine's are its prefix pool's: units of `rows_per_prefix` rows share
+    that many leading tokens, stored and read once (`generation_memory`). Each is lowered when called
+    (`compile_and_report` calls it)."""
     rows = slot_count(slots, mesh, rules)
     graphdef, params = decode_params(model, mesh, rules, slots, prompt_tokens, max_new_tokens)
     common = dict(graphdef=graphdef, max_new_tokens=max_new_tokens, eos_ids=np.array([eos_id], np.int32),
                   pad_id=0, mesh=mesh, rules=tuple(rules))
-    augment = SlotPrograms(params, prompt_width=prompt_tokens, sampler=AUGMENT_SAMPLER, **common)
-    fill = InsertShape.of((rows, prompt_tokens), None, 1)
+    if prefix_tokens:
+        pool = PoolShape(pool_prefixes(rows, rows_per_prefix, rows), prefix_tokens, rows_per_prefix)
+        augment = SlotPrograms(params, prompt_width=prompt_tokens - prefix_tokens, sampler=AUGMENT_SAMPLER,
+                               pool=pool, **common)
+        fill = InsertShape(-(-rows // rows_per_prefix), prefix_tokens, rows, prompt_tokens - prefix_tokens, 1)
+    else:
+        augment = SlotPrograms(params, prompt_width=prompt_tokens, sampler=AUGMENT_SAMPLER, **common)
+        fill = InsertShape.of((rows, prompt_tokens), None, 1)
     tail = max(1, slot_count(max(TAIL_SLOTS, rows // 4), mesh, rules)) if rows > TAIL_SLOTS else rows
     evaluate = SlotPrograms(params, prompt_width=prompt_tokens, sampler=GREEDY, **common)
     return {

@@ -14,13 +14,23 @@ from collections.abc import Iterable
 import jax
 
 BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+# What obtaining a program costs, by phase (jax's duration events): tracing to a jaxpr, lowering it to
+# StableHLO, reading it from the persistent compilation cache, and compiling (or loading: the cache's
+# reads are counted in it too).
+PHASES = {"/jax/core/compile/jaxpr_trace_duration": "trace",
+          "/jax/core/compile/jaxpr_to_mlir_module_duration": "lower",
+          "/jax/compilation_cache/cache_retrieval_time_sec": "cache_read",
+          BACKEND_COMPILE_EVENT: "compile"}
 
 _counts: collections.Counter[str] = collections.Counter()
+_seconds: collections.Counter[str] = collections.Counter()
 _lock = threading.Lock()  # programs are also compiled by background threads (compile_ahead)
 
 
 def _listener(event: str, duration: float, **kwargs) -> None:
-    del duration
+    if event in PHASES:
+        with _lock:
+            _seconds[PHASES[event]] += duration
     if event == BACKEND_COMPILE_EVENT:
         with _lock:
             name = str(kwargs.get("fun_name", ""))  # "jit(_run)": the jitted function's own name inside
@@ -37,3 +47,11 @@ def compiled_programs(names: Iterable[str] | None = None) -> int:
         if names is None:
             return sum(_counts.values())
         return sum(_counts[name] for name in names)
+
+
+def program_seconds() -> dict[str, float]:
+    """Seconds this process has spent obtaining programs so far, every jitted function's, by phase (`PHASES`;
+    threads' compiles ahead included, so phases can overlap the decode loop). Differences of two readings
+    count what happened between them."""
+    with _lock:
+        return {phase: _seconds[phase] for phase in PHASES.values()}

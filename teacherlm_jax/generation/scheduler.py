@@ -21,7 +21,10 @@ steps (R large), the formula asks for a larger fraction (`refill_fraction`, `rou
 Each prompt takes `num_samples` slots (rows), which share its prefill. Consecutive prompts that share
 a prefix (`Prompt.prefix`: TeacherLM's kinds of one record share the question and its answer) form a
 unit, inserted whole when its slots are free, whose prefix is prefilled once: for TeacherLM's three
-kinds that halves the prefill. Units go in shortest first within windows of a few fills
+kinds that halves the prefill. With `prefix_pool` (the default on accelerators, in a job whose units hold
+more than one row) a unit's prefix is also stored and read once: it takes a free slot of the slots' prefix pool
+(`slots.pool_prefixes`) until its last row ends, and a round also ends once a pool slot
+is free for the next unit (`slots` module docstring). Units go in shortest first within windows of a few fills
 (ORDER_WINDOW_FILLS), so that one round's prefixes have about one width. Widths and counts are bucketed
 (`sampler`), so a job compiles a handful of prefill programs, on accelerators ahead, in background
 threads, from a simulation of the rounds. Once no prompt waits, the last rows move to a quarter of the
@@ -35,7 +38,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -43,9 +46,11 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from teacherlm_jax.data.padding import left_pad
+from teacherlm_jax.generation.compiles import program_seconds
 from teacherlm_jax.generation.sampler import (COUNT_BUCKETS, PREFILL_BUCKETS, PROMPT_BUCKETS, SUFFIX_BUCKETS, Sampler,
                                               bucket_length)
-from teacherlm_jax.generation.slots import DecodeSlots, InsertShape, RowSeeds, RowsView, num_traces, slot_count
+from teacherlm_jax.generation.slots import (DecodeSlots, InsertShape, PoolPlaces, PoolShape, RowSeeds, RowsView,
+                                            num_traces, pool_prefixes, slot_count)
 from teacherlm_jax.sharding import LogicalRules
 
 BUCKETS = PROMPT_BUCKETS  # the name this module's users know
@@ -92,12 +97,22 @@ def prompt_width(prompts: Iterable[Prompt], max_new_tokens: int, max_positions: 
     return max(longest, min(wanted, max_positions - max_new_tokens))
 
 
+class _New(NamedTuple):
+    """A prompt going into `slots` [samples]; pooled slots: its prefix's pool slot, its first row's member."""
+
+    prompt: Prompt
+    slots: list[int]
+    pool_slot: int | None = None
+    member: int = 0
+
+
 @dataclasses.dataclass
 class _Call:
-    """One prefill call: prefixes, and rows that each continue one of them into `slots` [copies]."""
+    """One prefill call: prefixes (pooled: each with its pool slot), and rows that each continue one of them."""
 
     prefixes: list[Sequence[int]]
-    rows: list[tuple[Sequence[int], int, Prompt, list[int]]]  # (own tokens, prefix number, prompt, slots)
+    rows: list[tuple[Sequence[int], int, _New]]  # (own tokens, prefix number, the prompt's placement)
+    pool_slots: list[int | None]
 
 
 class Engine:
@@ -107,12 +122,16 @@ class Engine:
     `refill_fraction` and `round_steps` (default: max_new_tokens) end a continuous round (module docstring).
     `inserts_ahead` compiles likely insert programs in the background (default: on accelerators only; on a
     CPU the compiles would take the cores the decode steps run on, so programs compile when first needed).
+    `prefix_pool` stores each unit's shared prefix once and reads it once a step for all its rows (the module
+    docstring), in a job whose units hold more than one row; False keeps whole prompts in every row. Default:
+    on accelerators only (on XLA CPU the pool's batched prefix dots made the engine_overhead workload 15%
+    slower, docs/performance.md).
     """
 
     def __init__(self, model: nnx.Module, *, batch_size: int, width: int, sampling: Any, eos_id: int | None,
                  pad_id: int, refill: bool, mesh: Mesh | None = None, rules: LogicalRules | None = None,
                  refill_fraction: float = REFILL_FRACTION, round_steps: int | None = None,
-                 inserts_ahead: bool | None = None):
+                 inserts_ahead: bool | None = None, prefix_pool: bool | None = None):
         if not 0 < refill_fraction <= 1:
             raise ValueError(f"refill_fraction={refill_fraction!r}; expected a fraction of the slots in (0, 1]")
         self.samples = sampling.num_samples
@@ -128,12 +147,14 @@ class Engine:
         self.usable = batch_size * self.samples
         self.refill_rows = max(1, round(refill_fraction * self.usable))
         self.round_steps = round_steps or sampling.max_new_tokens
-        self.traces = num_traces()
+        self.traces, self.program_seconds = num_traces(), program_seconds()
         self.mesh, self.rules = mesh, rules
         self.all_slots = self.slots.slots
         self.ends_early = bool(eos)
         platform = (mesh.devices.flat[0] if mesh is not None else jax.devices()[0]).platform
         self.inserts_ahead = platform != "cpu" if inserts_ahead is None else inserts_ahead
+        self.prefix_pool = platform != "cpu" if prefix_pool is None else prefix_pool
+        self.max_positions = model.config.max_position_embeddings
 
     def stats(self) -> dict[str, Any]:
         """Counters since the engine was made (summary.json's `engine`)."""
@@ -142,32 +163,42 @@ class Engine:
                 "tail_slots": s.slots, "prompt_width": self.width, "rounds": s.rounds,
                 "decode_steps": s.decode_steps, "slot_steps": s.slot_steps, "kept_tokens": s.kept_tokens,
                 "slot_occupancy": round(s.kept_tokens / max(1, s.slot_steps), 4),
-                "prefill_tokens": s.prefill_tokens, "compiled_programs": num_traces() - self.traces}
+                "prefill_tokens": s.prefill_tokens, "compiled_programs": num_traces() - self.traces,
+                "program_seconds": {phase: round(t - self.program_seconds[phase], 3)
+                                    for phase, t in program_seconds().items()},
+                "prefix_pool": 0 if s.pool is None else s.pool.prefixes}
 
     def generate(self, prompts: Iterable[tuple[Any, Prompt]]) -> Iterator[tuple[Any, list[np.ndarray]]]:
         """(tag, the tokens of each sample, its ending EOS included) per tagged prompt, as its rows end."""
         prompts = list(prompts)
-        self.slots.reset()  # every slot, none live (a previous call may have left the tail's few)
         units = self._in_width_order(list(self._units(prompts)))
+        self._lay_out(units)  # every slot, none live (a previous call may have left the tail's few)
         self._compile_ahead(units)
         next_unit = 0
-        owners: dict[int, tuple[int, int]] = {}  # slot -> (prompt number, sample)
+        owners: dict[int, tuple[int, int, int | None]] = {}  # slot -> (prompt number, sample, pool slot)
         waiting: dict[int, tuple[Any, list[np.ndarray | None]]] = {}  # prompt number -> (tag, samples)
-        ended: list[tuple[tuple[int, int], np.ndarray]] = []  # the last round's ended rows, not yet handed out
+        ended: list[tuple[tuple[int, int, int | None], np.ndarray]] = []  # the last round's ended rows
         count, free = 0, list(range(self.usable))
+        pool = self.slots.pool
+        free_prefixes = [] if pool is None else list(range(pool.prefixes))
+        holders: dict[int, int] = {}  # pool slot -> its live rows
         while True:
             if self.refill or not owners:
                 new = []
-                while next_unit < len(units) and len(units[next_unit]) * self.samples <= len(free):
-                    for tag, prompt in units[next_unit]:
+                while (next_unit < len(units) and len(units[next_unit]) * self.samples <= len(free)
+                       and (pool is None or free_prefixes)):
+                    prefix_slot = None if pool is None else free_prefixes.pop(0)
+                    for place, (tag, prompt) in enumerate(units[next_unit]):
                         slots, free = free[:self.samples], free[self.samples:]
                         waiting[count] = (tag, [None] * self.samples)
-                        owners.update({slot: (count, s) for s, slot in enumerate(slots)})
-                        new.append((prompt, slots))
+                        owners.update({slot: (count, s, prefix_slot) for s, slot in enumerate(slots)})
+                        new.append(_New(prompt, slots, prefix_slot, place * self.samples))
                         count += 1
+                    if pool is not None:
+                        holders[prefix_slot] = len(units[next_unit]) * self.samples
                     next_unit += 1
                 self._insert(new)
-            pending = self.slots.run(self.round_steps, self._stop_at(len(owners), units[next_unit:next_unit + 1]))\
+            pending = self.slots.run(self.round_steps, *self._stop_at(len(owners), units[next_unit:next_unit + 1]))\
                 if owners else None
             yield from self._hand_out(ended, waiting)  # while the device decodes the round just dispatched
             if pending is None:
@@ -176,6 +207,11 @@ class Engine:
             view: RowsView = pending.result()
             done = sorted(slot for slot in owners if not view.active[slot])
             ended = [(owners.pop(slot), view.tokens[slot, :view.steps[slot]]) for slot in done]
+            for (_, _, prefix_slot), _ in ended:
+                if prefix_slot is not None:
+                    holders[prefix_slot] -= 1
+                    if not holders[prefix_slot]:  # its last row ended: the prefix leaves the pool
+                        free_prefixes.append(prefix_slot)
             free = sorted(free + done)
             if next_unit == len(units) and self.refill:
                 owners = self._shrink(owners)
@@ -183,22 +219,23 @@ class Engine:
 
     @staticmethod
     def _hand_out(ended, waiting) -> Iterator[tuple[Any, list[np.ndarray]]]:
-        for (number, sample), tokens in ended:
+        for (number, sample, _), tokens in ended:
             tag, samples = waiting[number]
             samples[sample] = tokens
             if all(x is not None for x in samples):
                 del waiting[number]
                 yield tag, samples
 
-    def _stop_at(self, live: int, upcoming: list) -> int:
-        """Live rows at which the round ends: enough free slots for the next unit, or a smaller tail."""
+    def _stop_at(self, live: int, upcoming: list) -> tuple[int, int | None]:
+        """Live rows and live prefixes (None: any) at which the round ends: enough free slots and a free pool
+        slot for the next unit, or a smaller tail."""
         if not self.refill:
-            return 0
+            return 0, None
         if upcoming:
             need = max(self.refill_rows, len(upcoming[0]) * self.samples)
-            return max(0, self.usable - need)
+            return max(0, self.usable - need), None if self.slots.pool is None else self.slots.pool.prefixes - 1
         smaller = [s for s in self._tail_sizes() if s < self.slots.slots]
-        return smaller[0] if smaller else 0
+        return (smaller[0] if smaller else 0), None
 
     def _tail_sizes(self) -> list[int]:
         """The slot counts the last rows move through: a quarter at a time, down to TAIL_SLOTS."""
@@ -245,28 +282,56 @@ class Engine:
             start = end
         return ordered
 
-    def _insert(self, new: list[tuple[Prompt, list[int]]]) -> None:
-        for ids, mask, prefix, parent, slot_ids, seeds in self._calls_arrays(new):
-            self.slots.insert(ids, mask, slot_ids, seeds, prefix=prefix, parent=parent)
+    def _lay_out(self, units: list[list[tuple[Any, Prompt]]]) -> None:
+        """Empties the slots, laid out for this job: with `prefix_pool` and units of several rows, a pool of
+        prefixes as wide as the job's widest prefill and rows as wide as its widest own tokens; else whole
+        prompts `width` wide."""
+        members = max((len(unit) for unit in units), default=1) * self.samples
+        if not self.prefix_pool or members == 1 or not units:
+            self.slots.relayout(self.width, None)
+            return
+        widths = [self._pool_widths(call) for unit in units
+                  for call in self._calls([_New(p, [], 0, 0) for _, p in unit])]
+        prefixes = pool_prefixes(self.usable, members, self.all_slots)
+        self.slots.relayout(max(ws for _, ws in widths), PoolShape(prefixes, max(wp for wp, _ in widths), members))
 
-    def _calls_arrays(self, new: list[tuple[Prompt, list[int]]]) -> list[tuple]:
+    def _insert(self, new: list[_New]) -> None:
+        for ids, mask, prefix, parent, slot_ids, seeds, places in self._calls_arrays(new):
+            self.slots.insert(ids, mask, slot_ids, seeds, prefix=prefix, parent=parent, places=places)
+
+    def _calls_arrays(self, new: list[_New]) -> list[tuple]:
         return [arrays for call in self._calls(new) for arrays in self._arrays(call)]
 
-    def _calls(self, new: list[tuple[Prompt, list[int]]]) -> list[_Call]:
+    def _calls(self, new: list[_New]) -> list[_Call]:
         """One prefill call for the prompts that share nothing and one for the shared-prefix units (a job's
-        prompts are usually all one or the other: one call a round), each prefix once."""
-        lone = [(p, slots) for p, slots in new if not p.prefix]
-        calls = [_Call([p.ids[:-1] for p, _ in lone], [(p.ids[-1:], i, p, s) for i, (p, s) in enumerate(lone)])]
-        shared = _Call([], [])
-        for _, unit in itertools.groupby([(p, s) for p, s in new if p.prefix], key=lambda x: tuple(x[0].ids[:x[0].prefix])):
+        prompts are usually all one or the other: one call a round), each prefix once (with a pool: once per
+        pool slot)."""
+        lone = [x for x in new if not x.prompt.prefix]
+        calls = [_Call([x.prompt.ids[:-1] for x in lone], [(x.prompt.ids[-1:], i, x) for i, x in enumerate(lone)],
+                       [x.pool_slot for x in lone])]
+        shared = _Call([], [], [])
+        key = lambda x: (tuple(x.prompt.ids[:x.prompt.prefix]), x.pool_slot)
+        for _, unit in itertools.groupby([x for x in new if x.prompt.prefix], key=key):
             unit = list(unit)
-            shared.prefixes.append(unit[0][0].ids[:unit[0][0].prefix])
-            shared.rows += [(p.ids[p.prefix:], len(shared.prefixes) - 1, p, s) for p, s in unit]
+            shared.prefixes.append(unit[0].prompt.ids[:unit[0].prompt.prefix])
+            shared.pool_slots.append(unit[0].pool_slot)
+            shared.rows += [(x.prompt.ids[x.prompt.prefix:], len(shared.prefixes) - 1, x) for x in unit]
         calls.append(shared)
         return [call for call in calls if call.rows]
 
+    def _pool_widths(self, call: _Call) -> tuple[int, int]:
+        """(prefix width, own width) of a call into pooled slots: the prefixes' bucket, the own tokens' bucket."""
+        longest = max(len(p) for p in call.prefixes)
+        own = max(len(ids) for ids, *_ in call.rows)
+        if own == 1:  # prompts that share nothing: the whole prompt's bucket, less the step's token
+            return max(longest, min(bucket_length(longest + 1, PREFILL_BUCKETS), self.max_positions) - 1), 1
+        wp, ws = _shared_widths(longest, own)
+        return max(longest, min(wp, self.max_positions - ws)), ws
+
     def _widths(self, call: _Call) -> tuple[int, int] | None:
         """(prefix width, own width) of a call, or None when its rows do not fit the slots in one call."""
+        if self.slots.pool is not None:
+            return self._pool_widths(call)
         longest = max(len(p) for p in call.prefixes)
         own = max(len(ids) for ids, *_ in call.rows)
         if own == 1:  # prompts that share nothing: the whole prompt's bucket, less the step's token
@@ -274,30 +339,37 @@ class Engine:
         wp, ws = _shared_widths(longest, own)
         if wp + ws > self.slots.length:
             wp = longest
-        fits = all(len(call.prefixes[j]) + ws <= self.width for _, j, _, _ in call.rows) and wp + ws <= self.slots.length
+        fits = all(len(call.prefixes[j]) + ws <= self.width for _, j, _ in call.rows) and wp + ws <= self.slots.length
         return (wp, ws) if fits else None
 
     def _arrays(self, call: _Call) -> Iterator[tuple]:
-        """(ids, mask, (prefix ids, prefix mask), parent, slot ids, seeds) of one call; rows and prefixes are
-        padded to COUNT_BUCKETS (padding rows go to no slot)."""
+        """(ids, mask, (prefix ids, prefix mask), parent, slot ids, seeds, pool places or None) of one call; rows
+        and prefixes are padded to COUNT_BUCKETS (padding rows go to no slot, padding prefixes to no pool slot)."""
         widths = self._widths(call)
         if widths is None:  # rows whose prefix and the call's own width overflow: exact widths, one unit a call
             for j in range(len(call.prefixes)):
-                rows = [r for r in call.rows if r[1] == j]
-                yield from self._arrays(_Call([call.prefixes[j]], [(ids, 0, p, s) for ids, _, p, s in rows]))
+                rows = [(ids, 0, x) for ids, i, x in call.rows if i == j]
+                yield from self._arrays(_Call([call.prefixes[j]], rows, [call.pool_slots[j]]))
             return
         wp, ws = widths
         k, m = bucket_length(len(call.prefixes), COUNT_BUCKETS), bucket_length(len(call.rows), COUNT_BUCKETS)
         pad = self.slots.pad_id
         prefix = left_pad(list(call.prefixes) + [()] * (k - len(call.prefixes)), wp, pad)
         ids, mask = left_pad([ids for ids, *_ in call.rows] + [()] * (m - len(call.rows)), ws, pad)
-        parent = np.array([j for _, j, _, _ in call.rows] + [0] * (m - len(call.rows)), np.int32)
+        parent = np.array([j for _, j, _ in call.rows] + [0] * (m - len(call.rows)), np.int32)
         slot_ids = np.full((m, self.samples), self.slots.full_slots, np.int32)  # padding rows: no slot
-        slot_ids[:len(call.rows)] = [slots for *_, slots in call.rows]
-        prompts = [p for _, _, p, _ in call.rows] + [None] * (m - len(call.rows))
+        slot_ids[:len(call.rows)] = [x.slots for *_, x in call.rows]
+        prompts = [x.prompt for *_, x in call.rows] + [None] * (m - len(call.rows))
         seeds = RowSeeds.of(np.repeat([0 if p is None else p.seed for p in prompts], self.samples),
                             np.zeros(m * self.samples), np.tile(np.arange(self.samples), m))
-        yield ids, mask, prefix, parent, slot_ids, seeds
+        places = None
+        if self.slots.pool is not None:
+            pool = self.slots.pool
+            members = np.zeros((m, self.samples), np.int32)
+            members[:len(call.rows)] = [x.member + np.arange(self.samples) for *_, x in call.rows]
+            places = PoolPlaces(np.array(call.pool_slots + [pool.prefixes] * (k - len(call.prefixes)), np.int32),
+                                members.reshape(-1))
+        yield ids, mask, prefix, parent, slot_ids, seeds, places
 
     def _compile_ahead(self, units: list[list[tuple[Any, Prompt]]]) -> None:
         """Compiles the round programs of every slot count of the tail, and the insert programs that rounds
@@ -308,8 +380,9 @@ class Engine:
         while first < len(units) and len(units[first]) <= room:
             room -= len(units[first])
             first += 1
+        slot = None if self.slots.pool is None else 0
         shapes = lambda group: [InsertShape.of(a[0].shape, a[2][0].shape, self.samples) for a in self._calls_arrays(
-            [(p, [0] * self.samples) for unit in group for _, p in unit])]
+            [_New(p, [0] * self.samples, slot, 0) for unit in group for _, p in unit])]
         compiled_first = set(shapes(units[:first]))
         rest = units[first:] if self.refill and self.inserts_ahead else []
         rounds = [rest[i:i + 1] for i in range(len(rest))] + [rest[i:i + 2] for i in range(0, len(rest) - 1, 2)]

@@ -28,6 +28,15 @@ TeacherLM's workload that window averages ~80% of L, but on XLA CPU attention ov
 static or dynamic, measured 6x slower than over the whole cache (benchmarks/decode_window.py,
 docs/performance.md), and skipping per row needs a ragged kernel.
 
+Pooled slots (`pool`: the engine's units of several rows) store each unit's shared prefix once, in a pool
+of `PoolShape.prefixes` prefixes (`layers.PrefixPool`), and a row's cache holds only its own columns: its
+kind's prompt tokens (right-aligned in `prompt_width` columns) and its generated tokens. A decode step reads
+each live prefix once for all its rows (their queries laid out [prefixes, members], Hydragen's batched
+matmul) and merges that part with the row's own by log-sum-exp (`layers.attend_with_prefix`); positions
+count the row's mask over its prefix then its own columns, so ALiBi and OPT's positions are those of the
+whole row. A row ending leaves its place in the pool (its pool slot set past the pool); its prefix stays
+until the host, which assigns pool slots, sees its last row end.
+
 `shrink` moves rows to a smaller cache (the end of a job), `compile_ahead` compiles programs in the
 background. JetStream's and MaxText's offline engines are the references.
 
@@ -54,11 +63,13 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from teacherlm_jax.generation.compiles import compiled_programs
 from teacherlm_jax.generation.sampler import Sampler
 from teacherlm_jax.models.graph_key import GraphKey
-from teacherlm_jax.models.layers import KVCache
+from teacherlm_jax.models.layers import KVCache, PrefixPool
 from teacherlm_jax.sharding import LogicalRules, activation_sharding, logical_to_spec
 
 # Logical axes of each layer's key (and value) cache buffer.
 CACHE_AXES = ("batch", "heads", "length", "kv")
+# ... and of the prefix pool's: its prefixes are not split over the data axes.
+POOL_AXES = (None, "heads", "length", "kv")
 # The jitted functions of this module, whose compiles `num_traces` counts.
 PROGRAMS = ("_insert", "_run", "_gather")
 
@@ -85,6 +96,33 @@ class InsertShape(NamedTuple):
         return InsertShape(m, w - 1, m, 1, copies) if prefix_shape is None else InsertShape(*prefix_shape, m, w, copies)
 
 
+# A prefix pool holds this many times the units that fill the slots at once: a unit's prefix stays until its
+# last row ends, so live prefixes outnumber the units of one fill.
+POOL_FILLS = 2
+
+
+def pool_prefixes(rows: int, rows_per_prefix: int, slots: int) -> int:
+    """Pool slots for `rows` rows in units of `rows_per_prefix` rows: POOL_FILLS fills' units, at most `slots`."""
+    return min(slots, -(-POOL_FILLS * rows // rows_per_prefix))
+
+
+class PoolShape(NamedTuple):
+    """The prefix pool of pooled slots: `prefixes` pool slots of `width` columns, each prefix read once a step
+    for at most `members` rows (`layers.PrefixPool`)."""
+
+    prefixes: int
+    width: int
+    members: int
+
+
+class PoolPlaces(NamedTuple):
+    """Where an insert's prefixes and rows go in the pool, as host arrays: each prefix's pool slot [k] (the pool's
+    size: none) and each inserted row's member number [m * copies]."""
+
+    prefix_slots: np.ndarray
+    members: np.ndarray
+
+
 class RowSeeds(NamedTuple):
     """Each inserted row's key, `fold_in(fold_in(key(seed), offset), sample)`, as host arrays [rows]."""
 
@@ -100,7 +138,8 @@ class RowSeeds(NamedTuple):
 class SlotState(NamedTuple):
     """Everything a decode step reads and writes, one row per slot (donated through the programs)."""
 
-    cache: KVCache  # per layer [slots, heads, L, head_dim]; index [slots]: next write column (L: no live row)
+    cache: KVCache  # per layer [slots, heads, L, head_dim]; index [slots]: next write column (L: no live row);
+    # pooled slots: prefix holds the shared prefixes, a row's cache only its own columns
     mask: jax.Array  # int32 [slots, L]
     token: jax.Array  # int32 [slots]: the next step's input
     keys: jax.Array  # PRNG keys [slots]: the row's own key
@@ -174,6 +213,7 @@ class DecodeSlots:
     mesh: Mesh | None = None
     rules: LogicalRules | None = None
     logprobs: bool = False
+    pool: PoolShape | None = None
 
     def __post_init__(self):
         self.rules = None if self.rules is None else tuple(
@@ -198,7 +238,7 @@ class DecodeSlots:
 
     def _empty(self, slots: int) -> SlotState:
         state = _empty_state(self.params, slots=slots, length=self.length, max_new=self.max_new_tokens,
-                             logprobs=self.logprobs, **self._static())
+                             logprobs=self.logprobs, pool=self.pool, **self._static())
         # Committed to the parameters' device, as every program's output from it is: one input layout, one
         # program each (on a mesh, `_placed` lays it out).
         devices = jax.tree.leaves(self.params)[0].sharding.device_set
@@ -210,6 +250,15 @@ class DecodeSlots:
         """Empty slots, `slots` of them (default: as many as the slots were made with, before any `shrink`)."""
         self.slots = self.full_slots if slots is None else slots
         self.state = self._empty(self.slots)
+
+    def relayout(self, prompt_width: int, pool: PoolShape | None) -> None:
+        """Empty slots laid out anew: rows of `prompt_width` prompt columns (with a pool: a row's own tokens
+        after its prefix), and a prefix pool or none. Programs compiled ahead for the old layout are dropped."""
+        if (prompt_width, pool) != (self.prompt_width, self.pool):
+            self.join()
+            self.prompt_width, self.pool, self._ahead = prompt_width, pool, {}
+            self.length = prompt_width + self.max_new_tokens - 1
+        self.reset()
 
     def compile_ahead(self, slot_counts: Sequence[int], inserts: Sequence[InsertShape] = ()) -> None:
         """Compiles `run` for these slot counts, `shrink` from each to every smaller one, and `insert` for these
@@ -237,7 +286,8 @@ class DecodeSlots:
         """The slots' programs, to lower for their exact shapes and layouts."""
         return SlotPrograms(self.params, graphdef=self.graphdef, prompt_width=self.prompt_width,
                             max_new_tokens=self.max_new_tokens, sampler=self.sampler, eos_ids=self.eos_ids,
-                            pad_id=self.pad_id, mesh=self.mesh, rules=self.rules, logprobs=self.logprobs)
+                            pad_id=self.pad_id, mesh=self.mesh, rules=self.rules, logprobs=self.logprobs,
+                            pool=self.pool)
 
     def _wait_ahead(self, *key) -> None:
         """Waits for this program's compile if one is under way ahead (a call now would compile it again)."""
@@ -252,7 +302,8 @@ class DecodeSlots:
             future.result()
 
     def insert(self, ids: np.ndarray, mask: np.ndarray, slot_ids: np.ndarray, seeds: RowSeeds,
-               prefix: tuple[np.ndarray, np.ndarray] | None = None, parent: np.ndarray | None = None) -> None:
+               prefix: tuple[np.ndarray, np.ndarray] | None = None, parent: np.ndarray | None = None,
+               places: PoolPlaces | None = None) -> None:
         """Prefills left-padded prompts into slots `slot_ids` [m, copies] (a row's copies share its
         prefill); `seeds` [m * copies] are the rows' keys; a slot id of `slots` or more writes nowhere.
 
@@ -260,6 +311,8 @@ class DecodeSlots:
         rows share prefixes: row j is `prefix[parent[j]]` followed by its own `ids[j]` (left-padded too),
         and each prefix is prefilled once. Columns past `prompt_width` (wp + w may be up to the cache's
         length, so that a prefill's bucket need not widen every slot) must be the prefixes' left padding.
+        Pooled slots (`pool`) take `places`: each prefix goes once into its pool slot (wp at most the pool's
+        width), each row's own tokens (w at most `prompt_width`) into its slot.
         """
         ids, mask = np.asarray(ids, np.int32), np.asarray(mask, np.int32)
         if prefix is None:  # all but the last token are a prefix of the row's own
@@ -268,25 +321,45 @@ class DecodeSlots:
         (prefix_ids, prefix_mask), (m, width) = prefix, ids.shape
         prefix_ids, prefix_mask = np.asarray(prefix_ids, np.int32), np.asarray(prefix_mask, np.int32)
         parent = np.asarray(parent, np.int32)
+        slot_ids = np.asarray(slot_ids, np.int32).reshape(m, -1)
+        self._check_fits(prefix_mask, mask, parent, places, slot_ids.size)
+        self._wait_ahead("insert", InsertShape(*prefix_ids.shape, m, width, slot_ids.shape[1]))
+        if places is not None:
+            places = PoolPlaces(np.asarray(places.prefix_slots, np.int32), np.asarray(places.members, np.int32))
+        self.state = _insert(self.params, self.state, prefix_ids, prefix_mask, ids, mask, parent,
+                             slot_ids.reshape(-1), RowSeeds(*(np.asarray(x) for x in seeds)), places,
+                             prompt_width=self.prompt_width, copies=slot_ids.shape[1], **self._static())
+        self.prefill_tokens += prefix_ids.size + m * (width - 1)
+
+    def _check_fits(self, prefix_mask: np.ndarray, mask: np.ndarray, parent: np.ndarray,
+                    places: PoolPlaces | None, rows: int) -> None:
+        if (places is None) != (self.pool is None):
+            raise ValueError("pooled slots take `places` (each prefix's pool slot, each row's member), others none")
+        if self.pool is not None:
+            if prefix_mask.shape[1] > self.pool.width or mask.shape[1] > self.prompt_width:
+                raise ValueError(f"prefixes of width {prefix_mask.shape[1]} and own prompts of width {mask.shape[1]} "
+                                 f"do not fit the pool's width {self.pool.width} and prompt_width={self.prompt_width}")
+            members = np.asarray(places.members)
+            if len(places.prefix_slots) != len(prefix_mask) or members.shape != (rows,) or not (
+                    0 <= members).all() or not (members < self.pool.members).all():
+                raise ValueError(f"places: one pool slot per prefix ({len(prefix_mask)}) and one member below "
+                                 f"{self.pool.members} per row ({rows})")
+            return
         row_mask = np.concatenate([prefix_mask[parent], mask], axis=1)
         total = row_mask.shape[1]
         if total > self.length or row_mask[:, :max(0, total - self.prompt_width)].any():
             raise ValueError(f"prompts of width {total} (padding included) do not fit the slots' prompt_width="
                              f"{self.prompt_width}: only left padding may go past it")
-        slot_ids = np.asarray(slot_ids, np.int32).reshape(m, -1)
-        self._wait_ahead("insert", InsertShape(*prefix_ids.shape, m, width, slot_ids.shape[1]))
-        self.state = _insert(self.params, self.state, prefix_ids, prefix_mask, ids, mask, parent,
-                             slot_ids.reshape(-1), RowSeeds(*(np.asarray(x) for x in seeds)),
-                             prompt_width=self.prompt_width, copies=slot_ids.shape[1], **self._static())
-        self.prefill_tokens += prefix_ids.size + m * (width - 1)
 
-    def run(self, max_steps: int, stop_at_active: int = 0) -> Round:
+    def run(self, max_steps: int, stop_at_active: int = 0, stop_at_prefixes: int | None = None) -> Round:
         """Dispatches at most `max_steps` decode steps, ending once at most `stop_at_active` rows are live
-        (0: once every row has ended); returns without waiting for them."""
+        (0: once every row has ended) and, with a pool, at most `stop_at_prefixes` prefixes have live rows
+        (default: no condition); returns without waiting for them."""
         self._wait_ahead("run", self.slots)
+        prefixes = self.pool.prefixes if self.pool is not None and stop_at_prefixes is None else stop_at_prefixes
         self.state, outputs = _run(self.params, self.state, self.eos_ids, np.int32(max_steps),
-                                   np.int32(stop_at_active), sampler=self.sampler, logprobs=self.logprobs,
-                                   **self._static())
+                                   np.int32(stop_at_active), np.int32(prefixes or 0), sampler=self.sampler,
+                                   logprobs=self.logprobs, **self._static())
         self.rounds += 1
         return Round(self, outputs, self.slots)
 
@@ -328,6 +401,7 @@ class SlotPrograms:
     mesh: Mesh | None = None
     rules: LogicalRules | None = None
     logprobs: bool = False
+    pool: PoolShape | None = None
 
     @property
     def length(self) -> int:
@@ -340,13 +414,13 @@ class SlotPrograms:
         """The state of `slots` slots as a real one is laid out, shardings included: a program compiled
         ahead for other input shardings than the call's would not be the one the call runs."""
         empty = _empty_state.lower(self.params, slots=slots, length=self.length, max_new=self.max_new_tokens,
-                                   logprobs=self.logprobs, **self._static()).compile()
+                                   logprobs=self.logprobs, pool=self.pool, **self._static()).compile()
         return jax.tree.map(lambda info, sharding: jax.ShapeDtypeStruct(info.shape, info.dtype, sharding=sharding),
                             empty.out_info, empty.output_shardings)
 
     def lower_run(self, slots: int) -> jax.stages.Lowered:
         """A round of decode steps over `slots` slots."""
-        return _run.lower(self.params, self.state_shapes(slots), self.eos_ids, np.int32(0), np.int32(0),
+        return _run.lower(self.params, self.state_shapes(slots), self.eos_ids, np.int32(0), np.int32(0), np.int32(0),
                           sampler=self.sampler, logprobs=self.logprobs, **self._static())
 
     def lower_gather(self, slots: int, smaller: int) -> jax.stages.Lowered:
@@ -360,9 +434,10 @@ class SlotPrograms:
         ints = lambda *dims: jax.ShapeDtypeStruct(dims, jnp.int32)
         n = shape.rows * shape.copies
         seeds = RowSeeds(jax.ShapeDtypeStruct((n,), jnp.uint32), ints(n), ints(n))
+        places = None if self.pool is None else PoolPlaces(ints(shape.prefixes), ints(n))
         return _insert.lower(self.params, self.state_shapes(slots), ints(shape.prefixes, shape.prefix_width),
                              ints(shape.prefixes, shape.prefix_width), ints(shape.rows, shape.width),
-                             ints(shape.rows, shape.width), ints(shape.rows), ints(n), seeds,
+                             ints(shape.rows, shape.width), ints(shape.rows), ints(n), seeds, places,
                              prompt_width=self.prompt_width, copies=shape.copies, **self._static())
 
 
@@ -377,14 +452,21 @@ def _placed(state: SlotState, mesh: Mesh | None, rules) -> SlotState:
     rows = logical_to_spec(("batch",), rules or ())[0]
     cache_spec = logical_to_spec(CACHE_AXES, rules or ())
 
-    def place(x):
-        if x.ndim == len(CACHE_AXES):
+    def place(x, spec=None):
+        if spec is None and x.ndim == len(CACHE_AXES):
             spec = cache_spec
-        else:
+        elif spec is None:
             spec = PartitionSpec(rows, *(None,) * (x.ndim - 1)) if x.ndim else PartitionSpec()
         return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 
-    return jax.tree.map(place, state)
+    pool = state.cache.prefix
+    state = jax.tree.map(place, state._replace(cache=state.cache.replace(prefix=None)))
+    if pool is not None:  # every data shard reads the whole pool (its rows' prefixes are anywhere in it)
+        pool_spec = logical_to_spec(POOL_AXES, rules or ())
+        pool = pool.replace(key=tuple(place(x, pool_spec) for x in pool.key),
+                            value=tuple(place(x, pool_spec) for x in pool.value), mask=place(pool.mask, PartitionSpec()),
+                            row=place(pool.row), member=place(pool.member))
+    return state._replace(cache=state.cache.replace(prefix=pool))
 
 
 def _replicated(arrays, *, mesh: Mesh | None):
@@ -399,13 +481,19 @@ def _replicate(arrays, *, mesh: Mesh):
     return jax.lax.with_sharding_constraint(arrays, NamedSharding(mesh, PartitionSpec()))
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "slots", "length", "max_new", "logprobs", "pad_id", "mesh",
-                                             "rules"))
-def _empty_state(params, *, graphdef, slots, length, max_new, logprobs, pad_id, mesh, rules) -> SlotState:
+@functools.partial(jax.jit, static_argnames=("graphdef", "slots", "length", "max_new", "logprobs", "pool", "pad_id",
+                                             "mesh", "rules"))
+def _empty_state(params, *, graphdef, slots, length, max_new, logprobs, pool, pad_id, mesh, rules) -> SlotState:
     """Slots holding no row, made on the mesh (where it spans processes, no process holds it all)."""
     with _mesh_context(mesh, rules):
-        cache = graphdef.merge(params).init_cache(slots, length)
+        model = graphdef.merge(params)
+        cache = model.init_cache(slots, length)
         cache = cache.replace(index=jnp.full((slots,), length, jnp.int32))  # past the cache: no live row
+        if pool is not None:
+            shared = model.init_cache(pool.prefixes, pool.width)
+            cache = cache.replace(prefix=PrefixPool(
+                shared.key, shared.value, jnp.zeros((pool.prefixes, pool.width), jnp.int32),
+                jnp.full((slots,), pool.prefixes, jnp.int32), jnp.zeros((slots,), jnp.int32), pool.members))
         zeros = lambda *shape: jnp.zeros(shape, jnp.int32)
         return _placed(SlotState(cache, zeros(slots, length), zeros(slots), row_keys(*(zeros(slots),) * 3),
                                  zeros(slots), jnp.zeros((slots,), bool), jnp.full((slots, max_new), pad_id, jnp.int32),
@@ -416,18 +504,23 @@ def _empty_state(params, *, graphdef, slots, length, max_new, logprobs, pad_id, 
 def _gather(state: SlotState, index: jax.Array, live: jax.Array, *, mesh, rules) -> SlotState:
     """Rows `index` of every slot array; rows where `live` is False hold no row."""
     with _mesh_context(mesh, rules):
-        state = jax.tree.map(lambda x: x[index] if x.ndim else x, state)
+        pool = state.cache.prefix
+        state = jax.tree.map(lambda x: x[index] if x.ndim else x, state._replace(cache=state.cache.replace(prefix=None)))
         cache = state.cache.replace(index=jnp.where(live, state.cache.index, state.mask.shape[1]))
+        if pool is not None:
+            cache = cache.replace(prefix=pool.replace(row=jnp.where(live, pool.row[index], pool.prefixes),
+                                                      member=pool.member[index]))
         return _placed(state._replace(cache=cache, active=state.active & live), mesh, rules)
 
 
 @functools.partial(jax.jit, donate_argnums=1,
                    static_argnames=("graphdef", "prompt_width", "copies", "pad_id", "mesh", "rules"))
-def _insert(params, state: SlotState, prefix_ids, prefix_mask, ids, mask, parent, slot_ids, seeds: RowSeeds, *,
-            graphdef, prompt_width, copies, pad_id, mesh, rules) -> SlotState:
+def _insert(params, state: SlotState, prefix_ids, prefix_mask, ids, mask, parent, slot_ids, seeds: RowSeeds,
+            places: PoolPlaces | None, *, graphdef, prompt_width, copies, pad_id, mesh, rules) -> SlotState:
     """Prefill the prefixes, then each row's own tokens but its last after its prefix, into caches of
     their own widths; then scatter the rows into their slots, less any leading (padding) columns that
-    go past the slots' prompt width.
+    go past the slots' prompt width; pooled slots take each prefix once into its pool slot and the rows'
+    own columns only.
 
     The prefills' logits are unused, so XLA drops them: no [rows, width, vocab] array is built.
     """
@@ -436,10 +529,11 @@ def _insert(params, state: SlotState, prefix_ids, prefix_mask, ids, mask, parent
         model = graphdef.merge(params)
         drop = dict(mode="drop")  # slot ids past the last slot are padding rows
         row_mask = jnp.concatenate([prefix_mask[parent], mask], axis=1)  # [m, wp + ws]
+        prefixes = model(prefix_ids, prefix_mask, cache=model.init_cache(k, wp))[1] if wp else None
         rows = None  # the rows' keys and values for their first wp + ws - 1 tokens
         if wp:
-            _, rows = model(prefix_ids, prefix_mask, cache=model.init_cache(k, wp))
-            rows = KVCache(tuple(x[parent] for x in rows.key), tuple(x[parent] for x in rows.value), rows.index)
+            rows = KVCache(tuple(x[parent] for x in prefixes.key), tuple(x[parent] for x in prefixes.value),
+                           prefixes.index)
         if ws > 1:
             cache = model.init_cache(m, wp + ws - 1)
             if rows is not None:
@@ -447,17 +541,13 @@ def _insert(params, state: SlotState, prefix_ids, prefix_mask, ids, mask, parent
                 cache = KVCache(tuple(map(fill, cache.key, rows.key)), tuple(map(fill, cache.value, rows.value)),
                                 jnp.int32(wp))
             _, rows = model(ids[:, :-1], row_mask[:, :-1], cache=cache)
-        cache, width = state.cache, wp + ws
-        clip = max(0, width - prompt_width)  # leading columns past the slot's prompt width: padding only
-        if rows is not None:
-            first = prompt_width - width + clip
-            put = lambda buf, x: buf.at[slot_ids, :, first:first + width - 1 - clip].set(
-                jnp.repeat(x[:, :, clip:], copies, axis=0).astype(buf.dtype), **drop)
-            cache = KVCache(tuple(map(put, cache.key, rows.key)), tuple(map(put, cache.value, rows.value)), cache.index)
+        if places is None:
+            cache, row_mask = _put_rows(state.cache, rows, row_mask, slot_ids, prompt_width, copies,
+                                        state.mask.shape[1])
+        else:
+            cache, row_mask = _put_pooled(state.cache, prefixes, prefix_mask, rows, mask, parent, slot_ids, places,
+                                          prompt_width, copies, state.mask.shape[1])
         cache = cache.replace(index=cache.index.at[slot_ids].set(prompt_width - 1, **drop))
-        length = state.mask.shape[1]
-        row_mask = jnp.concatenate([jnp.zeros((m, prompt_width - width + clip), jnp.int32), row_mask[:, clip:],
-                                    jnp.ones((m, length - prompt_width), jnp.int32)], axis=1)
         rep = lambda x: jnp.repeat(x, copies, axis=0)
         n, logged = state.tokens.shape[1], state.logprobs.shape[1]
         return _placed(SlotState(
@@ -469,12 +559,52 @@ def _insert(params, state: SlotState, prefix_ids, prefix_mask, ids, mask, parent
             state.logprobs.at[slot_ids].set(jnp.zeros((m * copies, logged), jnp.float32), **drop)), mesh, rules)
 
 
+def _put_rows(cache: KVCache, rows: KVCache | None, row_mask, slot_ids, prompt_width: int, copies: int,
+              length: int) -> tuple[KVCache, jax.Array]:
+    """Whole rows (prefix and own columns) into their slots; (the cache, the rows' masks [m, length])."""
+    m, width = row_mask.shape
+    clip = max(0, width - prompt_width)  # leading columns past the slot's prompt width: padding only
+    if rows is not None:
+        first = prompt_width - width + clip
+        put = lambda buf, x: buf.at[slot_ids, :, first:first + width - 1 - clip].set(
+            jnp.repeat(x[:, :, clip:], copies, axis=0).astype(buf.dtype), mode="drop")
+        cache = cache.replace(key=tuple(map(put, cache.key, rows.key)), value=tuple(map(put, cache.value, rows.value)))
+    return cache, jnp.concatenate([jnp.zeros((m, prompt_width - width + clip), jnp.int32), row_mask[:, clip:],
+                                   jnp.ones((m, length - prompt_width), jnp.int32)], axis=1)
+
+
+def _put_pooled(cache: KVCache, prefixes: KVCache | None, prefix_mask, rows: KVCache | None, mask, parent, slot_ids,
+                places: PoolPlaces, prompt_width: int, copies: int, length: int) -> tuple[KVCache, jax.Array]:
+    """Each prefix into its pool slot (right-aligned), each row's own columns into its slot, and the rows'
+    places in the pool; (the cache, the rows' own masks [m, length])."""
+    pool = cache.prefix
+    (k, wp), (m, ws) = prefix_mask.shape, mask.shape
+    drop = dict(mode="drop")
+    if wp:
+        put = lambda buf, x: buf.at[places.prefix_slots, :, pool.width - wp:].set(x.astype(buf.dtype), **drop)
+        pool = pool.replace(key=tuple(map(put, pool.key, prefixes.key)),
+                            value=tuple(map(put, pool.value, prefixes.value)))
+    pool = pool.replace(
+        mask=pool.mask.at[places.prefix_slots].set(
+            jnp.concatenate([jnp.zeros((k, pool.width - wp), jnp.int32), prefix_mask], axis=1), **drop),
+        row=pool.row.at[slot_ids].set(jnp.repeat(places.prefix_slots[parent], copies), **drop),
+        member=pool.member.at[slot_ids].set(places.members, **drop))
+    if ws > 1:
+        first = prompt_width - ws
+        put = lambda buf, x: buf.at[slot_ids, :, first:prompt_width - 1].set(
+            jnp.repeat(x[:, :, wp:], copies, axis=0).astype(buf.dtype), **drop)
+        cache = cache.replace(key=tuple(map(put, cache.key, rows.key)), value=tuple(map(put, cache.value, rows.value)))
+    return cache.replace(prefix=pool), jnp.concatenate(
+        [jnp.zeros((m, prompt_width - ws), jnp.int32), mask, jnp.ones((m, length - prompt_width), jnp.int32)], axis=1)
+
+
 @functools.partial(jax.jit, donate_argnums=1, static_argnames=("graphdef", "sampler", "logprobs", "pad_id", "mesh",
                                                                "rules"))
-def _run(params, state: SlotState, eos_ids, max_steps, stop_at_active, *, graphdef, sampler, logprobs, pad_id, mesh,
-         rules):
+def _run(params, state: SlotState, eos_ids, max_steps, stop_at_active, stop_at_prefixes, *, graphdef, sampler,
+         logprobs, pad_id, mesh, rules):
     """(state, (steps run, kept tokens, *RowsView replicated)) after decoding every live row until `max_steps`
-    steps, or until at most `stop_at_active` rows are live."""
+    steps, or until at most `stop_at_active` rows are live and (pooled slots) at most `stop_at_prefixes`
+    prefixes have a live row."""
     del pad_id
     with _mesh_context(mesh, rules):
         slots, max_new = state.tokens.shape
@@ -483,7 +613,8 @@ def _run(params, state: SlotState, eos_ids, max_steps, stop_at_active, *, graphd
 
         def cond(carry):
             t, st, _ = carry
-            return (t < max_steps) & (jnp.sum(st.active) > stop_at_active)
+            return (t < max_steps) & ((jnp.sum(st.active) > stop_at_active)
+                                      | (_live_prefixes(st) > stop_at_prefixes))
 
         def body(carry):
             t, st, kept = carry
@@ -501,6 +632,9 @@ def _run(params, state: SlotState, eos_ids, max_steps, stop_at_active, *, graphd
             going = live & ~jnp.isin(token, eos_ids) & (steps < max_new)
             # A row that ended (or was never live) sits at column `length`, past the cache (module docstring).
             cache = cache.replace(index=jnp.where(going, st.cache.index + 1, length))
+            if cache.prefix is not None:  # an ended row leaves its place among its prefix's rows
+                cache = cache.replace(prefix=cache.prefix.replace(
+                    row=jnp.where(going, cache.prefix.row, cache.prefix.prefixes)))
             new = SlotState(cache, st.mask, jnp.where(going, token, st.token), st.keys, steps, going, tokens, logged)
             return t + 1, _placed(new, mesh, rules), kept + jnp.sum(live)
 
@@ -512,3 +646,12 @@ def _run(params, state: SlotState, eos_ids, max_steps, stop_at_active, *, graphd
         else:  # outputs of their own: the state is donated to the next round while the host reads these
             view = jax.tree.map(jnp.copy, view)
         return state, view
+
+
+def _live_prefixes(state: SlotState) -> jax.Array:
+    """Pool slots that hold a live row's prefix (0 without a pool)."""
+    pool = state.cache.prefix
+    if pool is None:
+        return jnp.int32(0)
+    held = jnp.zeros((pool.prefixes,), bool).at[pool.row].max(state.active, mode="drop")
+    return jnp.sum(held).astype(jnp.int32)

@@ -17,9 +17,9 @@ from flax import nnx
 from teacherlm_jax.errors import ConfigError
 from teacherlm_jax.models.causal_lm import CausalLM
 from teacherlm_jax.models.layers import (
-    KVCache, LayerNorm, Linear, ScanSpec, attend, attention_allowed, attention_impl, check_attention_impl,
-    check_attention_mask, check_segment_ids, decoding_model, keys_values, make_block_stack, named_param, resolve_dtype,
-    run_block_stack, token_positions,
+    KVCache, LayerNorm, Linear, ScanSpec, SharedPrefix, attend, attend_with_prefix, attention_allowed,
+    attention_impl, check_attention_impl, check_attention_mask, check_segment_ids, decoding_model, keys_values,
+    make_block_stack, named_param, resolve_dtype, run_block_stack, token_positions,
 )
 from teacherlm_jax.models.param_map import TensorSpec, config_from_hf, layer_norm, linear, same, transposed
 from teacherlm_jax.sharding import constrain
@@ -99,10 +99,15 @@ def alibi_slopes(num_heads: int) -> np.ndarray:
     return slopes.astype(np.float32)
 
 
-def alibi_bias(attention_mask: jax.Array, num_heads: int, segment_ids: jax.Array | None = None) -> jax.Array:
+def alibi_bias(attention_mask: jax.Array, num_heads: int, segment_ids: jax.Array | None = None,
+               start: jax.Array | None = None) -> jax.Array:
     """[batch, heads, 1, keys] bias = slope * key position, positions counted over real tokens only (and
-    from each packed segment's start, `layers.token_positions`)."""
-    positions = token_positions(attention_mask, segment_ids) * (attention_mask > 0)
+    from each packed segment's start, `layers.token_positions`), from `start` [batch] (a shared prefix's
+    tokens before the row's own columns) or 0."""
+    positions = token_positions(attention_mask, segment_ids)
+    if start is not None:
+        positions = positions + start[:, None]
+    positions = positions * (attention_mask > 0)
     slopes = jnp.asarray(alibi_slopes(num_heads))
     return slopes[None, :, None, None] * positions[:, None, None, :].astype(jnp.float32)
 
@@ -121,7 +126,7 @@ class BloomBlock(nnx.Module):
         self.dense_h_to_4h = Linear((h,), (4 * h,), ("embed", "mlp"), init_std=std, **common)
         self.dense_4h_to_h = Linear((4 * h,), (h,), ("mlp", "embed"), init_std=std, **common)
 
-    def __call__(self, x, bias, allowed, cache_k, cache_v, index):
+    def __call__(self, x, bias, allowed, cache_k, cache_v, index, shared: SharedPrefix | None = None):
         dtype = resolve_dtype(self.config.dtype)
         post_ln = self.config.apply_residual_connection_post_layernorm
         ln = self.input_layernorm(x)
@@ -129,7 +134,8 @@ class BloomBlock(nnx.Module):
         q, k, v = qkv[:, :, :, 0], qkv[:, :, :, 1], qkv[:, :, :, 2]
         impl = attention_impl(self.config.attention_impl, dtype, cached=cache_k is not None)
         k, v, cache_k, cache_v = keys_values(k, v, cache_k, cache_v, index)
-        context = attend(q, k, v, allowed, bias, dtype, impl=impl)
+        context = attend(q, k, v, allowed, bias, dtype, impl=impl) if shared is None else \
+            attend_with_prefix(q, k, v, allowed, bias, shared, dtype)
         attn_out = self.dense(context) + (ln if post_ln else x)
         ln2 = self.post_attention_layernorm(attn_out)
         hidden = constrain(jax.nn.gelu(self.dense_h_to_4h(ln2), approximate=True), ("batch", "length", "mlp"))
@@ -175,11 +181,14 @@ class Bloom(CausalLM):
 
         x = jnp.take(self.word_embeddings[...], input_ids, axis=0).astype(dtype)
         x = self.word_embeddings_layernorm(constrain(x, ("batch", "length", "embed")))
-        bias = alibi_bias(attention_mask, c.n_head, segment_ids)
+        pool = None if cache is None else cache.prefix
+        bias = alibi_bias(attention_mask, c.n_head, segment_ids, None if pool is None else pool.lengths())
         allowed = attention_allowed(attention_mask, length, offset, segment_ids)
+        pool_bias = None if pool is None else alibi_bias(pool.mask, c.n_head)
 
-        def layer(block, h, ck, cv):
-            return block(h, bias, allowed, ck, cv, offset)
+        def layer(block, h, ck, cv, pool_layer=None):
+            shared = None if pool_layer is None else SharedPrefix.of(pool, pool_bias, pool_layer)
+            return block(h, bias, allowed, ck, cv, offset, shared)
 
         x, new_cache = run_block_stack(self.h, x, layer, cache, ScanSpec(c.scan_layers, c.remat_policy))
         return self.ln_f(x), new_cache

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -114,6 +115,7 @@ class KVCache:
     key: tuple[jax.Array, ...]
     value: tuple[jax.Array, ...]
     index: jax.Array
+    prefix: PrefixPool | None = None  # rows whose leading keys live once in a pool (decode steps only)
 
     @classmethod
     def zeros(cls, num_layers: int, batch: int, max_length: int, num_heads: int, head_dim: int, dtype) -> KVCache:
@@ -124,6 +126,60 @@ class KVCache:
     @property
     def max_length(self) -> int:
         return self.key[0].shape[2]
+
+
+@struct.dataclass
+class PrefixPool:
+    """Shared prefixes stored once: a row's keys are its prefix's (here) followed by its own (the KVCache's rows).
+
+    key, value: one `[prefixes, heads, width, head_dim]` array per layer, a prefix right-aligned in its pool
+    slot; mask: int32 [prefixes, width], 1 on a prefix's tokens. `row` [batch] is each cache row's pool
+    slot (`prefixes`: none), `member` [batch] its place among that prefix's rows, below `members`: a decode
+    step attends the queries of a prefix's rows, laid out [prefixes, members], to its keys in one read
+    (`attend_with_prefix`). Two live rows never share a (row, member) pair.
+    """
+
+    key: tuple[jax.Array, ...]
+    value: tuple[jax.Array, ...]
+    mask: jax.Array
+    row: jax.Array
+    member: jax.Array
+    members: int = struct.field(pytree_node=False)
+
+    @property
+    def prefixes(self) -> int:
+        return self.mask.shape[0]
+
+    @property
+    def width(self) -> int:
+        return self.mask.shape[1]
+
+    def lengths(self) -> jax.Array:
+        """Tokens in each cache row's prefix, [batch] int32 (0 for a row without one): where its own
+        positions (ALiBi's, OPT's) start."""
+        return self.mask.sum(axis=1).at[self.row].get(mode="fill", fill_value=0)
+
+    def layer(self, i: int) -> tuple[jax.Array, jax.Array]:
+        return self.key[i], self.value[i]
+
+
+class SharedPrefix(NamedTuple):
+    """What one layer's decode step reads from a `PrefixPool`: its keys and values, which of them each prefix
+    attends to (`allowed` bool [prefixes, 1, 1, width]) with what bias ([prefixes, heads, 1, width] or None),
+    and the rows' places (`PrefixPool.row`, `.member`, `.members`)."""
+
+    key: jax.Array
+    value: jax.Array
+    allowed: jax.Array
+    bias: jax.Array | None
+    row: jax.Array
+    member: jax.Array
+    members: int
+
+    @staticmethod
+    def of(pool: PrefixPool, bias: jax.Array | None, layer: tuple[jax.Array, jax.Array]) -> SharedPrefix:
+        allowed = (pool.mask > 0)[:, None, None, :]
+        return SharedPrefix(*layer, allowed, bias, pool.row, pool.member, pool.members)
 
 
 def keys_values(k: jax.Array, v: jax.Array, cache_k: jax.Array | None, cache_v: jax.Array | None,
@@ -214,6 +270,53 @@ def attend(
     scores = jnp.where(allowed, scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
     return jnp.einsum("bhqk,bhkd->bqhd", probs, v.astype(dtype))
+
+
+def attend_with_prefix(q: jax.Array, k: jax.Array, v: jax.Array, allowed: jax.Array, bias: jax.Array | None,
+                       shared: SharedPrefix, dtype, scale: float | None = None) -> jax.Array:
+    """`attend` for one-token decode queries over two parts: their shared prefix (`shared`) then their own keys.
+
+    Hydragen's split: the queries of a prefix's rows are laid out [prefixes, members] and attend to the pool in
+    one batched matmul (each prefix read once a step, however many rows share it), each row's own keys as
+    `attend` does; the parts' max, sum and weighted values are merged by log-sum-exp in float32. The biases
+    must use one key position scale across both parts (ALiBi: positions counted over prefix then own
+    columns), so that the merged softmax is the one over all the row's keys. A row without a prefix
+    (`shared.row` past the pool) gets its own part only.
+    """
+    if q.shape[1] != 1:
+        raise ValueError(f"attention over a shared prefix takes one query per row (decode steps); got {q.shape[1]}")
+    if scale is None:
+        scale = 1.0 / jnp.sqrt(jnp.float32(q.shape[-1]))
+    own_top, own_sum, own_out = _softmax_parts(
+        jnp.einsum("bqhd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32) * scale, bias, allowed, v,
+        "bhqk,bhkd->bqhd", dtype)  # [b, h, 1, 1] twice, [b, 1, h, d]
+    (prefixes, heads, _, head_dim), places = shared.key.shape, (shared.row, slice(None), shared.member)
+    # Queries laid out [prefixes, heads, members, d]: heads before members (the [p, r, h, d] order made XLA CPU's
+    # prefix part over 2x slower).
+    grouped = jnp.zeros((prefixes, heads, shared.members, head_dim), q.dtype).at[places].set(q[:, 0], mode="drop")
+    top, total, out = _softmax_parts(
+        jnp.einsum("phrd,phkd->phrk", grouped, shared.key, preferred_element_type=jnp.float32) * scale, shared.bias,
+        shared.allowed, shared.value, "phrk,phkd->phrd", dtype)  # [p, h, r, 1] twice, [p, h, r, d]
+    row_part = lambda x, fill: x.at[places].get(mode="fill", fill_value=fill)
+    pre_top = row_part(top[..., 0], jnp.finfo(jnp.float32).min)  # [b, h]
+    pre_sum = row_part(total[..., 0], 0.0)
+    pre_out = row_part(out, 0.0)  # [b, h, d]
+    own_top, own_sum, own_out = own_top[:, :, 0, 0], own_sum[:, :, 0, 0], own_out[:, 0]
+    both = jnp.maximum(own_top, pre_top)
+    own_w, pre_w = jnp.exp(own_top - both), jnp.exp(pre_top - both)
+    merged = (own_out * own_w[..., None] + pre_out * pre_w[..., None]) / (own_sum * own_w + pre_sum * pre_w)[..., None]
+    return merged[:, None].astype(dtype)
+
+
+def _softmax_parts(scores: jax.Array, bias: jax.Array | None, allowed: jax.Array, v: jax.Array, spec: str, dtype):
+    """(max, sum of exp(score - max), exp-weighted values in float32) of one part of a softmax over keys."""
+    if bias is not None:
+        scores = scores + bias
+    scores = jnp.where(allowed, scores, jnp.finfo(jnp.float32).min)
+    top = scores.max(axis=-1, keepdims=True)
+    weights = jnp.exp(scores - top)
+    out = jnp.einsum(spec, weights.astype(dtype), v.astype(dtype), preferred_element_type=jnp.float32)
+    return top, weights.sum(axis=-1, keepdims=True), out
 
 
 def fused_attend(q: jax.Array, k: jax.Array, v: jax.Array, allowed: jax.Array, bias: jax.Array | None, dtype,
@@ -361,7 +464,9 @@ def make_block_stack(make_block: Callable[[nnx.Rngs], nnx.Module], num_layers: i
 
 
 def run_block_stack(blocks, x: jax.Array, layer_fn: Callable, cache: KVCache | None, spec: ScanSpec):
-    """Runs `layer_fn(block, x, cache_k, cache_v) -> (x, cache_k, cache_v)` over all blocks.
+    """Runs `layer_fn(block, x, cache_k, cache_v) -> (x, cache_k, cache_v)` over all blocks; with a cache
+    holding a `PrefixPool`, `layer_fn(block, x, cache_k, cache_v, (pool_k, pool_v))` (listed stacks only: the
+    decode layout).
 
     Scanned stacks go through one `lax.scan` (one compiled block, whatever the depth), optionally
     rematerialised, with the layers' caches stacked for it (a copy: fine for a prefill, too slow for a
@@ -381,15 +486,22 @@ def run_block_stack(blocks, x: jax.Array, layer_fn: Callable, cache: KVCache | N
             body = jax.checkpoint(body, policy=policy, prevent_cse=False)
         if cache is None:
             return jax.lax.scan(body, x, (state, None, None))[0], None
+        if cache.prefix is not None:
+            raise ValueError("a cache with a prefix pool needs the decode layout (listed layers: `for_decoding`)")
         x, (new_k, new_v) = jax.lax.scan(body, x, (state, jnp.stack(cache.key), jnp.stack(cache.value)))
-        return x, KVCache(tuple(new_k), tuple(new_v), cache.index)
+        return x, cache.replace(key=tuple(new_k), value=tuple(new_v))
     fn = layer_fn if policy is None else nnx.remat(layer_fn, policy=policy)
     new_k, new_v = [], []
     for i, block in enumerate(blocks):
-        x, ck, cv = fn(block, x, None if cache is None else cache.key[i], None if cache is None else cache.value[i])
+        if cache is None:
+            x, ck, cv = fn(block, x, None, None)
+        elif cache.prefix is None:
+            x, ck, cv = fn(block, x, cache.key[i], cache.value[i])
+        else:
+            x, ck, cv = fn(block, x, cache.key[i], cache.value[i], cache.prefix.layer(i))
         new_k.append(ck)
         new_v.append(cv)
-    return x, None if cache is None else KVCache(tuple(new_k), tuple(new_v), cache.index)
+    return x, None if cache is None else cache.replace(key=tuple(new_k), value=tuple(new_v))
 
 
 def decoding_model(model: nnx.Module, blocks_attr: str) -> nnx.Module:

@@ -16,9 +16,9 @@ from flax import nnx
 
 from teacherlm_jax.models.causal_lm import CausalLM
 from teacherlm_jax.models.layers import (
-    KVCache, LayerNorm, Linear, ScanSpec, attend, attention_allowed, attention_impl, check_attention_impl,
-    check_attention_mask, check_segment_ids, decoding_model, keys_values, make_block_stack, named_param, query_slots,
-    resolve_dtype, run_block_stack, token_positions,
+    KVCache, LayerNorm, Linear, ScanSpec, SharedPrefix, attend, attend_with_prefix, attention_allowed,
+    attention_impl, check_attention_impl, check_attention_mask, check_segment_ids, decoding_model, keys_values,
+    make_block_stack, named_param, query_slots, resolve_dtype, run_block_stack, token_positions,
 )
 from teacherlm_jax.models.param_map import TensorSpec, config_from_hf, layer_norm, linear, same, transposed
 from teacherlm_jax.sharding import constrain
@@ -135,7 +135,7 @@ class OPTBlock(nnx.Module):
         self.fc2 = Linear((config.ffn_dim,), (h,), ("mlp", "embed"), **common)
         self.final_layer_norm = LayerNorm(h, LAYER_NORM_EPS, dtype=dtype, param_dtype=pdtype, rngs=rngs)
 
-    def __call__(self, x, allowed, cache_k, cache_v, index):
+    def __call__(self, x, allowed, cache_k, cache_v, index, shared: SharedPrefix | None = None):
         c = self.config
         pre_ln = c.do_layer_norm_before
         heads = ("batch", "length", "heads", "kv")
@@ -147,7 +147,8 @@ class OPTBlock(nnx.Module):
         dtype = resolve_dtype(c.dtype)
         impl = attention_impl(c.attention_impl, dtype, cached=cache_k is not None)
         k, v, cache_k, cache_v = keys_values(k, v, cache_k, cache_v, index)
-        context = attend(q, k, v, allowed, None, dtype, scale=1.0, impl=impl)
+        context = attend(q, k, v, allowed, None, dtype, scale=1.0, impl=impl) if shared is None else \
+            attend_with_prefix(q, k, v, allowed, None, shared, dtype, scale=1.0)
         x = x + self.out_proj(context)
         if not pre_ln:
             x = self.self_attn_layer_norm(x)
@@ -206,6 +207,9 @@ class OPT(CausalLM):
         # packed segment's start), then cut to this call's slots.
         mask = jnp.asarray(attention_mask).astype(jnp.int32)
         positions = (token_positions(mask, segment_ids) + 1) * mask - 1
+        pool = None if cache is None else cache.prefix
+        if pool is not None:  # a row's own tokens come after its shared prefix's
+            positions = positions + pool.lengths()[:, None]
         # Clamped: a decode slot without a live row sits past the cache (its output is never used).
         positions = jnp.take_along_axis(positions, jnp.broadcast_to(query_slots(offset, length), (len(mask), length)),
                                         axis=1, mode="clip")
@@ -216,8 +220,9 @@ class OPT(CausalLM):
         x = constrain(x + pos, ("batch", "length", "embed"))
         allowed = attention_allowed(mask, length, offset, segment_ids)
 
-        def layer(block, h, ck, cv):
-            return block(h, allowed, ck, cv, offset)
+        def layer(block, h, ck, cv, pool_layer=None):
+            shared = None if pool_layer is None else SharedPrefix.of(pool, None, pool_layer)
+            return block(h, allowed, ck, cv, offset, shared)
 
         x, new_cache = run_block_stack(self.layers, x, layer, cache, ScanSpec(c.scan_layers, c.remat_policy))
         if self.final_layer_norm is not None:
