@@ -15,7 +15,7 @@ model_args: `pretrained` (a Hugging Face directory or hub id, BLOOM or OPT, or a
 (default: the model's positions), `max_gen_toks` (256), `add_bos_token`, `tokenizer` (default: the
 model's), `mesh` (`axis:size` pairs joined by `;`, e.g. `data:2;tensor:4`, over this process's
 devices; default one device), `scan_layers` (default true: scoring programs trace and compile one block
-whatever the depth, 2-3x faster per program at bloom-560m; the first generate_until request then makes
+whatever the depth, faster than listed layers (benchmarks/lm_eval_backend.py); the first generate_until request then makes
 the decode layout, a copy of the blocks' weights; false shares them, for generation on tight memory).
 Requests are scored as lm-eval's `hf` backend scores them (its tokenization via `TemplateLM`, the last
 `max_length + 1` tokens of context + continuation, greedy generation cut at the first stop string);

@@ -84,8 +84,9 @@ def main(argv: list[str]) -> None:
     logging.info("job %s, workdir %s", config.job, workdir)
     job(config, workdir)
     # The process exits next. Frozen objects are left out of the interpreter's last full collection, which
-    # otherwise walks everything the imports made (jax, flax, transformers, torch): 1.1 s of every job's exit
-    # on the 2-core CPU. Reference counting still frees the rest and atexit handlers still run.
+    # otherwise walks everything the imports made (jax, flax, transformers, torch), a visible share of a short
+    # job's exit (benchmarks/eval.py times whole processes). Reference counting still frees the rest and
+    # atexit handlers still run.
     gc.freeze()
 
 

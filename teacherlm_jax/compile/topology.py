@@ -29,7 +29,7 @@ class Chip:
     source: str
 
 
-# Google Cloud's TPU system-architecture pages, per chip (read 2026-12).
+# Google Cloud's TPU system-architecture pages, per chip.
 CHIPS: dict[str, Chip] = {
     "v4": Chip("TPU v4", 275e12, 1200e9, 32.0, "cloud.google.com/tpu/docs/v4"),
     "v5e": Chip("TPU v5 lite", 197e12, 819e9, 16.0, "cloud.google.com/tpu/docs/v5e"),

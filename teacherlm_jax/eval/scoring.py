@@ -132,9 +132,9 @@ def plan_batches(lengths: Sequence[int], sequences: int, max_length: int,
 
 
 # A batch's cost in columns (sequences x width), each column costing 1 + width / (ATTENTION_WIDTH * hidden):
-# on the 2-core CPU a bloom-560m column took 4.2 ms at width 256 and 5.6 ms at 896 (attention's scores and
-# softmax, memory-bound there, are dearer than their multiply-adds alone suggest). A compiled program
-# costs COMPILE_COLUMNS: a scoring program of that shape compiled in ~1.3 s, the time of ~300 columns.
+# a column costs more at larger widths (attention's scores and softmax, memory-bound on CPU, are dearer than
+# their multiply-adds alone suggest). A compiled program costs COMPILE_COLUMNS, about what compiling a
+# scoring program takes in columns' time. Both fitted on benchmarks/eval.py's workloads.
 ATTENTION_WIDTH = 1.6
 COMPILE_COLUMNS = 512
 

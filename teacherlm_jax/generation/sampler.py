@@ -16,9 +16,9 @@ PROMPT_BUCKETS = tuple(sorted({b for p in range(4, 16) for b in (2 ** p, 3 * 2 *
 # The engine's prefill widths (shared prefixes, and whole prompts without one): PROMPT_BUCKETS and 1.25x and
 # 1.75x powers of two from 40, so that at most a fifth of a padded width is padding. The engine inserts prompts
 # in width order (`scheduler.ORDER_WINDOW_FILLS`), so a round's prefixes share one of these and a job's
-# rounds use a few of them: on TeacherLM's workload (benchmarks/engine_overhead.py, 2026-12-07) sorting and
-# these cut the prefilled tokens from 127k to 118k (95k real) for 15 insert programs instead of 8. Scoring
-# and `generate` keep PROMPT_BUCKETS: fewer programs, each compiled on the job's clock.
+# rounds use a few of them: sorting and these cut the prefilled tokens for a few more insert programs
+# (benchmarks/engine_overhead.py reports both). Scoring and `generate` keep PROMPT_BUCKETS: fewer programs,
+# each compiled on the job's clock.
 PREFILL_BUCKETS = tuple(sorted(set(PROMPT_BUCKETS) | {b for p in range(5, 16) for b in (5 * 2 ** (p - 2), 7 * 2 ** (p - 2))}))
 # A prompt's own tokens after a shared prefix: TeacherLM's cues are short, and the same for every record.
 SUFFIX_BUCKETS = (1, 2, 3, *range(4, 65, 4), *(b for b in PROMPT_BUCKETS if b > 64))

@@ -13,9 +13,8 @@ slots in one prefill call, dispatches the next round, and only then turns the en
 and JetStream's overlap scheduling. The threshold trades idle slots against round trips: waiting for F
 free slots at p(end) per row per step idles about F / 2 slots a step, and a round trip costs R steps'
 worth of time, so the waste per freed slot, F / (2 slots p) + R / F, is least near F = slots sqrt(2 p R).
-Measured on the 2-core CPU (benchmarks/engine_overhead.py: 64 slots, p = 1/32, 384 CREAK records x 3 kinds,
-2026-12-06): refill fractions 1/16, 1/8, 1/4, 1/2 gave 1664, 1702, 1613, 1310 tokens/s in 295, 147, 73, 39
-rounds, hence REFILL_FRACTION = 1/8 (~5 steps a round). On an accelerator, where a round trip costs several
+On the CPU (benchmarks/engine_overhead.py: 64 slots, p = 1/32) 1/8 did best among 1/16, 1/8, 1/4 and 1/2,
+hence REFILL_FRACTION = 1/8 (a few steps a round). On an accelerator, where a round trip costs several
 steps (R large), the formula asks for a larger fraction (`refill_fraction`, `round_steps`).
 
 Each prompt takes `num_samples` slots (rows), which share its prefill. Consecutive prompts that share
@@ -55,7 +54,7 @@ from teacherlm_jax.sharding import LogicalRules
 
 BUCKETS = PROMPT_BUCKETS  # the name this module's users know
 # Once no prompt waits, the last rows move to a quarter of the slots (or fewer), never below this many:
-# on bloom-560m's shape on a 2-core CPU a step of 16 slots costs 218 ms, of 4 slots 119 ms, of 1 slot 94 ms.
+# a step's cost falls with its slots but levels off below a few (benchmarks/engine_overhead.py).
 TAIL_SLOTS = 4
 # A continuous round ends once this fraction of the slots is free (see the module docstring).
 REFILL_FRACTION = 1 / 8
@@ -124,8 +123,8 @@ class Engine:
     CPU the compiles would take the cores the decode steps run on, so programs compile when first needed).
     `prefix_pool` stores each unit's shared prefix once and reads it once a step for all its rows (the module
     docstring), in a job whose units hold more than one row; False keeps whole prompts in every row. Default:
-    on accelerators only (on XLA CPU the pool's batched prefix dots made the engine_overhead workload 15%
-    slower, docs/performance.md).
+    on accelerators only (on XLA CPU the pool's batched prefix dots make the workload of
+    benchmarks/engine_overhead.py slower).
     """
 
     def __init__(self, model: nnx.Module, *, batch_size: int, width: int, sampling: Any, eos_id: int | None,

@@ -24,9 +24,9 @@ slot can idle for any number of steps and a prompt inserted later reads nothing 
 
 Every step attends over all L columns, and P is kept as small as the prompts allow. A round could attend
 over the live rows' window only (from the longest live prompt's start to the oldest row's column): on
-TeacherLM's workload that window averages ~80% of L, but on XLA CPU attention over a slice of the cache,
-static or dynamic, measured 6x slower than over the whole cache (benchmarks/decode_window.py,
-docs/performance.md), and skipping per row needs a ragged kernel.
+TeacherLM's workload that window covers most of L, and on XLA CPU attention over a slice of the cache,
+static or dynamic, is slower than over the whole cache (benchmarks/decode_window.py), and skipping per row
+needs a ragged kernel.
 
 Pooled slots (`pool`: the engine's units of several rows) store each unit's shared prefix once, in a pool
 of `PoolShape.prefixes` prefixes (`layers.PrefixPool`), and a row's cache holds only its own columns: its

@@ -183,7 +183,7 @@ def _load_parameter(source: TensorSource, prefix: str, spec: TensorSpec, layer: 
     def shard(index: tuple[slice, ...]) -> np.ndarray:
         if not stacked:
             # A copy, not a view of the memory-mapped file: on CPU jax can alias a host array, and training
-            # on parameters that alias a mapped file ran 15-30% slower per step (the demo's students).
+            # on parameters that alias a mapped file ran slower per step (benchmarks/train_step.py).
             return np.array(tensor(layer)[index], copy=True)
         layers = range(target.shape[0])[index[0]]
         return np.stack([tensor(i)[index[1:]] for i in layers])

@@ -104,8 +104,8 @@ class KVCache:
     One buffer per layer (not one stacked array), so that a decode step updates each layer's cache in
     place: slicing a layer out of a stacked cache and stacking it back made XLA CPU copy the whole
     cache several times per step. Heads before positions, so that attention's batched dots read
-    contiguous [length, head_dim] tiles (the [length, heads] order made XLA CPU's decode step ~30x
-    slower at 300 slots).
+    contiguous [length, head_dim] tiles (the [length, heads] order made XLA CPU's decode step many times
+    slower at hundreds of slots: benchmarks/engine_overhead.py).
 
     `index` is the slot the next token is written to: a scalar shared by all rows (left padding keeps
     prompts aligned on the right), or one per row [batch] (the decode slots of
@@ -188,7 +188,7 @@ def keys_values(k: jax.Array, v: jax.Array, cache_k: jax.Array | None, cache_v: 
 
     k, v: this step's, [batch, q_len, heads, hd]. Without a cache they are all there is; with one they
     are written at slot `index` and the whole cache is attended over. One index per row is a batched
-    dynamic_update_slice (XLA CPU runs it in place; a scatter made the 64-row decode step 1.8x slower), which
+    dynamic_update_slice (XLA CPU runs it in place; a scatter made the decode step slower), which
     clamps an index past the cache to its last column (see `teacherlm_jax.generation.slots` for why that is
     harmless for a decode slot without a live row).
     """
@@ -292,7 +292,7 @@ def attend_with_prefix(q: jax.Array, k: jax.Array, v: jax.Array, allowed: jax.Ar
         "bhqk,bhkd->bqhd", dtype)  # [b, h, 1, 1] twice, [b, 1, h, d]
     (prefixes, heads, _, head_dim), places = shared.key.shape, (shared.row, slice(None), shared.member)
     # Queries laid out [prefixes, heads, members, d]: heads before members (the [p, r, h, d] order made XLA CPU's
-    # prefix part over 2x slower).
+    # prefix part slower: benchmarks/engine_overhead.py --prefix-pool on).
     grouped = jnp.zeros((prefixes, heads, shared.members, head_dim), q.dtype).at[places].set(q[:, 0], mode="drop")
     top, total, out = _softmax_parts(
         jnp.einsum("phrd,phkd->phrk", grouped, shared.key, preferred_element_type=jnp.float32) * scale, shared.bias,
@@ -416,9 +416,9 @@ def output_logits(x: jax.Array, head: jax.Array, dtype, vocab_major: bool = Fals
     embedding transposed, or an untied lm_head).
 
     `vocab_major` (a decode layout's one-token steps) computes the product as [vocab, rows] and
-    transposes it behind a barrier, so that XLA keeps that layout: on XLA CPU the dot of 16 rows with
-    bloom-560m's 250880-row embedding takes 54 ms so against 102 ms as [rows, vocab] (64 rows: 212 vs
-    255 ms; 256 rows: slower, hence VOCAB_MAJOR_ROWS). The sums agree up to rounding.
+    transposes it behind a barrier, so that XLA keeps that layout: on XLA CPU the dot of a few dozen rows
+    with bloom-560m's 250880-row embedding runs faster so than as [rows, vocab], and not beyond
+    VOCAB_MAJOR_ROWS (benchmarks/forward.py). The sums agree up to rounding.
     """
     batch, length, _ = x.shape
     if vocab_major and batch * length <= VOCAB_MAJOR_ROWS:
