@@ -29,7 +29,7 @@ from teacherlm_jax.intact_checkpoint import restore_newest_intact
 from teacherlm_jax.models.bloom import BLOOM_SHAPES, bloom_shape
 from teacherlm_jax.models.hf import FAMILIES, ModelFamily, from_pretrained, read_hf_config, resolve_checkpoint_dir
 from teacherlm_jax.models.param_map import RUN_FIELDS
-from teacherlm_jax.paths import is_url, workdir_path
+from teacherlm_jax.paths import is_url, read_text, workdir_path
 from teacherlm_jax.sharding import LogicalRules, abstract_like, param_shardings
 from teacherlm_jax.tokenizers import load_tokenizer
 
@@ -203,9 +203,11 @@ def _read_init_from(init_from: str) -> tuple[dict, str, str | None]:
             try:
                 return read_hf_config(workdir_path(export)), export, tokenizer
             except (OSError, ValueError) as e:
+                if fault_message(e) is not None:  # a full disk or a failing store: not a damaged export
+                    raise
                 log.warning("%s cannot be read (%s); initialising from the run's checkpoints instead", export,
                             one_line(e))
-        return json.loads((workdir_path(init_from) / MODEL_CONFIG).read_text()), init_from, tokenizer
+        return json.loads(read_text(workdir_path(init_from) / MODEL_CONFIG)), init_from, tokenizer
     return read_hf_config(resolve_checkpoint_dir(init_from)), init_from, init_from
 
 

@@ -2,15 +2,19 @@
 one (a file overwritten or missing, unreadable metadata) is not fatal: resuming a run and initialising from
 one (`init_from`) both fall back to the step before it, saying which step was passed over and why.
 
-A full disk, a store that keeps failing and running out of memory are not damage: they stop the restore.
+A full disk, a store that keeps failing and running out of memory are not damage: they stop the restore. A
+store's passing error (which Orbax's own reads do not retry) is not damage either: the step's restore is retried
+(`paths.retrying`), then a store that keeps failing stops it; the checkpoint is kept.
 """
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from typing import TypeVar
 
 from teacherlm_jax.errors import CheckpointError, fault_message, one_line
+from teacherlm_jax.paths import retrying
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -27,7 +31,7 @@ def restore_newest_intact(steps: list[int], restore: Callable[[int], T], where: 
     tried = []
     for step in sorted(steps, reverse=True):
         try:
-            return step, restore(step)
+            return step, retrying(f"{where}/{step}", "restore", functools.partial(restore, step))
         except Exception as e:  # noqa: BLE001 (whatever a damaged file makes Orbax raise)
             if _not_damage(e):
                 raise

@@ -12,6 +12,8 @@ through the helpers here where local files and object stores differ:
   to the URL afterwards.
 - `local_copy`: for readers that take only local paths (memory-mapped safetensors, tokenizers): a folder at a
   URL copied once into a local cache, reused while the folder's files (names and sizes) are unchanged.
+- `read_text`, `read_bytes`, `reading`: every read of a file that may be in a bucket (a workdir's configs,
+  records, parts, summaries, metadata), so that a store's passing error does not stop a job that reads it.
 - `retrying`: each of these on a URL retries a store's transient errors (HTTP 408/429/5xx, connection resets,
   timeouts; gcsfs has retried each request already) with backoff for at most RETRY_TOTAL_S of waiting, then
   raises StorageError naming the object.
@@ -31,7 +33,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import BinaryIO, TypeVar
 
 from etils import epath
 
@@ -168,6 +170,27 @@ def retrying(path: str | os.PathLike, action: str, call: Callable[[], T]) -> T:
             log.warning("%s: %s failed (%s); retrying in %.0f s", path, action, cause, wait)
             _sleep(wait)
             waited, wait = waited + wait, min(2 * wait, RETRY_MAX_S)
+
+
+def read_bytes(path: str | os.PathLike) -> bytes:
+    """The file's bytes; on a URL through `retrying`, so a store's passing error is retried, not fatal."""
+    return retrying(path, "read", epath.Path(path).read_bytes)
+
+
+def read_text(path: str | os.PathLike) -> str:
+    """The file's UTF-8 text, read like `read_bytes`."""
+    return retrying(path, "read", lambda: epath.Path(path).read_text(encoding="utf-8"))
+
+
+@contextlib.contextmanager
+def reading(path: str | os.PathLike) -> Iterator[BinaryIO]:
+    """The file open for binary reads: a local file streamed; an object read whole through `retrying` first
+    (a stream cut midway could not be retried from where it stopped)."""
+    if not is_url(path):
+        with open(path, "rb") as f:
+            yield f
+        return
+    yield io.BytesIO(read_bytes(path))
 
 
 def write_atomic(path: epath.Path, data: str | bytes) -> None:

@@ -18,7 +18,7 @@ import jax
 import ml_collections
 from etils import epath
 
-from teacherlm_jax.paths import workdir_path, write_atomic
+from teacherlm_jax.paths import read_text, workdir_path, write_atomic
 
 log = logging.getLogger(__name__)
 CONFIG_FILE = "config.json"
@@ -40,7 +40,7 @@ def write_config(config: ml_collections.ConfigDict, workdir: str | os.PathLike) 
     log.info("its full config: %s", path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists():
-        earlier = path.read_text()
+        earlier = read_text(path)
         if earlier == text:
             return path
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")

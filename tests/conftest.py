@@ -82,14 +82,16 @@ def gcs_bucket(tmp_path_factory) -> str:
 @pytest.fixture
 def flaky_store(gcs_bucket, monkeypatch):
     """Injected failures on the emulator (`gcs_bucket`): the next `failures["upload"]` uploads answer HTTP 503 and the next
-    `failures["read"]` reads have their connection reset (as after gcsfs's own retries); the waits between our
-    retries are recorded, not slept."""
+    `failures["read"]` reads have their connection reset (as after gcsfs's own retries); with
+    `failures["each_read_once"]`, reads alternate between a reset and an answer, so every read fails once and its
+    retry succeeds, while a read nobody retries fails the job. The waits between our retries are recorded, not
+    slept."""
     import gcsfs.core
     from gcsfs.retry import HttpError
 
     from teacherlm_jax import paths
 
-    failures, waits = {"upload": 0, "read": 0}, []
+    failures, waits, reset_last = {"upload": 0, "read": 0, "each_read_once": False}, [], [False]
     request = gcsfs.core.GCSFileSystem._request  # gcsfs's request, with its own retries
 
     async def flaky_request(self, method, path, *args, **kwargs):
@@ -99,6 +101,10 @@ def flaky_store(gcs_bucket, monkeypatch):
         if method == "GET" and "alt=media" in path and failures["read"]:
             failures["read"] -= 1
             raise ConnectionResetError(104, "Connection reset by peer")
+        if method == "GET" and "alt=media" in path and failures["each_read_once"]:
+            reset_last[0] = not reset_last[0]
+            if reset_last[0]:
+                raise ConnectionResetError(104, "Connection reset by peer")
         return await request(self, method, path, *args, **kwargs)
 
     monkeypatch.setattr(gcsfs.core.GCSFileSystem, "_request", flaky_request)

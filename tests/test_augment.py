@@ -495,3 +495,27 @@ def test_a_flaky_bucket_is_retried_and_one_that_keeps_failing_named(teacher_dir,
     failures["upload"] = 5  # then answers again, after a few more failures
     run(config, workdir)
     assert failures["upload"] == 0 and output_files(workdir) == output_files(reference_run)
+
+
+def test_a_resume_on_a_flaky_bucket_retries_every_read_and_one_that_keeps_failing_is_named(
+        teacher_dir, toy_jsonl, reference_run, tmp_path, gcs_bucket, flaky_store):
+    """The rerun reads its config, manifest, parts and runs from the bucket: each read fails once and is retried;
+    reads that keep failing stop it with one error naming the object, and nothing is regenerated for it."""
+    from teacherlm_jax.errors import StorageError
+
+    failures, waits = flaky_store
+    config, workdir = config_for(teacher_dir, toy_jsonl), f"{gcs_bucket}/{tmp_path.name}"
+    run(config, workdir)
+    out = workdir_path(workdir) / "augmented" / "toy"
+    (out / "part-00002-of-00012.jsonl").unlink()  # a part to generate again, and the summary to write again
+    (out / SUMMARY).unlink()
+    failures["read"] = 10 ** 6
+    with pytest.raises(StorageError, match=f"^{re.escape(workdir)}/[^ ]+: read failed .*ConnectionResetError"):
+        run(config, workdir)
+    assert not (out / "part-00002-of-00012.jsonl").exists() and not (out / SUMMARY).exists()
+    failures["read"], waits[:] = 0, []
+    failures["each_read_once"] = True
+    run(config, workdir)
+    failures["each_read_once"] = False
+    assert output_files(workdir) == output_files(reference_run)
+    assert len(waits) > 12 and set(waits) == {1.0}  # a retry for every part read, among others

@@ -231,3 +231,103 @@ def test_a_store_tensorstore_gave_up_on_is_one_line(monkeypatch):
     assert message is not None and "the store kept failing (ValueError: ABORTED: All 2 retry attempts failed" in message, \
         failed.value
     assert "\n" not in message
+
+
+def test_a_pipeline_on_a_flaky_bucket_reuses_a_done_step_and_names_a_record_it_cannot_read(gcs_bucket, flaky_store,
+                                                                                             tmp_path):
+    """Its file hashes and the step's record are read through the retries: each read failing once, the done step
+    is still reused; reads that keep failing stop the plan with one error naming the record, and the step's
+    folder is kept (a record that does not arrive is not a damaged one)."""
+    from configs import pipeline as pipeline_configs
+    from teacherlm_jax.errors import StorageError
+    from teacherlm_jax.paths import workdir_path, write_atomic
+    from teacherlm_jax.pipeline import state
+    from teacherlm_jax.pipeline.job import make_plan
+
+    failures, waits = flaky_store
+    config, work = pipeline_configs.get_config("tiny"), workdir_path(f"{gcs_bucket}/{tmp_path.name}")
+    plan = make_plan(config, work)
+    plan.hashes.save()
+    step = plan.steps[0]
+    out = work / step.name
+    write_atomic(out / "metrics.jsonl", '{"step": 1}\n')
+    args = (plan.digests[step.name], plan.upstream[step.name], plan.files[step.name])
+    state.write_record(out, step, *args, "done", outputs=state.output_sizes(out))
+    failures["each_read_once"] = True
+    assert make_plan(config, work).actions[step.name] == ("reuse", "done, unchanged")
+    failures["each_read_once"] = False
+    assert waits == [1.0, 1.0]  # the hashes, the record: each failed once
+    (work / state.HASHES).unlink()
+    failures["read"] = 10 ** 6
+    with pytest.raises(StorageError) as failed:
+        state.prepare(step, out, *args)
+    assert str(failed.value).startswith(f"{out / state.RECORD}: read failed "), failed.value
+    failures["read"] = 0
+    assert (out / "metrics.jsonl").exists() and state.read_record(out)["state"] == "done"
+
+
+def test_init_from_a_run_in_a_flaky_bucket_reads_through_the_retries_and_a_failing_export_is_not_damage(
+        gcs_bucket, flaky_store, tmp_path):
+    """A run's model_config.json is read through the retries. Its export's config.json that keeps failing to
+    arrive stops the job naming it; only an export that arrives and does not read is passed over for the run's
+    checkpoints."""
+    from configs import train as train_configs
+    from teacherlm_jax import init_from
+    from teacherlm_jax.errors import ConfigError, fault_message
+    from teacherlm_jax.paths import workdir_path, write_atomic
+
+    failures, waits = flaky_store
+    architecture = init_from.resolve(train_configs.get_config("tiny").model).config.to_hf_dict()
+    run = workdir_path(f"{gcs_bucket}/{tmp_path.name}")
+    write_atomic(run / init_from.MODEL_CONFIG, json.dumps(architecture))
+    write_atomic(run / "checkpoints" / "2" / "params" / "manifest.ocdbt", b"\0")
+    failures["each_read_once"] = True
+    resolved = init_from.resolve({"init_from": str(run)})
+    failures["each_read_once"] = False
+    assert resolved.config.to_hf_dict() == architecture and resolved.init_from == str(run) and waits == [1.0]
+
+    write_atomic(run / init_from.HF_EXPORT / "config.json", json.dumps(architecture))
+    write_atomic(run / init_from.HF_EXPORT / "model.safetensors", b"\0")
+    failures["read"] = 10 ** 6
+    with pytest.raises(ConfigError) as failed:
+        init_from.resolve({"init_from": str(run)})
+    message = fault_message(failed.value)
+    assert message is not None and message.startswith(f"{run}/{init_from.HF_EXPORT}/config.json: read failed "), \
+        failed.value
+
+
+def test_a_checkpoint_that_fails_to_arrive_for_a_moment_is_restored_not_passed_over(gcs_bucket, flaky_store, tmp_path,
+                                                                                   caplog):
+    """Orbax does not retry its reads of a checkpoint in a bucket: a reset connection is a store's passing
+    error, so the step's restore is retried, not taken for damage; a store that keeps failing stops the restore
+    naming the checkpoint, with no step passed over."""
+    import logging
+
+    import jax
+    import numpy as np
+    import orbax.checkpoint as ocp
+
+    from teacherlm_jax.errors import StorageError
+    from teacherlm_jax.intact_checkpoint import restore_newest_intact
+    from teacherlm_jax.paths import workdir_path
+
+    failures, waits = flaky_store
+    folder = workdir_path(f"{gcs_bucket}/{tmp_path.name}") / "checkpoints"
+    manager = ocp.CheckpointManager(folder, item_names=("params",))
+    for step in (4, 6):
+        manager.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave({"w": np.full(4, float(step))})))
+    manager.wait_until_finished()
+    target = {"w": jax.ShapeDtypeStruct((4,), np.float64, sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0]))}
+
+    def restore(step: int) -> dict:
+        return manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target)))["params"]
+
+    failures["read"] = 2
+    with caplog.at_level(logging.WARNING):
+        step, params = restore_newest_intact(manager.all_steps(), restore, str(folder))
+    assert step == 6 and np.asarray(params["w"]).tolist() == [6.0] * 4 and "cannot be read" not in caplog.text
+    assert failures["read"] == 0 and waits == [1.0, 2.0] and f"{folder}/6: restore failed" in caplog.text
+    failures["read"] = 10 ** 6
+    with pytest.raises(StorageError, match=f"^{re.escape(str(folder))}/6: restore failed "):
+        restore_newest_intact(manager.all_steps(), restore, str(folder))
+    manager.close()

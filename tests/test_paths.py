@@ -11,7 +11,8 @@ import uuid
 
 import pytest
 
-from teacherlm_jax.paths import append_text, local_copy, local_dir, workdir_path, write_atomic, write_figure
+from teacherlm_jax.paths import (append_text, local_copy, local_dir, read_bytes, read_text, reading, workdir_path,
+                                 write_atomic, write_figure)
 from teacherlm_jax.workdir_lock import WorkdirLocked, workdir_lock
 
 
@@ -152,7 +153,7 @@ def test_a_flaky_store_is_retried_with_backoff(gcs_dir, tmp_path, flaky_store, c
         failures["upload"] = 1
     failures["read"] = 2
     assert (local_copy(f"{gcs_dir}/export", cache=tmp_path) / "w.bin").read_bytes() == b"\0\1"
-    assert waits == [1.0, 2.0, 4.0, 1.0, 1.0, 2.0] and failures == {"upload": 0, "read": 0}
+    assert waits == [1.0, 2.0, 4.0, 1.0, 1.0, 2.0] and failures["upload"] == failures["read"] == 0
 
 
 def test_a_store_that_keeps_failing_is_one_error_naming_the_object(gcs_dir, flaky_store):
@@ -171,3 +172,32 @@ def test_a_store_that_keeps_failing_is_one_error_naming_the_object(gcs_dir, flak
     failures["upload"] = 0
     write_atomic(gcs_dir / "report.json", "{}")  # the store is back: the rerun writes it
     assert (gcs_dir / "report.json").read_text() == "{}"
+
+
+def test_reads_of_a_flaky_store_are_retried_and_one_that_keeps_failing_named(gcs_dir, tmp_path, flaky_store):
+    from teacherlm_jax.errors import StorageError
+
+    failures, waits = flaky_store
+    write_atomic(gcs_dir / "summary.json", '{"records": 2}\n')
+    failures["read"] = 2
+    assert read_text(gcs_dir / "summary.json") == '{"records": 2}\n'
+    assert waits == [1.0, 2.0] and failures["read"] == 0
+    failures["read"] = 1
+    assert read_bytes(gcs_dir / "summary.json") == b'{"records": 2}\n'
+    failures["read"] = 1
+    with reading(gcs_dir / "summary.json") as f:
+        assert f.read() == b'{"records": 2}\n'
+    assert waits == [1.0, 2.0, 1.0, 1.0]
+    failures["read"] = 10 ** 6
+    with pytest.raises(StorageError) as failed:
+        read_text(gcs_dir / "summary.json")
+    assert str(failed.value).startswith(f"{gcs_dir}/summary.json: read failed ") and "\n" not in str(failed.value)
+    assert "ConnectionResetError" in str(failed.value)
+    failures["read"], waited = 0, len(waits)
+    with pytest.raises(FileNotFoundError):  # not a passing error: no retry
+        read_text(gcs_dir / "absent.json")
+    local = tmp_path / "local.json"  # a local file is read as it is
+    local.write_bytes(b"\xff")
+    with pytest.raises(UnicodeDecodeError):
+        read_text(local)
+    assert read_bytes(local) == b"\xff" and len(waits) == waited

@@ -16,7 +16,7 @@ from etils import epath
 
 from teacherlm_jax.data.records import json_object, numbered_lines
 from teacherlm_jax.errors import DataError
-from teacherlm_jax.paths import workdir_path, write_atomic
+from teacherlm_jax.paths import read_text, workdir_path, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def read_manifest(out_dir: str | os.PathLike) -> dict[str, Any]:
     path = workdir_path(out_dir) / MANIFEST
     if not path.exists():
         raise FileNotFoundError(f"{path}: missing; {out_dir} was not written by the augment job")
-    return json.loads(path.read_text())
+    return json.loads(read_text(path))
 
 
 def missing_parts(out_dir: str | os.PathLike) -> list[epath.Path]:
@@ -73,7 +73,7 @@ def check_manifest(out_dir: epath.Path, manifest: dict[str, Any], inputs: Sequen
     parts already there were cut with other settings."""
     manifest = json.loads(json.dumps(manifest))  # tuples -> lists, as read back
     path = out_dir / MANIFEST
-    old = _migrated(path, json.loads(path.read_text())) if path.exists() else manifest
+    old = _migrated(path, json.loads(read_text(path))) if path.exists() else manifest
     changed = [k for k in sorted(old.keys() | manifest.keys()) if old.get(k) != manifest.get(k)]
     refused = [f"{k}: {old.get(k)!r} -> {manifest.get(k)!r}" for k in changed if k not in inputs]
     if refused:

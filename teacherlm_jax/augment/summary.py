@@ -27,7 +27,7 @@ from teacherlm_jax.console import terminal_bar
 from teacherlm_jax.data import KIND_PROMPTS, REGISTRY
 from teacherlm_jax.data.quality import quality_counts, row_quality
 from teacherlm_jax.figures import pyplot
-from teacherlm_jax.paths import workdir_path, write_atomic, write_figure
+from teacherlm_jax.paths import read_text, workdir_path, write_atomic, write_figure
 
 log = logging.getLogger(__name__)
 ENGINE_COUNTS = ("decode_steps", "slot_steps", "kept_tokens", "prefill_tokens")
@@ -37,7 +37,7 @@ def _samples(value: Any) -> list:
 
 
 def _throughput(out_dir: epath.Path) -> dict[str, Any]:
-    runs = sorted((json.loads(p.read_text()) for p in (out_dir / RUNS).glob("*.json")),
+    runs = sorted((json.loads(read_text(p)) for p in (out_dir / RUNS).glob("*.json")),
                   key=lambda r: (r["started"], r["process_index"]))
     per_process: dict[int, list[float]] = {}
     for r in runs:

@@ -36,7 +36,7 @@ from teacherlm_jax.data.formats import (KIND_PROMPTS, KINDS, finetune_cot_prompt
 from teacherlm_jax.data.quality import failures, row_quality
 from teacherlm_jax.data.records import LETTERS, Record, json_object, numbered_lines
 from teacherlm_jax.errors import DataError
-from teacherlm_jax.paths import workdir_path
+from teacherlm_jax.paths import reading, workdir_path
 
 FORMATS = ("answer", *KINDS, "mixed")
 STYLES = ("teacherlm", "finetune_cot")
@@ -146,7 +146,7 @@ def _rows(file: epath.Path) -> Iterator[tuple[str, dict[str, Any]]]:
     if file.suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        with file.open("rb") as f:  # local or in a bucket
+        with reading(file) as f:  # local or in a bucket
             rows = pq.read_table(f).to_pylist()
         for i, row in enumerate(rows):
             yield f"{file}[row {i}]", row

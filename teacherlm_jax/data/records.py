@@ -13,9 +13,8 @@ import logging
 import os
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
-from etils import epath
-
 from teacherlm_jax.errors import DataError
+from teacherlm_jax.paths import reading
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
@@ -138,7 +137,7 @@ def numbered_lines(path: str | os.PathLike) -> Iterator[tuple[str, str]]:
     Every reader of data files reads through here, so a byte that is not UTF-8 is a `DataError` naming
     file, line, offset and byte, not a bare UnicodeDecodeError. It is never skipped (not even with
     `skip_invalid`): a wrong encoding is the file's fault, not one row's."""
-    with epath.Path(path).open("rb") as f:  # a local path or a cloud URL (augment parts)
+    with reading(path) as f:  # a local path or a cloud URL (augment parts)
         for lineno, raw in enumerate(f, 1):
             where = f"{path}:{lineno}"
             try:

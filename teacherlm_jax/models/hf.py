@@ -25,7 +25,7 @@ from teacherlm_jax.models import bloom, opt
 from teacherlm_jax.models.layers import resolve_dtype
 from teacherlm_jax.models.param_map import TensorSpec
 from teacherlm_jax.models.tensor_files import TensorSource, write_safetensors
-from teacherlm_jax.paths import is_url, local_copy
+from teacherlm_jax.paths import is_url, local_copy, read_text
 from teacherlm_jax.sharding import LogicalRules, logical_to_spec
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ def read_hf_config(directory: Path) -> dict[str, Any]:
     if not path.exists():
         raise CheckpointError(f"{path}: missing (every Hugging Face checkpoint has a config.json)")
     try:
-        config = json.loads(path.read_text())
+        config = json.loads(read_text(path))
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path}: not valid JSON ({e})") from e
     model_type = config.get("model_type")

@@ -24,7 +24,7 @@ import ml_collections
 from etils import epath
 
 from teacherlm_jax.console import report_summary
-from teacherlm_jax.paths import workdir_path, write_atomic
+from teacherlm_jax.paths import read_text, workdir_path, write_atomic
 from teacherlm_jax.pipeline import state
 from teacherlm_jax.pipeline.plan import REFERENCE, Step, build_plan, dependencies, split_reference
 from teacherlm_jax.pipeline.preflight import preflight
@@ -161,7 +161,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         jax.config.update("jax_compilation_cache_dir", os.fspath(work / "jax_cache"))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     timings_path = work / TIMINGS
-    timings: dict[str, float] = json.loads(timings_path.read_text()) if timings_path.exists() else {}
+    timings: dict[str, float] = json.loads(read_text(timings_path)) if timings_path.exists() else {}
     log.info("pipeline: %d steps; reused (done, unchanged): %s; to run: %s", len(steps),
              ", ".join(s.name for s in steps if s not in to_run) or "none", ", ".join(s.name for s in to_run) or "none")
     primary = jax.process_index() == 0  # one process keeps the records; every process runs every step's job

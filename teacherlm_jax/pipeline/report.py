@@ -19,7 +19,7 @@ from etils import epath
 
 from teacherlm_jax import report_json
 from teacherlm_jax.figures import pyplot
-from teacherlm_jax.paths import write_atomic, write_figure
+from teacherlm_jax.paths import read_text, write_atomic, write_figure
 from teacherlm_jax.pipeline import ablation
 from teacherlm_jax.pipeline.plan import Step, students_own_augment
 
@@ -28,17 +28,16 @@ BASELINE = "answers_only"
 
 
 def _read_jsonl(path: epath.Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [json.loads(line) for line in read_text(path).splitlines() if line.strip()]
 
 
 def augmentation_quality(outputs: dict[str, list[epath.Path]]) -> dict[str, dict[str, Any]]:
     """Per kind: records, the augment summary's quality counts, and `exact` / `answer` where gold texts exist."""
     quality: dict[str, dict[str, Any]] = {}
     for kind, directories in outputs.items():
-        rows = [json.loads(line) for d in directories for part in sorted(d.glob("part-*.jsonl"))
-                for line in part.read_text(encoding="utf-8").splitlines() if line.strip()]
+        rows = [row for d in directories for part in sorted(d.glob("part-*.jsonl")) for row in _read_jsonl(part)]
         stats: dict[str, Any] = {"records": len(rows)}
-        summaries = [json.loads((d / "summary.json").read_text()) for d in directories if (d / "summary.json").exists()]
+        summaries = [json.loads(read_text(d / "summary.json")) for d in directories if (d / "summary.json").exists()]
         counts = [s["quality"][kind] for s in summaries if kind in s.get("quality", {})]
         if counts:
             stats["quality"] = {k: sum(c[k] for c in counts) for k, v in counts[0].items() if isinstance(v, int)}
@@ -123,7 +122,7 @@ def write_report(config: ml_collections.ConfigDict, steps: list[Step], work: epa
     predictions: dict[str, dict[str, list[dict]]] = {}
     for step in evals:
         name = step.name.split("/", 1)[1]
-        metrics = json.loads((work / step.name / "eval" / "metrics.json").read_text())
+        metrics = json.loads(read_text(work / step.name / "eval" / "metrics.json"))
         accuracy[name] = {task: m["accuracy"] for task, m in metrics["tasks"].items()}
         predictions[name] = {task: _read_jsonl(work / step.name / "eval" / task / "predictions.jsonl")
                              for task in metrics["tasks"]}

@@ -24,7 +24,7 @@ from typing import Any
 
 from etils import epath
 
-from teacherlm_jax.paths import file_sizes, is_url, write_atomic
+from teacherlm_jax.paths import file_sizes, is_url, read_text, write_atomic
 from teacherlm_jax.pipeline.plan import HOW_TO_RUN, Step, walk
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ class FileHashes:
 
     def __init__(self, work: epath.Path):
         self.path = work / HASHES
-        self.known: dict[str, list] = json.loads(self.path.read_text()) if self.path.exists() else {}
+        self.known: dict[str, list] = json.loads(read_text(self.path)) if self.path.exists() else {}
 
     def digest(self, path: Path) -> str:
         stat = path.stat()
@@ -90,7 +90,7 @@ def read_record(step_dir: epath.Path) -> dict[str, Any] | None:
     if not path.exists():
         return None
     try:
-        record = json.loads(path.read_text())
+        record = json.loads(read_text(path))
         if isinstance(record, dict) and {"fingerprint", "state", "config"} <= record.keys():
             return record
         reason = "not a step record"

@@ -23,7 +23,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from teacherlm_jax.intact_checkpoint import restore_newest_intact
-from teacherlm_jax.paths import workdir_path
+from teacherlm_jax.paths import read_text, workdir_path
 from teacherlm_jax.train.step import TrainState
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ class DataStateHandler(ocp.CheckpointHandler):
             found = sorted(p.name for p in directory.iterdir())
             raise FileNotFoundError(f"{path}: no data state for this process (found {found}); a run must resume "
                                     f"with the same number of processes")
-        return json.loads(path.read_text())
+        return json.loads(read_text(path))
 
 
 @ocp.args.register_with_handler(DataStateHandler, for_save=True)

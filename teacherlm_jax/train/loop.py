@@ -29,7 +29,7 @@ from teacherlm_jax.data.decontamination import write_report as write_decontamina
 from teacherlm_jax.errors import ConfigError
 from teacherlm_jax.init_from import HF_EXPORT, ResolvedModel, resolve
 from teacherlm_jax.models.hf import save_pretrained
-from teacherlm_jax.paths import local_dir, workdir_path
+from teacherlm_jax.paths import local_dir, read_text, workdir_path
 from teacherlm_jax.run_config import write_config
 from teacherlm_jax.sharding import (abstract_like, data_parallel_size, initialize_distributed, mesh_from_config,
                                     param_shardings)
@@ -64,7 +64,7 @@ def train_summary(config: ml_collections.ConfigDict, workdir: epath.Path,
     """(headline numbers, outputs) of a finished run, from its metrics.jsonl (process 0's; other processes
     get the outputs only)."""
     metrics = workdir / "metrics.jsonl"
-    records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] \
+    records = [json.loads(line) for line in read_text(metrics).splitlines() if line.strip()] \
         if metrics.exists() else []
     last = {k: v for r in records for k, v in r.items()}  # each key's latest value
     numbers = {"": f"{last.get('step', config.num_train_steps)} steps", "in": duration(seconds), **headline(last)}

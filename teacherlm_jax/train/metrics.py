@@ -17,7 +17,7 @@ from teacherlm_jax import report_json
 from teacherlm_jax.console import count, duration, terminal_bar
 from teacherlm_jax.errors import DataError
 from teacherlm_jax.figures import pyplot
-from teacherlm_jax.paths import append_text, is_url, url_scheme, workdir_path, write_atomic, write_figure
+from teacherlm_jax.paths import append_text, is_url, read_text, url_scheme, workdir_path, write_atomic, write_figure
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def truncate_jsonl(path: epath.Path, last_step: int) -> None:
     line cut short (a kill mid-write) is dropped with a warning; any other line that does not read is an error."""
     if not path.exists():
         return
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in read_text(path).splitlines() if line.strip()]
     kept = []
     for number, line in enumerate(lines, 1):
         try:
@@ -189,7 +189,7 @@ def plot_loss_curve(workdir: str | os.PathLike) -> epath.Path | None:
         return None
     plt = pyplot()
 
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = [json.loads(line) for line in read_text(path).splitlines() if line.strip()]
     fig, ax = plt.subplots(figsize=(7, 4))
     for key in ("loss", "eval_loss"):
         points = [(r["step"], r[key]) for r in records if key in r]

@@ -14,7 +14,7 @@ from flax import nnx
 
 from teacherlm_jax.errors import ConfigError
 from teacherlm_jax.init_from import MODEL_CONFIG, TOKENIZER
-from teacherlm_jax.paths import local_dir, workdir_path, write_atomic
+from teacherlm_jax.paths import local_dir, read_text, workdir_path, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ def check_resumable(model: nnx.Module, workdir: str | os.PathLike) -> None:
     if not path.is_file():  # a run from before model configs were written: the restore checks shapes
         log.warning("%s is missing: cannot check config.model against the checkpoints in %s", path, workdir)
         return
-    saved, ours = json.loads(path.read_text()), json.loads(json.dumps(model.config.to_hf_dict()))  # as saved
+    saved, ours = json.loads(read_text(path)), json.loads(json.dumps(model.config.to_hf_dict()))  # as saved
     diffs = [f"{k}: workdir {saved.get(k, '(unset)')!r}, config {ours.get(k, '(unset)')!r}"
              for k in sorted(set(saved) | set(ours)) if saved.get(k) != ours.get(k)]
     if diffs:
