@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from train_subprocess import REPO, jax_env, main_command, run_checked
+from train_subprocess import REPO, jax_env, launch_processes, main_command, run_checked
 
 TRAIN = ["--config.num_train_steps=6", "--config.checkpoint_every=2", "--config.keep_checkpoints=3",
          "--config.eval_every=0", "--config.log_every=1", "--config.plot=False"]
@@ -90,6 +90,29 @@ def test_damaged_latest_checkpoint_resumes_from_the_newest_intact_one(finished_r
     assert (work / "damaged_checkpoints" / "6").is_dir()  # set aside, for a person to look at
     assert sorted(int(p.name) for p in (work / "checkpoints").iterdir()) == [2, 4, 6]
     assert _losses(work) == _losses(finished_run)  # steps 5 and 6 again, the same losses
+
+
+@pytest.mark.slow
+def test_two_processes_resume_from_the_newest_intact_checkpoint(tmp_path):
+    """Both processes pass over the damaged step 2 for step 1, process 0 sets it aside while the other waits,
+    and the step after it is trained again with the same loss."""
+    work = tmp_path / "run"
+    overrides = [*TRAIN, "--config.num_train_steps=2", "--config.checkpoint_every=1", "--config.export_hf=False"]
+
+    def train_two() -> list[str]:
+        procs = launch_processes("configs/train.py:tiny", work, *overrides)
+        outputs = [p.communicate(timeout=300) for p in procs]
+        for p, (out, err) in zip(procs, outputs):
+            assert p.returncode == 0, f"{out[-2000:]}\n{err[-5000:]}"
+        return [err for _, err in outputs]
+
+    train_two()
+    finished = _losses(work)
+    _damage(work / "checkpoints" / "2", "overwritten")
+    logs = train_two()
+    assert all(f"checkpoint {work}/checkpoints/2 cannot be read" in log for log in logs), logs[1][-3000:]
+    assert all(f"resumed from {work}/checkpoints step 1" in log for log in logs)
+    assert (work / "damaged_checkpoints" / "2").is_dir() and _losses(work) == finished
 
 
 def test_no_intact_checkpoint_is_one_error_naming_each(finished_run, tmp_path):
