@@ -19,6 +19,12 @@ this tree's engine, the bare-step bound: the decode step `generate` and the engi
 64 rows of the workload's prompts at the job's cache width, no EOS, (time(1 + n) - time(1)) / n per step,
 median of 3; bound = 64 rows / step. The bound leaves out the prefill, which is real work (the prompts are
 ~190 byte-level tokens, the texts ~32). Prints a markdown table for docs/performance.md.
+
+With `--job`, each contender also runs the workload as users do, `python -m teacherlm_jax.main --config
+configs/augment.py` (default chunk size, `--records` CREAK train records, batch_size 64, max_new_tokens 128),
+twice with one persistent compilation cache: the second run is timed whole (wall seconds of the process) and
+its summary.json gives the generation's seconds and, where the tree reports them, its programs and the
+seconds spent obtaining them (trace, lower, cache read, compile).
 """
 from __future__ import annotations
 
@@ -101,13 +107,18 @@ def _timed(fn) -> float:
     return time.perf_counter() - start
 
 
+def contender_env(tree: Path, cache: Path) -> dict[str, str]:
+    """A contender's environment: its tree first on the path, the CPU backend, its own persistent cache."""
+    data = os.environ.get("TEACHERLM_DATA_DIR", str(REPO.parent / "shared" / "data"))  # the baseline's tree is elsewhere
+    return {**os.environ, "PYTHONPATH": f"{tree}{os.pathsep}{Path(__file__).parent}", "JAX_PLATFORMS": "cpu",
+            "TEACHERLM_DATA_DIR": data,
+            "JAX_COMPILATION_CACHE_DIR": str(cache), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+            "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+
+
 def contender(tree: Path, checkpoint: Path, cache: Path, records: int, fractions: list[float], bound: bool,
               pools: str = "") -> list:
-    data = os.environ.get("TEACHERLM_DATA_DIR", str(REPO.parent / "shared" / "data"))  # the baseline's tree is elsewhere
-    env = {**os.environ, "PYTHONPATH": f"{tree}{os.pathsep}{Path(__file__).parent}", "JAX_PLATFORMS": "cpu",
-           "TEACHERLM_DATA_DIR": data,
-           "JAX_COMPILATION_CACHE_DIR": str(cache), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-           "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+    env = contender_env(tree, cache)
     cmd = [sys.executable, __file__, "--worker", "--checkpoint", str(checkpoint), "--records", str(records),
            "--refill-fractions", ",".join(map(str, fractions))] + (["--bound"] if bound else []) + (
               ["--prefix-pool", pools] if pools else [])
@@ -117,6 +128,29 @@ def contender(tree: Path, checkpoint: Path, cache: Path, records: int, fractions
     return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
 
 
+def job_run(tree: Path, checkpoint: Path, cache: Path, records: int, workdir: Path) -> dict:
+    """One augment job on the workload, timed whole, with its summary.json's throughput."""
+    command = [sys.executable, "-m", "teacherlm_jax.main", "--config", "configs/augment.py", "--workdir", str(workdir),
+               f"--config.teacher.init_from={checkpoint}", "--config.datasets=('creak',)",
+               f"--config.max_records={records}", f"--config.batch_size={SLOTS}",
+               f"--config.sampling.max_new_tokens={MAX_NEW_TOKENS}"]
+    start = time.perf_counter()
+    proc = subprocess.run(command, cwd=tree, env=contender_env(tree, cache), capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if proc.returncode:
+        raise SystemExit(f"{tree}: the augment job failed:\n{proc.stderr[-4000:]}")
+    throughput = json.loads((workdir / "augmented" / "creak" / "summary.json").read_text())["throughput"]
+    return {"job_seconds": seconds, "seconds": throughput["seconds"],
+            "tokens": sum(run["tokens"] for run in throughput["runs"]), **{
+                key: throughput[key] for key in ("compiled_programs", "program_seconds") if key in throughput}}
+
+
+def job_contender(tree: Path, checkpoint: Path, cache: Path, records: int, workdir: Path) -> dict:
+    """The job's second run with one persistent cache (the first fills it)."""
+    job_run(tree, checkpoint, cache, records, workdir / "first")
+    return job_run(tree, checkpoint, cache, records, workdir / "second")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--records", type=int, default=384)
@@ -124,6 +158,7 @@ def main() -> None:
     parser.add_argument("--baseline", default="ce4bea3", help="a commit to run side by side, or none")
     parser.add_argument("--prefix-pool", default="", choices=["", "on", "off", "both"],
                         help="this tree's engine with its prefix pool, without, or both (default: the engine's own)")
+    parser.add_argument("--job", action="store_true", help="also time each contender's augment job end to end")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--checkpoint", help=argparse.SUPPRESS)
     parser.add_argument("--bound", action="store_true", help=argparse.SUPPRESS)
@@ -145,13 +180,17 @@ def main() -> None:
         note = save_checkpoint(tmp / "model", "tiny", "teacherlm", texts)
         results = {"this tree": contender(REPO, tmp / "model", tmp / "cache-new", args.records, fractions, True,
                                           args.prefix_pool)}
+        jobs = {"this tree": job_contender(REPO, tmp / "model", tmp / "cache-new", args.records, tmp / "job-new")
+                } if args.job else {}
         if args.baseline != "none":
             tree = tmp / "baseline"
             subprocess.run(["git", "worktree", "add", "--detach", str(tree), args.baseline], cwd=REPO, check=True,
                            capture_output=True)
+            name = f"engine at {args.baseline}"
             try:
-                results[f"engine at {args.baseline}"] = contender(tree, tmp / "model", tmp / "cache-old",
-                                                                  args.records, [], False)
+                results[name] = contender(tree, tmp / "model", tmp / "cache-old", args.records, [], False)
+                if args.job:
+                    jobs[name] = job_contender(tree, tmp / "model", tmp / "cache-old", args.records, tmp / "job-old")
             finally:
                 subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=REPO, check=True)
 
@@ -174,6 +213,25 @@ def main() -> None:
               f"{r['seconds']:.1f} | {r['tokens_per_s']:.0f} | "
               f"{100 * r['tokens_per_s'] / bound['bound_tokens_per_s']:.0f}% | {versus} | {r.get('rounds', '-')} | "
               f"{r['decode_steps']} | {r['slot_occupancy']:.2f} | {r.get('compiled_programs', '-')} | {phases} |")
+
+    if jobs:
+        print_jobs(jobs, bound["bound_tokens_per_s"])
+
+
+def print_jobs(jobs: dict[str, dict], bound: float) -> None:
+    """The end-to-end table: each contender's timed second job."""
+    base = next((r for name, r in jobs.items() if name != "this tree"), None)
+    print("\n| augment job | wall s | generation s | tokens | tokens/s | of the bound | vs baseline | programs "
+          "| program s (trace, lower, cache read, compile) | programs / generation |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name, r in jobs.items():
+        rate = r["tokens"] / r["seconds"]
+        versus = f"{rate / (base['tokens'] / base['seconds']):.2f}x" if base else "-"
+        phases = r.get("program_seconds")
+        spent = f"{sum(phases.values()) / r['seconds']:.0%}" if phases else "-"
+        phases = ", ".join(f"{phases[k]:.1f}" for k in ("trace", "lower", "cache_read", "compile")) if phases else "-"
+        print(f"| {name} | {r['job_seconds']:.1f} | {r['seconds']:.1f} | {r['tokens']} | {rate:.0f} | "
+              f"{100 * rate / bound:.0f}% | {versus} | {r.get('compiled_programs', '-')} | {phases} | {spent} |")
 
 
 if __name__ == "__main__":
