@@ -37,7 +37,8 @@ GRAIN = 32
 
 
 def prompt_lengths(records: int = 384) -> list[int]:
-    from teacherlm_jax.augment import Sampling, Settings
+    from teacherlm_jax.augment import Settings
+    from teacherlm_jax.generation.sampler import Sampling
     from teacherlm_jax.augment.chunks import make_chunk
     from teacherlm_jax.data import load_records
     from teacherlm_jax.tokenizers import byte_tokenizer

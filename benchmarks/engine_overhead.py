@@ -43,7 +43,8 @@ def worker(checkpoint: str, records: int, fractions: list[float], bound: bool, p
     import numpy as np
 
     from teacherlm_jax import from_pretrained
-    from teacherlm_jax.augment import Sampling, Settings
+    from teacherlm_jax.augment import Settings
+    from teacherlm_jax.generation.sampler import Sampling
     from teacherlm_jax.augment.chunks import make_chunk
     from teacherlm_jax.data import load_records
     from teacherlm_jax.tokenizers import load_tokenizer

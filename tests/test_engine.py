@@ -1,4 +1,4 @@
-"""The augment engine's decode slots: continuous batching gives every row exactly what `generate` gives
+"""The generation engine's decode slots: continuous batching gives every row exactly what `generate` gives
 it alone (greedy and sampled, prompts of mixed lengths, rows ending at different steps), whatever the
 engine, batch size or slot a row lands in; it needs fewer decode steps than static batches; the
 decode layout of a listed model shares its weights (held once)."""
@@ -19,8 +19,8 @@ from flax import nnx
 
 from reference_models import save_reference, tiny_bloom
 from teacherlm_jax import from_pretrained, generate
-from teacherlm_jax.augment import Sampling
-from teacherlm_jax.generation import DecodeSlots, Engine, InsertShape, Prompt, RowSeeds, Sampler, num_traces, prompt_width
+from teacherlm_jax.generation import (DecodeSlots, Engine, InsertShape, Prompt, RowSeeds, Sampler, Sampling, num_traces,
+                                      prompt_width)
 from teacherlm_jax.generation import scheduler
 from teacherlm_jax.generation.slots import Round, _run
 
@@ -268,8 +268,7 @@ TENSOR_SCRIPT = textwrap.dedent("""
     import jax, numpy as np
     from jax.sharding import AxisType
     from teacherlm_jax import from_pretrained, generate
-    from teacherlm_jax.augment import Sampling
-    from teacherlm_jax.generation import Engine, Prompt
+    from teacherlm_jax.generation import Engine, Prompt, Sampling
 
     rules = (("batch", ("data", "fsdp")), ("embed", "fsdp"), ("heads", "tensor"), ("mlp", "tensor"),
              ("vocab", "tensor"))

@@ -46,7 +46,7 @@ from jax.sharding import Mesh
 
 from teacherlm_jax.data.padding import left_pad
 from teacherlm_jax.generation.compiles import program_seconds
-from teacherlm_jax.generation.sampler import (COUNT_BUCKETS, PREFILL_BUCKETS, PROMPT_BUCKETS, SUFFIX_BUCKETS, Sampler,
+from teacherlm_jax.generation.sampler import (COUNT_BUCKETS, PREFILL_BUCKETS, PROMPT_BUCKETS, SUFFIX_BUCKETS, Sampling,
                                               bucket_length)
 from teacherlm_jax.generation.slots import (DecodeSlots, InsertShape, PoolPlaces, PoolShape, RowSeeds, RowsView,
                                             num_traces, pool_prefixes, slot_count)
@@ -127,7 +127,7 @@ class Engine:
     benchmarks/engine_overhead.py slower).
     """
 
-    def __init__(self, model: nnx.Module, *, batch_size: int, width: int, sampling: Any, eos_id: int | None,
+    def __init__(self, model: nnx.Module, *, batch_size: int, width: int, sampling: Sampling, eos_id: int | None,
                  pad_id: int, refill: bool, mesh: Mesh | None = None, rules: LogicalRules | None = None,
                  refill_fraction: float = REFILL_FRACTION, round_steps: int | None = None,
                  inserts_ahead: bool | None = None, prefix_pool: bool | None = None):
@@ -140,7 +140,7 @@ class Engine:
         self.slots = DecodeSlots(
             model, slots=slot_count(batch_size * self.samples, mesh, rules), prompt_width=width,
             max_new_tokens=sampling.max_new_tokens,
-            sampler=Sampler(sampling.temperature, sampling.top_k, sampling.top_p), eos_ids=np.asarray(eos, np.int32),
+            sampler=sampling.sampler(), eos_ids=np.asarray(eos, np.int32),
             pad_id=pad_id, mesh=mesh, rules=rules)
         self.capacity = batch_size  # prompts at a time (idle slots that round up to the mesh stay idle)
         self.usable = batch_size * self.samples
