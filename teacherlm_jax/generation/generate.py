@@ -64,9 +64,8 @@ def generate(
     or `stop_at_eos=False` generates exactly `max_new_tokens`. The loop stops once every row has ended.
     `seed` is one int (prompt b then uses key `fold_in(key(seed), b)`) or one int per prompt (key
     `fold_in(key(seed_b), 0)`, so a prompt's samples do not depend on its position in the batch).
-    `prompt_buckets` lists allowed padded prompt lengths (default: `sampler.PROMPT_BUCKETS`, shared with
-    scoring and the augment engine). `logprobs=False` skips the per-step log-softmax (callers that only
-    want the text).
+    `prompt_buckets` lists allowed padded prompt lengths (default: `sampler.PROMPT_BUCKETS`).
+    `logprobs=False` skips the per-step log-softmax (callers that only want the text).
 
     With `mesh` and `rules`, rows are sharded over the mesh axes that logical axis `batch` maps to
     (idle slots round them up to a multiple of that size) and parameters over the rest (e.g. heads,

@@ -1,5 +1,4 @@
-"""The sampler, the sampling settings a generation job runs with, and the length buckets every job pads to
-(generation, the lm-eval backend, augment)."""
+"""The sampler, the sampling settings a generation job runs with, and the prompt length buckets."""
 from __future__ import annotations
 
 import dataclasses
@@ -16,17 +15,6 @@ from teacherlm_jax.config_checks import require_int
 # Prompt (and prefill) widths: powers of two and 1.5x powers of two from 16, so that at most a third of a
 # padded width is padding while a dataset-scale job compiles a handful of programs.
 PROMPT_BUCKETS = tuple(sorted({b for p in range(4, 16) for b in (2 ** p, 3 * 2 ** (p - 1))}))
-# The engine's prefill widths (shared prefixes, and whole prompts without one): PROMPT_BUCKETS and 1.25x and
-# 1.75x powers of two from 40, so that at most a fifth of a padded width is padding. The engine inserts prompts
-# in width order (`scheduler.ORDER_WINDOW_FILLS`), so a round's prefixes share one of these and a job's
-# rounds use a few of them: sorting and these cut the prefilled tokens for a few more insert programs
-# (benchmarks/engine_overhead.py reports both). Scoring and `generate` keep PROMPT_BUCKETS: fewer programs,
-# each compiled on the job's clock.
-PREFILL_BUCKETS = tuple(sorted(set(PROMPT_BUCKETS) | {b for p in range(5, 16) for b in (5 * 2 ** (p - 2), 7 * 2 ** (p - 2))}))
-# A prompt's own tokens after a shared prefix: TeacherLM's cues are short, and the same for every record.
-SUFFIX_BUCKETS = (1, 2, 3, *range(4, 65, 4), *(b for b in PROMPT_BUCKETS if b > 64))
-# Row and prefix counts of one prefill call: the same scheme from 1.
-COUNT_BUCKETS = tuple(sorted({1, 2, 3} | {b for p in range(2, 16) for b in (2 ** p, 3 * 2 ** (p - 1))}))
 
 
 def bucket_length(length: int, buckets: Sequence[int] | None = None) -> int:

@@ -25,7 +25,7 @@ more than one row) a unit's prefix is also stored and read once: it takes a free
 (`slots.pool_prefixes`) until its last row ends, and a round also ends once a pool slot
 is free for the next unit (`slots` module docstring). Units go in shortest first within windows of a few fills
 (ORDER_WINDOW_FILLS), so that one round's prefixes have about one width. Widths and counts are bucketed
-(`sampler`), so a job compiles a handful of prefill programs, on accelerators ahead, in background
+(this module's buckets), so a job compiles a handful of prefill programs, on accelerators ahead, in background
 threads, from a simulation of the rounds. Once no prompt waits, the last rows move to a quarter of the
 slots or fewer, step by step (64 -> 16 -> 4 slots; not below TAIL_SLOTS), whose steps cost less; every
 slot count of that chain is compiled ahead. A row's tokens depend only on the model, its prompt (and its
@@ -46,13 +46,23 @@ from jax.sharding import Mesh
 
 from teacherlm_jax.data.padding import left_pad
 from teacherlm_jax.generation.compiles import program_seconds
-from teacherlm_jax.generation.sampler import (COUNT_BUCKETS, PREFILL_BUCKETS, PROMPT_BUCKETS, SUFFIX_BUCKETS, Sampling,
-                                              bucket_length)
+from teacherlm_jax.generation.sampler import PROMPT_BUCKETS, Sampling, bucket_length
 from teacherlm_jax.generation.slots import (DecodeSlots, InsertShape, PoolPlaces, PoolShape, RowSeeds, RowsView,
                                             num_traces, pool_prefixes, slot_count)
 from teacherlm_jax.sharding import LogicalRules
 
-BUCKETS = PROMPT_BUCKETS  # the name this module's users know
+# The engine's prefill widths (shared prefixes, and whole prompts without one): PROMPT_BUCKETS and 1.25x and
+# 1.75x powers of two from 40, so that at most a fifth of a padded width is padding. The engine inserts prompts
+# in width order (ORDER_WINDOW_FILLS), so a round's prefixes share one of these and a job's
+# rounds use a few of them: sorting and these cut the prefilled tokens for a few more insert programs
+# (benchmarks/engine_overhead.py reports both). `generate` keeps PROMPT_BUCKETS: fewer programs, each
+# compiled on the job's clock.
+PREFILL_BUCKETS = tuple(sorted(set(PROMPT_BUCKETS) | {b for p in range(5, 16) for b in (5 * 2 ** (p - 2), 7 * 2 ** (p - 2))}))
+# A prompt's own tokens after a shared prefix: TeacherLM's cues are short, and the same for every record.
+SUFFIX_BUCKETS = (1, 2, 3, *range(4, 65, 4), *(b for b in PROMPT_BUCKETS if b > 64))
+# Row and prefix counts of one prefill call: the same scheme from 1.
+COUNT_BUCKETS = tuple(sorted({1, 2, 3} | {b for p in range(2, 16) for b in (2 ** p, 3 * 2 ** (p - 1))}))
+
 # Once no prompt waits, the last rows move to a quarter of the slots (or fewer), never below this many:
 # a step's cost falls with its slots but levels off below a few (benchmarks/engine_overhead.py).
 TAIL_SLOTS = 4
