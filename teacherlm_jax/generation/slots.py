@@ -29,10 +29,10 @@ static or dynamic, is slower than over the whole cache (benchmarks/decode_window
 needs a ragged kernel.
 
 Pooled slots (`pool`: the engine's units of several rows) store each unit's shared prefix once, in a pool
-of `PoolShape.prefixes` prefixes (`layers.PrefixPool`), and a row's cache holds only its own columns: its
+of `PoolShape.prefixes` prefixes (`kv_cache.PrefixPool`), and a row's cache holds only its own columns: its
 kind's prompt tokens (right-aligned in `prompt_width` columns) and its generated tokens. A decode step reads
 each live prefix once for all its rows (their queries laid out [prefixes, members], Hydragen's batched
-matmul) and merges that part with the row's own by log-sum-exp (`layers.attend_with_prefix`); positions
+matmul) and merges that part with the row's own by log-sum-exp (`attention.attend_with_prefix`); positions
 count the row's mask over its prefix then its own columns, so ALiBi and OPT's positions are those of the
 whole row. A row ending leaves its place in the pool (its pool slot set past the pool); its prefix stays
 until the host, which assigns pool slots, sees its last row end.
@@ -63,7 +63,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from teacherlm_jax.generation.compiles import compiled_programs
 from teacherlm_jax.generation.sampler import Sampler
 from teacherlm_jax.models.graph_key import GraphKey
-from teacherlm_jax.models.layers import KVCache, PrefixPool
+from teacherlm_jax.models.kv_cache import KVCache, PrefixPool
 from teacherlm_jax.sharding import LogicalRules, activation_sharding, logical_to_spec
 
 # Logical axes of each layer's key (and value) cache buffer.
@@ -108,7 +108,7 @@ def pool_prefixes(rows: int, rows_per_prefix: int, slots: int) -> int:
 
 class PoolShape(NamedTuple):
     """The prefix pool of pooled slots: `prefixes` pool slots of `width` columns, each prefix read once a step
-    for at most `members` rows (`layers.PrefixPool`)."""
+    for at most `members` rows (`kv_cache.PrefixPool`)."""
 
     prefixes: int
     width: int

@@ -16,11 +16,12 @@ from flax import nnx
 
 from teacherlm_jax.errors import ConfigError
 from teacherlm_jax.models.causal_lm import CausalLM
-from teacherlm_jax.models.layers import (
-    KVCache, LayerNorm, Linear, ScanSpec, SharedPrefix, attend, attend_with_prefix, attention_allowed,
-    attention_impl, check_attention_impl, check_attention_mask, check_segment_ids, decoding_model, keys_values,
-    make_block_stack, named_param, resolve_dtype, run_block_stack, token_positions,
-)
+from teacherlm_jax.models.attention import (attend, attend_with_prefix, attention_allowed, attention_impl,
+                                            check_attention_impl, check_attention_mask, check_segment_ids,
+                                            token_positions)
+from teacherlm_jax.models.kv_cache import KVCache, SharedPrefix, keys_values
+from teacherlm_jax.models.layers import LayerNorm, Linear, named_param, resolve_dtype
+from teacherlm_jax.models.stack import ScanSpec, decoding_model, make_block_stack, run_block_stack
 from teacherlm_jax.models.param_map import TensorSpec, config_from_hf, layer_norm, linear, same, transposed
 from teacherlm_jax.sharding import constrain
 
@@ -47,7 +48,7 @@ class BloomConfig:
     param_dtype: str = "float32"
     scan_layers: bool = True
     remat_policy: str = "none"
-    attention_impl: str = "auto"  # layers.ATTENTION_IMPLS: auto | einsum | xla | cudnn
+    attention_impl: str = "auto"  # attention.ATTENTION_IMPLS: auto | einsum | xla | cudnn
 
     model_type = "bloom"
 
@@ -102,7 +103,7 @@ def alibi_slopes(num_heads: int) -> np.ndarray:
 def alibi_bias(attention_mask: jax.Array, num_heads: int, segment_ids: jax.Array | None = None,
                start: jax.Array | None = None) -> jax.Array:
     """[batch, heads, 1, keys] bias = slope * key position, positions counted over real tokens only (and
-    from each packed segment's start, `layers.token_positions`), from `start` [batch] (a shared prefix's
+    from each packed segment's start, `attention.token_positions`), from `start` [batch] (a shared prefix's
     tokens before the row's own columns) or 0."""
     positions = token_positions(attention_mask, segment_ids)
     if start is not None:
@@ -166,7 +167,7 @@ class Bloom(CausalLM):
         return KVCache.zeros(c.n_layer, batch, max_length, c.n_head, c.head_dim, resolve_dtype(c.dtype))
 
     def for_decoding(self) -> Bloom:
-        """This model laid out for generation's steps (`layers.decoding_model`): listed layers, a copy of a
+        """This model laid out for generation's steps (`stack.decoding_model`): listed layers, a copy of a
         scanned stack's weights; a model loaded with scan_layers=False keeps sharing its own."""
         return decoding_model(self, "h")
 

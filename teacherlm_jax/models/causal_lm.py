@@ -7,7 +7,8 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
-from teacherlm_jax.models.layers import KVCache, output_logits, resolve_dtype, with_cache
+from teacherlm_jax.models.kv_cache import KVCache
+from teacherlm_jax.models.layers import output_logits, resolve_dtype
 
 
 class CausalLM(nnx.Module):
@@ -47,3 +48,10 @@ class CausalLM(nnx.Module):
         differentiate through it); a decode layout's one-token steps compute them vocabulary-major."""
         step = getattr(self, "decode_layout", False) and x.shape[1] == 1
         return output_logits(x, head, resolve_dtype(self.config.dtype), vocab_major=step)
+
+
+def with_cache(logits: jax.Array, new_cache: KVCache | None, cache: KVCache | None, length: int):
+    """A decoder's return value: logits alone without a cache, else (logits, cache advanced by `length`)."""
+    if cache is None:
+        return logits
+    return logits, new_cache.replace(index=cache.index + length)

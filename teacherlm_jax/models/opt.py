@@ -15,11 +15,12 @@ import jax.numpy as jnp
 from flax import nnx
 
 from teacherlm_jax.models.causal_lm import CausalLM
-from teacherlm_jax.models.layers import (
-    KVCache, LayerNorm, Linear, ScanSpec, SharedPrefix, attend, attend_with_prefix, attention_allowed,
-    attention_impl, check_attention_impl, check_attention_mask, check_segment_ids, decoding_model, keys_values,
-    make_block_stack, named_param, query_slots, resolve_dtype, run_block_stack, token_positions,
-)
+from teacherlm_jax.models.attention import (attend, attend_with_prefix, attention_allowed, attention_impl,
+                                            check_attention_impl, check_attention_mask, check_segment_ids,
+                                            query_slots, token_positions)
+from teacherlm_jax.models.kv_cache import KVCache, SharedPrefix, keys_values
+from teacherlm_jax.models.layers import LayerNorm, Linear, named_param, resolve_dtype
+from teacherlm_jax.models.stack import ScanSpec, decoding_model, make_block_stack, run_block_stack
 from teacherlm_jax.models.param_map import TensorSpec, config_from_hf, layer_norm, linear, same, transposed
 from teacherlm_jax.sharding import constrain
 
@@ -66,7 +67,7 @@ class OPTConfig:
     param_dtype: str = "float32"
     scan_layers: bool = True
     remat_policy: str = "none"
-    attention_impl: str = "auto"  # layers.ATTENTION_IMPLS: auto | einsum | xla | cudnn
+    attention_impl: str = "auto"  # attention.ATTENTION_IMPLS: auto | einsum | xla | cudnn
 
     model_type = "opt"
 
@@ -190,7 +191,7 @@ class OPT(CausalLM):
                              resolve_dtype(c.dtype))
 
     def for_decoding(self) -> OPT:
-        """This model laid out for generation's steps (`layers.decoding_model`): listed layers, a copy of a
+        """This model laid out for generation's steps (`stack.decoding_model`): listed layers, a copy of a
         scanned stack's weights; a model loaded with scan_layers=False keeps sharing its own."""
         return decoding_model(self, "layers")
 
