@@ -144,7 +144,7 @@ def time_decode(model: Bloom, batch: int, context: int, steps: int) -> float:
     from teacherlm_jax.generation import DecodeSlots, RowSeeds, Sampler
 
     width = context // 2
-    slots = DecodeSlots(model, slots=batch, prompt_width=width, max_new_tokens=context - width + 1,
+    slots = DecodeSlots(model, size=batch, prompt_width=width, max_new_tokens=context - width + 1,
                         sampler=Sampler(1.0, 50), eos_ids=np.array([], np.int32), pad_id=0)
     ids = np.full((batch, width), 5, np.int32)
 

@@ -7,11 +7,11 @@ programs jax compiles. The augment job, the eval job's generative mode and the l
 generate through this package.
 """
 from teacherlm_jax.generation.compiles import compiled_programs
-from teacherlm_jax.generation.generate import GenerateOutput, decoding_layout, generate
+from teacherlm_jax.generation.generate import GenerateOutput, generate
 from teacherlm_jax.generation.sampler import PROMPT_BUCKETS, Sampler, Sampling, bucket_length
 from teacherlm_jax.generation.scheduler import Engine, Prompt, prompt_width
 from teacherlm_jax.generation.slots import CACHE_AXES, DecodeSlots, InsertShape, RowSeeds, num_traces, slot_count
 
 __all__ = ["CACHE_AXES", "DecodeSlots", "Engine", "GenerateOutput", "InsertShape", "PROMPT_BUCKETS", "Prompt",
-           "RowSeeds", "Sampler", "Sampling", "bucket_length", "compiled_programs", "decoding_layout", "generate", "num_traces",
+           "RowSeeds", "Sampler", "Sampling", "bucket_length", "compiled_programs", "generate", "num_traces",
            "prompt_width", "slot_count"]

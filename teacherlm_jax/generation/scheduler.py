@@ -148,7 +148,7 @@ class Engine:
         self.width = width
         eos = [eos_id] if sampling.stop_at_eos and eos_id is not None else []
         self.slots = DecodeSlots(
-            model, slots=slot_count(batch_size * self.samples, mesh, rules), prompt_width=width,
+            model, size=slot_count(batch_size * self.samples, mesh, rules), prompt_width=width,
             max_new_tokens=sampling.max_new_tokens,
             sampler=sampling.sampler(), eos_ids=np.asarray(eos, np.int32),
             pad_id=pad_id, mesh=mesh, rules=rules)
@@ -158,7 +158,7 @@ class Engine:
         self.round_steps = round_steps or sampling.max_new_tokens
         self.traces, self.program_seconds = num_traces(), program_seconds()
         self.mesh, self.rules = mesh, rules
-        self.all_slots = self.slots.slots
+        self.all_slots = self.slots.size
         self.ends_early = bool(eos)
         platform = (mesh.devices.flat[0] if mesh is not None else jax.devices()[0]).platform
         self.inserts_ahead = platform != "cpu" if inserts_ahead is None else inserts_ahead
@@ -169,7 +169,7 @@ class Engine:
         """Counters since the engine was made (summary.json's `engine`)."""
         s = self.slots
         return {"engine": "continuous" if self.refill else "static", "slots": self.all_slots,
-                "tail_slots": s.slots, "prompt_width": self.width, "rounds": s.rounds,
+                "tail_slots": s.size, "prompt_width": self.width, "rounds": s.rounds,
                 "decode_steps": s.decode_steps, "slot_steps": s.slot_steps, "kept_tokens": s.kept_tokens,
                 "slot_occupancy": round(s.kept_tokens / max(1, s.slot_steps), 4),
                 "prefill_tokens": s.prefill_tokens, "compiled_programs": num_traces() - self.traces,
@@ -243,7 +243,7 @@ class Engine:
         if upcoming:
             need = max(self.refill_rows, len(upcoming[0]) * self.samples)
             return max(0, self.usable - need), None if self.slots.pool is None else self.slots.pool.prefixes - 1
-        smaller = [s for s in self._tail_sizes() if s < self.slots.slots]
+        smaller = [s for s in self._tail_sizes() if s < self.slots.size]
         return (smaller[0] if smaller else 0), None
 
     def _tail_sizes(self) -> list[int]:
@@ -258,7 +258,7 @@ class Engine:
 
     def _shrink(self, owners: dict[int, tuple[int, int]]) -> dict[int, tuple[int, int]]:
         """With no prompt left, moves the remaining rows to the fewest slots of the tail's chain they fit."""
-        fits = [s for s in self._tail_sizes() if len(owners) <= s < self.slots.slots]
+        fits = [s for s in self._tail_sizes() if len(owners) <= s < self.slots.size]
         if not owners or not fits:
             return owners
         keep = sorted(owners)
@@ -366,7 +366,7 @@ class Engine:
         prefix = left_pad(list(call.prefixes) + [()] * (k - len(call.prefixes)), wp, pad)
         ids, mask = left_pad([ids for ids, *_ in call.rows] + [()] * (m - len(call.rows)), ws, pad)
         parent = np.array([j for _, j, _ in call.rows] + [0] * (m - len(call.rows)), np.int32)
-        slot_ids = np.full((m, self.samples), self.slots.full_slots, np.int32)  # padding rows: no slot
+        slot_ids = np.full((m, self.samples), self.slots.full_size, np.int32)  # padding rows: no slot
         slot_ids[:len(call.rows)] = [x.slots for *_, x in call.rows]
         prompts = [x.prompt for *_, x in call.rows] + [None] * (m - len(call.rows))
         seeds = RowSeeds.of(np.repeat([0 if p is None else p.seed for p in prompts], self.samples),

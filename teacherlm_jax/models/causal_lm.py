@@ -46,7 +46,7 @@ class CausalLM(nnx.Module):
     def logits(self, x: jax.Array, head: jax.Array) -> jax.Array:
         """Float32 logits of hidden states `x` through `head` (`output_head()`, passed in so that a loss can
         differentiate through it); a decode layout's one-token steps compute them vocabulary-major."""
-        step = getattr(self, "decode_layout", False) and x.shape[1] == 1
+        step = getattr(self, "is_for_decoding", False) and x.shape[1] == 1
         return output_logits(x, head, resolve_dtype(self.config.dtype), vocab_major=step)
 
 
