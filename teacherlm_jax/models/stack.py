@@ -87,21 +87,6 @@ def run_block_stack(blocks, x: jax.Array, layer_fn: Callable, cache: KVCache | N
     return x, None if cache is None else cache.replace(key=tuple(new_k), value=tuple(new_v))
 
 
-def decoding_model(model: nnx.Module, blocks_attr: str) -> nnx.Module:
-    """`model` laid out for generation: its block stack `blocks_attr` as a list of layers, so that no
-    decode step copies slices of stacked weights or caches. The same function. A scanned stack's layers
-    are sliced out once (a copy of the blocks' weights); a model loaded with `scan_layers=False` shares
-    its weights, so generation holds them once. Made once, before generating; says `is_for_decoding`.
-    """
-    if getattr(model, "is_for_decoding", False):
-        return model
-    copy = nnx.merge(*nnx.split(model))
-    setattr(copy, blocks_attr, decoding_blocks(getattr(copy, blocks_attr), model.config.scan_layers))
-    copy.config = dataclasses.replace(model.config, scan_layers=False, remat_policy="none")  # no gradients
-    copy.is_for_decoding = True
-    return copy
-
-
 def decoding_blocks(blocks, scanned: bool) -> nnx.List:
     """A block stack as a list of per-layer blocks, made once before a decode loop: XLA copies a slice
     of stacked weights every step. A scanned stack's layer i takes slice i of every parameter (a copy of
