@@ -144,7 +144,7 @@ def time_decode(model: Bloom, batch: int, context: int, steps: int) -> float:
     from teacherlm_jax.generation import DecodeSlots, RowSeeds, Sampler
 
     width = context // 2
-    slots = DecodeSlots(model, slots=batch, prompt_width=width, max_new_tokens=context - width + 1,
+    slots = DecodeSlots(model, size=batch, prompt_width=width, max_new_tokens=context - width + 1,
                         sampler=Sampler(1.0, 50), eos_ids=np.array([], np.int32), pad_id=0)
     ids = np.full((batch, width), 5, np.int32)
 
@@ -243,7 +243,8 @@ def augment_part(shapes: dict[str, dict[str, int]], slot_counts: Sequence[int], 
     """The augment job's `augment_records` for each shape and slot count; the host's share of the job is
     1 - (decode steps x the engine's own step at that slot count) / the job's seconds (tail steps on fewer
     slots cost less, so this share is a lower bound)."""
-    from teacherlm_jax.augment import Sampling, Settings, augment_records
+    from teacherlm_jax.augment import Settings, augment_records
+    from teacherlm_jax.generation.sampler import Sampling
     from teacherlm_jax.data import KINDS, load_records, teacher_prompt
     from teacherlm_jax.tokenizers import byte_tokenizer
 

@@ -12,7 +12,7 @@ job's `make_chunk`, 64 slots, max_new_tokens 128):
    kinds, a round ends once 1/8 of the slots are free, texts of geometric length, p(EOS) = 1/32 a step, cut
    at 128; a round's window also holds its own steps, so it ends ROUND_STEPS past the oldest row), in
    multiples of 32 columns, averaged over decode steps.
-2. What a window costs: the decode step's attention (`layers.attend`, einsum, as the step runs it) over the
+2. What a window costs: the decode step's attention (`attention.attend`, einsum, as the step runs it) over the
    four layers of that benchmark's model (64 rows, 8 heads of 32), on the whole cache and on a window of
    the mean width taken by a static slice and by a dynamic one. Median of 15 calls after a warm-up.
 Prints a markdown table for docs/performance.md.
@@ -37,7 +37,8 @@ GRAIN = 32
 
 
 def prompt_lengths(records: int = 384) -> list[int]:
-    from teacherlm_jax.augment import Sampling, Settings
+    from teacherlm_jax.augment import Settings
+    from teacherlm_jax.generation.sampler import Sampling
     from teacherlm_jax.augment.chunks import make_chunk
     from teacherlm_jax.data import load_records
     from teacherlm_jax.tokenizers import byte_tokenizer
@@ -76,7 +77,7 @@ def mean_window(lengths: list[int], seed: int = 0) -> tuple[float, int]:
 
 
 def attention_ms(columns: int, window: int, dynamic: bool) -> float:
-    from teacherlm_jax.models.layers import attend
+    from teacherlm_jax.models.attention import attend
 
     rng = np.random.default_rng(0)
     caches = [jnp.asarray(rng.standard_normal((SLOTS, HEADS, columns, HEAD_DIM), np.float32))

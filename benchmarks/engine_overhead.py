@@ -49,7 +49,8 @@ def worker(checkpoint: str, records: int, fractions: list[float], bound: bool, p
     import numpy as np
 
     from teacherlm_jax import from_pretrained
-    from teacherlm_jax.augment import Sampling, Settings
+    from teacherlm_jax.augment import Settings
+    from teacherlm_jax.generation.sampler import Sampling
     from teacherlm_jax.augment.chunks import make_chunk
     from teacherlm_jax.data import load_records
     from teacherlm_jax.tokenizers import load_tokenizer
@@ -85,7 +86,7 @@ def worker(checkpoint: str, records: int, fractions: list[float], bound: bool, p
         from teacherlm_jax.data.padding import left_pad
         from teacherlm_jax.generation import DecodeSlots, RowSeeds, Sampler
 
-        slots = DecodeSlots(model, slots=SLOTS, prompt_width=width, max_new_tokens=MAX_NEW_TOKENS,
+        slots = DecodeSlots(model, size=SLOTS, prompt_width=width, max_new_tokens=MAX_NEW_TOKENS,
                             sampler=Sampler(1.0, 50), eos_ids=np.array([], np.int32), pad_id=tokenizer.pad_token_id)
         ids, mask = left_pad([p.ids for _, p in chunk.work[:SLOTS]], width, tokenizer.pad_token_id)
         seeds = RowSeeds.of(range(SLOTS), [0] * SLOTS, [0] * SLOTS)

@@ -3,9 +3,11 @@
 
 Each configs/*.py `get_config(variant)` is called and its ConfigDict flattened. The shared blocks (every job's
 keys, a model, the optimizer, a student) are shown once; a job's base file lists its own keys with default and
-effect; every other file, variant and nested config shows only what it changes. The effects live beside the
-keys in configs/ (each file's DESCRIPTIONS, configs/common.py's blocks); tests/test_docs.py fails when
-docs/configs.md is stale, a key has no description, or a description names a key no config has.
+effect; every other file, variant and nested config shows only what it changes: changes without an effect to
+write that share a parent key in one row (`model.*`), a variant of a few such changes in one sentence. The
+effects live beside the keys in configs/ (each file's DESCRIPTIONS, configs/common.py's blocks);
+tests/test_docs.py fails when docs/configs.md is stale, a key has no description, or a description names a key
+no config has.
 """
 from __future__ import annotations
 
@@ -220,6 +222,8 @@ def _closest(configs: dict[str, ml_collections.ConfigDict], config: ml_collectio
     return min(same_job, key=lambda name: len(_diff(configs[name], config, configs)))
 
 
+# A variant whose changes are at most this many rows, none with an effect to write, is one sentence.
+INLINE_ROWS = 3
 DIFF_HEADER = ["| key | value | effect (of a key the base lacks) |", "|---|---|---|"]
 
 
@@ -262,8 +266,28 @@ def _once(effect: str) -> str:
     return effect
 
 
+def _by_parent(rows: list[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
+    """Rows without an effect of their own that share a parent key, as one row listing `name value` pairs:
+    `teacher.stage1.model` | `n_head` `4`, `n_layer` `2`."""
+    groups: dict[str, list[tuple[str, str]]] = {}
+    for key, value, effect in rows:
+        parent, _, name = key.rpartition(".")
+        if parent and not effect:
+            groups.setdefault(parent, []).append((name, value))
+    out, shown = [], set()
+    for key, value, effect in rows:
+        parent, _, name = key.rpartition(".")
+        if not parent or effect or len(groups[parent]) == 1:
+            out.append((key, value, effect))
+        elif parent not in shown:
+            shown.add(parent)
+            out.append((parent + ".*", ", ".join(f"`{n}` {v}" for n, v in groups[parent]), ""))
+    return out
+
+
 def _table_rows(rows: list[tuple[str, str, str]]) -> list[str]:
-    return [f"| `{key}` | {value} | {_once(effect)} |" for key, value, effect in _compact(rows)]
+    rows = [(key, value, "" if effect in _WRITTEN else effect) for key, value, effect in _compact(rows)]
+    return [f"| `{key}` | {value} | {_once(effect)} |" for key, value, effect in _by_parent(rows)]
 
 
 def _base_table(config: ml_collections.ConfigDict, configs: dict[str, ml_collections.ConfigDict]) -> list[str]:
@@ -329,7 +353,9 @@ def render() -> str:
         "The shared blocks come first, once. Then each job's base file lists its own keys (and a shared key only "
         "where it differs from the block's default); every other file and variant shows only what it changes "
         "against its base. A config nested in another (a pipeline's stages, students, augmentation and "
-        "evaluation) is named by the documented file it equals, or shown as its changes against its job's base file.",
+        "evaluation) is named by the documented file it equals, or shown as its changes against its job's base file. "
+        "Changes under one parent key share a row (`model.*`: `n_head` `4`, `n_layer` `2`), and a variant of a few "
+        "changes is one sentence.",
         "",
         "Contents: [shared blocks](#shared-blocks), " + ", ".join(f"[`{file}`](#{_anchor(file)})" for file in FILES),
         "",
@@ -353,8 +379,12 @@ def render() -> str:
                 lines += [f"Keys of `{name}` (job `{config.job}`):", "", *_base_table(config, before), ""]
                 continue
             closest = _closest(before, config)
-            lines += [f"`{name}` (job `{config.job}`) is `{closest}` with:", "", *DIFF_HEADER,
-                      *_table_rows(_diff(configs[closest], config, before)), ""]
+            rows = _table_rows(_diff(configs[closest], config, before))
+            if len(rows) <= INLINE_ROWS and all(row.endswith("|  |") for row in rows):  # no effect to write
+                changes = "; ".join(row.removeprefix("| ").removesuffix(" |  |").replace(" | ", " ") for row in rows)
+                lines += [f"`{name}` (job `{config.job}`) is `{closest}` with {changes}.", ""]
+            else:
+                lines += [f"`{name}` (job `{config.job}`) is `{closest}` with:", "", *DIFF_HEADER, *rows, ""]
     return "\n".join(lines).rstrip() + "\n"
 
 

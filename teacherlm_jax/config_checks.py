@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import numbers
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -72,6 +73,12 @@ class Problems:
         except ValueError as e:
             self.errors.append(ConfigError(f"config.{self.prefix}{key}{sep}{e}"))
             return None
+
+
+def require_int(name: str, value: Any, minimum: int) -> None:
+    """Raises a ValueError naming `name` unless `value` is an integer (numpy's too, not a bool) >= `minimum`."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name}={value!r}; expected an integer >= {minimum}")
 
 
 def raise_all(problems: list[ConfigError]) -> None:

@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 
 from teacherlm_jax.models.bloom import Bloom, BloomConfig, alibi_bias
-from teacherlm_jax.models.layers import attend, attention_allowed, attention_impl
+from teacherlm_jax.models.attention import attend, attention_allowed, attention_impl
 from teacherlm_jax.models.opt import OPT, OPTConfig
 from reference_models import left_padded_batch
 

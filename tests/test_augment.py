@@ -23,7 +23,7 @@ import torch
 from reference_models import tiny_bloom
 from train_subprocess import CACHE, REPO, main_command
 from teacherlm_jax import from_pretrained, generate, load_tokenizer
-from teacherlm_jax.augment import Sampling, Settings, augment_records, resolve_dataset, run, settings_from_config
+from teacherlm_jax.augment import Settings, augment_records, resolve_dataset, run, settings_from_config
 from teacherlm_jax.augment import prompt_seed
 from teacherlm_jax.augment.files import HISTOGRAM, SUMMARY, read_parts
 from teacherlm_jax.augment.fingerprint import teacher_fingerprint
@@ -31,6 +31,7 @@ from teacherlm_jax.augment.summary import write_summary
 from teacherlm_jax.data import KINDS, load_records, teacher_prompt
 from teacherlm_jax.data.examples import build_pairs, read_augmented, skipped_kinds
 from teacherlm_jax.errors import ConfigError, DataError
+from teacherlm_jax.generation.sampler import Sampling
 from teacherlm_jax.paths import workdir_path
 
 if str(REPO) not in sys.path:  # configs/ is imported from the repository root, as main does

@@ -12,7 +12,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from teacherlm_jax.augment import Sampling, Settings, augment_records
+from teacherlm_jax.augment import Settings, augment_records
 from teacherlm_jax.augment.export import CARD, schema, write_dataset
 from teacherlm_jax.augment.files import read_parts
 from teacherlm_jax.augment.summary import write_summary
@@ -22,6 +22,7 @@ from teacherlm_jax.data.examples import build_pairs, filter_texts, read_augmente
 from teacherlm_jax.data.quality import FILTERS, degenerate, row_quality
 from teacherlm_jax.data.training import load_pairs, make_records_iterator
 from teacherlm_jax.errors import ConfigError
+from teacherlm_jax.generation.sampler import Sampling
 from teacherlm_jax.tokenizers import byte_tokenizer
 from teacherlm_jax.train.data import make_train_data
 

@@ -56,6 +56,10 @@ def test_descriptions_sit_in_configs_and_each_is_written_once(generator):
     # The shared blocks are written once: after its block, mesh.data has a row only where a config changes it.
     rows = [line for line in text.splitlines() if line.startswith("| `mesh.data` |")]
     assert rows[0].startswith("| `mesh.data` | `1` |") and all(" | `1` | " not in row for row in rows[1:])
+    # A reference a person reads: a few hundred lines, a variant's few changes in one sentence.
+    assert len(text.splitlines()) < 600
+    assert "`configs/student/finetune.py:mistakes` (job `train`) is `configs/student/finetune.py:cot` with " \
+           "`data.format` `'mistakes'`." in text
 
 
 def test_undescribed_key_is_reported(generator, monkeypatch):

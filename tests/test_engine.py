@@ -1,4 +1,4 @@
-"""The augment engine's decode slots: continuous batching gives every row exactly what `generate` gives
+"""The generation engine's decode slots: continuous batching gives every row exactly what `generate` gives
 it alone (greedy and sampled, prompts of mixed lengths, rows ending at different steps), whatever the
 engine, batch size or slot a row lands in; it needs fewer decode steps than static batches; the
 decode layout of a listed model shares its weights (held once)."""
@@ -19,8 +19,8 @@ from flax import nnx
 
 from reference_models import save_reference, tiny_bloom
 from teacherlm_jax import from_pretrained, generate
-from teacherlm_jax.augment import Sampling
-from teacherlm_jax.generation import DecodeSlots, Engine, InsertShape, Prompt, RowSeeds, Sampler, num_traces, prompt_width
+from teacherlm_jax.generation import (DecodeSlots, Engine, InsertShape, Prompt, RowSeeds, Sampler, Sampling, num_traces,
+                                      prompt_width)
 from teacherlm_jax.generation import scheduler
 from teacherlm_jax.generation.slots import Round, _run
 
@@ -144,7 +144,7 @@ def test_units_go_in_by_width_within_windows(model, monkeypatch):
 
 def test_only_left_padding_goes_past_the_prompt_width(model):
     """A prefill's bucket may be wider than the slots' prompt width when the extra columns are padding."""
-    slots = DecodeSlots(model.for_decoding(), slots=2, prompt_width=4, max_new_tokens=3, sampler=Sampler(),
+    slots = DecodeSlots(model.for_decoding(), size=2, prompt_width=4, max_new_tokens=3, sampler=Sampler(),
                         eos_ids=np.array([], np.int32), pad_id=PAD)
     keys = RowSeeds.of([0, 1], [0, 0], [0, 0])
     ids = np.array([[PAD, PAD, 5, 6, 7, 8], [PAD, PAD, PAD, 9, 10, 11]])
@@ -159,7 +159,7 @@ def test_only_left_padding_goes_past_the_prompt_width(model):
 
 def programs_ahead_then_called(model, mesh=None, rules=None) -> int:
     """Programs compiled by the calls after `compile_ahead` compiled theirs (insert, round, shrink, round)."""
-    slots = DecodeSlots(model, slots=8, prompt_width=13, max_new_tokens=3, sampler=Sampler(),
+    slots = DecodeSlots(model, size=8, prompt_width=13, max_new_tokens=3, sampler=Sampler(),
                         eos_ids=np.array([EOS], np.int32), pad_id=PAD, mesh=mesh, rules=rules)
     shape = InsertShape(prefixes=1, prefix_width=9, rows=2, width=4, copies=1)
     slots.compile_ahead([8, 4], [shape])
@@ -259,7 +259,7 @@ def test_listed_decode_layout_holds_the_weights_once(checkpoint, model):
     listed = from_pretrained(checkpoint, scan_layers=False)
     before = live_bytes()
     decoder = listed.for_decoding()
-    assert decoder.decode_layout and decoder.for_decoding() is decoder and live_bytes() == before
+    assert decoder.is_for_decoding and decoder.for_decoding() is decoder and live_bytes() == before
     np.testing.assert_allclose(np.asarray(decoder(ids)), expected, rtol=1e-5, atol=1e-5)
 
 
@@ -268,8 +268,7 @@ TENSOR_SCRIPT = textwrap.dedent("""
     import jax, numpy as np
     from jax.sharding import AxisType
     from teacherlm_jax import from_pretrained, generate
-    from teacherlm_jax.augment import Sampling
-    from teacherlm_jax.generation import Engine, Prompt
+    from teacherlm_jax.generation import Engine, Prompt, Sampling
 
     rules = (("batch", ("data", "fsdp")), ("embed", "fsdp"), ("heads", "tensor"), ("mlp", "tensor"),
              ("vocab", "tensor"))
@@ -398,7 +397,7 @@ def test_every_tail_slot_count_is_compiled_ahead(model, monkeypatch):
         return compile_ahead(self, slot_counts, inserts)
 
     def record_run(self, max_steps, *stops):
-        used.add(self.slots)
+        used.add(self.size)
         return run(self, max_steps, *stops)
 
     monkeypatch.setattr(DecodeSlots, "compile_ahead", record_ahead)
@@ -438,7 +437,7 @@ def test_decode_steps_compute_no_log_softmax_unless_asked(model):
     """The per-step log-softmax (log-probs) is compiled in only for callers that ask for it."""
     texts = {}
     for logprobs in (False, True):
-        slots = DecodeSlots(model.for_decoding(), slots=2, prompt_width=4, max_new_tokens=3, sampler=Sampler(),
+        slots = DecodeSlots(model.for_decoding(), size=2, prompt_width=4, max_new_tokens=3, sampler=Sampler(),
                             eos_ids=np.array([EOS], np.int32), pad_id=PAD, logprobs=logprobs)
         texts[logprobs] = _run.lower(slots.params, slots.state, slots.eos_ids, np.int32(3), np.int32(0), np.int32(0),
                                      sampler=slots.sampler, logprobs=logprobs, **slots._static()).as_text()

@@ -19,7 +19,7 @@ from reference_models import tiny_bloom
 from teacherlm_jax import from_pretrained, load_tokenizer
 from teacherlm_jax.data import Record
 from teacherlm_jax.errors import ConfigError, DataError
-from teacherlm_jax.eval import scoring
+from teacherlm_jax.eval import batch_plan, scoring
 from teacherlm_jax.eval.generative import generation_prompt, parse_answer
 from teacherlm_jax.eval.report import MMLU_CATEGORY
 from teacherlm_jax.eval.job import check_finite_weights, choice_tokens, evaluate_records, evaluate_tasks
@@ -143,14 +143,14 @@ def test_batches_hold_every_row_once_within_their_width():
     for _ in range(100):
         lengths = rng.integers(1, 200, int(rng.integers(1, 80))).tolist()
         sequences = int(rng.integers(1, 9))
-        batches = scoring.plan_batches(lengths, sequences, max_length=256, hidden_size=64)
+        batches = batch_plan.plan_batches(lengths, sequences, max_length=256, hidden_size=64)
         assert sorted(i for _, batch in batches for seq in batch for i in seq) == list(range(len(lengths)))
         for width, batch in batches:
             assert len(batch) <= sequences and all(sum(lengths[i] for i in seq) <= width <= 256 for seq in batch)
-            assert width % scoring.WIDTH_STEP == 0 or width == 256
+            assert width % batch_plan.WIDTH_STEP == 0 or width == 256
         widths = [width for width, _ in batches]
         assert widths == sorted(widths, reverse=True)  # longest first
-        own = scoring._fill(lengths, sequences, 256, allowed=None)  # every batch at its own width
+        own = batch_plan._fill(lengths, sequences, 256, allowed=None)  # every batch at its own width
         assert len(set(widths)) <= math.isqrt(max(len(own) - 1, 0)) + 1  # programs: ceil(sqrt(own batches))
         # first fit decreasing: a row left for a later batch fits no gap of an earlier one's sequences
         for k, (width, batch) in enumerate(batches):
@@ -159,18 +159,18 @@ def test_batches_hold_every_row_once_within_their_width():
             if len(batch) == sequences and later:
                 assert min(later) > max(gaps)
     with pytest.raises(ValueError, match="does not fit max_length"):
-        scoring.plan_batches([5, 9], 2, max_length=8, hidden_size=64)
+        batch_plan.plan_batches([5, 9], 2, max_length=8, hidden_size=64)
 
 
 def test_long_rows_are_not_packed_wider_than_they_need():
     """Five-shot MMLU's long rows (here 450-587 tokens: no two share a sequence of their own width): each
     batch about as wide as its longest row; zero-shot's (35-164): a few batches of one width."""
     lengths = list(range(450, 588, 3))
-    batches = scoring.plan_batches(lengths, 8, max_length=2048, hidden_size=1024)
-    assert batches[0][0] == -(-587 // scoring.WIDTH_STEP) * scoring.WIDTH_STEP and batches[-1][0] < batches[0][0]
+    batches = batch_plan.plan_batches(lengths, 8, max_length=2048, hidden_size=1024)
+    assert batches[0][0] == -(-587 // batch_plan.WIDTH_STEP) * batch_plan.WIDTH_STEP and batches[-1][0] < batches[0][0]
     assert sum(8 * width for width, _ in batches) < 1.25 * sum(lengths)
     lengths = list(range(35, 165, 3))
-    batches = scoring.plan_batches(lengths, 8, max_length=2048, hidden_size=1024)
+    batches = batch_plan.plan_batches(lengths, 8, max_length=2048, hidden_size=1024)
     assert len({width for width, _ in batches}) == 1
     assert sum(8 * width for width, _ in batches) < 1.1 * sum(lengths)
 
@@ -182,7 +182,7 @@ def test_planned_widths_pad_least_within_the_program_budget():
     for _ in range(200):
         n = int(rng.integers(1, 9))
         own = sorted(rng.choice([16, 24, 32, 48, 64, 96, 128, 192], n).tolist(), reverse=True)
-        planned = scoring.plan_widths(own)
+        planned = batch_plan.plan_widths(own)
         budget = math.ceil(math.sqrt(n))
         assert len(planned) == n and all(p >= w for p, w in zip(planned, own))
         assert len(set(planned)) <= max(budget, 1)

@@ -6,7 +6,7 @@ import pytest
 
 import teacherlm_jax as tl
 from reference_models import tiny_bloom, tiny_opt, torch_logits
-from teacherlm_jax.models.layers import token_positions
+from teacherlm_jax.models.attention import token_positions
 
 VOCAB = 128
 

@@ -1,4 +1,4 @@
-"""Decode attention over a prefix pool (`layers.attend_with_prefix`): rows whose leading keys live once in a pool
+"""Decode attention over a prefix pool (`attention.attend_with_prefix`): rows whose leading keys live once in a pool
 and whose own keys live in their cache rows get the logits of rows that hold all their keys, for BLOOM's ALiBi
 (positions counted over prefix then own columns) and OPT's learned positions, whatever pool slot, member
 number or cache row a row has, with rows without a prefix beside them."""
@@ -10,7 +10,7 @@ import pytest
 
 from reference_models import tiny_bloom, tiny_opt
 from teacherlm_jax import from_pretrained
-from teacherlm_jax.models.layers import KVCache, PrefixPool
+from teacherlm_jax.models.kv_cache import KVCache, PrefixPool
 
 PAD = 3
 PREFIX_WIDTH, OWN_WIDTH, STEPS = 10, 4, 3

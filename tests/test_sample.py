@@ -18,7 +18,8 @@ import torch
 
 from reference_models import tiny_bloom
 from teacherlm_jax import from_pretrained, generate
-from teacherlm_jax.generation.sampler import PREFILL_BUCKETS, PROMPT_BUCKETS, Sampler, bucket_length
+from teacherlm_jax.generation.sampler import PROMPT_BUCKETS, Sampler, bucket_length
+from teacherlm_jax.generation.scheduler import PREFILL_BUCKETS
 from teacherlm_jax.generation.slots import num_traces
 
 REPO = Path(__file__).resolve().parents[1]

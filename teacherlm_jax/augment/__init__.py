@@ -72,7 +72,7 @@ parquet shards alike.
 """
 from teacherlm_jax.augment.job import read_settings, resolve_dataset, run, settings_from_config, validate
 from teacherlm_jax.augment.runner import DatasetWork, augment_datasets, augment_records
-from teacherlm_jax.augment.settings import Sampling, Settings, prompt_seed
+from teacherlm_jax.augment.settings import Settings, prompt_seed
 
-__all__ = ["DatasetWork", "Sampling", "Settings", "augment_datasets", "augment_records",
+__all__ = ["DatasetWork", "Settings", "augment_datasets", "augment_records",
            "prompt_seed", "read_settings", "resolve_dataset", "run", "settings_from_config", "validate"]

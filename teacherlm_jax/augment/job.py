@@ -19,13 +19,14 @@ from jax.sharding import Mesh
 from teacherlm_jax.augment.files import missing_parts
 from teacherlm_jax.augment.fingerprint import teacher_fingerprint
 from teacherlm_jax.augment.runner import DatasetWork, augment_datasets
-from teacherlm_jax.augment.settings import Sampling, Settings
+from teacherlm_jax.augment.settings import Settings
 from teacherlm_jax.config_checks import Problems, raise_all
 from teacherlm_jax.augment.summary import write_summary
 from teacherlm_jax.console import count, duration, report_summary
 from teacherlm_jax.data import REGISTRY, load_records
 from teacherlm_jax.data.specs import DatasetSpec
 from teacherlm_jax.errors import ConfigError, DataError
+from teacherlm_jax.generation.sampler import Sampling
 from teacherlm_jax.init_from import resolve
 from teacherlm_jax.paths import workdir_path
 from teacherlm_jax.run_config import write_config

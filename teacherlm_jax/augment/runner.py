@@ -30,7 +30,6 @@ from teacherlm_jax.augment.summary import progress
 from teacherlm_jax.data import Record
 from teacherlm_jax.data.padding import pad_token_id
 from teacherlm_jax.paths import workdir_path, write_atomic
-from teacherlm_jax.generation import decoding_layout
 from teacherlm_jax.sharding import LogicalRules
 
 log = logging.getLogger(__name__)
@@ -75,7 +74,7 @@ def augment_datasets(model: nnx.Module, tokenizer, datasets: Sequence[DatasetWor
                      ) -> dict[str, dict[str, Any]]:
     """`augment_records` for several datasets whose prompts share one engine's slots; statistics per dataset.
 
-    `model` is generated with in its decode layout (`decoding_layout`: made here unless it is one).
+    `model` is generated with in its decode layout (`for_decoding()`: made here unless it is one).
     `shared`: every jax process runs this call on one global `mesh` (a teacher larger than a host), with
     process_index 0 of process_count 1: they generate every chunk together. Only jax process 0 reads and
     writes the output; the others decode the parts it finds missing (broadcast), so the workdir need not be
@@ -119,7 +118,7 @@ def augment_datasets(model: nnx.Module, tokenizer, datasets: Sequence[DatasetWor
             pad_id = pad_token_id(tokenizer, model.config)
             width = prompt_width((p for chunk in pending for _, p in chunk.work), sampling.max_new_tokens,
                                  model.config.max_position_embeddings)
-            engine = Engine(decoding_layout(model), batch_size=settings.batch_size, width=width, sampling=sampling,
+            engine = Engine(model.for_decoding(), batch_size=settings.batch_size, width=width, sampling=sampling,
                             eos_id=eos_id, pad_id=pad_id, refill=settings.engine == "continuous", mesh=mesh,
                             rules=rules)
             for chunk in pending:

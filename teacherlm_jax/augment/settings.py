@@ -1,52 +1,17 @@
-"""What the augment job generates and how it cuts the work: sampling, kinds, batching, prompt limits, seeds."""
+"""What the augment job generates and how it cuts the work: kinds, sampling (`generation.sampler.Sampling`),
+batching, prompt limits, seeds."""
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
-from typing import Any
-
-import numpy as np
 
 from teacherlm_jax.data import KINDS
-from teacherlm_jax.generation.sampler import Sampler
+from teacherlm_jax.config_checks import require_int
+from teacherlm_jax.generation.sampler import Sampling
 
 TRUNCATION = ("left", "skip")
 ENGINES = ("continuous", "static")
-
-
-def require_int(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name}={value!r}; expected an integer >= {minimum}")
-
-
-@dataclasses.dataclass(frozen=True)
-class Sampling:
-    """How the teacher samples; defaults are TeacherLM's (transformers `generate`, do_sample, top-k 50).
-
-    TeacherLM allowed 2048 new tokens; 512 is the default here because BLOOM's 2048 positions hold the
-    prompt too. temperature 0 is greedy; num_samples > 1 (Fine-tune-CoT's diverse reasoning) needs
-    temperature > 0. stop_at_eos=False always generates max_new_tokens (benchmarks).
-    """
-
-    temperature: float = 1.0
-    top_k: int = 50
-    top_p: float = 1.0
-    max_new_tokens: int = 512
-    num_samples: int = 1
-    stop_at_eos: bool = True
-    seed: int = 0
-
-    def __post_init__(self):
-        Sampler(self.temperature, self.top_k, self.top_p)  # raises on a bad value, naming it
-        require_int("max_new_tokens", self.max_new_tokens, 1)
-        require_int("num_samples", self.num_samples, 1)
-        require_int("seed", self.seed, 0)
-        if not isinstance(self.stop_at_eos, bool):
-            raise ValueError(f"stop_at_eos={self.stop_at_eos!r}; expected True or False")
-        if self.num_samples > 1 and self.temperature == 0:
-            raise ValueError(f"num_samples={self.num_samples} at temperature=0: greedy samples are identical; "
-                             f"use temperature > 0 for diverse reasoning")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -64,16 +64,15 @@ def generate(
     or `stop_at_eos=False` generates exactly `max_new_tokens`. The loop stops once every row has ended.
     `seed` is one int (prompt b then uses key `fold_in(key(seed), b)`) or one int per prompt (key
     `fold_in(key(seed_b), 0)`, so a prompt's samples do not depend on its position in the batch).
-    `prompt_buckets` lists allowed padded prompt lengths (default: `sampler.PROMPT_BUCKETS`, shared with
-    scoring and the augment engine). `logprobs=False` skips the per-step log-softmax (callers that only
-    want the text).
+    `prompt_buckets` lists allowed padded prompt lengths (default: `sampler.PROMPT_BUCKETS`).
+    `logprobs=False` skips the per-step log-softmax (callers that only want the text).
 
     With `mesh` and `rules`, rows are sharded over the mesh axes that logical axis `batch` maps to
     (idle slots round them up to a multiple of that size) and parameters over the rest (e.g. heads,
     mlp and vocab over `tensor`), placed by their logical axis names (a no-op when the model was
     loaded onto the mesh).
 
-    Generation runs the model's decode layout (`decoding_layout`: listed layers). A model loaded with
+    Generation runs the model's decode layout (`model.for_decoding()`: listed layers). A model loaded with
     `scan_layers=False` shares its weights with it (held once); a scanned model's blocks are copied for
     the call.
     """
@@ -98,21 +97,16 @@ def generate(
     ids, mask = left_pad([row[m == 1] for row, m in zip(ids, mask)], width, pad_id)
 
     rows = batch * num_samples
-    slots = slot_count(rows, mesh, rules)
     if mesh is not None:
         model = nnx.merge(*_place(nnx.split(model), mesh, rules))
-    engine = DecodeSlots(decoding_layout(model), slots=slots, prompt_width=width, max_new_tokens=int(max_new_tokens),
-                         sampler=sampler, eos_ids=eos, pad_id=pad_id, mesh=mesh, rules=rules, logprobs=logprobs)
+    decode_slots = DecodeSlots(model.for_decoding(), size=slot_count(rows, mesh, rules), prompt_width=width,
+                               max_new_tokens=int(max_new_tokens), sampler=sampler, eos_ids=eos, pad_id=pad_id,
+                               mesh=mesh, rules=rules, logprobs=logprobs)
     seeds = RowSeeds.of(np.repeat(seeds, num_samples), np.repeat(offsets, num_samples),
                         np.tile(np.arange(num_samples), batch))
-    engine.insert(ids, mask, np.arange(rows).reshape(batch, num_samples), seeds)
-    view = engine.run(int(max_new_tokens)).result()
+    decode_slots.insert(ids, mask, np.arange(rows).reshape(batch, num_samples), seeds)
+    view = decode_slots.run(int(max_new_tokens)).result()
     return GenerateOutput(view.tokens[:rows], view.logprobs[:rows] if logprobs else None, view.steps[:rows])
-
-
-def decoding_layout(model: nnx.Module) -> nnx.Module:
-    """The model as generation runs it (`for_decoding`): made here unless `model` already is one."""
-    return model if getattr(model, "decode_layout", False) else model.for_decoding()
 
 
 def _check_prompts(input_ids: Any, attention_mask: Any, vocab_size: int | None) -> tuple[np.ndarray, np.ndarray]:

@@ -1,4 +1,4 @@
-"""The sampler and the length buckets every job pads to (generation, scoring, the lm-eval backend, augment)."""
+"""The sampler, the sampling settings a generation job runs with, and the prompt length buckets."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,20 +10,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from teacherlm_jax.config_checks import require_int
+
 # Prompt (and prefill) widths: powers of two and 1.5x powers of two from 16, so that at most a third of a
 # padded width is padding while a dataset-scale job compiles a handful of programs.
 PROMPT_BUCKETS = tuple(sorted({b for p in range(4, 16) for b in (2 ** p, 3 * 2 ** (p - 1))}))
-# The engine's prefill widths (shared prefixes, and whole prompts without one): PROMPT_BUCKETS and 1.25x and
-# 1.75x powers of two from 40, so that at most a fifth of a padded width is padding. The engine inserts prompts
-# in width order (`scheduler.ORDER_WINDOW_FILLS`), so a round's prefixes share one of these and a job's
-# rounds use a few of them: sorting and these cut the prefilled tokens for a few more insert programs
-# (benchmarks/engine_overhead.py reports both). Scoring and `generate` keep PROMPT_BUCKETS: fewer programs,
-# each compiled on the job's clock.
-PREFILL_BUCKETS = tuple(sorted(set(PROMPT_BUCKETS) | {b for p in range(5, 16) for b in (5 * 2 ** (p - 2), 7 * 2 ** (p - 2))}))
-# A prompt's own tokens after a shared prefix: TeacherLM's cues are short, and the same for every record.
-SUFFIX_BUCKETS = (1, 2, 3, *range(4, 65, 4), *(b for b in PROMPT_BUCKETS if b > 64))
-# Row and prefix counts of one prefill call: the same scheme from 1.
-COUNT_BUCKETS = tuple(sorted({1, 2, 3} | {b for p in range(2, 16) for b in (2 ** p, 3 * 2 ** (p - 1))}))
 
 
 def bucket_length(length: int, buckets: Sequence[int] | None = None) -> int:
@@ -91,3 +82,36 @@ class Sampler:
         if ids is not None:
             choice = jnp.take_along_axis(ids, choice[:, None], axis=-1)[:, 0]
         return choice.astype(jnp.int32)
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+    """How a job samples; defaults are TeacherLM's teacher (transformers `generate`, do_sample, top-k 50).
+
+    TeacherLM allowed 2048 new tokens; 512 is the default here because BLOOM's 2048 positions hold the
+    prompt too. temperature 0 is greedy; num_samples > 1 (Fine-tune-CoT's diverse reasoning) needs
+    temperature > 0. stop_at_eos=False always generates max_new_tokens (benchmarks).
+    """
+
+    temperature: float = 1.0
+    top_k: int = 50
+    top_p: float = 1.0
+    max_new_tokens: int = 512
+    num_samples: int = 1
+    stop_at_eos: bool = True
+    seed: int = 0
+
+    def __post_init__(self):
+        self.sampler()  # raises on a bad temperature, top_k or top_p, naming it
+        require_int("max_new_tokens", self.max_new_tokens, 1)
+        require_int("num_samples", self.num_samples, 1)
+        require_int("seed", self.seed, 0)
+        if not isinstance(self.stop_at_eos, bool):
+            raise ValueError(f"stop_at_eos={self.stop_at_eos!r}; expected True or False")
+        if self.num_samples > 1 and self.temperature == 0:
+            raise ValueError(f"num_samples={self.num_samples} at temperature=0: greedy samples are identical; "
+                             f"use temperature > 0 for diverse reasoning")
+
+    def sampler(self) -> Sampler:
+        """The per-token sampler these settings pick with."""
+        return Sampler(self.temperature, self.top_k, self.top_p)

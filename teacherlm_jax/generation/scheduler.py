@@ -25,7 +25,7 @@ more than one row) a unit's prefix is also stored and read once: it takes a free
 (`slots.pool_prefixes`) until its last row ends, and a round also ends once a pool slot
 is free for the next unit (`slots` module docstring). Units go in shortest first within windows of a few fills
 (ORDER_WINDOW_FILLS), so that one round's prefixes have about one width. Widths and counts are bucketed
-(`sampler`), so a job compiles a handful of prefill programs, on accelerators ahead, in background
+(this module's buckets), so a job compiles a handful of prefill programs, on accelerators ahead, in background
 threads, from a simulation of the rounds. Once no prompt waits, the last rows move to a quarter of the
 slots or fewer, step by step (64 -> 16 -> 4 slots; not below TAIL_SLOTS), whose steps cost less; every
 slot count of that chain is compiled ahead. A row's tokens depend only on the model, its prompt (and its
@@ -46,13 +46,23 @@ from jax.sharding import Mesh
 
 from teacherlm_jax.data.padding import left_pad
 from teacherlm_jax.generation.compiles import program_seconds
-from teacherlm_jax.generation.sampler import (COUNT_BUCKETS, PREFILL_BUCKETS, PROMPT_BUCKETS, SUFFIX_BUCKETS, Sampler,
-                                              bucket_length)
+from teacherlm_jax.generation.sampler import PROMPT_BUCKETS, Sampling, bucket_length
 from teacherlm_jax.generation.slots import (DecodeSlots, InsertShape, PoolPlaces, PoolShape, RowSeeds, RowsView,
                                             num_traces, pool_prefixes, slot_count)
 from teacherlm_jax.sharding import LogicalRules
 
-BUCKETS = PROMPT_BUCKETS  # the name this module's users know
+# The engine's prefill widths (shared prefixes, and whole prompts without one): PROMPT_BUCKETS and 1.25x and
+# 1.75x powers of two from 40, so that at most a fifth of a padded width is padding. The engine inserts prompts
+# in width order (ORDER_WINDOW_FILLS), so a round's prefixes share one of these and a job's
+# rounds use a few of them: sorting and these cut the prefilled tokens for a few more insert programs
+# (benchmarks/engine_overhead.py reports both). `generate` keeps PROMPT_BUCKETS: fewer programs, each
+# compiled on the job's clock.
+PREFILL_BUCKETS = tuple(sorted(set(PROMPT_BUCKETS) | {b for p in range(5, 16) for b in (5 * 2 ** (p - 2), 7 * 2 ** (p - 2))}))
+# A prompt's own tokens after a shared prefix: TeacherLM's cues are short, and the same for every record.
+SUFFIX_BUCKETS = (1, 2, 3, *range(4, 65, 4), *(b for b in PROMPT_BUCKETS if b > 64))
+# Row and prefix counts of one prefill call: the same scheme from 1.
+COUNT_BUCKETS = tuple(sorted({1, 2, 3} | {b for p in range(2, 16) for b in (2 ** p, 3 * 2 ** (p - 1))}))
+
 # Once no prompt waits, the last rows move to a quarter of the slots (or fewer), never below this many:
 # a step's cost falls with its slots but levels off below a few (benchmarks/engine_overhead.py).
 TAIL_SLOTS = 4
@@ -127,7 +137,7 @@ class Engine:
     benchmarks/engine_overhead.py slower).
     """
 
-    def __init__(self, model: nnx.Module, *, batch_size: int, width: int, sampling: Any, eos_id: int | None,
+    def __init__(self, model: nnx.Module, *, batch_size: int, width: int, sampling: Sampling, eos_id: int | None,
                  pad_id: int, refill: bool, mesh: Mesh | None = None, rules: LogicalRules | None = None,
                  refill_fraction: float = REFILL_FRACTION, round_steps: int | None = None,
                  inserts_ahead: bool | None = None, prefix_pool: bool | None = None):
@@ -138,9 +148,9 @@ class Engine:
         self.width = width
         eos = [eos_id] if sampling.stop_at_eos and eos_id is not None else []
         self.slots = DecodeSlots(
-            model, slots=slot_count(batch_size * self.samples, mesh, rules), prompt_width=width,
+            model, size=slot_count(batch_size * self.samples, mesh, rules), prompt_width=width,
             max_new_tokens=sampling.max_new_tokens,
-            sampler=Sampler(sampling.temperature, sampling.top_k, sampling.top_p), eos_ids=np.asarray(eos, np.int32),
+            sampler=sampling.sampler(), eos_ids=np.asarray(eos, np.int32),
             pad_id=pad_id, mesh=mesh, rules=rules)
         self.capacity = batch_size  # prompts at a time (idle slots that round up to the mesh stay idle)
         self.usable = batch_size * self.samples
@@ -148,7 +158,7 @@ class Engine:
         self.round_steps = round_steps or sampling.max_new_tokens
         self.traces, self.program_seconds = num_traces(), program_seconds()
         self.mesh, self.rules = mesh, rules
-        self.all_slots = self.slots.slots
+        self.all_slots = self.slots.size
         self.ends_early = bool(eos)
         platform = (mesh.devices.flat[0] if mesh is not None else jax.devices()[0]).platform
         self.inserts_ahead = platform != "cpu" if inserts_ahead is None else inserts_ahead
@@ -159,7 +169,7 @@ class Engine:
         """Counters since the engine was made (summary.json's `engine`)."""
         s = self.slots
         return {"engine": "continuous" if self.refill else "static", "slots": self.all_slots,
-                "tail_slots": s.slots, "prompt_width": self.width, "rounds": s.rounds,
+                "tail_slots": s.size, "prompt_width": self.width, "rounds": s.rounds,
                 "decode_steps": s.decode_steps, "slot_steps": s.slot_steps, "kept_tokens": s.kept_tokens,
                 "slot_occupancy": round(s.kept_tokens / max(1, s.slot_steps), 4),
                 "prefill_tokens": s.prefill_tokens, "compiled_programs": num_traces() - self.traces,
@@ -233,7 +243,7 @@ class Engine:
         if upcoming:
             need = max(self.refill_rows, len(upcoming[0]) * self.samples)
             return max(0, self.usable - need), None if self.slots.pool is None else self.slots.pool.prefixes - 1
-        smaller = [s for s in self._tail_sizes() if s < self.slots.slots]
+        smaller = [s for s in self._tail_sizes() if s < self.slots.size]
         return (smaller[0] if smaller else 0), None
 
     def _tail_sizes(self) -> list[int]:
@@ -248,7 +258,7 @@ class Engine:
 
     def _shrink(self, owners: dict[int, tuple[int, int]]) -> dict[int, tuple[int, int]]:
         """With no prompt left, moves the remaining rows to the fewest slots of the tail's chain they fit."""
-        fits = [s for s in self._tail_sizes() if len(owners) <= s < self.slots.slots]
+        fits = [s for s in self._tail_sizes() if len(owners) <= s < self.slots.size]
         if not owners or not fits:
             return owners
         keep = sorted(owners)
@@ -356,7 +366,7 @@ class Engine:
         prefix = left_pad(list(call.prefixes) + [()] * (k - len(call.prefixes)), wp, pad)
         ids, mask = left_pad([ids for ids, *_ in call.rows] + [()] * (m - len(call.rows)), ws, pad)
         parent = np.array([j for _, j, _ in call.rows] + [0] * (m - len(call.rows)), np.int32)
-        slot_ids = np.full((m, self.samples), self.slots.full_slots, np.int32)  # padding rows: no slot
+        slot_ids = np.full((m, self.samples), self.slots.full_size, np.int32)  # padding rows: no slot
         slot_ids[:len(call.rows)] = [x.slots for *_, x in call.rows]
         prompts = [x.prompt for *_, x in call.rows] + [None] * (m - len(call.rows))
         seeds = RowSeeds.of(np.repeat([0 if p is None else p.seed for p in prompts], self.samples),

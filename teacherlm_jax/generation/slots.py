@@ -1,4 +1,4 @@
-"""Decode slots: one KV cache of `slots` rows, each row at its own step, and the programs that use it.
+"""Decode slots: one KV cache of `size` rows, each row at its own step, and the programs that use it.
 
 `insert` prefills new prompts and writes their keys and values into chosen rows (slots); `run` dispatches a
 round of decode steps, one token per live row per step, inside a `lax.while_loop` that stops after
@@ -29,10 +29,10 @@ static or dynamic, is slower than over the whole cache (benchmarks/decode_window
 needs a ragged kernel.
 
 Pooled slots (`pool`: the engine's units of several rows) store each unit's shared prefix once, in a pool
-of `PoolShape.prefixes` prefixes (`layers.PrefixPool`), and a row's cache holds only its own columns: its
+of `PoolShape.prefixes` prefixes (`kv_cache.PrefixPool`), and a row's cache holds only its own columns: its
 kind's prompt tokens (right-aligned in `prompt_width` columns) and its generated tokens. A decode step reads
 each live prefix once for all its rows (their queries laid out [prefixes, members], Hydragen's batched
-matmul) and merges that part with the row's own by log-sum-exp (`layers.attend_with_prefix`); positions
+matmul) and merges that part with the row's own by log-sum-exp (`attention.attend_with_prefix`); positions
 count the row's mask over its prefix then its own columns, so ALiBi and OPT's positions are those of the
 whole row. A row ending leaves its place in the pool (its pool slot set past the pool); its prefix stays
 until the host, which assigns pool slots, sees its last row end.
@@ -63,7 +63,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from teacherlm_jax.generation.compiles import compiled_programs
 from teacherlm_jax.generation.sampler import Sampler
 from teacherlm_jax.models.graph_key import GraphKey
-from teacherlm_jax.models.layers import KVCache, PrefixPool
+from teacherlm_jax.models.kv_cache import KVCache, PrefixPool
 from teacherlm_jax.sharding import LogicalRules, activation_sharding, logical_to_spec
 
 # Logical axes of each layer's key (and value) cache buffer.
@@ -108,7 +108,7 @@ def pool_prefixes(rows: int, rows_per_prefix: int, slots: int) -> int:
 
 class PoolShape(NamedTuple):
     """The prefix pool of pooled slots: `prefixes` pool slots of `width` columns, each prefix read once a step
-    for at most `members` rows (`layers.PrefixPool`)."""
+    for at most `members` rows (`kv_cache.PrefixPool`)."""
 
     prefixes: int
     width: int
@@ -194,7 +194,7 @@ class Round:
 
 @dataclasses.dataclass
 class DecodeSlots:
-    """`slots` decode rows over `model` (its decode layout: see `Model.for_decoding`) and their state.
+    """`size` decode rows (slots) over `model` (its decode layout: `CausalLM.for_decoding`) and their state.
 
     `prompt_width` bounds the (bucketed) width of every prompt inserted; `eos_ids` end a row (empty:
     rows always run `max_new_tokens`); `logprobs` also records log p(token) of each generated token (a
@@ -204,7 +204,7 @@ class DecodeSlots:
     """
 
     model: nnx.Module
-    slots: int
+    size: int
     prompt_width: int
     max_new_tokens: int
     sampler: Sampler
@@ -223,8 +223,8 @@ class DecodeSlots:
         self.length = self.prompt_width + self.max_new_tokens - 1
         self.eos_ids = (np.asarray(self.eos_ids, np.int32).reshape(-1) if len(self.eos_ids)
                         else np.array([-1], np.int32))  # -1: no token ends a row
-        self.full_slots = self.slots
-        self.state = self._empty(self.slots)
+        self.full_size = self.size
+        self.state = self._empty(self.size)
         self._compiling: list[concurrent.futures.Future] = []
         self._ahead: dict[tuple, concurrent.futures.Future] = {}  # program -> its compile, in a background thread
         self.decode_steps = 0  # steps run (each decodes every slot)
@@ -247,9 +247,9 @@ class DecodeSlots:
         return jax.device_put(state, jax.sharding.SingleDeviceSharding(next(iter(devices))))
 
     def reset(self, slots: int | None = None) -> None:
-        """Empty slots, `slots` of them (default: as many as the slots were made with, before any `shrink`)."""
-        self.slots = self.full_slots if slots is None else slots
-        self.state = self._empty(self.slots)
+        """Empty slots, `slots` of them (default: `size` as made, before any `shrink`)."""
+        self.size = self.full_size if slots is None else slots
+        self.state = self._empty(self.size)
 
     def relayout(self, prompt_width: int, pool: PoolShape | None) -> None:
         """Empty slots laid out anew: rows of `prompt_width` prompt columns (with a pool: a row's own tokens
@@ -273,7 +273,7 @@ class DecodeSlots:
             for smaller in counts[i + 1:]:
                 tasks["gather", slots, smaller] = lambda s=slots, t=smaller: programs.lower_gather(s, t).compile()
         for shape in inserts:
-            tasks["insert", shape] = lambda s=shape: programs.lower_insert(s, self.slots).compile()
+            tasks["insert", shape] = lambda s=shape: programs.lower_insert(s, self.size).compile()
         pool = concurrent.futures.ThreadPoolExecutor(max(1, min(4, (os.cpu_count() or 1) // 4)),
                                                      thread_name_prefix="compile_ahead")
         for key, task in tasks.items():
@@ -355,13 +355,13 @@ class DecodeSlots:
         """Dispatches at most `max_steps` decode steps, ending once at most `stop_at_active` rows are live
         (0: once every row has ended) and, with a pool, at most `stop_at_prefixes` prefixes have live rows
         (default: no condition); returns without waiting for them."""
-        self._wait_ahead("run", self.slots)
+        self._wait_ahead("run", self.size)
         prefixes = self.pool.prefixes if self.pool is not None and stop_at_prefixes is None else stop_at_prefixes
         self.state, outputs = _run(self.params, self.state, self.eos_ids, np.int32(max_steps),
                                    np.int32(stop_at_active), np.int32(prefixes or 0), sampler=self.sampler,
                                    logprobs=self.logprobs, **self._static())
         self.rounds += 1
-        return Round(self, outputs, self.slots)
+        return Round(self, outputs, self.size)
 
     def shrink(self, keep: Sequence[int], slots: int) -> None:
         """Moves the rows in slots `keep` to slots 0, 1, ... of `slots` (fewer) slots, the others idle.
@@ -369,13 +369,13 @@ class DecodeSlots:
         For the end of a job, when no prompt waits: its last rows then decode in steps that cost less.
         A row's tokens are the same wherever it decodes.
         """
-        if not len(keep) <= slots <= self.slots:
-            raise ValueError(f"cannot move {len(keep)} rows of {self.slots} slots to {slots} slots")
+        if not len(keep) <= slots <= self.size:
+            raise ValueError(f"cannot move {len(keep)} rows of {self.size} slots to {slots} slots")
         index = np.zeros(slots, np.int32)
         index[:len(keep)] = keep
-        self._wait_ahead("gather", self.slots, slots)
+        self._wait_ahead("gather", self.size, slots)
         self.state = _gather(self.state, index, np.arange(slots) < len(keep), mesh=self.mesh, rules=self.rules)
-        self.slots = slots
+        self.size = slots
 
     def rows(self, slot_ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(tokens, logprobs, lengths) of the rows in `slot_ids`, as host arrays (logprobs [n, 0] when the

@@ -16,11 +16,12 @@ from flax import nnx
 
 from teacherlm_jax.errors import ConfigError
 from teacherlm_jax.models.causal_lm import CausalLM
-from teacherlm_jax.models.layers import (
-    KVCache, LayerNorm, Linear, ScanSpec, SharedPrefix, attend, attend_with_prefix, attention_allowed,
-    attention_impl, check_attention_impl, check_attention_mask, check_segment_ids, decoding_model, keys_values,
-    make_block_stack, named_param, resolve_dtype, run_block_stack, token_positions,
-)
+from teacherlm_jax.models.attention import (attend, attend_with_prefix, attention_allowed, attention_impl,
+                                            check_attention_impl, check_attention_mask, check_segment_ids,
+                                            token_positions)
+from teacherlm_jax.models.kv_cache import KVCache, SharedPrefix, keys_values
+from teacherlm_jax.models.layers import LayerNorm, Linear, named_param, resolve_dtype
+from teacherlm_jax.models.stack import ScanSpec, make_block_stack, run_block_stack
 from teacherlm_jax.models.param_map import TensorSpec, config_from_hf, layer_norm, linear, same, transposed
 from teacherlm_jax.sharding import constrain
 
@@ -47,7 +48,7 @@ class BloomConfig:
     param_dtype: str = "float32"
     scan_layers: bool = True
     remat_policy: str = "none"
-    attention_impl: str = "auto"  # layers.ATTENTION_IMPLS: auto | einsum | xla | cudnn
+    attention_impl: str = "auto"  # attention.ATTENTION_IMPLS: auto | einsum | xla | cudnn
 
     model_type = "bloom"
 
@@ -61,6 +62,14 @@ class BloomConfig:
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.n_head
+
+    @property
+    def num_layers(self) -> int:
+        return self.n_layer
+
+    @property
+    def num_heads(self) -> int:
+        return self.n_head
 
     @classmethod
     def from_hf_dict(cls, hf: dict[str, Any], **overrides) -> BloomConfig:
@@ -102,7 +111,7 @@ def alibi_slopes(num_heads: int) -> np.ndarray:
 def alibi_bias(attention_mask: jax.Array, num_heads: int, segment_ids: jax.Array | None = None,
                start: jax.Array | None = None) -> jax.Array:
     """[batch, heads, 1, keys] bias = slope * key position, positions counted over real tokens only (and
-    from each packed segment's start, `layers.token_positions`), from `start` [batch] (a shared prefix's
+    from each packed segment's start, `attention.token_positions`), from `start` [batch] (a shared prefix's
     tokens before the row's own columns) or 0."""
     positions = token_positions(attention_mask, segment_ids)
     if start is not None:
@@ -146,6 +155,9 @@ class BloomBlock(nnx.Module):
 class Bloom(CausalLM):
     """BloomForCausalLM: `model(input_ids, attention_mask=None)` -> float32 logits [batch, length, vocab]."""
 
+    blocks_attr = "h"
+    too_long = "); truncate it or raise max_position_embeddings"
+
     def __init__(self, config: BloomConfig, *, rngs: nnx.Rngs):
         self.config = config
         dtype, pdtype = resolve_dtype(config.dtype), resolve_dtype(config.param_dtype)
@@ -159,23 +171,12 @@ class Bloom(CausalLM):
         self.lm_head = None if config.tie_word_embeddings else named_param(
             rngs, nnx.initializers.normal(config.initializer_range), (h, config.vocab_size), ("embed", "vocab"), pdtype)
 
-    def init_cache(self, batch: int, max_length: int) -> KVCache:
-        """An empty KV cache for `max_length` slots (prompt plus new tokens)."""
-        c = self.config
-        _check_length(max_length, c)
-        return KVCache.zeros(c.n_layer, batch, max_length, c.n_head, c.head_dim, resolve_dtype(c.dtype))
-
-    def for_decoding(self) -> Bloom:
-        """This model laid out for generation's steps (`layers.decoding_model`): listed layers, a copy of a
-        scanned stack's weights; a model loaded with scan_layers=False keeps sharing its own."""
-        return decoding_model(self, "h")
-
     def final_hidden(self, input_ids: jax.Array, attention_mask: jax.Array | None, cache: KVCache | None,
                      segment_ids: jax.Array | None = None) -> tuple[jax.Array, KVCache | None]:
         c = self.config
         dtype = resolve_dtype(c.dtype)
         length = input_ids.shape[1]
-        _check_length(length, c)
+        self.check_length(length)
         attention_mask, offset = check_attention_mask(input_ids, attention_mask, cache)
         check_segment_ids(segment_ids, input_ids, cache)
 
@@ -195,13 +196,6 @@ class Bloom(CausalLM):
 
     def output_head(self) -> jax.Array:
         return self.word_embeddings[...].T if self.lm_head is None else self.lm_head[...]
-
-
-def _check_length(length: int, config: BloomConfig) -> None:
-    if length > config.max_position_embeddings:
-        raise ValueError(
-            f"input of {length} tokens is longer than the model supports (max_position_embeddings="
-            f"{config.max_position_embeddings}); truncate it or raise max_position_embeddings")
 
 
 def hf_tensor_specs(config: BloomConfig) -> list[TensorSpec]:

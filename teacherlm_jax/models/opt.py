@@ -15,11 +15,12 @@ import jax.numpy as jnp
 from flax import nnx
 
 from teacherlm_jax.models.causal_lm import CausalLM
-from teacherlm_jax.models.layers import (
-    KVCache, LayerNorm, Linear, ScanSpec, SharedPrefix, attend, attend_with_prefix, attention_allowed,
-    attention_impl, check_attention_impl, check_attention_mask, check_segment_ids, decoding_model, keys_values,
-    make_block_stack, named_param, query_slots, resolve_dtype, run_block_stack, token_positions,
-)
+from teacherlm_jax.models.attention import (attend, attend_with_prefix, attention_allowed, attention_impl,
+                                            check_attention_impl, check_attention_mask, check_segment_ids,
+                                            query_slots, token_positions)
+from teacherlm_jax.models.kv_cache import KVCache, SharedPrefix, keys_values
+from teacherlm_jax.models.layers import LayerNorm, Linear, named_param, resolve_dtype
+from teacherlm_jax.models.stack import ScanSpec, make_block_stack, run_block_stack
 from teacherlm_jax.models.param_map import TensorSpec, config_from_hf, layer_norm, linear, same, transposed
 from teacherlm_jax.sharding import constrain
 
@@ -66,7 +67,7 @@ class OPTConfig:
     param_dtype: str = "float32"
     scan_layers: bool = True
     remat_policy: str = "none"
-    attention_impl: str = "auto"  # layers.ATTENTION_IMPLS: auto | einsum | xla | cudnn
+    attention_impl: str = "auto"  # attention.ATTENTION_IMPLS: auto | einsum | xla | cudnn
 
     model_type = "opt"
 
@@ -87,6 +88,14 @@ class OPTConfig:
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
+
+    @property
+    def num_layers(self) -> int:
+        return self.num_hidden_layers
+
+    @property
+    def num_heads(self) -> int:
+        return self.num_attention_heads
 
     @property
     def embed_dim(self) -> int:
@@ -163,6 +172,9 @@ class OPTBlock(nnx.Module):
 class OPT(CausalLM):
     """OPTForCausalLM: `model(input_ids, attention_mask=None)` -> float32 logits [batch, length, vocab]."""
 
+    blocks_attr = "layers"
+    too_long = ("; OPT's positions are learned, so there is no embedding for later positions): truncate it")
+
     def __init__(self, config: OPTConfig, *, rngs: nnx.Rngs):
         self.config = config
         dtype, pdtype = resolve_dtype(config.dtype), resolve_dtype(config.param_dtype)
@@ -182,24 +194,12 @@ class OPT(CausalLM):
         self.lm_head = None if config.tie_word_embeddings else named_param(
             rngs, normal, (e, config.vocab_size), ("embed", "vocab"), pdtype)
 
-    def init_cache(self, batch: int, max_length: int) -> KVCache:
-        """An empty KV cache for `max_length` slots (prompt plus new tokens)."""
-        c = self.config
-        _check_length(max_length, c)
-        return KVCache.zeros(c.num_hidden_layers, batch, max_length, c.num_attention_heads, c.head_dim,
-                             resolve_dtype(c.dtype))
-
-    def for_decoding(self) -> OPT:
-        """This model laid out for generation's steps (`layers.decoding_model`): listed layers, a copy of a
-        scanned stack's weights; a model loaded with scan_layers=False keeps sharing its own."""
-        return decoding_model(self, "layers")
-
     def final_hidden(self, input_ids: jax.Array, attention_mask: jax.Array | None, cache: KVCache | None,
                      segment_ids: jax.Array | None = None) -> tuple[jax.Array, KVCache | None]:
         c = self.config
         dtype = resolve_dtype(c.dtype)
         length = input_ids.shape[1]
-        _check_length(length, c)
+        self.check_length(length)
         attention_mask, offset = check_attention_mask(input_ids, attention_mask, cache)
         check_segment_ids(segment_ids, input_ids, cache)
 
@@ -233,14 +233,6 @@ class OPT(CausalLM):
 
     def output_head(self) -> jax.Array:
         return self.embed_tokens[...].T if self.lm_head is None else self.lm_head[...]
-
-
-def _check_length(length: int, config: OPTConfig) -> None:
-    if length > config.max_position_embeddings:
-        raise ValueError(
-            f"input of {length} tokens is longer than the model supports (max_position_embeddings="
-            f"{config.max_position_embeddings}; OPT's positions are learned, so there is no embedding for "
-            f"later positions): truncate it")
 
 
 def hf_tensor_specs(config: OPTConfig) -> list[TensorSpec]:
