@@ -34,6 +34,13 @@ def activation_sharding(mesh: Mesh, rules: LogicalRules) -> Iterator[None]:
         _active.value = previous
 
 
+def target_platform() -> str:
+    """The platform of the program being traced: the `activation_sharding` mesh's devices (compile-only TPU
+    chips on a CPU host included), else jax's default backend."""
+    active = getattr(_active, "value", None)
+    return active[0].devices.flat[0].platform if active is not None else jax.default_backend()
+
+
 def logical_to_spec(names: Sequence[str | None], rules: LogicalRules) -> PartitionSpec:
     """PartitionSpec for logical `names` under `rules` (first matching rule wins, unused mesh axes only)."""
     return nn.logical_to_mesh_axes(tuple(names), tuple(rules))

@@ -2,10 +2,11 @@
 
 Tiny BLOOM and OPT on a v5e slice of 4 chips: the training step on FSDP and tensor meshes, the augment
 engine's insert, decode round and shrink, scoring and `generate`, each with XLA's TPU memory and cost.
-The decode round is one on-device loop that never reaches the host; weights and KV cache are in the compute
-dtype; FSDP gathers weights and data parallelism does not. Slice names, meshes that do not factor the chips,
-a program too big for the chip (exit 1 naming it), and jobs on a host with libtpu but no TPU starting the CPU
-backend only.
+The decode round is one on-device loop (no loop over rows writing the KV cache) that never reaches the
+host, and its cache write equals the in-place one; weights and KV cache are in the compute dtype; FSDP
+gathers weights and data parallelism does not. Slice names, meshes that do not factor the chips, a program
+too big for the chip (exit 1 naming it), and jobs on a host with libtpu but no TPU starting the CPU backend
+only.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from teacherlm_jax.compile.programs import compile_and_report, generation_progra
 from teacherlm_jax.compile.topology import CHIPS, known_names, parse_slice
 from teacherlm_jax.compile.train_program import lower_train_step, unrolled_steps, whole_step_cost
 from teacherlm_jax.errors import ConfigError
+from teacherlm_jax.models import kv_cache
 from teacherlm_jax.models.bloom import bloom_shape
 from teacherlm_jax.platforms import tpu_chips_attached
 from teacherlm_jax.sharding import mesh_from_config
@@ -98,8 +100,9 @@ def test_prefix_pool_programs_compile_for_the_slice():
 
 
 @pytest.mark.slow
-def test_decode_round_is_one_device_loop_in_the_compute_dtype():
-    config = tiny("bloom", fsdp=-1)
+@pytest.mark.parametrize("family", ["bloom", "opt"])
+def test_decode_round_is_one_device_loop_in_the_compute_dtype(family):
+    config = tiny(family, fsdp=-1)
     tpu = parse_slice(SLICE)
     mesh, rules = mesh_from_config(config, tpu.devices())
     lowered = generation_programs(config.model.to_dict(), mesh, rules, slots=8, prompt_tokens=16, max_new_tokens=8)
@@ -108,9 +111,20 @@ def test_decode_round_is_one_device_loop_in_the_compute_dtype():
     assert {x.dtype for x in jax.tree.leaves(params)} == {jnp.dtype(jnp.bfloat16)}
     assert {x.dtype for x in state.cache.key + state.cache.value} == {jnp.dtype(jnp.bfloat16)}
     hlo = decode_round.compile().as_text()
-    assert hlo.count(" while(") >= 1
+    assert hlo.count(" while(") == 1, "the round's loop only: no loop over rows writing the KV cache"
     for host in ("outfeed", "infeed", " send(", " recv(", "host_callback", "xla_python", "callback"):
         assert host not in hlo, host
+
+
+def test_a_tpu_program_writes_each_rows_column_as_the_in_place_update_does(monkeypatch):
+    cache = jax.random.normal(jax.random.key(0), (4, 2, 6, 3))
+    x = jax.random.normal(jax.random.key(1), (4, 2, 1, 3))
+    index = jnp.array([0, 5, 2, 9])  # the last: past the cache, clamped to its last column
+    in_place = kv_cache.write_rows(cache, x, index)
+    monkeypatch.setattr(kv_cache, "target_platform", lambda: "tpu")
+    selected = jax.jit(kv_cache.write_rows)(cache, x, index)
+    assert (selected == in_place).all()
+    assert (selected[3, :, 5] == x[3, :, 0]).all() and (selected[1, :, :5] == cache[1, :, :5]).all()
 
 
 @pytest.mark.slow

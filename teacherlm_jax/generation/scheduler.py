@@ -20,8 +20,9 @@ steps (R large), the formula asks for a larger fraction (`refill_fraction`, `rou
 Each prompt takes `num_samples` slots (rows), which share its prefill. Consecutive prompts that share
 a prefix (`Prompt.prefix`: TeacherLM's kinds of one record share the question and its answer) form a
 unit, inserted whole when its slots are free, whose prefix is prefilled once: for TeacherLM's three
-kinds that halves the prefill. With `prefix_pool` (the default on accelerators, in a job whose units hold
-more than one row) a unit's prefix is also stored and read once: it takes a free slot of the slots' prefix pool
+kinds that halves the prefill. With `prefix_pool` (the default on GPUs, in a job whose units hold more than
+one row; XLA CPU runs its attention slower and the TPU compiler's figures show more bytes a step:
+docs/performance.md) a unit's prefix is also stored and read once: it takes a free slot of the slots' prefix pool
 (`slots.pool_prefixes`) until its last row ends, and a round also ends once a pool slot
 is free for the next unit (`slots` module docstring). Units go in shortest first within windows of a few fills
 (ORDER_WINDOW_FILLS), so that one round's prefixes have about one width. Widths and counts are bucketed
@@ -133,8 +134,9 @@ class Engine:
     CPU the compiles would take the cores the decode steps run on, so programs compile when first needed).
     `prefix_pool` stores each unit's shared prefix once and reads it once a step for all its rows (the module
     docstring), in a job whose units hold more than one row; False keeps whole prompts in every row. Default:
-    on accelerators only (on XLA CPU the pool's batched prefix dots make the workload of
-    benchmarks/engine_overhead.py slower).
+    on GPUs only. On XLA CPU the pool's batched prefix dots make the workload of benchmarks/engine_overhead.py
+    slower; on TPU the compiler counts more bytes a decode step with the pool than without (every data shard
+    reads the whole pool, and its grouped attention costs more than the columns it saves: docs/scaling.md).
     """
 
     def __init__(self, model: nnx.Module, *, batch_size: int, width: int, sampling: Sampling, eos_id: int | None,
@@ -162,7 +164,7 @@ class Engine:
         self.ends_early = bool(eos)
         platform = (mesh.devices.flat[0] if mesh is not None else jax.devices()[0]).platform
         self.inserts_ahead = platform != "cpu" if inserts_ahead is None else inserts_ahead
-        self.prefix_pool = platform != "cpu" if prefix_pool is None else prefix_pool
+        self.prefix_pool = platform == "gpu" if prefix_pool is None else prefix_pool
         self.max_positions = model.config.max_position_embeddings
 
     def stats(self) -> dict[str, Any]:

@@ -7,6 +7,8 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from teacherlm_jax.sharding import target_platform
+
 
 @struct.dataclass
 class KVCache:
@@ -98,10 +100,9 @@ def keys_values(k: jax.Array, v: jax.Array, cache_k: jax.Array | None, cache_v: 
     """(keys, values) to attend over, [batch, heads, length, hd], and the layer's updated cache.
 
     k, v: this step's, [batch, q_len, heads, hd]. Without a cache they are all there is; with one they
-    are written at slot `index` and the whole cache is attended over. One index per row is a batched
-    dynamic_update_slice (XLA CPU runs it in place; a scatter made the decode step slower), which
-    clamps an index past the cache to its last column (see `teacherlm_jax.generation.slots` for why that is
-    harmless for a decode slot without a live row).
+    are written at slot `index` and the whole cache is attended over. One index per row (decode slots) is
+    written by `write_rows`, which clamps an index past the cache to its last column (see
+    `teacherlm_jax.generation.slots` for why that is harmless for a decode slot without a live row).
     """
     k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
     if cache_k is None:
@@ -110,8 +111,23 @@ def keys_values(k: jax.Array, v: jax.Array, cache_k: jax.Array | None, cache_v: 
         start = (0, 0, index, 0)
         cache_k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), start)
         cache_v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), start)
-    else:  # one slot per row (decode slots)
-        write = jax.vmap(lambda c, x, i: jax.lax.dynamic_update_slice(c, x, (0, i, 0)))
-        cache_k = write(cache_k, k.astype(cache_k.dtype), index)
-        cache_v = write(cache_v, v.astype(cache_v.dtype), index)
+    else:
+        cache_k = write_rows(cache_k, k.astype(cache_k.dtype), index)
+        cache_v = write_rows(cache_v, v.astype(cache_v.dtype), index)
     return cache_k, cache_v, cache_k, cache_v
+
+
+def write_rows(cache: jax.Array, x: jax.Array, index: jax.Array) -> jax.Array:
+    """`cache` [batch, heads, length, hd] with each row's `x` [batch, heads, q_len, hd] written from its own
+    column `index` [batch] (clamped into the cache).
+
+    A batched dynamic_update_slice writes in place, which XLA CPU does with it (a scatter made the decode step
+    slower). XLA's TPU compiler lowers it to a loop over the rows that carries the whole cache, and the loop
+    keeps the cache's read out of the attention's fusion: the decode step then moves many times the cache's
+    bytes (docs/scaling.md, from `benchmarks/tpu_compile.py`'s compiles). For a step's one new column a TPU
+    program therefore selects it into the cache: one pass over the cache, fused with the attention that reads it.
+    """
+    if x.shape[2] == 1 and target_platform() == "tpu":
+        column = jnp.arange(cache.shape[2]) == jnp.clip(index, 0, cache.shape[2] - 1)[:, None]
+        return jnp.where(column[:, None, :, None], x, cache)
+    return jax.vmap(lambda c, u, i: jax.lax.dynamic_update_slice(c, u, (0, i, 0)))(cache, x, index)
