@@ -33,10 +33,9 @@ SCRIPT = textwrap.dedent("""
     import jax
     import numpy as np
     from teacherlm_jax import from_pretrained, generate, load_tokenizer
-    from teacherlm_jax.generation.sampler import Sampling
     from teacherlm_jax.data.records import Record
     from teacherlm_jax.eval.generative import generate_answers
-    from teacherlm_jax.generation import Engine, Prompt, prompt_width
+    from teacherlm_jax.generation import Engine, Prompt, Sampling, prompt_width
     from teacherlm_jax.lm_eval import TeacherLMJax
     from teacherlm_jax.sharding import DEFAULT_RULES, make_mesh, parse_rules
 

@@ -73,13 +73,15 @@ def test_chunked_loss_gives_the_whole_sequence_loss_and_gradients(family):
     loss_mask = attention.copy()
     loss_mask[2, :9] = 0  # completion only
     model = MODELS[family](40)
+    graphdef, state = nnx.split(model)
+    forward = jax.jit(lambda state, ids: nnx.merge(graphdef, state)(ids, attention))
     for t in range(0, ids.shape[1] - 1, 2):  # every other token the model's argmax: `correct` counts hits
-        ids[:, t + 1] = np.argmax(np.asarray(model(ids, attention))[:, t], axis=-1)
+        ids[:, t + 1] = np.argmax(np.asarray(forward(state, ids))[:, t], axis=-1)
     batch = {"input_ids": ids, "attention_mask": attention, "loss_mask": loss_mask}
     whole, whole_grads = loss_and_grads(model, batch, 0)
     assert whole["tokens"] == loss_mask[:, 1:].sum() and whole["correct"] >= 8
     scale = max(np.abs(g).max() for g in jax.tree.leaves(whole_grads))  # k_proj's bias has a zero gradient: noise
-    for chunk in (1, 4, 6, 12):  # one position a chunk, chunks that do not divide 13 (the last one padded)
+    for chunk in (1, 6):  # one position a chunk; chunks that do not divide 13 (the last one padded)
         sums, grads = loss_and_grads(model, batch, chunk)
         assert (sums["tokens"], sums["correct"]) == (whole["tokens"], whole["correct"]), chunk
         np.testing.assert_allclose(sums["loss_sum"], whole["loss_sum"], rtol=1e-6)

@@ -53,8 +53,8 @@ def run_block_stack(blocks, x: jax.Array, layer_fn: Callable, cache: KVCache | N
 
     Scanned stacks go through one `lax.scan` (one compiled block, whatever the depth), optionally
     rematerialised, with the layers' caches stacked for it (a copy: fine for a prefill, too slow for a
-    decode loop, which should run `decoding_blocks`); listed stacks loop in Python. Both give the
-    same numbers.
+    decode loop, which runs the decode layout's listed blocks: `CausalLM.for_decoding`); listed stacks loop
+    in Python. Both give the same numbers.
     """
     policy = REMAT_POLICIES[spec.remat_policy]
     if spec.scan_layers:
