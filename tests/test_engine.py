@@ -66,7 +66,7 @@ def prompts(count: int = 11, seed: int = 0) -> list[Prompt]:
 
 
 def run_engine(model, items: list[Prompt], sampling: Sampling, **kwargs) -> tuple[dict[int, list], dict]:
-    kwargs.setdefault("prefix_pool", True)  # the accelerators' default: the pool's rows are checked here
+    kwargs.setdefault("prefix_pool", True)  # the GPUs' default: the pool's rows are checked here
     engine = Engine(model.for_decoding(), width=prompt_width(items, sampling.max_new_tokens, 128),
                     sampling=sampling, eos_id=EOS, pad_id=PAD, **kwargs)
     out = {i: [s.tolist() for s in samples] for i, samples in engine.generate(enumerate(items))}
