@@ -96,6 +96,7 @@ def test_continuous_rows_equal_generate_alone(model, decoder, sampling):
     assert 0 < stats["slot_occupancy"] <= 1 and stats["decode_steps"] * stats["slots"] == stats["slot_steps"]
 
 
+@pytest.mark.slow  # whole schedules of many rounds
 def test_scheduling_changes_nothing_and_continuous_needs_fewer_steps(model):
     """Continuous and static batching and another batch size generate the same rows; continuous needs fewer
     steps; once no prompt waits, the last rows decode on a quarter of the slots."""
@@ -116,6 +117,7 @@ def test_scheduling_changes_nothing_and_continuous_needs_fewer_steps(model):
     assert w_stats["slot_steps"] < w_stats["decode_steps"] * 16 and w_stats["kept_tokens"] == tokens
 
 
+@pytest.mark.slow  # whole schedules of many rounds
 def test_units_go_in_by_width_within_windows(model, monkeypatch):
     """Units are inserted shortest first within windows of ORDER_WINDOW_FILLS fills (never more than a window
     from their place in the stream), which pads the prefill calls less and generates the same rows."""
@@ -371,6 +373,7 @@ def test_opt_teacher_rows_equal_generate_alone(opt_model):
         assert out[i] == alone(decoder, prompt, sampling), f"prompt {i}"
 
 
+@pytest.mark.slow  # whole schedules of many rounds
 def test_engine_generates_again_after_its_tail_shrank(model, decoder):
     """A second `generate` call on an engine whose last rows moved to fewer slots uses every slot again."""
     sampling = Sampling(temperature=1.0, top_k=50, max_new_tokens=MAX_NEW)
@@ -407,6 +410,7 @@ def test_every_tail_slot_count_is_compiled_ahead(model, monkeypatch):
     assert stats["tail_slots"] == 4 and len(out) > 40
 
 
+@pytest.mark.slow  # whole schedules of many rounds
 def test_rounds_run_many_steps_and_overlap_the_host(model, monkeypatch):
     """A round runs until enough slots are free, not until the first row ends; the next round is dispatched
     before the last round's rows are handed out (the host works while the device decodes)."""
