@@ -23,7 +23,9 @@ s tokens, h hidden, a heads, V vocabulary, t tensor-parallel size, L layers):
 --aot adds XLA's own per-device figure (`teacherlm_jax.compile.job`) for comparison; CPU numbers are
 indicative (XLA's CPU backend fuses less and keeps more bfloat16 work in float32 than TPU/GPU do).
 --tpu adds the TPU compiler's figure for the row's mesh over a real slice's chips, which then decides the
-TPU verdicts (the estimate still decides H100's).
+TPU verdicts (the estimate still decides H100's). A step the compiler refuses for lack of HBM shows the
+temporaries its message names (a lower bound) and fits no chip of that memory; larger chips' verdicts then
+come from the estimate (and AOT peak), marked "(est.)".
 """
 from __future__ import annotations
 
@@ -41,7 +43,7 @@ from flax import nnx
 from jax.sharding import AbstractMesh, AxisType
 
 from teacherlm_jax.compile.job import REPORT_JSON
-from teacherlm_jax.compile.programs import compile_and_report
+from teacherlm_jax.compile.programs import ProgramReport, compile_and_report
 from teacherlm_jax.compile.topology import parse_slice
 from teacherlm_jax.compile.train_program import lower_train_step
 from teacherlm_jax.init_from import resolve
@@ -142,9 +144,9 @@ def tpu_slice(chips: int) -> str:
     return f"v5e-{chips}" if chips <= 256 else f"v4-{2 * chips}"
 
 
-def tpu_peak(row: Row) -> int:
-    """Peak bytes per chip of the row's training step compiled by XLA's TPU compiler for a slice of its chips
-    (0 with the compiler's figure when it refuses the step for lack of memory: see `compile_and_report`)."""
+def tpu_report(row: Row) -> ProgramReport:
+    """The row's training step compiled by XLA's TPU compiler for a slice of its chips (a refused step reports
+    the temporaries the compiler's message names, with `error` set: see `compile_and_report`)."""
     sys.path.insert(0, str(REPO))  # configs/ is a folder of the repository, not of the package
     from configs import compile as compile_config
 
@@ -153,38 +155,62 @@ def tpu_peak(row: Row) -> int:
                                        for arg in overrides(row)})
     mesh, rules = mesh_from_config(config, parse_slice(tpu_slice(row.chips)).devices())
     lowered, _ = lower_train_step(config, train_setup(config, mesh, rules, weights=False), mesh, rules)
-    return compile_and_report(lowered, None, None)[1].peak_bytes
+    report = compile_and_report(lowered, None, None)[1]
+    print(f"{row}: {report.peak_bytes / GIB:.2f} GiB on {tpu_slice(row.chips)}"
+          f"{' (refused)' if report.error else ''}, compiled in {report.compile_seconds:.0f} s",
+          file=sys.stderr, flush=True)
+    return report
 
 
 def _value(text: str):
     return int(text) if text.lstrip("-").isdigit() else text
 
 
-def table(rows: tuple[Row, ...], aot_max_devices: int, tpu: bool = False) -> str:
+def header(show_aot: bool, tpu: bool) -> list[str]:
     head = ["model", "params", "mesh (data x fsdp x tensor)", "chips", "rows x seq / chip", "remat", "loss_chunk",
             "parameters", "Adam state", "gradients", "activations (est.)", "total (est.)"]
-    if aot_max_devices:
+    if show_aot:
         head.append("AOT peak, CPU")
     if tpu:
         head.append("peak, TPU compile (slice)")
-    head += [f"fits {d} ({g} GiB)" for d, g in DEVICES.items()]
+    return head + [f"fits {d} ({g} GiB)" for d, g in DEVICES.items()]
+
+
+def row_cells(row: Row, aot_peak: int | None, tpu: ProgramReport | None, show_aot: bool = False
+              ) -> list[str]:
+    """One row's cells. The TPU compiler's figure, when given, decides the TPU verdicts (the estimate, or the
+    AOT peak if larger, decides H100's). A step the compiler refuses does not fit that chip; its figure is only
+    a lower bound, so a chip with more memory is decided by the estimate and AOT peak, marked "(est.)"."""
+    e = estimate(row)
+    cells = [row.size, f"{e['count'] / 1e9:.2f}B", f"{row.data} x {row.fsdp} x {row.tensor}", str(row.chips),
+             f"{row.rows} x {row.seq_len}", row.remat, str(row.loss_chunk)]
+    cells += [f"{e[k] / GIB:.2f}" for k in ("params", "optimizer", "gradients", "activations", "total")]
+    need = max(e["total"], aot_peak or 0)  # the larger of the two decides
+    if show_aot:
+        cells.append("-" if aot_peak is None else f"{aot_peak / GIB:.2f}")
+    if tpu is not None:
+        slice_name = tpu_slice(row.chips)
+        cells.append(f">= {tpu.peak_bytes / GIB:.2f} ({slice_name}, refused)" if tpu.error
+                     else f"{tpu.peak_bytes / GIB:.2f} ({slice_name})")
+    for device, g in DEVICES.items():
+        limit = HEADROOM * g * GIB
+        if tpu is None or device == "H100":
+            cells.append("yes" if need <= limit else "no")
+        elif not tpu.error:
+            cells.append("yes" if tpu.peak_bytes <= limit else "no")
+        elif tpu.peak_bytes > limit or g <= parse_slice(slice_name).chip.hbm_gib:
+            cells.append("no")
+        else:
+            cells.append(("yes" if need <= limit else "no") + " (est.)")
+    return cells
+
+
+def table(rows: tuple[Row, ...], aot_max_devices: int, tpu: bool = False) -> str:
+    head = header(bool(aot_max_devices), tpu)
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
-        e = estimate(row)
-        cells = [row.size, f"{e['count'] / 1e9:.2f}B", f"{row.data} x {row.fsdp} x {row.tensor}", str(row.chips),
-                 f"{row.rows} x {row.seq_len}", row.remat, str(row.loss_chunk)]
-        cells += [f"{e[k] / GIB:.2f}" for k in ("params", "optimizer", "gradients", "activations", "total")]
-        need = e["total"]
-        if aot_max_devices:
-            peak = aot(row)["peak"] if row.chips <= aot_max_devices else None
-            cells.append("-" if peak is None else f"{peak / GIB:.2f}")
-            need = max(need, peak or 0)  # the larger of the two decides
-        tpu_need = need
-        if tpu:
-            tpu_need = tpu_peak(row)  # the TPU compiler's own figure decides the TPU verdicts
-            cells.append(f"{tpu_need / GIB:.2f} ({tpu_slice(row.chips)})")
-        cells += ["yes" if (need if device == "H100" else tpu_need) <= HEADROOM * g * GIB else "no"
-                  for device, g in DEVICES.items()]
+        aot_peak = aot(row)["peak"] if aot_max_devices and row.chips <= aot_max_devices else None
+        cells = row_cells(row, aot_peak, tpu_report(row) if tpu else None, bool(aot_max_devices))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -46,9 +46,10 @@ def rows(size: str, tpu: str, summary: dict, seconds: float) -> list[str]:
             out.append(f"| {size} | {tpu} | {name} | >= {p['peak_bytes'] / GIB:.2f} | NO | - | - | - | "
                        f"{p['compile_seconds']:.0f} |")
             continue
+        cost = ("- | - | -" if bound is None else  # its cost variants refused at one row a chip
+                f"{p['flops'] / 1e12:.3g} | {p['bytes_accessed'] / GIB:.2f} | {bound * 1e3:.3g}")
         out.append(f"| {size} | {tpu} | {name} | {p['peak_bytes'] / GIB:.2f} | {'yes' if p['fits'] else 'NO'} | "
-                   f"{p['flops'] / 1e12:.3g} | {p['bytes_accessed'] / GIB:.2f} | {bound * 1e3:.3g} | "
-                   f"{p['compile_seconds']:.0f} |")
+                   f"{cost} | {p['compile_seconds']:.0f} |")
     c = summary["ceilings"]
     train = (f"train {c['train_tokens_per_s']:,.0f} tok/s, MFU <= {100 * c['train_mfu']:.0f}%"
              if c["train_tokens_per_s"] else "train: no bound")

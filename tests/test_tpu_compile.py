@@ -10,6 +10,7 @@ only.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -164,6 +165,43 @@ def test_the_training_steps_cost_counts_every_layer_and_chunk():
     assert accessed == pytest.approx(2 * reference.bytes_accessed, rel=0.1)
     scanned, _ = lower_train_step(config, train_setup(config, mesh, rules, weights=False), mesh, rules)
     assert compile_and_report(scanned, None, None)[1].flops < 0.6 * flops  # what XLA counts for the loops
+
+
+@pytest.mark.slow
+def test_cost_variants_the_chip_refuses_are_compiled_fewer_rows_at_a_time(monkeypatch):
+    # The unrolled variants hold the loss over all positions at once, which can outgrow a chip the chunked step
+    # fits (bloom-560m at 8 rows a chip on v5e). Refused, they are compiled for half the rows in twice as many
+    # pieces, whose costs add up to the step's (each piece's weight reads and update counted again: a slight
+    # overcount); refused at one row a chip, the step has no cost and no bound, and still fits.
+    config = tiny("bloom", fsdp=-1)
+    config.batch_size = 16  # 4 rows a chip
+    tpu = parse_slice(SLICE)
+    mesh, rules = mesh_from_config(config, tpu.devices())
+    lowered, _ = lower_train_step(config, train_setup(config, mesh, rules, weights=False), mesh, rules)
+    step = compile_and_report(lowered, tpu.chip, 16 * 2 ** 30)[1]
+    whole = job.whole_train_step(config, mesh, rules, step, tpu)
+
+    def refusing(refused: int):
+        calls = []
+
+        def compile_or_refuse(lowering, chip, limit_bytes):
+            calls.append(lowering)
+            report = compile_and_report(lowering, chip, limit_bytes)[1]
+            if len(calls) <= refused:
+                report = dataclasses.replace(report, flops=None, bytes_accessed=None, error="RESOURCE_EXHAUSTED")
+            return None, report
+        monkeypatch.setattr(job, "compile_and_report", compile_or_refuse)
+        return calls
+
+    calls = refusing(2)  # both variants at 4 rows a chip
+    pieces = job.whole_train_step(config, mesh, rules, step, tpu)
+    assert len(calls) == 4
+    assert pieces.flops == pytest.approx(whole.flops, rel=0.05)
+    assert whole.bytes_accessed <= pieces.bytes_accessed <= 2 * whole.bytes_accessed
+    calls = refusing(6)  # at 4, 2 and 1 rows a chip
+    unbounded = job.whole_train_step(config, mesh, rules, step, tpu)
+    assert len(calls) == 6
+    assert unbounded.flops is None and unbounded.roofline_seconds is None and unbounded.fits == step.fits
 
 
 @pytest.mark.slow

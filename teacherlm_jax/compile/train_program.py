@@ -37,13 +37,15 @@ def lower_train_step(config: ml_collections.ConfigDict, setup: TrainSetup, mesh:
     return step.lower(setup.abstract_state(), batch), batch
 
 
-def unrolled_steps(config: ml_collections.ConfigDict, mesh: Mesh, rules: LogicalRules
+def unrolled_steps(config: ml_collections.ConfigDict, mesh: Mesh, rules: LogicalRules, split: int = 1
                    ) -> tuple[int, int, list[Lowering]]:
     """(layers, microbatches, [the step of one microbatch with 1 layer, with 2 layers]) with no loop left: listed
-    layers, the loss's head over all positions at once, one microbatch."""
+    layers, the loss's head over all positions at once, one microbatch. `split` cuts each microbatch's rows
+    into that many pieces, counted as microbatches: the loss over all positions of many rows can outgrow a
+    chip the chunked step fits, and a piece's weight reads and update, counted once a piece, overcount a little."""
     resolved = resolve(config.model, weights=False)
     layers_key = "n_layer" if hasattr(resolved.config, "n_layer") else "num_hidden_layers"
-    microbatches = int(config.grad_accum_steps)
+    microbatches = int(config.grad_accum_steps) * split
     variant = config.copy_and_resolve_references()
     variant.grad_accum_steps, variant.loss_chunk = 1, 0
     variant.batch_size = int(config.batch_size) // microbatches

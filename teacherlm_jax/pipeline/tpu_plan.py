@@ -44,7 +44,8 @@ from teacherlm_jax.pipeline.plan import REFERENCE, Step, build_plan, split_refer
 from teacherlm_jax.sharding import data_parallel_size, mesh_from_config
 
 TRAIN_SEQ_CAP = 2048  # BLOOM's training length: the cap of a derived sequence length
-NO_BOUND = "no bound: a program XLA's TPU compiler refused has no cost analysis"
+NO_BOUND = ("no bound: XLA's TPU compiler refused a program (or a training step's unrolled cost variants, at "
+            "one row a chip) for lack of HBM, so it has no cost analysis")
 PER = 1000  # records (questions) a bound is given for when their count is unknown
 
 
