@@ -50,13 +50,14 @@ def worker(checkpoint: str, records: int, fractions: list[float], bound: bool, p
 
     from teacherlm_jax import from_pretrained
     from teacherlm_jax.augment import Settings
-    from teacherlm_jax.generation.sampler import Sampling
     from teacherlm_jax.augment.chunks import make_chunk
     from teacherlm_jax.data import load_records
     from teacherlm_jax.tokenizers import load_tokenizer
     try:
+        from teacherlm_jax.generation import Sampling
         from teacherlm_jax.generation.scheduler import Engine, prompt_width
-    except ImportError:  # a baseline tree from before the generation package (ce4bea3): the engine's old home
+    except ImportError:  # a baseline tree from before the generation package (ce4bea3): their old homes
+        from teacherlm_jax.augment import Sampling
         from teacherlm_jax.augment.engine import Engine, prompt_width
 
     tokenizer = load_tokenizer(checkpoint)
