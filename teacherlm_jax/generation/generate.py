@@ -18,6 +18,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from teacherlm_jax.config_checks import require_int
 from teacherlm_jax.data.padding import left_pad, pad_token_id
 from teacherlm_jax.generation.sampler import PROMPT_BUCKETS, Sampler, bucket_length
 from teacherlm_jax.generation.slots import DecodeSlots, RowSeeds, slot_count
@@ -80,8 +81,8 @@ def generate(
     config = model.config
     ids, mask = _check_prompts(input_ids, attention_mask, getattr(config, "vocab_size", None))
     batch = ids.shape[0]
-    _check_positive("max_new_tokens", max_new_tokens)
-    _check_positive("num_samples", num_samples)
+    require_int("max_new_tokens", max_new_tokens, 1)
+    require_int("num_samples", num_samples, 1)
     seeds, offsets = _prompt_seeds(seed, batch)
     # Not stopping is stopping at no token (-1): one program serves every EOS setting.
     eos = _eos_ids(eos_token_id) if stop_at_eos and eos_token_id is not None else np.array([-1], np.int32)
@@ -130,11 +131,6 @@ def _check_prompts(input_ids: Any, attention_mask: Any, vocab_size: int | None) 
     if real.min() < 0 or (vocab_size is not None and real.max() >= vocab_size):
         raise ValueError(f"input_ids hold token ids outside [0, {vocab_size}): min {real.min()}, max {real.max()}")
     return ids.astype(np.int32), mask.astype(np.int32)
-
-
-def _check_positive(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name}={value!r}; expected an integer >= 1")
 
 
 def _prompt_seeds(seed: int | Sequence[int], batch: int) -> tuple[np.ndarray, np.ndarray]:
