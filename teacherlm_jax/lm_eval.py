@@ -21,6 +21,10 @@ Requests are scored as lm-eval's `hf` backend scores them (its tokenization via 
 `max_length + 1` tokens of context + continuation, greedy generation cut at the first stop string);
 contexts whose continuations are all single tokens (letters) are scored in one row, as the eval job does
 (`teacherlm_jax.eval.scoring`).
+
+What the requests paid for programs (`teacherlm_jax.eval.throughput`: seconds, programs obtained, their seconds
+by phase) is logged after each call and summed in `get_model_info()["throughput"]`, which lm-eval puts in the
+results' `config`.
 """
 from __future__ import annotations
 
@@ -38,6 +42,7 @@ from lm_eval.api.registry import register_model
 from teacherlm_jax.data.padding import left_pad, pad_token_id
 from teacherlm_jax.errors import ConfigError
 from teacherlm_jax.eval.scoring import Row, score_rows
+from teacherlm_jax.eval.throughput import CostMeter, WorkCost
 from teacherlm_jax.generation import generate
 from teacherlm_jax.init_from import resolve
 from teacherlm_jax.sharding import DEFAULT_RULES, make_mesh, parse_rules
@@ -95,6 +100,7 @@ class TeacherLMJax(TemplateLM):
         self._max_gen_toks = int(max_gen_toks)
         self.add_bos_token = bool(add_bos_token)
         self._decoder = None  # the model's decode layout, made by the first generate_until request
+        self._cost = WorkCost()  # what the requests so far paid (get_model_info)
 
     @classmethod
     def create_from_arg_obj(cls, arg_dict: dict[str, Any], additional_config: dict[str, Any] | None = None):
@@ -105,6 +111,16 @@ class TeacherLMJax(TemplateLM):
     @classmethod
     def create_from_arg_string(cls, arg_string: str, additional_config: dict[str, Any] | None = None):
         return cls.create_from_arg_obj(lm_utils.simple_parse_args_string(arg_string), additional_config)
+
+    def get_model_info(self) -> dict[str, Any]:
+        """lm-eval adds this to its results' `config` once the tasks are run: the requests' seconds, the programs
+        they obtained (compiled or read from the persistent cache) and those programs' seconds by phase."""
+        return {"throughput": self._cost.to_json()}
+
+    def _paid(self, meter: CostMeter, what: str) -> None:
+        cost = meter.cost()
+        self._cost += cost
+        log.info("teacherlm_jax: %s: %s", what, cost)
 
     @property
     def eot_token_id(self) -> int:
@@ -130,6 +146,7 @@ class TeacherLMJax(TemplateLM):
     def _loglikelihood_tokens(self, requests: Sequence[tuple[Any, list[int], list[int]]],
                               disable_tqdm: bool = False, **kwargs: Any) -> list[tuple[float, bool]]:
         """(sum of log p(continuation | context), whether the continuation is greedy) per request."""
+        meter = CostMeter()
         rows, where = [], []  # where[i]: (row, position in the row) of request i
         # lm-eval's `hf` backend groups requests by context + continuation[:-1] and scores a group with one
         # forward; here such a group is one row (the continuations differ only in their last token).
@@ -159,6 +176,7 @@ class TeacherLMJax(TemplateLM):
             out.append((float(sums[c]), bool(greedy[c])))
             if strings is not None:  # rolling windows have none
                 self.cache_hook.add_partial("loglikelihood", strings, out[-1])
+        self._paid(meter, f"{len(requests)} log-likelihood requests")
         return out
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
@@ -180,6 +198,7 @@ class TeacherLMJax(TemplateLM):
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         """Greedy (or sampled, per the task's generation_kwargs) continuations, cut at the first stop string;
         a generation kwarg this backend does not know is an error, not ignored."""
+        meter = CostMeter()
         eos = self.tokenizer.decode([self.eot_token_id])
         out: list[str | None] = [None] * len(requests)
         groups: dict[tuple, list[int]] = {}
@@ -213,6 +232,7 @@ class TeacherLMJax(TemplateLM):
                         text = text.split(stop)[0] if stop else text
                     out[i] = text
                     self.cache_hook.add_partial("generate_until", requests[i].args, text)
+        self._paid(meter, f"{len(requests)} generate_until requests")
         return out  # type: ignore[return-value]
 
 

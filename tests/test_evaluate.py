@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import math
 import os
 import subprocess
@@ -322,6 +323,41 @@ def test_evaluate_tasks_jsonl_writes_report(model, tokenizer, tmp_path):
         evaluate_tasks(model, tokenizer, ["nope"], tmp_path / "x")
 
 
+def test_metrics_report_the_programs_a_run_pays_for_and_a_rerun_in_the_process_pays_none(model, tokenizer, tmp_path,
+                                                                                         caplog):
+    """With jax's caches cleared (a process that has compiled nothing), evaluating obtains programs: metrics.json's
+    throughput has them per task and in all, with their seconds by phase, and the log says what share of the
+    evaluating time they took; the same evaluation again in this process obtains none."""
+    import jax
+
+    tasks = []
+    for name, seed in (("first", 1), ("second", 2)):
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text("".join(json.dumps({"id": r.id, "question": r.question, "choices": list(r.choices),
+                                            "answer": r.answer}) + "\n" for r in records(5, seed=seed)))
+        tasks.append(str(path))
+    jax.clear_caches()
+    with caplog.at_level(logging.INFO, logger="teacherlm_jax.eval.job"):
+        returned = evaluate_tasks(model, tokenizer, tasks, tmp_path / "a", batch_size=4, max_length=66)
+    first = json.loads((tmp_path / "a" / "metrics.json").read_text())["throughput"]
+    assert first == returned["throughput"] and set(first["tasks"]) == {"first", "second"}
+    per_task = first["tasks"].values()
+    assert first["tasks"]["first"]["compiled_programs"] > 0
+    assert first["compiled_programs"] == sum(t["compiled_programs"] for t in per_task)
+    for figures in (first, *per_task):
+        assert set(figures["program_seconds"]) == {"trace", "lower", "cache_read", "compile"}
+    assert first["program_seconds"]["compile"] > 0
+    assert first["seconds"] == pytest.approx(sum(t["seconds"] for t in per_task), abs=0.002)
+    paid = sum(t for phase, t in first["program_seconds"].items() if phase != "cache_read")
+    assert 0 < paid <= first["seconds"]  # obtained inside the evaluating, on this thread
+    assert f"2 tasks: {first['compiled_programs']} programs obtained in {paid:.2f} s (trace " in caplog.text
+    assert f"of {first['seconds']:.2f} s evaluating" in caplog.text
+
+    again = evaluate_tasks(model, tokenizer, tasks, tmp_path / "b", batch_size=4, max_length=66)["throughput"]
+    assert [t["compiled_programs"] for t in again["tasks"].values()] == [0, 0] and again["compiled_programs"] == 0
+    assert set(again["program_seconds"].values()) == {0.0} and again["seconds"] > 0
+
+
 def test_mmlu_category_map_covers_57_subjects(shared_data_dir):
     subjects = {p.name[:-len("_test.csv")] for p in (shared_data_dir / "mmlu_canonical_reformatted" / "test").iterdir()}
     assert subjects == set(MMLU_CATEGORY) and len(subjects) == 57
@@ -458,4 +494,6 @@ def test_a_full_disk_stops_the_job_naming_the_path_and_the_rerun_writes_every_re
     files = sorted(str(p.relative_to(workdir)) for p in workdir.rglob("*") if p.is_file())
     assert files == sorted(str(p.relative_to(tmp_path / "reference"))
                            for p in (tmp_path / "reference").rglob("*") if p.is_file())
-    assert (workdir / "eval" / "metrics.json").read_text() == (tmp_path / "reference" / "eval" / "metrics.json").read_text()
+    results = lambda root: {k: v for k, v in json.loads((root / "eval" / "metrics.json").read_text()).items()
+                            if k != "throughput"}  # the rerun's seconds and programs are its own
+    assert results(workdir) == results(tmp_path / "reference")

@@ -101,6 +101,33 @@ def test_results_equal_the_hf_backend(checkpoint, tmp_path):
                     assert bool(x[0][1]) == bool(y[0][1])
     generated = [r[0] for s in ours["samples"]["tl_creak_generate"] for r in s["resps"]]
     assert any(text.strip() for text in generated), generated
+    throughput = ours["config"]["throughput"]  # the backend's get_model_info(), in lm-eval's results
+    assert throughput["seconds"] > 0 and set(throughput["program_seconds"]) == {"trace", "lower", "cache_read",
+                                                                                 "compile"}
+
+
+def test_requests_report_the_programs_they_pay_for_and_a_repeat_pays_none(checkpoint, caplog):
+    """With jax's caches cleared, the first log-likelihood requests obtain programs (get_model_info and a log
+    line say so); the same requests again add seconds but no program."""
+    from types import SimpleNamespace
+
+    import jax
+
+    from teacherlm_jax.lm_eval import TeacherLMJax
+
+    lm = TeacherLMJax(pretrained=str(checkpoint), batch_size=2, max_length=64)
+    requests = [SimpleNamespace(args=(f"Claim: the {thing} is blue.", answer))
+                for thing in ("sky", "sea", "grass") for answer in (" true", " false")]
+    jax.clear_caches()
+    with caplog.at_level("INFO", logger="teacherlm_jax.lm_eval"):
+        scores = lm.loglikelihood(requests)
+    first = lm.get_model_info()["throughput"]
+    assert first["compiled_programs"] > 0 and first["program_seconds"]["compile"] > 0
+    assert f"teacherlm_jax: 6 log-likelihood requests: {first['compiled_programs']} programs obtained in" in caplog.text
+    assert lm.loglikelihood(requests) == scores
+    second = lm.get_model_info()["throughput"]
+    assert second["compiled_programs"] == first["compiled_programs"]
+    assert second["program_seconds"] == first["program_seconds"] and second["seconds"] > first["seconds"]
 
 
 MESH_SCRIPT = """

@@ -35,6 +35,7 @@ from teacherlm_jax.eval.generative import generate_answers
 from teacherlm_jax.eval.report import Prediction, accuracy, task_metrics, write_predictions, write_report
 from teacherlm_jax.eval.scoring import SCORES, encode, loglik_choices
 from teacherlm_jax.eval.tasks import Task, load_task, resolve_tasks, subset
+from teacherlm_jax.eval.throughput import CostMeter, WorkCost
 from teacherlm_jax.init_from import resolve
 from teacherlm_jax.paths import workdir_path
 from teacherlm_jax.run_config import write_config
@@ -117,7 +118,10 @@ def evaluate_tasks(model: nnx.Module, tokenizer, tasks: Sequence[str | Task], ou
     """Evaluates each task (see teacherlm_jax/eval/tasks.py for names) and writes the report to
     `out_dir` (process 0 only; every process must call this). `max_examples` > 0 evaluates an evenly
     spaced subset, recorded in the metrics. `kwargs` go to `evaluate_records`. Returns the metrics. `out_dir`
-    may be a cloud URL."""
+    may be a cloud URL.
+
+    The metrics' `throughput` (this process's, per task and in all: `eval.throughput`) holds the seconds spent
+    evaluating, the programs obtained and their seconds by phase: the one part a rerun does not repeat."""
     out_dir = workdir_path(out_dir)
     mode = kwargs.get("mode", "loglik")
     metrics: dict[str, Any] = {
@@ -125,13 +129,16 @@ def evaluate_tasks(model: nnx.Module, tokenizer, tasks: Sequence[str | Task], ou
                      "dtype": model.config.dtype, "max_examples": max_examples, **(settings or {})},
         "tasks": {},
     }
+    costs: dict[str, WorkCost] = {}
     for task in resolve_tasks(tasks):
         records = load_task(task, data_dir=data_dir)
         chosen = subset(records, max_examples)
         if len(chosen) < len(records):
             log.warning("%s: evaluating %d of %d questions (max_examples=%d): a smoke-run figure, not the "
                         "task's accuracy", task.name, len(chosen), len(records), max_examples)
+        meter = CostMeter()
         predictions, acc = evaluate_records(model, tokenizer, chosen, mmlu=task.mmlu, desc=task.name, **kwargs)
+        costs[task.name] = meter.cost()
         m = metrics["tasks"][task.name] = task_metrics(
             predictions, dataset=task.label, available=len(records), max_examples=max_examples, mmlu=task.mmlu,
             generative=mode == "generate")
@@ -140,8 +147,12 @@ def evaluate_tasks(model: nnx.Module, tokenizer, tasks: Sequence[str | Task], ou
         if m["truncated"]:
             log.warning("%s: %d contexts were longer than max_length and lost their first tokens", task.name,
                         m["truncated"])
+        log.info("%s: %s evaluating", task.name, costs[task.name])
         if jax.process_index() == 0:
             write_predictions(out_dir / task.name / "predictions.jsonl", predictions)
+    total = sum(costs.values(), WorkCost())
+    metrics["throughput"] = {**total.to_json(), "tasks": {name: cost.to_json() for name, cost in costs.items()}}
+    log.info("%d tasks: %s evaluating", len(costs), total)
     if jax.process_index() == 0:
         write_report(out_dir, metrics)
         log.info("wrote %s/metrics.json, results.md, accuracy.png", out_dir)

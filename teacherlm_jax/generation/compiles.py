@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import collections
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import jax
 
@@ -55,3 +55,9 @@ def program_seconds() -> dict[str, float]:
     count what happened between them."""
     with _lock:
         return {phase: _seconds[phase] for phase in PHASES.values()}
+
+
+def program_seconds_since(before: Mapping[str, float]) -> dict[str, float]:
+    """`program_seconds()` less an earlier reading `before`, to the millisecond: what the work between the two
+    readings paid for programs, by phase."""
+    return {phase: round(seconds - before[phase], 3) for phase, seconds in program_seconds().items()}
