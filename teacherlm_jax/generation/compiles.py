@@ -60,4 +60,4 @@ def program_seconds() -> dict[str, float]:
 def program_seconds_since(before: Mapping[str, float]) -> dict[str, float]:
     """`program_seconds()` less an earlier reading `before`, to the millisecond: what the work between the two
     readings paid for programs, by phase."""
-    return {phase: round(seconds - before[phase], 3) for phase, seconds in program_seconds().items()}
+    return {phase: round(float(seconds - before[phase]), 3) for phase, seconds in program_seconds().items()}
