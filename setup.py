@@ -20,6 +20,7 @@ INSTALL_REQUIRES = [
     "matplotlib>=3.9,<4",
     "tqdm>=4.66,<5",
     "numpy>=2.0,<3",
+    "flatbuffers>=25.12,<26",  # jax.export's serialization: generation's stored programs (generation/program_store.py)
 ]
 GCS = ["gcsfs>=2025.3"]
 

@@ -191,11 +191,13 @@ def test_engine_compiles_later_inserts_ahead(model, monkeypatch):
         return compile_ahead(self, slot_counts, inserts)
 
     def record_insert(self, ids, mask, slot_ids, seeds, prefix=None, parent=None, places=None):
-        called.append(InsertShape.of(ids.shape, None if prefix is None else prefix[0].shape, 1))
+        real = np.asarray(slot_ids).reshape(len(ids), -1)[:, 0] < self.full_size  # padding rows go to no slot
+        units = len(set(np.asarray(parent)[real].tolist()))
+        called.append((InsertShape.of(ids.shape, None if prefix is None else prefix[0].shape, 1), units))
         return insert(self, ids, mask, slot_ids, seeds, prefix=prefix, parent=parent, places=places)
 
     def record_run(self, max_steps, *stops):
-        called.append("run")
+        called.append(("run", 0))
         return run(self, max_steps, *stops)
 
     monkeypatch.setattr(DecodeSlots, "compile_ahead", record_ahead)
@@ -205,9 +207,10 @@ def test_engine_compiles_later_inserts_ahead(model, monkeypatch):
     out, _ = run_engine(model, items, Sampling(temperature=1.0, top_k=50, max_new_tokens=MAX_NEW), batch_size=4,
                         refill=True, inserts_ahead=True)
     assert len(out) == len(items)
-    first_fill = set(called[:called.index("run")])
-    later = {s for s in called if s != "run" and s not in first_fill and s.prefixes == 1}
-    assert later and later <= set(ahead)
+    start = called.index(("run", 0))
+    first_fill = {shape for shape, _ in called[:start]}
+    later = {shape for shape, units in called[start:] if shape != "run" and units == 1}
+    assert later and later - first_fill <= set(ahead)
 
 
 def live_bytes() -> int:

@@ -35,6 +35,7 @@ from teacherlm_jax.eval.batch_plan import COMPILE_COLUMNS, columns_cost, plan_ba
 from teacherlm_jax.models.graph_key import GraphKey
 from teacherlm_jax.data.padding import pad_token_id
 from teacherlm_jax.generation.compiles import compiled_programs
+from teacherlm_jax.generation.program_store import StoredProgram
 from teacherlm_jax.sharding import LogicalRules, activation_sharding, batch_sharding, data_parallel_size
 
 SCORES = ("mean", "sum")
@@ -104,7 +105,7 @@ def num_traces() -> int:
     return compiled_programs(("_score_program",))
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "mesh", "rules", "num_rows"))
+@functools.partial(StoredProgram, static_argnames=("graphdef", "mesh", "rules", "num_rows"))
 def _score_program(state, tokens, segments, select, targets, target_row, target_mask, *, graphdef, mesh, rules,
                    num_rows):
     """(sum of log p(target) over each row's target positions, whether every one of them is the argmax):

@@ -25,9 +25,10 @@ one row; XLA CPU runs its attention slower and the TPU compiler's figures show m
 docs/performance.md) a unit's prefix is also stored and read once: it takes a free slot of the slots' prefix pool
 (`slots.pool_prefixes`) until its last row ends, and a round also ends once a pool slot
 is free for the next unit (`slots` module docstring). Units go in shortest first within windows of a few fills
-(ORDER_WINDOW_FILLS), so that one round's prefixes have about one width. Widths and counts are bucketed
-(this module's buckets), so a job compiles a handful of prefill programs, on accelerators ahead, in background
-threads, from a simulation of the rounds. Once no prompt waits, the last rows move to a quarter of the
+(ORDER_WINDOW_FILLS), so that one round's prefixes have about one width. Every insert call of a job holds
+the same counts (`CallCounts`: a round's refill, in whole units), padded to them, and widths are bucketed
+(this module's buckets), so a job compiles one prefill program per width it meets, on accelerators ahead, in
+background threads. A round inserts whole calls: units that would leave a call part-empty wait for the next. Once no prompt waits, the last rows move to a quarter of the
 slots or fewer, step by step (64 -> 16 -> 4 slots; not below TAIL_SLOTS), whose steps cost less; every
 slot count of that chain is compiled ahead. A row's tokens depend only on the model, its prompt (and its
 prefix split) and its key (see `slots`), so neither the engine, its rounds, its order of insertion nor the
@@ -46,7 +47,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from teacherlm_jax.data.padding import left_pad
-from teacherlm_jax.generation.compiles import program_seconds
+from teacherlm_jax.generation.compiles import program_seconds, program_seconds_since
 from teacherlm_jax.generation.sampler import PROMPT_BUCKETS, Sampling, bucket_length
 from teacherlm_jax.generation.slots import (DecodeSlots, InsertShape, PoolPlaces, PoolShape, RowSeeds, RowsView,
                                             num_traces, pool_prefixes, slot_count)
@@ -61,8 +62,6 @@ from teacherlm_jax.sharding import LogicalRules
 PREFILL_BUCKETS = tuple(sorted(set(PROMPT_BUCKETS) | {b for p in range(5, 16) for b in (5 * 2 ** (p - 2), 7 * 2 ** (p - 2))}))
 # A prompt's own tokens after a shared prefix: TeacherLM's cues are short, and the same for every record.
 SUFFIX_BUCKETS = (1, 2, 3, *range(4, 65, 4), *(b for b in PROMPT_BUCKETS if b > 64))
-# Row and prefix counts of one prefill call: the same scheme from 1.
-COUNT_BUCKETS = tuple(sorted({1, 2, 3} | {b for p in range(2, 16) for b in (2 ** p, 3 * 2 ** (p - 1))}))
 
 # Once no prompt waits, the last rows move to a quarter of the slots (or fewer), never below this many:
 # a step's cost falls with its slots but levels off below a few (benchmarks/engine_overhead.py).
@@ -116,6 +115,14 @@ class _New(NamedTuple):
     member: int = 0
 
 
+class CallCounts(NamedTuple):
+    """What every insert call of a job holds at most, padded to it: `prefixes` units (each one shared prefix,
+    or one prompt that shares nothing) of `prompts` prompts in all."""
+
+    prefixes: int
+    prompts: int
+
+
 @dataclasses.dataclass
 class _Call:
     """One prefill call: prefixes (pooled: each with its pool slot), and rows that each continue one of them."""
@@ -157,6 +164,7 @@ class Engine:
         self.capacity = batch_size  # prompts at a time (idle slots that round up to the mesh stay idle)
         self.usable = batch_size * self.samples
         self.refill_rows = max(1, round(refill_fraction * self.usable))
+        self.call = CallCounts(1, 1)  # each job's own (`_call_counts`)
         self.round_steps = round_steps or sampling.max_new_tokens
         self.traces, self.program_seconds = num_traces(), program_seconds()
         self.mesh, self.rules = mesh, rules
@@ -175,14 +183,14 @@ class Engine:
                 "decode_steps": s.decode_steps, "slot_steps": s.slot_steps, "kept_tokens": s.kept_tokens,
                 "slot_occupancy": round(s.kept_tokens / max(1, s.slot_steps), 4),
                 "prefill_tokens": s.prefill_tokens, "compiled_programs": num_traces() - self.traces,
-                "program_seconds": {phase: round(t - self.program_seconds[phase], 3)
-                                    for phase, t in program_seconds().items()},
+                "program_seconds": program_seconds_since(self.program_seconds),
                 "prefix_pool": 0 if s.pool is None else s.pool.prefixes}
 
     def generate(self, prompts: Iterable[tuple[Any, Prompt]]) -> Iterator[tuple[Any, list[np.ndarray]]]:
         """(tag, the tokens of each sample, its ending EOS included) per tagged prompt, as its rows end."""
         prompts = list(prompts)
         units = self._in_width_order(list(self._units(prompts)))
+        self.call = self._call_counts(units)
         self._lay_out(units)  # every slot, none live (a previous call may have left the tail's few)
         self._compile_ahead(units)
         next_unit = 0
@@ -196,8 +204,7 @@ class Engine:
         while True:
             if self.refill or not owners:
                 new = []
-                while (next_unit < len(units) and len(units[next_unit]) * self.samples <= len(free)
-                       and (pool is None or free_prefixes)):
+                for _ in range(self._admitted(units, next_unit, len(free), None if pool is None else len(free_prefixes))):
                     prefix_slot = None if pool is None else free_prefixes.pop(0)
                     for place, (tag, prompt) in enumerate(units[next_unit]):
                         slots, free = free[:self.samples], free[self.samples:]
@@ -237,13 +244,49 @@ class Engine:
                 del waiting[number]
                 yield tag, samples
 
+    def _call_counts(self, units: list[list[tuple[Any, Prompt]]]) -> CallCounts:
+        """The counts every insert call of the job is padded to: a continuous round's refill (`refill_rows`) in
+        whole units of the job's largest, as many units as the smallest fit; a static batch's whole fill."""
+        if not units:
+            return CallCounts(1, 1)
+        largest, smallest = max(map(len, units)), min(map(len, units))
+        prompts = self.capacity if not self.refill else largest * -(-self.refill_rows // (largest * self.samples))
+        prompts = max(largest, min(prompts, self.capacity))
+        return CallCounts(prompts // smallest, prompts)
+
+    def _pack(self, units: Sequence[Sequence]) -> list[list]:
+        """`units` in order, in insert calls of at most `call` units and prompts."""
+        calls: list[list] = []
+        for unit in units:
+            if not calls or not self._has_room(calls[-1], unit):
+                calls.append([])
+            calls[-1].append(unit)
+        return calls
+
+    def _has_room(self, call: Sequence[Sequence], unit: Sequence) -> bool:
+        return len(call) < self.call.prefixes and sum(map(len, call)) + len(unit) <= self.call.prompts
+
+    def _admitted(self, units: list, start: int, free_rows: int, free_prefixes: int | None) -> int:
+        """How many of the units from `start` go in now: as many as the free slots (and free pool slots) take,
+        less a last call with room left while more units wait (a continuous round's next refill takes them)."""
+        end, rows = start, 0
+        while (end < len(units) and rows + len(units[end]) * self.samples <= free_rows
+               and (free_prefixes is None or end - start < free_prefixes)):
+            rows += len(units[end]) * self.samples
+            end += 1
+        if self.refill and end < len(units):
+            calls = self._pack(units[start:end])
+            if len(calls) > 1 and self._has_room(calls[-1], units[end]):
+                end -= len(calls[-1])
+        return end - start
+
     def _stop_at(self, live: int, upcoming: list) -> tuple[int, int | None]:
-        """Live rows and live prefixes (None: any) at which the round ends: enough free slots and a free pool
-        slot for the next unit, or a smaller tail."""
+        """Live rows and live prefixes (None: any) at which the round ends: free slots for a call and the next
+        unit, and a free pool slot for it, or a smaller tail."""
         if not self.refill:
             return 0, None
         if upcoming:
-            need = max(self.refill_rows, len(upcoming[0]) * self.samples)
+            need = min(self.usable, max(self.call.prompts, len(upcoming[0])) * self.samples)
             return max(0, self.usable - need), None if self.slots.pool is None else self.slots.pool.prefixes - 1
         smaller = [s for s in self._tail_sizes() if s < self.slots.size]
         return (smaller[0] if smaller else 0), None
@@ -314,21 +357,16 @@ class Engine:
         return [arrays for call in self._calls(new) for arrays in self._arrays(call)]
 
     def _calls(self, new: list[_New]) -> list[_Call]:
-        """One prefill call for the prompts that share nothing and one for the shared-prefix units (a job's
-        prompts are usually all one or the other: one call a round), each prefix once (with a pool: once per
-        pool slot)."""
-        lone = [x for x in new if not x.prompt.prefix]
-        calls = [_Call([x.prompt.ids[:-1] for x in lone], [(x.prompt.ids[-1:], i, x) for i, x in enumerate(lone)],
-                       [x.pool_slot for x in lone])]
-        shared = _Call([], [], [])
+        """Prefill calls (`_pack`) for the prompts that share nothing (each a unit of its own: its tokens but
+        the last are its prefix) and for the shared-prefix units (a job's prompts are usually all one or the
+        other), each prefix once (with a pool: once per pool slot)."""
+        lone = [[x] for x in new if not x.prompt.prefix]
         key = lambda x: (tuple(x.prompt.ids[:x.prompt.prefix]), x.pool_slot)
-        for _, unit in itertools.groupby([x for x in new if x.prompt.prefix], key=key):
-            unit = list(unit)
-            shared.prefixes.append(unit[0].prompt.ids[:unit[0].prompt.prefix])
-            shared.pool_slots.append(unit[0].pool_slot)
-            shared.rows += [(x.prompt.ids[x.prompt.prefix:], len(shared.prefixes) - 1, x) for x in unit]
-        calls.append(shared)
-        return [call for call in calls if call.rows]
+        shared = [list(unit) for _, unit in itertools.groupby([x for x in new if x.prompt.prefix], key=key)]
+        return [_Call([unit[0].prompt.ids[:unit[0].prompt.prefix or -1] for unit in units],
+                      [(x.prompt.ids[x.prompt.prefix or -1:], j, x) for j, unit in enumerate(units) for x in unit],
+                      [unit[0].pool_slot for unit in units])
+                for group in (lone, shared) for units in self._pack(group)]
 
     def _pool_widths(self, call: _Call) -> tuple[int, int]:
         """(prefix width, own width) of a call into pooled slots: the prefixes' bucket, the own tokens' bucket."""
@@ -353,17 +391,19 @@ class Engine:
         fits = all(len(call.prefixes[j]) + ws <= self.width for _, j, _ in call.rows) and wp + ws <= self.slots.length
         return (wp, ws) if fits else None
 
-    def _arrays(self, call: _Call) -> Iterator[tuple]:
+    def _arrays(self, call: _Call, counts: CallCounts | None = None) -> Iterator[tuple]:
         """(ids, mask, (prefix ids, prefix mask), parent, slot ids, seeds, pool places or None) of one call; rows
-        and prefixes are padded to COUNT_BUCKETS (padding rows go to no slot, padding prefixes to no pool slot)."""
+        and prefixes are padded to `counts` (default: the job's `call`; padding rows go to no slot, padding
+        prefixes to no pool slot)."""
         widths = self._widths(call)
         if widths is None:  # rows whose prefix and the call's own width overflow: exact widths, one unit a call
             for j in range(len(call.prefixes)):
                 rows = [(ids, 0, x) for ids, i, x in call.rows if i == j]
-                yield from self._arrays(_Call([call.prefixes[j]], rows, [call.pool_slots[j]]))
+                yield from self._arrays(_Call([call.prefixes[j]], rows, [call.pool_slots[j]]),
+                                        CallCounts(1, self.call.prompts))
             return
         wp, ws = widths
-        k, m = bucket_length(len(call.prefixes), COUNT_BUCKETS), bucket_length(len(call.rows), COUNT_BUCKETS)
+        k, m = counts or self.call
         pad = self.slots.pad_id
         prefix = left_pad(list(call.prefixes) + [()] * (k - len(call.prefixes)), wp, pad)
         ids, mask = left_pad([ids for ids, *_ in call.rows] + [()] * (m - len(call.rows)), ws, pad)
@@ -384,26 +424,14 @@ class Engine:
 
     def _compile_ahead(self, units: list[list[tuple[Any, Prompt]]]) -> None:
         """Compiles the round programs of every slot count of the tail, and the insert programs that rounds
-        after the first fill (which compiles its own) are likely to call, from a simulation in stream order:
-        rounds of one unit, of two consecutive units and of `refill_rows` slots. A round that inserts another
-        mix of widths compiles its program when it first comes (widths x counts is too many to compile all)."""
-        first, room = 0, self.capacity
-        while first < len(units) and len(units[first]) <= room:
-            room -= len(units[first])
-            first += 1
+        after the first fill (which compiles its own) may call: each unit's widths alone, and the calls of the
+        units after the first fill in stream order (a call's widths are its widest unit's, so a round whose
+        calls group units otherwise meets these or compiles its program when it first comes)."""
+        first = self._admitted(units, 0, self.usable, None if self.slots.pool is None else self.slots.pool.prefixes)
         slot = None if self.slots.pool is None else 0
         shapes = lambda group: [InsertShape.of(a[0].shape, a[2][0].shape, self.samples) for a in self._calls_arrays(
             [_New(p, [0] * self.samples, slot, 0) for unit in group for _, p in unit])]
         compiled_first = set(shapes(units[:first]))
         rest = units[first:] if self.refill and self.inserts_ahead else []
-        rounds = [rest[i:i + 1] for i in range(len(rest))] + [rest[i:i + 2] for i in range(0, len(rest) - 1, 2)]
-        start = 0
-        while start < len(rest):
-            end, rows = start + 1, len(rest[start]) * self.samples
-            while end < len(rest) and rows + len(rest[end]) * self.samples <= self.refill_rows:
-                rows += len(rest[end]) * self.samples
-                end += 1
-            rounds.append(rest[start:end])
-            start = end
-        later = [shape for group in rounds for shape in shapes(group)]
+        later = [shape for group in [rest, *([unit] for unit in rest)] for shape in shapes(group)]
         self.slots.compile_ahead(self._tail_sizes(), [s for s in dict.fromkeys(later) if s not in compiled_first])

@@ -38,7 +38,9 @@ whole row. A row ending leaves its place in the pool (its pool slot set past the
 until the host, which assigns pool slots, sees its last row end.
 
 `shrink` moves rows to a smaller cache (the end of a job), `compile_ahead` compiles programs in the
-background. JetStream's and MaxText's offline engines are the references.
+background. The programs are `program_store.StoredProgram`s: with a persistent compilation cache, a later job
+loads each one exported rather than tracing it again. JetStream's and MaxText's offline engines are the
+references.
 
 Arguments from the host are numpy arrays (jit places them replicated on the mesh), and what the host
 reads comes back replicated, so the same calls run on a mesh that spans processes.
@@ -58,9 +60,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax import export
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from teacherlm_jax.generation.compiles import compiled_programs
+from teacherlm_jax.generation.program_store import StoredProgram
 from teacherlm_jax.generation.sampler import Sampler
 from teacherlm_jax.models.graph_key import GraphKey
 from teacherlm_jax.models.kv_cache import KVCache, PrefixPool
@@ -147,6 +151,9 @@ class SlotState(NamedTuple):
     active: jax.Array  # bool [slots]: the slot holds a row that has not ended
     tokens: jax.Array  # int32 [slots, max_new_tokens]: the row's tokens, pad after its end
     logprobs: jax.Array  # float32 [slots, max_new_tokens], or [slots, 0] when not asked for
+
+
+export.register_namedtuple_serialization(SlotState, serialized_name="teacherlm_jax.SlotState")  # stored programs
 
 
 class RowsView(NamedTuple):
@@ -500,7 +507,7 @@ def _empty_state(params, *, graphdef, slots, length, max_new, logprobs, pool, pa
                                  jnp.zeros((slots, max_new if logprobs else 0), jnp.float32)), mesh, rules)
 
 
-@functools.partial(jax.jit, static_argnames=("mesh", "rules"))
+@functools.partial(StoredProgram, static_argnames=("mesh", "rules"))
 def _gather(state: SlotState, index: jax.Array, live: jax.Array, *, mesh, rules) -> SlotState:
     """Rows `index` of every slot array; rows where `live` is False hold no row."""
     with _mesh_context(mesh, rules):
@@ -513,7 +520,7 @@ def _gather(state: SlotState, index: jax.Array, live: jax.Array, *, mesh, rules)
         return _placed(state._replace(cache=cache, active=state.active & live), mesh, rules)
 
 
-@functools.partial(jax.jit, donate_argnums=1,
+@functools.partial(StoredProgram, donate_argnums=(1,),
                    static_argnames=("graphdef", "prompt_width", "copies", "pad_id", "mesh", "rules"))
 def _insert(params, state: SlotState, prefix_ids, prefix_mask, ids, mask, parent, slot_ids, seeds: RowSeeds,
             places: PoolPlaces | None, *, graphdef, prompt_width, copies, pad_id, mesh, rules) -> SlotState:
@@ -598,8 +605,8 @@ def _put_pooled(cache: KVCache, prefixes: KVCache | None, prefix_mask, rows: KVC
         [jnp.zeros((m, prompt_width - ws), jnp.int32), mask, jnp.ones((m, length - prompt_width), jnp.int32)], axis=1)
 
 
-@functools.partial(jax.jit, donate_argnums=1, static_argnames=("graphdef", "sampler", "logprobs", "pad_id", "mesh",
-                                                               "rules"))
+@functools.partial(StoredProgram, donate_argnums=(1,),
+                   static_argnames=("graphdef", "sampler", "logprobs", "pad_id", "mesh", "rules"))
 def _run(params, state: SlotState, eos_ids, max_steps, stop_at_active, stop_at_prefixes, *, graphdef, sampler,
          logprobs, pad_id, mesh, rules):
     """(state, (steps run, kept tokens, *RowsView replicated)) after decoding every live row until `max_steps`

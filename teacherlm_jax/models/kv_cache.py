@@ -1,11 +1,13 @@
 """The KV cache: per-layer keys and values, a pool of shared prefixes stored once, and a step's cache write."""
 from __future__ import annotations
 
+import json
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from flax import struct
+from jax import export
 
 from teacherlm_jax.sharding import target_platform
 
@@ -74,6 +76,13 @@ class PrefixPool:
 
     def layer(self, i: int) -> tuple[jax.Array, jax.Array]:
         return self.key[i], self.value[i]
+
+
+# Caches are outputs of programs serialized with `jax.export` (`generation.program_store`): their trees must be too.
+for _node in (KVCache, PrefixPool):
+    export.register_pytree_node_serialization(
+        _node, serialized_name=f"teacherlm_jax.{_node.__name__}",
+        serialize_auxdata=lambda aux: json.dumps(list(aux)).encode(), deserialize_auxdata=lambda data: tuple(json.loads(data)))
 
 
 class SharedPrefix(NamedTuple):
