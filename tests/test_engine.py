@@ -122,22 +122,22 @@ def test_units_go_in_by_width_within_windows(model, monkeypatch):
     """Units are inserted shortest first within windows of ORDER_WINDOW_FILLS fills (never more than a window
     from their place in the stream), which pads the prefill calls less and generates the same rows."""
     sampling = Sampling(temperature=1.0, top_k=50, max_new_tokens=4)
-    items = prompts(12, seed=3)
-    engine = Engine(model.for_decoding(), batch_size=2, width=prompt_width(items, 4, 128), sampling=sampling,
+    items, batch = prompts(12, seed=3), 6
+    engine = Engine(model.for_decoding(), batch_size=batch, width=prompt_width(items, 4, 128), sampling=sampling,
                     eos_id=EOS, pad_id=PAD, refill=True)
     units = list(engine._units(enumerate(items)))
     ordered = engine._in_width_order(units)
     width = lambda unit: unit[0][1].prefix or len(unit[0][1].ids)
-    start, window = 0, scheduler.ORDER_WINDOW_FILLS * 2
+    start, window = 0, scheduler.ORDER_WINDOW_FILLS * batch
     while start < len(units):  # each window: the stream's next units, sorted, holding `window` prompts or more
         end = next(e for e in range(start + 1, len(units) + 1)
                    if e == len(units) or sum(map(len, units[start:e])) >= window)
         assert ordered[start:end] == sorted(units[start:end], key=width), f"window at unit {start}"
         start = end
     assert [width(u) for u in ordered] != [width(u) for u in units], "the fixture's widths should need sorting"
-    sorted_rows, sorted_stats = run_engine(model, items, sampling, batch_size=2, refill=True)
+    sorted_rows, sorted_stats = run_engine(model, items, sampling, batch_size=batch, refill=True)
     monkeypatch.setattr(scheduler, "ORDER_WINDOW_FILLS", 0)  # a unit a window: stream order
-    stream_rows, stream_stats = run_engine(model, items, sampling, batch_size=2, refill=True)
+    stream_rows, stream_stats = run_engine(model, items, sampling, batch_size=batch, refill=True)
     assert sorted_rows == stream_rows
     assert sorted_stats["prefill_tokens"] < stream_stats["prefill_tokens"]
 

@@ -78,10 +78,15 @@ class Sampler:
         if self.greedy:
             return jnp.argmax(logits, axis=-1).astype(jnp.int32)
         x, ids = self.candidates(logits)
-        choice = jax.vmap(jax.random.categorical)(keys, x)
-        if ids is not None:
-            choice = jnp.take_along_axis(ids, choice[:, None], axis=-1)[:, 0]
-        return choice.astype(jnp.int32)
+        if ids is None:
+            return jax.vmap(jax.random.categorical)(keys, x).astype(jnp.int32)
+        # Gumbel-max with each candidate's noise drawn from its token id, not its place in the sorted
+        # candidates: two nearly tied logits that rounding orders either way (another batch shape, another
+        # prefill split) still draw the same token.
+        noise = jax.vmap(lambda key, tokens: jax.vmap(
+            lambda token: jax.random.gumbel(jax.random.fold_in(key, token)))(tokens))(keys, ids)
+        choice = jnp.argmax(x + noise, axis=-1)
+        return jnp.take_along_axis(ids, choice[:, None], axis=-1)[:, 0].astype(jnp.int32)
 
 
 @dataclasses.dataclass(frozen=True)

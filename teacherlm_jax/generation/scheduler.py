@@ -345,7 +345,7 @@ class Engine:
             self.slots.relayout(self.width, None)
             return
         widths = [self._pool_widths(call) for unit in units
-                  for call in self._calls([_New(p, [], 0, 0) for _, p in unit])]
+                  for call in self._calls([_New(p, [], 0, i * self.samples) for i, (_, p) in enumerate(unit)])]
         prefixes = pool_prefixes(self.usable, members, self.all_slots)
         self.slots.relayout(max(ws for _, ws in widths), PoolShape(prefixes, max(wp for wp, _ in widths), members))
 
@@ -360,9 +360,12 @@ class Engine:
         """Prefill calls (`_pack`) for the prompts that share nothing (each a unit of its own: its tokens but
         the last are its prefix) and for the shared-prefix units (a job's prompts are usually all one or the
         other), each prefix once (with a pool: once per pool slot)."""
-        lone = [[x] for x in new if not x.prompt.prefix]
-        key = lambda x: (tuple(x.prompt.ids[:x.prompt.prefix]), x.pool_slot)
-        shared = [list(unit) for _, unit in itertools.groupby([x for x in new if x.prompt.prefix], key=key)]
+        lone, shared = [[x] for x in new if not x.prompt.prefix], []
+        for x in new:
+            if x.prompt.prefix:  # a unit's prompts are consecutive, from member 0
+                if x.member == 0 or not shared:
+                    shared.append([])
+                shared[-1].append(x)
         return [_Call([unit[0].prompt.ids[:unit[0].prompt.prefix or -1] for unit in units],
                       [(x.prompt.ids[x.prompt.prefix or -1:], j, x) for j, unit in enumerate(units) for x in unit],
                       [unit[0].pool_slot for unit in units])
@@ -430,7 +433,7 @@ class Engine:
         first = self._admitted(units, 0, self.usable, None if self.slots.pool is None else self.slots.pool.prefixes)
         slot = None if self.slots.pool is None else 0
         shapes = lambda group: [InsertShape.of(a[0].shape, a[2][0].shape, self.samples) for a in self._calls_arrays(
-            [_New(p, [0] * self.samples, slot, 0) for unit in group for _, p in unit])]
+            [_New(p, [0] * self.samples, slot, i * self.samples) for unit in group for i, (_, p) in enumerate(unit)])]
         compiled_first = set(shapes(units[:first]))
         rest = units[first:] if self.refill and self.inserts_ahead else []
         later = [shape for group in [rest, *([unit] for unit in rest)] for shape in shapes(group)]
