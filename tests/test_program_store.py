@@ -26,10 +26,14 @@ PROGRAMS = (slots._insert, slots._run, slots._gather)
 
 @pytest.fixture
 def cache_dir(tmp_path):
-    """A compilation cache directory for this test only (jax's setting is process-wide)."""
+    """A compilation cache directory for this test only (jax's setting is process-wide), with jax's own
+    persistent cache off: once used, it would stay on for the worker's later tests."""
+    enabled = jax.config.jax_enable_compilation_cache
+    jax.config.update("jax_enable_compilation_cache", False)
     jax.config.update("jax_compilation_cache_dir", str(tmp_path))
     yield tmp_path
     jax.config.update("jax_compilation_cache_dir", None)
+    jax.config.update("jax_enable_compilation_cache", enabled)
 
 
 def _forget(programs=PROGRAMS) -> None:
