@@ -130,6 +130,13 @@ def test_an_unwritable_store_only_warns(cache_dir, caplog):
     assert np.allclose(out, 3.0) and "could not keep the exported program" in caplog.text
 
 
+def test_a_job_of_several_processes_runs_plain_programs(cache_dir, monkeypatch):
+    """Programs over a mesh that spans jax processes are not stored (nor loaded): traced as plain jit functions."""
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    out, _ = StoredProgram(_toy, static_argnames=("scale",))(jnp.ones(3), jnp.ones(3), scale=2.0)
+    assert np.allclose(out, 3.0) and not (cache_dir / EXPORT_DIR).exists()
+
+
 def test_programs_for_a_tpu_slice_are_lowered_as_plain_programs(cache_dir):
     """The compile job lowers for TPU chips that are not attached: nothing is exported for the CPU."""
     devices = parse_slice("v5litepod-1").devices()

@@ -9,9 +9,10 @@ whose compile the persistent cache then serves.
 
 A stored program is keyed by everything that makes it: this package's source, jax's and flax's versions, the
 function, its static arguments and its arguments' tree, shapes, dtypes and shardings. A file that cannot be
-read back is exported again (and rewritten), with a warning naming it. Without a cache directory, or for
-devices of another platform than the default backend's (the compile job's TPU slices), programs are traced
-as plain `jax.jit` functions.
+read back is exported again (and rewritten), with a warning naming it. Without a cache directory, in a job of
+several jax processes (exported programs over a mesh that spans processes are not tested here), or for devices
+of another platform than the default backend's (the compile job's TPU slices), programs are traced as plain
+`jax.jit` functions.
 """
 from __future__ import annotations
 
@@ -61,8 +62,10 @@ def _describe(value: Any) -> str:
 
 def _leaf_type(leaf: Any) -> tuple:
     """(shape, dtype, sharding or None) of an argument: an array, a `jax.ShapeDtypeStruct` or a Python scalar."""
-    leaf = leaf if hasattr(leaf, "dtype") else np.asarray(leaf)
-    return tuple(leaf.shape), leaf.dtype, getattr(leaf, "sharding", None)
+    if isinstance(leaf, (jax.Array, jax.ShapeDtypeStruct)):  # most arguments: the checks below cost per call
+        return leaf.shape, leaf.dtype, leaf.sharding
+    leaf = np.asarray(leaf)
+    return leaf.shape, leaf.dtype, None
 
 
 class StoredProgram:
@@ -85,9 +88,11 @@ class StoredProgram:
         return self.jitted.lower(*args, **static) if program is None else program.lower(*leaves)
 
     def _program(self, args: tuple, static: dict[str, Any]) -> tuple[Callable | None, list]:
-        leaves, tree = jax.tree.flatten(args)
         folder = store_dir()
-        if folder is None or not _default_platform(leaves):
+        if folder is None or jax.process_count() > 1:
+            return None, []
+        leaves, tree = jax.tree.flatten(args)
+        if not _default_platform(leaves):
             return None, leaves
         key = (tuple(sorted(static.items())), tree, tuple(map(_leaf_type, leaves)))
         if key not in self.programs:

@@ -28,16 +28,15 @@ is free for the next unit (`slots` module docstring). Units go in shortest first
 (ORDER_WINDOW_FILLS), so that one round's prefixes have about one width. Every insert call of a job holds
 the same counts (`CallCounts`: a round's refill, in whole units), padded to them, and widths are bucketed
 (this module's buckets), so a job compiles one prefill program per width it meets, on accelerators ahead, in
-background threads. A round inserts whole calls: units that would leave a call part-empty wait for the next. Once no prompt waits, the last rows move to a quarter of the
-slots or fewer, step by step (64 -> 16 -> 4 slots; not below TAIL_SLOTS), whose steps cost less; every
-slot count of that chain is compiled ahead. A row's tokens depend only on the model, its prompt (and its
-prefix split) and its key (see `slots`), so neither the engine, its rounds, its order of insertion nor the
-batch size changes what is generated.
+background threads. A round inserts whole calls: units that would leave a call part-empty wait for the next.
+Once no prompt waits, the last rows move to a quarter of the slots or fewer, step by step (64 -> 16 -> 4
+slots; not below TAIL_SLOTS), whose steps cost less; every slot count of that chain is compiled ahead. A row's
+tokens depend only on the model, its prompt (and its prefix split) and its key (see `slots`), so neither the
+engine, its rounds, its order of insertion nor the batch size changes what is generated.
 """
 from __future__ import annotations
 
 import dataclasses
-import itertools
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
 
