@@ -9,6 +9,13 @@ import pytest
 # not attached (tests/test_tpu_compile.py) needs no backend.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import jax  # noqa: E402  (after JAX_PLATFORMS)
+
+# Tests compile hundreds of small programs and run each briefly, so XLA's expensive backend (LLVM) passes cost
+# more than they save; only this process's programs skip them. Job processes that tests start compile as users'
+# jobs do: a run that trains for hundreds of steps needs the optimized programs.
+jax.config.update("jax_disable_most_optimizations", True)
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 

@@ -154,6 +154,7 @@ def test_refused_run_leaves_the_workdir_as_it_found_it(tmp_path):
     assert proc.returncode == 2 and "is a file, not a folder" in proc.stderr
 
 
+@pytest.mark.slow  # a job end to end
 def test_num_train_steps_alone_shortens_a_run_with_warmup_clipped(tmp_path, caplog):
     from teacherlm_jax.train.loop import train
 

@@ -57,6 +57,7 @@ def _error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("error:")]
 
 
+@pytest.mark.slow  # a job end to end
 def test_full_disk_in_training_is_one_line_and_the_rerun_finishes(tmp_path):
     work = tmp_path / "run"
     full = [sys.executable, "tests/full_disk.py", str(tmp_path), "6000",

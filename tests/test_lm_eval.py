@@ -79,6 +79,7 @@ def evaluate(model: str, model_args: str, tasks: list[str], include: Path) -> di
                                    numpy_random_seed=0, torch_random_seed=0, fewshot_random_seed=0)
 
 
+@pytest.mark.slow  # a job end to end
 def test_results_equal_the_hf_backend(checkpoint, tmp_path):
     tasks = task_yamls(tmp_path)
     ours = evaluate("teacherlm_jax", f"pretrained={checkpoint},batch_size=4,max_length=128", tasks, tmp_path)

@@ -75,6 +75,7 @@ def test_seq_len_over_the_opt_model_positions_is_refused(tmp_path):
         loop.train(config, tmp_path)
 
 
+@pytest.mark.slow  # a job end to end
 def test_unset_seq_len_trains_on_whole_examples_and_ends_with_the_summary(tmp_path, capsys):
     """The longest example has 28 tokens (byte tokenizer): rows of 32, nothing cut; the run's last line sums it up."""
     rows = [{"id": f"i{i}", "prompt": "Say:", "target": t} for i, t in enumerate([" a", " bb", " " + "c" * 23] * 4)]

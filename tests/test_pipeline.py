@@ -294,6 +294,7 @@ def test_pipeline_on_a_cloud_workdir(gcs_bucket, checkpoints):
     assert all(s["reused"] for s in json.loads((root / "pipeline.json").read_text())["steps"])  # read from the bucket
 
 
+@pytest.mark.slow  # a job end to end
 def test_a_full_disk_at_the_report_names_the_path_and_leaves_no_partial_report(finished, monkeypatch):
     import full_disk
     from teacherlm_jax.errors import fault_message

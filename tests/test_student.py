@@ -41,6 +41,7 @@ def losses(workdir: Path) -> list[float]:
     return [json.loads(line)["loss"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow  # a job end to end
 @pytest.mark.parametrize("variant,family", [("cot,tiny", "bloom"), ("mixed,ftcot,tiny", "opt")])
 def test_student_trains_on_augmented_records_is_evaluated_and_exports(tmp_path, variant, family):
     records = load_records("synthetic", "student_train")[:64]
