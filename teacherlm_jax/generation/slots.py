@@ -199,8 +199,31 @@ class Round:
         return self.view
 
 
+@dataclasses.dataclass(kw_only=True)
+class SlotLayout:
+    """What the decode slots' programs are made for besides their shapes; `graphdef` is the subclass's."""
+
+    prompt_width: int
+    max_new_tokens: int
+    sampler: Sampler
+    eos_ids: np.ndarray
+    pad_id: int
+    mesh: Mesh | None = None
+    rules: LogicalRules | None = None
+    logprobs: bool = False
+    pool: PoolShape | None = None
+
+    @property
+    def length(self) -> int:
+        """The cache's columns: the prompt's and the new tokens', less the last new token (never fed back)."""
+        return self.prompt_width + self.max_new_tokens - 1
+
+    def _static(self) -> dict[str, Any]:
+        return dict(graphdef=self.graphdef, pad_id=self.pad_id, mesh=self.mesh, rules=self.rules)
+
+
 @dataclasses.dataclass
-class DecodeSlots:
+class DecodeSlots(SlotLayout):
     """`size` decode rows (slots) over `model` (its decode layout: `CausalLM.for_decoding`) and their state.
 
     `prompt_width` bounds the (bucketed) width of every prompt inserted; `eos_ids` end a row (empty:
@@ -212,22 +235,12 @@ class DecodeSlots:
 
     model: nnx.Module
     size: int
-    prompt_width: int
-    max_new_tokens: int
-    sampler: Sampler
-    eos_ids: np.ndarray
-    pad_id: int
-    mesh: Mesh | None = None
-    rules: LogicalRules | None = None
-    logprobs: bool = False
-    pool: PoolShape | None = None
 
     def __post_init__(self):
         self.rules = None if self.rules is None else tuple(
             (name, tuple(axes) if isinstance(axes, list) else axes) for name, axes in self.rules)
         graphdef, self.params = nnx.split(self.model)
         self.graphdef = GraphKey(graphdef)
-        self.length = self.prompt_width + self.max_new_tokens - 1
         self.eos_ids = (np.asarray(self.eos_ids, np.int32).reshape(-1) if len(self.eos_ids)
                         else np.array([-1], np.int32))  # -1: no token ends a row
         self.full_size = self.size
@@ -239,9 +252,6 @@ class DecodeSlots:
         self.kept_tokens = 0  # slot-steps that produced a kept token (occupancy = kept / slot_steps)
         self.prefill_tokens = 0  # tokens prefilled, padding included
         self.rounds = 0  # rounds dispatched: host round trips
-
-    def _static(self) -> dict[str, Any]:
-        return dict(graphdef=self.graphdef, pad_id=self.pad_id, mesh=self.mesh, rules=self.rules)
 
     def _empty(self, slots: int) -> SlotState:
         state = _empty_state(self.params, slots=slots, length=self.length, max_new=self.max_new_tokens,
@@ -264,7 +274,6 @@ class DecodeSlots:
         if (prompt_width, pool) != (self.prompt_width, self.pool):
             self.join()
             self.prompt_width, self.pool, self._ahead = prompt_width, pool, {}
-            self.length = prompt_width + self.max_new_tokens - 1
         self.reset()
 
     def compile_ahead(self, slot_counts: Sequence[int], inserts: Sequence[InsertShape] = ()) -> None:
@@ -291,10 +300,8 @@ class DecodeSlots:
 
     def programs(self) -> SlotPrograms:
         """The slots' programs, to lower for their exact shapes and layouts."""
-        return SlotPrograms(self.params, graphdef=self.graphdef, prompt_width=self.prompt_width,
-                            max_new_tokens=self.max_new_tokens, sampler=self.sampler, eos_ids=self.eos_ids,
-                            pad_id=self.pad_id, mesh=self.mesh, rules=self.rules, logprobs=self.logprobs,
-                            pool=self.pool)
+        layout = {field.name: getattr(self, field.name) for field in dataclasses.fields(SlotLayout)}
+        return SlotPrograms(self.params, graphdef=self.graphdef, **layout)
 
     def _wait_ahead(self, *key) -> None:
         """Waits for this program's compile if one is under way ahead (a call now would compile it again)."""
@@ -392,30 +399,14 @@ class DecodeSlots:
         return tuple(np.asarray(x.addressable_data(0))[index] for x in state)
 
 
-@dataclasses.dataclass(frozen=True)
-class SlotPrograms:
+@dataclasses.dataclass
+class SlotPrograms(SlotLayout):
     """The decode slots' programs, lowered for given shapes without running anything: `params` may be arrays
     or sharded `jax.ShapeDtypeStruct`s, so the same programs lower for the job's devices (compiled ahead) or
     for devices that are not attached (the compile job's TPU slices)."""
 
     params: Any
     graphdef: GraphKey
-    prompt_width: int
-    max_new_tokens: int
-    sampler: Sampler
-    eos_ids: np.ndarray
-    pad_id: int
-    mesh: Mesh | None = None
-    rules: LogicalRules | None = None
-    logprobs: bool = False
-    pool: PoolShape | None = None
-
-    @property
-    def length(self) -> int:
-        return self.prompt_width + self.max_new_tokens - 1
-
-    def _static(self) -> dict[str, Any]:
-        return dict(graphdef=self.graphdef, pad_id=self.pad_id, mesh=self.mesh, rules=self.rules)
 
     def state_shapes(self, slots: int) -> SlotState:
         """The state of `slots` slots as a real one is laid out, shardings included: a program compiled
